@@ -1,0 +1,43 @@
+//! `edge-node`: the Cascade node binary.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use edge_node::demo;
+
+#[derive(Parser)]
+#[command(name = "edge-node", version, about = "Cascade: a CDN for inference")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The main job: run the reference data through the reference models and print figures.
+    Demo {
+        /// Print one JSON figure per line (see shared/BENCH.md) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Directory holding the reference models and data splits.
+        #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir())]
+        models: PathBuf,
+        /// Batch-1 runs timed per model for the latency median.
+        #[arg(long, default_value_t = 500)]
+        latency_samples: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Demo { json, models, latency_samples } => {
+            demo::run(&models, latency_samples)?.print(json);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,286 @@
+//! The CPU backend: tract.
+//!
+//! Preparing parses the ONNX file once, refuses ops tract does not implement, and plans
+//! batch 1 (so a model that cannot run fails at load, not on the first request). Each other
+//! batch size gets its own optimised plan the first time it is used, kept for the model's
+//! life; tract is far faster on concrete shapes than on a symbolic batch. Run state
+//! (tract's `SimpleState`, which owns the scratch buffers) is pooled per batch size and
+//! reused across calls.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use tract_onnx::pb::ModelProto;
+use tract_onnx::prelude::{
+    DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable, IntoTValue, TValue,
+    TypedModel, TypedRunnableModel, TypedSimpleState,
+};
+use tract_onnx::tract_core::internal::DimLike;
+use tract_onnx::tract_core::ops::Cost;
+use tract_onnx::tract_core::ops::unimpl::UnimplementedOp;
+use tract_onnx::tract_hir::infer::Factoid;
+
+use super::{
+    Backend, BackendError, BackendKind, ModelInfo, Precision, PreparedModel, TensorSpec, check_inputs,
+};
+use crate::tensor::{DType, Tensor};
+
+/// tract on the CPU.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TractBackend;
+
+impl TractBackend {
+    /// A tract backend.
+    pub fn new() -> TractBackend {
+        TractBackend
+    }
+}
+
+fn dtype_of(dt: DatumType) -> Option<DType> {
+    Some(match dt {
+        DatumType::F32 => DType::F32,
+        DatumType::U8 => DType::U8,
+        DatumType::I8 => DType::I8,
+        DatumType::I32 => DType::I32,
+        DatumType::I64 => DType::I64,
+        _ => return None,
+    })
+}
+
+fn datum_of(dt: DType) -> DatumType {
+    match dt {
+        DType::F32 => DatumType::F32,
+        DType::U8 => DatumType::U8,
+        DType::I8 => DatumType::I8,
+        DType::I32 => DatumType::I32,
+        DType::I64 => DatumType::I64,
+    }
+}
+
+/// How tract will compute a quantised graph: only per-tensor QOperator convolutions and
+/// matmuls run as int8; QDQ graphs and per-channel weights are lowered to fp32.
+fn precision_of(proto: &ModelProto) -> Precision {
+    let Some(graph) = proto.graph.as_ref() else { return Precision::Fp32 };
+    let per_channel = |scale: &str| {
+        graph.initializer.iter().find(|t| t.name == scale).is_some_and(|t| t.dims.iter().product::<i64>() > 1)
+    };
+    let mut qlinear = false;
+    let mut lowered = false;
+    for node in &graph.node {
+        match node.op_type.as_str() {
+            // inputs: x, x_scale, x_zp, w, w_scale, ...
+            "QLinearConv" | "QLinearMatMul" => {
+                qlinear = true;
+                lowered |= node.input.get(4).is_some_and(|s| per_channel(s));
+            }
+            "ConvInteger" | "MatMulInteger" => qlinear = true,
+            "DequantizeLinear" => lowered |= !qlinear,
+            _ => {}
+        }
+    }
+    match (qlinear, lowered) {
+        (true, false) => Precision::Int8,
+        (_, true) => Precision::Int8AsFp32,
+        (false, false) => Precision::Fp32,
+    }
+}
+
+fn tract_err(e: impl std::fmt::Debug) -> String {
+    // tract's Display shows only the outermost context; Debug shows the whole chain.
+    format!("{e:?}").replace('\n', " ")
+}
+
+impl Backend for TractBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Tract
+    }
+
+    fn prepare(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn PreparedModel>, BackendError> {
+        let parse = |why: String| BackendError::Parse { model: name.to_owned(), why };
+        let framework = tract_onnx::onnx();
+        let proto = framework.proto_model_for_read(&mut &*onnx).map_err(|e| parse(tract_err(e)))?;
+        let model = framework.model_for_proto_model(&proto).map_err(|e| parse(tract_err(e)))?;
+
+        if let Some(node) = model.nodes().iter().find(|n| n.op_as::<UnimplementedOp>().is_some()) {
+            let op = proto
+                .graph
+                .as_ref()
+                .and_then(|g| g.node.iter().find(|p| p.name == node.name))
+                .map_or_else(|| node.op.name().to_string(), |p| p.op_type.clone());
+            return Err(BackendError::UnsupportedOp {
+                model: name.to_owned(),
+                node: node.name.clone(),
+                op,
+                backend: "tract",
+            });
+        }
+
+        let unsupported = |why: String| BackendError::Unsupported { model: name.to_owned(), why };
+        let mut inputs = Vec::new();
+        for (ix, outlet) in model.input_outlets().map_err(|e| unsupported(tract_err(e)))?.iter().enumerate() {
+            let fact = model.input_fact(ix).map_err(|e| unsupported(tract_err(e)))?;
+            let input_name = model.node(outlet.node).name.clone();
+            let dt =
+                fact.datum_type.concretize().and_then(dtype_of).ok_or_else(|| {
+                    unsupported(format!("input {input_name} has an unsupported element type"))
+                })?;
+            let dims: Vec<_> = fact.shape.dims().collect();
+            let item_shape = dims
+                .iter()
+                .skip(1)
+                .map(|d| d.concretize().and_then(|d| d.to_usize().ok()))
+                .collect::<Option<Vec<usize>>>()
+                .filter(|_| !dims.is_empty())
+                .ok_or_else(|| {
+                    unsupported(format!(
+                        "input {input_name} must be [batch, fixed dims...], the file says {:?}",
+                        fact.shape
+                    ))
+                })?;
+            inputs.push(TensorSpec { name: input_name, dtype: dt, item_shape });
+        }
+
+        let prepared = TractModel {
+            template: model,
+            info: ModelInfo {
+                name: name.to_owned(),
+                inputs,
+                outputs: Vec::new(),
+                macs_per_item: 0,
+                precision: precision_of(&proto),
+            },
+            plans: RwLock::new(HashMap::new()),
+            states: Mutex::new(HashMap::new()),
+        };
+        let (plan, decluttered) = prepared.plan_for(1, true)?;
+        let mut info = prepared.info.clone();
+        info.macs_per_item = decluttered.map(|m| count_macs(&m)).unwrap_or(0);
+        for (ix, outlet) in
+            plan.model().output_outlets().map_err(|e| unsupported(tract_err(e)))?.iter().enumerate()
+        {
+            let fact = plan.model().output_fact(ix).map_err(|e| unsupported(tract_err(e)))?;
+            let shape =
+                fact.shape.as_concrete().ok_or_else(|| unsupported("output shape is not fixed".into()))?;
+            let dtype = dtype_of(fact.datum_type)
+                .ok_or_else(|| unsupported(format!("output {ix} has element type {:?}", fact.datum_type)))?;
+            let out_name = plan.model().node(outlet.node).name.clone();
+            info.outputs.push(TensorSpec { name: out_name, dtype, item_shape: shape[1..].to_vec() });
+        }
+        let prepared = TractModel { info, ..prepared };
+        prepared.plans.write().insert(1, plan);
+        Ok(Arc::new(prepared))
+    }
+}
+
+/// Multiply-accumulates of a (decluttered, batch 1) typed model, from tract's cost model.
+fn count_macs(model: &TypedModel) -> u64 {
+    let mut total = 0u64;
+    for node in model.nodes() {
+        let Ok(inputs) = model.node_input_facts(node.id) else { continue };
+        let Ok(costs) = node.op.cost(&inputs) else { continue };
+        for (cost, count) in costs {
+            if let (Cost::FMA(_), Ok(n)) = (cost, count.to_usize()) {
+                total += n as u64;
+            }
+        }
+    }
+    total
+}
+
+#[derive(Debug)]
+struct TractModel {
+    template: InferenceModel,
+    info: ModelInfo,
+    plans: RwLock<HashMap<usize, Arc<TypedRunnableModel>>>,
+    states: Mutex<HashMap<usize, Vec<TypedSimpleState>>>,
+}
+
+impl TractModel {
+    /// Plans the model for a concrete batch size. With `keep_decluttered`, also returns the
+    /// decluttered (pre-optimisation) graph, whose ops report standard costs.
+    fn plan_for(
+        &self,
+        batch: usize,
+        keep_decluttered: bool,
+    ) -> Result<(Arc<TypedRunnableModel>, Option<TypedModel>), BackendError> {
+        let fail = |e| BackendError::Unsupported { model: self.info.name.clone(), why: tract_err(e) };
+        let mut model = self.template.clone();
+        for (ix, spec) in self.info.inputs.iter().enumerate() {
+            let mut shape = vec![batch];
+            shape.extend(&spec.item_shape);
+            model = model
+                .with_input_fact(ix, InferenceFact::dt_shape(datum_of(spec.dtype), shape))
+                .map_err(fail)?;
+        }
+        let typed = model.into_typed().map_err(fail)?.into_decluttered().map_err(fail)?;
+        let decluttered = keep_decluttered.then(|| typed.clone());
+        let plan = typed.into_optimized().map_err(fail)?.into_runnable().map_err(fail)?;
+        Ok((plan, decluttered))
+    }
+
+    fn plan(&self, batch: usize) -> Result<Arc<TypedRunnableModel>, BackendError> {
+        if let Some(plan) = self.plans.read().get(&batch) {
+            return Ok(plan.clone());
+        }
+        let (plan, _) = self.plan_for(batch, false)?;
+        Ok(self.plans.write().entry(batch).or_insert(plan).clone())
+    }
+}
+
+fn to_tvalue(t: &Tensor) -> Result<TValue, String> {
+    use tract_onnx::prelude::tract_ndarray::{ArrayD, IxDyn};
+    let shape = IxDyn(t.shape());
+    let bytes = t.data();
+    macro_rules! typed {
+        ($ty:ty, $n:literal) => {{
+            let v: Vec<$ty> = bytes
+                .chunks_exact($n)
+                .map(|c| <$ty>::from_le_bytes(bytemuck::pod_read_unaligned(c)))
+                .collect();
+            ArrayD::from_shape_vec(shape, v).map_err(|e| e.to_string())?.into_tvalue()
+        }};
+    }
+    Ok(match t.dtype() {
+        DType::F32 => typed!(f32, 4),
+        DType::I32 => typed!(i32, 4),
+        DType::I64 => typed!(i64, 8),
+        DType::U8 => ArrayD::from_shape_vec(shape, bytes.to_vec()).map_err(|e| e.to_string())?.into_tvalue(),
+        DType::I8 => {
+            let v: Vec<i8> = bytes.iter().map(|&b| b as i8).collect();
+            ArrayD::from_shape_vec(shape, v).map_err(|e| e.to_string())?.into_tvalue()
+        }
+    })
+}
+
+impl PreparedModel for TractModel {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {
+        let batch = check_inputs(&self.info, inputs)?;
+        let run_err = |why: String| BackendError::Run { model: self.info.name.clone(), why };
+        let plan = self.plan(batch)?;
+        let pooled = self.states.lock().get_mut(&batch).and_then(Vec::pop);
+        let mut state = match pooled {
+            Some(state) => state,
+            None => plan.spawn().map_err(|e| run_err(tract_err(e)))?,
+        };
+        let values = inputs.iter().map(to_tvalue).collect::<Result<_, _>>().map_err(run_err)?;
+        let outputs = state.run(values).map_err(|e| run_err(tract_err(e)));
+        // A state that failed mid-run is dropped rather than pooled.
+        let outputs = outputs?;
+        self.states.lock().entry(batch).or_default().push(state);
+        let mut result = Vec::with_capacity(outputs.len());
+        for (spec, value) in self.info.outputs.iter().zip(outputs) {
+            let dtype = dtype_of(value.datum_type()).filter(|&d| d == spec.dtype).ok_or_else(|| {
+                run_err(format!("output {} came back as {:?}", spec.name, value.datum_type()))
+            })?;
+            let t = Tensor::new(dtype, value.shape().to_vec(), value.as_bytes().to_vec())
+                .map_err(|e| run_err(e.to_string()))?;
+            result.push(t);
+        }
+        Ok(result)
+    }
+}

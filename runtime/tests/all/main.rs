@@ -1,0 +1,6 @@
+//! Integration tests for `cascade-runtime`, one module per area.
+
+// Tests panic on failure by design.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod reference_models;

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine to build and test Cascade. Idempotent: run it as often as you like.
+#
+#   1. the wasm guest toolchain (plugins are Rust compiled to wasm32-unknown-unknown):
+#        rustup's wasm32-unknown-unknown target when it is installed, otherwise Debian's
+#        rustc-web + rust-web-src + lld, used with -Zbuild-std (see ../shared/TOOLCHAIN.md);
+#   2. lavapipe (Vulkan on the CPU), so the wgpu backend runs on machines without a GPU;
+#   3. a Python venv with onnxruntime, the peer the benchmarks compare against (optional:
+#      only with --bench-peer).
+#
+# Each step says what it does, and on failure what you can run instead.
+set -euo pipefail
+
+want_peer=0
+for arg in "$@"; do
+  case "$arg" in
+    --bench-peer) want_peer=1 ;;
+    *) echo "usage: tools/setup.sh [--bench-peer]" >&2; exit 2 ;;
+  esac
+done
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+step() { printf '\n==> %s\n' "$*" >&2; }
+fail() { printf '\nsetup failed: %s\n' "$*" >&2; exit 1; }
+
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || fail "not root and no sudo: run this script as root"
+  sudo_cmd=(sudo)
+fi
+
+apt_updated=0
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && { echo "already installed: $*" >&2; return 0; }
+  command -v apt-get >/dev/null || fail "need Debian packages ${missing[*]}, but this machine has no apt-get"
+  if [ $apt_updated -eq 0 ]; then
+    "${sudo_cmd[@]}" apt-get update -qq || fail "apt-get update failed; run: sudo apt-get update"
+    apt_updated=1
+  fi
+  echo "installing: ${missing[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null \
+    || fail "could not install ${missing[*]}; run: sudo apt-get install -y ${missing[*]}"
+}
+
+step "wasm guest toolchain (wasm32-unknown-unknown)"
+if command -v rustup >/dev/null && rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+  echo "rustup has wasm32-unknown-unknown: plugins build with plain cargo" >&2
+else
+  echo "rustup has no wasm32-unknown-unknown std here; using Debian's Rust with -Zbuild-std" >&2
+  echo "(with internet access, 'rustup target add wasm32-unknown-unknown' replaces this step)" >&2
+  apt_install rustc-web cargo-web rust-web-src lld
+  [ -x /usr/bin/cargo ] && [ -x /usr/bin/rustc ] || fail "Debian's rustc-web did not install /usr/bin/cargo and /usr/bin/rustc"
+  command -v wasm-ld >/dev/null || fail "no wasm-ld after installing lld; run: sudo apt-get install -y lld"
+  sysroot=$(/usr/bin/rustc --print sysroot)
+  [ -d "$sysroot/lib/rustlib/src/rust/library" ] \
+    || fail "no Rust std sources under $sysroot; run: sudo apt-get install -y rust-web-src"
+  echo "guest toolchain: $(/usr/bin/rustc --version), std sources in $sysroot/lib/rustlib/src" >&2
+fi
+
+step "lavapipe (Vulkan on the CPU) for the wgpu backend"
+apt_install mesa-vulkan-drivers libvulkan1
+
+if [ $want_peer -eq 1 ]; then
+  step "onnxruntime peer for benchmarks (Python venv at target/peer-venv)"
+  venv="$root/target/peer-venv"
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import onnxruntime' 2>/dev/null; then
+    python3 -m venv "$venv" || fail "python3 -m venv failed; install python3-venv"
+    "$venv/bin/pip" install -q -r "$root/tools/peer-requirements.txt" \
+      || fail "pip install failed; run: $venv/bin/pip install -r tools/peer-requirements.txt"
+  fi
+  echo "peer: onnxruntime $("$venv/bin/python" -c 'import onnxruntime; print(onnxruntime.__version__)')" >&2
+fi
+
+step "setup done"
