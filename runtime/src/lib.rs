@@ -22,14 +22,25 @@
 //! - [`Digits`]: the committed reference data splits.
 
 mod backend;
+pub mod config;
 mod dataset;
+mod modes;
+mod policy;
 pub mod reference;
 mod tensor;
+mod token_bucket;
 
 pub use backend::tract::TractBackend;
 pub use backend::{
     Backend, BackendError, BackendKind, ModelInfo, Precision, PreparedModel, TensorSpec, check_inputs,
 };
+pub use config::{ConfigError, ResolvedConfig, ValidatedConfig};
 pub use dataset::{DatasetError, Digits, Split};
+pub use modes::{Hysteresis, Mode, SignalThresholds};
+pub use policy::{
+    BreakerState, Decision, DegradedReason, EscalationPolicy, PluginOutcome, Request, UpstreamHealth,
+    UpstreamView,
+};
 pub use reference::ReferenceModel;
 pub use tensor::{DType, Tensor, TensorError, element_count};
+pub use token_bucket::TokenBucket;

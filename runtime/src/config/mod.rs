@@ -1,0 +1,404 @@
+//! Node configuration: one TOML file, validated once, then resolved into a hash-pinned form.
+//!
+//! Three stages, so that each consumer gets exactly what it can rely on:
+//! 1. [`schema`]: what the user writes ([`NodeConfig`]), with `deny_unknown_fields` and a
+//!    documented default for every field.
+//! 2. [`load`] / [`parse`]: one validation pass over every field and cross-reference,
+//!    reporting all problems at once, each naming the file, the field path (such as
+//!    `routes.digits.thresholds.normal`) and what would be valid. The result,
+//!    [`ValidatedConfig`], holds typed settings (addresses, durations, per-mode tables) and
+//!    absolute paths, but has read no model or plugin file.
+//! 3. [`ValidatedConfig::resolve`]: reads every model and plugin file, computes its sha256,
+//!    refuses a file whose digest differs from a pinned one, and keeps the bytes it hashed,
+//!    so what runs is exactly what was checked ([`ResolvedConfig`]).
+
+mod digest;
+pub mod schema;
+mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use digest::{Digest, DigestParseError};
+pub use schema::NodeConfig;
+
+use crate::backend::BackendKind;
+use crate::modes::{Mode, SignalThresholds};
+
+/// Why a config could not be loaded or resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// Config file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not TOML, or names a section or field the schema does not have.
+    #[error("{path}: {message}")]
+    Parse {
+        /// Config file.
+        path: PathBuf,
+        /// The parser's message (line, column, field, what was expected).
+        message: String,
+    },
+    /// One or more fields hold values the node cannot use.
+    #[error("{}", invalid_message(path, problems))]
+    Invalid {
+        /// Config file.
+        path: PathBuf,
+        /// Every problem found, in field order.
+        problems: Vec<FieldProblem>,
+    },
+    /// A file the config names (model, plugin, certificate) could not be read.
+    #[error("{config}: {field}: cannot read {file}: {source}")]
+    ReadFile {
+        /// Config file.
+        config: PathBuf,
+        /// Field naming the file, such as `models.edge.path`.
+        field: String,
+        /// The file, resolved against the config file's directory.
+        file: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A model or plugin file is not the one its `sha256` pins.
+    #[error("{0}")]
+    DigestMismatch(Box<DigestMismatch>),
+}
+
+/// A file whose digest is not the pinned one (boxed in [`ConfigError`] to keep it small).
+#[derive(Debug, thiserror::Error)]
+#[error("{config}: {field}: {file} has sha256 {actual} but the config pins {expected}")]
+pub struct DigestMismatch {
+    /// Config file.
+    pub config: PathBuf,
+    /// The pinning field, such as `plugins.mnist.sha256`.
+    pub field: String,
+    /// The file that was read.
+    pub file: PathBuf,
+    /// Digest pinned in the config.
+    pub expected: Digest,
+    /// Digest of the file's bytes.
+    pub actual: Digest,
+}
+
+/// One invalid field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldProblem {
+    /// Dotted path of the field, such as `routes.digits.thresholds.normal`.
+    pub field: String,
+    /// What is wrong with the value written.
+    pub problem: String,
+    /// What would be valid.
+    pub expected: String,
+}
+
+impl fmt::Display for FieldProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}; expected {}", self.field, self.problem, self.expected)
+    }
+}
+
+fn invalid_message(path: &Path, problems: &[FieldProblem]) -> String {
+    let mut out = format!("{}: {} invalid field(s)", path.display(), problems.len());
+    for p in problems {
+        out.push_str(&format!("\n  {}: {p}", path.display()));
+    }
+    out
+}
+
+/// Reads and validates a config file. Relative paths inside it are resolved against the
+/// file's directory.
+pub fn load(path: &Path) -> Result<ValidatedConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    parse(&text, path)
+}
+
+/// Validates config text as if read from `path` (used in messages and to resolve relative
+/// paths; the file itself is not read).
+pub fn parse(text: &str, path: &Path) -> Result<ValidatedConfig, ConfigError> {
+    let raw: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })?;
+    validate::validate(raw, path)
+}
+
+/// A config whose every field has been checked; files not yet read. See the module doc.
+#[derive(Debug, Clone)]
+pub struct ValidatedConfig {
+    /// The config file.
+    pub file: PathBuf,
+    /// Everything but the model and plugin files.
+    pub settings: NodeSettings,
+    /// Models by name, files not yet read.
+    pub models: BTreeMap<String, ModelSpec>,
+    /// Plugins by name, files not yet read.
+    pub plugins: BTreeMap<String, PluginSpec>,
+}
+
+/// A config whose model and plugin files have been read and digest-checked.
+#[derive(Debug, Clone)]
+pub struct ResolvedConfig {
+    /// The config file.
+    pub file: PathBuf,
+    /// Everything but the model and plugin files.
+    pub settings: NodeSettings,
+    /// Models by name, with their bytes.
+    pub models: BTreeMap<String, ResolvedModel>,
+    /// Plugins by name, with their bytes.
+    pub plugins: BTreeMap<String, ResolvedPlugin>,
+}
+
+/// The node's typed settings.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// Reported as the tier that answered.
+    pub name: String,
+    /// HTTP listener for clients.
+    pub http: SocketAddr,
+    /// QUIC listener for downstream nodes, if this node accepts escalations.
+    pub quic: Option<SocketAddr>,
+    /// Routes by name.
+    pub routes: BTreeMap<String, RouteSettings>,
+    /// Where hard requests escalate to; `None` on the last tier.
+    pub upstream: Option<UpstreamSettings>,
+    /// Requests running at once across all routes.
+    pub max_in_flight: u32,
+    /// Per-mode switches and automatic switching.
+    pub modes: ModesSettings,
+    /// Dynamic batching, if enabled.
+    pub batching: Option<BatchingSettings>,
+    /// Logs and metrics.
+    pub telemetry: TelemetrySettings,
+}
+
+/// A model to load.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    /// Absolute path of the ONNX file.
+    pub path: PathBuf,
+    /// Backend that runs it.
+    pub backend: BackendKind,
+    /// Run on tract if the chosen backend cannot.
+    pub fallback_to_tract: bool,
+    /// Digest the file must have, if pinned.
+    pub pinned: Option<Digest>,
+}
+
+/// A model file, read and checked.
+#[derive(Debug, Clone)]
+pub struct ResolvedModel {
+    /// Where it came from and how to run it.
+    pub spec: ModelSpec,
+    /// sha256 of `bytes`: the model's version in cache keys.
+    pub digest: Digest,
+    /// The file's bytes, exactly those hashed.
+    pub bytes: Arc<[u8]>,
+}
+
+/// A plugin to instantiate.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    /// Absolute path of the component.
+    pub path: PathBuf,
+    /// Digest the file must have, if pinned.
+    pub pinned: Option<Digest>,
+    /// Most linear memory per instance, in bytes.
+    pub memory_limit_bytes: u64,
+    /// Wall time per `handle` call.
+    pub deadline: Duration,
+    /// Models it may call.
+    pub models: BTreeSet<String>,
+    /// Static key/values handed to it.
+    pub config: BTreeMap<String, String>,
+}
+
+/// A plugin file, read and checked.
+#[derive(Debug, Clone)]
+pub struct ResolvedPlugin {
+    /// Where it came from and its limits.
+    pub spec: PluginSpec,
+    /// sha256 of `bytes`: the plugin's version in cache keys.
+    pub digest: Digest,
+    /// The file's bytes, exactly those hashed.
+    pub bytes: Arc<[u8]>,
+}
+
+/// A sustained rate with a burst: the two parameters of a token bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateSettings {
+    /// Tokens added per second.
+    pub per_second: f64,
+    /// Most tokens held (requests allowed at once).
+    pub burst: u32,
+}
+
+/// A route's settings.
+#[derive(Debug, Clone)]
+pub struct RouteSettings {
+    /// Plugin that handles it.
+    pub plugin: String,
+    /// Confidence threshold per mode, indexed by [`Mode::index`].
+    pub thresholds: [f64; 3],
+    /// Whole-request budget.
+    pub deadline: Duration,
+    /// How long answers are cached; zero disables caching.
+    pub cache_ttl: Duration,
+    /// Requests running at once.
+    pub max_in_flight: u32,
+    /// Requests waiting for a slot.
+    pub queue_len: u32,
+    /// Rate limit, if any.
+    pub rate_limit: Option<RateSettings>,
+}
+
+impl RouteSettings {
+    /// The confidence at or above which this route answers locally in `mode`.
+    pub fn threshold(&self, mode: Mode) -> f64 {
+        self.thresholds[mode.index()]
+    }
+}
+
+/// The upstream node.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// QUIC addresses, tried in order.
+    pub addresses: Vec<SocketAddr>,
+    /// Name on the upstream's certificate.
+    pub server_name: String,
+    /// CA certificate file.
+    pub ca: PathBuf,
+    /// Client certificate file.
+    pub cert: PathBuf,
+    /// Client key file.
+    pub key: PathBuf,
+    /// Connection attempt limit.
+    pub connect_timeout: Duration,
+    /// One escalation's limit.
+    pub request_timeout: Duration,
+    /// Retries as a fraction of escalations.
+    pub retry_budget: f64,
+    /// Consecutive failures that open the breaker.
+    pub breaker_failure_threshold: u32,
+    /// Time open before probing.
+    pub breaker_open: Duration,
+    /// Successful probes that close it.
+    pub breaker_half_open_probes: u32,
+}
+
+/// What a mode changes.
+#[derive(Debug, Clone)]
+pub struct ModeSwitches {
+    /// Escalation token bucket; `per_second == 0` and `burst == 0` escalate nothing.
+    pub escalation_budget: RateSettings,
+    /// Routes refused in this mode.
+    pub disabled_routes: BTreeSet<String>,
+    /// Batching delay in this mode, if batching is on.
+    pub batching_delay: Option<Duration>,
+}
+
+/// Modes: switches per mode and automatic switching.
+#[derive(Debug, Clone)]
+pub struct ModesSettings {
+    /// Switches indexed by [`Mode::index`].
+    pub switches: [ModeSwitches; 3],
+    /// Change mode on the node's own signals.
+    pub automatic: bool,
+    /// Least time in a mode before stepping down.
+    pub min_dwell: Duration,
+    /// When to enter and leave `surge`.
+    pub surge: SignalThresholds,
+    /// When to enter and leave `emergency`.
+    pub emergency: SignalThresholds,
+}
+
+impl ModesSettings {
+    /// The switches of `mode`.
+    pub fn switches(&self, mode: Mode) -> &ModeSwitches {
+        &self.switches[mode.index()]
+    }
+}
+
+/// Dynamic batching.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchingSettings {
+    /// Most requests per model call.
+    pub max_batch: u32,
+    /// Longest wait to fill a batch (in `normal`; modes may override).
+    pub max_delay: Duration,
+}
+
+/// Logs and metrics.
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    /// Serve `/metrics`.
+    pub metrics: bool,
+    /// `tracing` filter.
+    pub log: String,
+}
+
+impl ValidatedConfig {
+    /// Reads every model and plugin file, checks pinned digests and that the upstream's
+    /// certificate files exist.
+    pub fn resolve(&self) -> Result<ResolvedConfig, ConfigError> {
+        let mut models = BTreeMap::new();
+        for (name, spec) in &self.models {
+            let (digest, bytes) = self.read_pinned(&format!("models.{name}"), &spec.path, spec.pinned)?;
+            models.insert(name.clone(), ResolvedModel { spec: spec.clone(), digest, bytes });
+        }
+        let mut plugins = BTreeMap::new();
+        for (name, spec) in &self.plugins {
+            let (digest, bytes) = self.read_pinned(&format!("plugins.{name}"), &spec.path, spec.pinned)?;
+            plugins.insert(name.clone(), ResolvedPlugin { spec: spec.clone(), digest, bytes });
+        }
+        if let Some(up) = &self.settings.upstream {
+            for (field, file) in [("ca", &up.ca), ("cert", &up.cert), ("key", &up.key)] {
+                // Only existence here: the transport parses them, and keys stay out of memory
+                // until then.
+                std::fs::metadata(file).map_err(|source| ConfigError::ReadFile {
+                    config: self.file.clone(),
+                    field: format!("upstream.{field}"),
+                    file: file.clone(),
+                    source,
+                })?;
+            }
+        }
+        Ok(ResolvedConfig { file: self.file.clone(), settings: self.settings.clone(), models, plugins })
+    }
+
+    fn read_pinned(
+        &self,
+        section: &str,
+        file: &Path,
+        pinned: Option<Digest>,
+    ) -> Result<(Digest, Arc<[u8]>), ConfigError> {
+        let bytes = std::fs::read(file).map_err(|source| ConfigError::ReadFile {
+            config: self.file.clone(),
+            field: format!("{section}.path"),
+            file: file.to_owned(),
+            source,
+        })?;
+        let actual = Digest::of(&bytes);
+        if let Some(expected) = pinned
+            && expected != actual
+        {
+            return Err(ConfigError::DigestMismatch(Box::new(DigestMismatch {
+                config: self.file.clone(),
+                field: format!("{section}.sha256"),
+                file: file.to_owned(),
+                expected,
+                actual,
+            })));
+        }
+        Ok((actual, bytes.into()))
+    }
+}

@@ -1,0 +1,502 @@
+//! The TOML a user writes, field by field. Every section rejects unknown fields, so a typo is
+//! an error at load instead of a silently ignored setting. Each field's doc shows its TOML
+//! and its default; a field without a default is required.
+//!
+//! These types are what the file says, not what the node runs: [`super::load`] validates
+//! them once and [`super::ValidatedConfig::resolve`] turns them into the hash-pinned
+//! [`super::ResolvedConfig`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::modes::Mode;
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// `[node]`: who this node is.
+    #[serde(default)]
+    pub node: NodeSection,
+    /// `[listeners]`: where clients and downstream nodes reach this node.
+    #[serde(default)]
+    pub listeners: ListenersConfig,
+    /// `[models.<name>]`: the models plugins may call, by name.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+    /// `[plugins.<name>]`: the guest plugins, by name.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
+    /// `[routes.<name>]`: what clients call (`/v2/models/<name>/infer`), each served by a plugin.
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteConfig>,
+    /// `[upstream]`: the node hard requests escalate to. Absent on the central tier.
+    pub upstream: Option<UpstreamConfig>,
+    /// `[admission]`: node-wide limits.
+    #[serde(default)]
+    pub admission: AdmissionConfig,
+    /// `[modes]`: the switches of each mode and when the node changes mode by itself.
+    #[serde(default)]
+    pub modes: ModesConfig,
+    /// `[batching]`: dynamic batching of model calls, for the central tier. Absent: no batching.
+    pub batching: Option<BatchingConfig>,
+    /// `[telemetry]`: logs and metrics.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// `name = "edge"`: reported as the `tier` that answered a request. Default `"cascade"`.
+    #[serde(default = "default_node_name")]
+    pub name: String,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection { name: default_node_name() }
+    }
+}
+
+fn default_node_name() -> String {
+    "cascade".to_owned()
+}
+
+/// `[listeners]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenersConfig {
+    /// `http = "127.0.0.1:8080"`: KServe v2 HTTP for clients. Default `"127.0.0.1:8080"`.
+    #[serde(default = "default_http")]
+    pub http: String,
+    /// `quic = "0.0.0.0:4433"`: QUIC for downstream nodes escalating here. Default: none
+    /// (this node accepts no escalations).
+    pub quic: Option<String>,
+}
+
+impl Default for ListenersConfig {
+    fn default() -> Self {
+        ListenersConfig { http: default_http(), quic: None }
+    }
+}
+
+fn default_http() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+
+/// `[models.<name>]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `path = "models/edge_int8.onnx"`: the ONNX file, relative to the config file. Required.
+    pub path: String,
+    /// `backend = "tract"`: `"tract"` (CPU) or `"wgpu"` (GPU compute). Default `"tract"`.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// `sha256 = "<64 hex digits>"`: pins the file; a different file is refused at load.
+    /// Default: not pinned (the digest is computed at load and printed by `edge-node check`).
+    pub sha256: Option<String>,
+    /// `fallback_to_tract = true`: if the `wgpu` backend cannot run the model (no GPU,
+    /// unsupported operator), run it on tract instead of failing. Default `true`.
+    #[serde(default = "default_true")]
+    pub fallback_to_tract: bool,
+}
+
+fn default_backend() -> String {
+    "tract".to_owned()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `[plugins.<name>]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// `path = "plugins/classifier.wasm"`: the component built by `edge-node plugin build`,
+    /// relative to the config file. Required.
+    pub path: String,
+    /// `sha256 = "<64 hex digits>"`: pins the file. Default: not pinned (computed at load).
+    pub sha256: Option<String>,
+    /// `memory_limit_mib = 64`: the most linear memory one instance may grow to. Default `64`.
+    #[serde(default = "default_memory_limit_mib")]
+    pub memory_limit_mib: u32,
+    /// `deadline_ms = 100`: wall time one `handle` call may take before it is interrupted.
+    /// Default `100`.
+    #[serde(default = "default_plugin_deadline_ms")]
+    pub deadline_ms: u64,
+    /// `models = ["edge"]`: the models this plugin may call; any other is refused on the host.
+    /// Default `[]` (none).
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// `[plugins.<name>.config]` `labels = "0123456789"`: static key/values handed to the
+    /// plugin. Default: empty.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+fn default_memory_limit_mib() -> u32 {
+    64
+}
+
+fn default_plugin_deadline_ms() -> u64 {
+    100
+}
+
+/// `[routes.<name>]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// `plugin = "mnist"`: the plugin that handles this route's requests. Required.
+    pub plugin: String,
+    /// `[routes.<name>.thresholds]`: the confidence at or above which a request is answered
+    /// locally, per mode. Required (at least `normal`).
+    pub thresholds: ThresholdsConfig,
+    /// `deadline_ms = 250`: the whole request's budget, local work and escalation included.
+    /// Default `250`.
+    #[serde(default = "default_route_deadline_ms")]
+    pub deadline_ms: u64,
+    /// `cache_ttl_s = 60`: how long an answer is served from the cache; `0` disables caching
+    /// for the route. Default `60`.
+    #[serde(default = "default_cache_ttl_s")]
+    pub cache_ttl_s: u64,
+    /// `max_in_flight = 32`: requests of this route running at once (the bulkhead).
+    /// Default `32`.
+    #[serde(default = "default_route_in_flight")]
+    pub max_in_flight: u32,
+    /// `queue_len = 64`: requests waiting for a slot; beyond it, `503`. Default `64`.
+    #[serde(default = "default_queue_len")]
+    pub queue_len: u32,
+    /// `rate_limit_rps = 1000.0`: sustained requests per second; beyond it, `429`.
+    /// Default: no rate limit.
+    pub rate_limit_rps: Option<f64>,
+    /// `rate_burst = 100`: requests allowed at once above the sustained rate. Default: one
+    /// second's worth of `rate_limit_rps` (at least 1).
+    pub rate_burst: Option<u32>,
+}
+
+fn default_route_deadline_ms() -> u64 {
+    250
+}
+
+fn default_cache_ttl_s() -> u64 {
+    60
+}
+
+fn default_route_in_flight() -> u32 {
+    32
+}
+
+fn default_queue_len() -> u32 {
+    64
+}
+
+/// `[routes.<name>.thresholds]`. The threshold used in a mode is, most specific first: this
+/// route's value for the mode, `[modes.<mode>].threshold`, this route's `normal`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdsConfig {
+    /// `normal = 0.9`: in `[0, 1]`. Required.
+    pub normal: f64,
+    /// `surge = 0.8`: in `[0, 1]`. Default: see the type's doc.
+    pub surge: Option<f64>,
+    /// `emergency = 0.0`: in `[0, 1]`. Default: see the type's doc.
+    pub emergency: Option<f64>,
+}
+
+/// `[upstream]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `addresses = ["10.0.0.5:4433"]`: the upstream node's QUIC listeners (`ip:port`), tried
+    /// in order. Required, at least one.
+    pub addresses: Vec<String>,
+    /// `server_name = "central"`: the name the upstream's certificate must carry. Required.
+    pub server_name: String,
+    /// `ca = "certs/ca.pem"`: the CA that signed the upstream's certificate. Required.
+    pub ca: String,
+    /// `cert = "certs/edge.pem"`: this node's client certificate (mutual TLS). Required.
+    pub cert: String,
+    /// `key = "certs/edge.key"`: this node's private key. Required.
+    pub key: String,
+    /// `connect_timeout_ms = 1000`: giving up on a connection attempt. Default `1000`.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// `request_timeout_ms = 500`: giving up on one escalation (also capped by the request's
+    /// own deadline). Default `500`.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// `retry_budget = 0.1`: retries allowed, as a fraction of escalations, in `[0, 1]`.
+    /// Default `0.1`.
+    #[serde(default = "default_retry_budget")]
+    pub retry_budget: f64,
+    /// `[upstream.breaker]`: when to stop calling a failing upstream.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    1000
+}
+
+fn default_request_timeout_ms() -> u64 {
+    500
+}
+
+fn default_retry_budget() -> f64 {
+    0.1
+}
+
+/// `[upstream.breaker]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// `failure_threshold = 5`: consecutive failures that open the breaker. Default `5`.
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+    /// `open_ms = 5000`: how long the breaker stays open before probing. Default `5000`.
+    #[serde(default = "default_open_ms")]
+    pub open_ms: u64,
+    /// `half_open_probes = 1`: successful probes that close it again. Default `1`.
+    #[serde(default = "default_half_open_probes")]
+    pub half_open_probes: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: default_failure_threshold(),
+            open_ms: default_open_ms(),
+            half_open_probes: default_half_open_probes(),
+        }
+    }
+}
+
+fn default_failure_threshold() -> u32 {
+    5
+}
+
+fn default_open_ms() -> u64 {
+    5000
+}
+
+fn default_half_open_probes() -> u32 {
+    1
+}
+
+/// `[admission]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// `max_in_flight = 256`: requests running at once across all routes. Default `256`.
+    #[serde(default = "default_global_in_flight")]
+    pub max_in_flight: u32,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig { max_in_flight: default_global_in_flight() }
+    }
+}
+
+fn default_global_in_flight() -> u32 {
+    256
+}
+
+/// `[modes]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModesConfig {
+    /// `[modes.normal]`. Defaults: escalation budget 100/s (burst 200).
+    #[serde(default)]
+    pub normal: ModeSwitchesConfig,
+    /// `[modes.surge]`. Defaults: escalation budget 20/s (burst 40).
+    #[serde(default)]
+    pub surge: ModeSwitchesConfig,
+    /// `[modes.emergency]`. Defaults: escalation budget 0 (no escalation).
+    #[serde(default)]
+    pub emergency: ModeSwitchesConfig,
+    /// `[modes.switching]`: automatic mode changes.
+    #[serde(default)]
+    pub switching: SwitchingConfig,
+}
+
+/// `[modes.<mode>]`: what changes in a mode. Unset fields take the mode's default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModeSwitchesConfig {
+    /// `threshold = 0.0`: the confidence threshold for every route that does not set its own
+    /// for this mode, in `[0, 1]`. Default: each route's `normal`.
+    pub threshold: Option<f64>,
+    /// `escalation_budget_rps = 100.0`: escalations per second allowed (a token bucket that
+    /// protects the upstream); `0` escalates nothing. Default: see [`ModesConfig`].
+    pub escalation_budget_rps: Option<f64>,
+    /// `escalation_burst = 200`: escalations allowed at once. Default: twice the rate, at
+    /// least 1 unless the rate is 0.
+    pub escalation_burst: Option<u32>,
+    /// `disabled_routes = ["bulk"]`: routes refused with `503` in this mode. Default `[]`.
+    #[serde(default)]
+    pub disabled_routes: Vec<String>,
+    /// `batching_delay_us = 500`: the batcher's wait for more requests in this mode.
+    /// Default: `[batching].max_delay_us`.
+    pub batching_delay_us: Option<u64>,
+}
+
+/// `[modes.switching]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchingConfig {
+    /// `automatic = true`: change mode on the node's own signals. Default `true`.
+    #[serde(default = "default_true")]
+    pub automatic: bool,
+    /// `min_dwell_ms = 10000`: the least time spent in a mode before stepping down again
+    /// (stepping up is immediate). Default `10000`.
+    #[serde(default = "default_min_dwell_ms")]
+    pub min_dwell_ms: u64,
+    /// `[modes.switching.surge]`: when to enter and leave `surge`. Defaults: queue 0.5/0.25,
+    /// upstream latency 200/100 ms, upstream error rate 0.2/0.05.
+    #[serde(default = "default_surge_signals")]
+    pub surge: SignalThresholdsConfig,
+    /// `[modes.switching.emergency]`: when to enter and leave `emergency`. Defaults: queue
+    /// 0.9/0.5, upstream latency 1000/400 ms, upstream error rate 0.5/0.2.
+    #[serde(default = "default_emergency_signals")]
+    pub emergency: SignalThresholdsConfig,
+}
+
+impl Default for SwitchingConfig {
+    fn default() -> Self {
+        SwitchingConfig {
+            automatic: true,
+            min_dwell_ms: default_min_dwell_ms(),
+            surge: default_surge_signals(),
+            emergency: default_emergency_signals(),
+        }
+    }
+}
+
+fn default_min_dwell_ms() -> u64 {
+    10_000
+}
+
+fn default_surge_signals() -> SignalThresholdsConfig {
+    SignalThresholdsConfig {
+        queue_enter: 0.5,
+        queue_exit: 0.25,
+        latency_enter_ms: 200.0,
+        latency_exit_ms: 100.0,
+        error_rate_enter: 0.2,
+        error_rate_exit: 0.05,
+    }
+}
+
+fn default_emergency_signals() -> SignalThresholdsConfig {
+    SignalThresholdsConfig {
+        queue_enter: 0.9,
+        queue_exit: 0.5,
+        latency_enter_ms: 1000.0,
+        latency_exit_ms: 400.0,
+        error_rate_enter: 0.5,
+        error_rate_exit: 0.2,
+    }
+}
+
+/// `[modes.switching.<mode>]`: a mode is entered when any signal reaches its `*_enter` value
+/// and left when every signal is at or below its `*_exit` value (hysteresis: exit < enter).
+/// All fields are required when the table is written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalThresholdsConfig {
+    /// `queue_enter = 0.5`: fullest route queue, as a fraction of its `queue_len`, in `[0, 1]`.
+    pub queue_enter: f64,
+    /// `queue_exit = 0.25`
+    pub queue_exit: f64,
+    /// `latency_enter_ms = 200.0`: upstream latency (moving average), in milliseconds.
+    pub latency_enter_ms: f64,
+    /// `latency_exit_ms = 100.0`
+    pub latency_exit_ms: f64,
+    /// `error_rate_enter = 0.2`: failed escalations (moving average), in `[0, 1]`.
+    pub error_rate_enter: f64,
+    /// `error_rate_exit = 0.05`
+    pub error_rate_exit: f64,
+}
+
+/// `[batching]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingConfig {
+    /// `max_batch = 32`: most requests in one model call. Default `32`.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: u32,
+    /// `max_delay_us = 2000`: longest a request waits for others to fill a batch.
+    /// Default `2000`.
+    #[serde(default = "default_max_delay_us")]
+    pub max_delay_us: u64,
+}
+
+fn default_max_batch() -> u32 {
+    32
+}
+
+fn default_max_delay_us() -> u64 {
+    2000
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `metrics = true`: serve Prometheus metrics at `/metrics`. Default `true`.
+    #[serde(default = "default_true")]
+    pub metrics: bool,
+    /// `log = "info"`: a `tracing` filter (`RUST_LOG` syntax); `RUST_LOG` overrides it.
+    /// Default `"info"`.
+    #[serde(default = "default_log")]
+    pub log: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { metrics: true, log: default_log() }
+    }
+}
+
+fn default_log() -> String {
+    "info".to_owned()
+}
+
+impl ThresholdsConfig {
+    /// The value written for `mode`, if any.
+    pub fn get(&self, mode: Mode) -> Option<f64> {
+        match mode {
+            Mode::Normal => Some(self.normal),
+            Mode::Surge => self.surge,
+            Mode::Emergency => self.emergency,
+        }
+    }
+}
+
+impl ModesConfig {
+    /// The switches written for `mode`.
+    pub fn get(&self, mode: Mode) -> &ModeSwitchesConfig {
+        match mode {
+            Mode::Normal => &self.normal,
+            Mode::Surge => &self.surge,
+            Mode::Emergency => &self.emergency,
+        }
+    }
+}
+
+impl SwitchingConfig {
+    /// The signal thresholds of an elevated mode; `None` for `normal`, which has none.
+    pub fn signals(&self, mode: Mode) -> Option<&SignalThresholdsConfig> {
+        match mode {
+            Mode::Normal => None,
+            Mode::Surge => Some(&self.surge),
+            Mode::Emergency => Some(&self.emergency),
+        }
+    }
+}

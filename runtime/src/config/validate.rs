@@ -1,0 +1,370 @@
+//! The one validation pass: user config in, typed settings or every problem out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::schema::{NodeConfig, RouteConfig, SignalThresholdsConfig};
+use super::{
+    BatchingSettings, ConfigError, Digest, FieldProblem, ModeSwitches, ModelSpec, ModesSettings,
+    NodeSettings, PluginSpec, RateSettings, RouteSettings, TelemetrySettings, UpstreamSettings,
+    ValidatedConfig,
+};
+use crate::backend::BackendKind;
+use crate::modes::{Hysteresis, Mode, SignalThresholds};
+
+/// Collects problems while the pass goes on, so the user sees all of them at once.
+struct Checker {
+    problems: Vec<FieldProblem>,
+    dir: PathBuf,
+}
+
+impl Checker {
+    fn fail(&mut self, field: impl Into<String>, problem: impl Into<String>, expected: impl Into<String>) {
+        self.problems.push(FieldProblem {
+            field: field.into(),
+            problem: problem.into(),
+            expected: expected.into(),
+        });
+    }
+
+    fn addr(&mut self, field: &str, value: &str) -> Option<SocketAddr> {
+        match value.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.fail(
+                    field,
+                    format!("`{value}` is not an address"),
+                    "`ip:port`, such as `127.0.0.1:8080`",
+                );
+                None
+            }
+        }
+    }
+
+    fn unit(&mut self, field: &str, value: f64) -> f64 {
+        if !(0.0..=1.0).contains(&value) {
+            self.fail(field, format!("{value} is outside [0, 1]"), "a number from 0.0 to 1.0");
+        }
+        value
+    }
+
+    fn positive_ms(&mut self, field: &str, value: u64) -> Duration {
+        if value == 0 {
+            self.fail(field, "0 ms leaves no time", "a whole number of milliseconds, at least 1");
+        }
+        Duration::from_millis(value)
+    }
+
+    fn at_least_one(&mut self, field: &str, value: u32) -> u32 {
+        if value == 0 {
+            self.fail(field, "0 allows nothing", "a whole number, at least 1");
+        }
+        value
+    }
+
+    fn rate(&mut self, field: &str, value: f64, zero_ok: bool) -> f64 {
+        let ok = value.is_finite() && (value > 0.0 || (zero_ok && value == 0.0));
+        if !ok {
+            let expected = if zero_ok { "a finite number ≥ 0" } else { "a finite number > 0" };
+            self.fail(field, format!("{value} is not a usable rate"), expected);
+        }
+        value
+    }
+
+    fn name(&mut self, field: &str, name: &str) {
+        let ok = !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !ok {
+            self.fail(
+                field,
+                format!("`{name}` is not a usable name"),
+                "letters, digits, `-`, `_`, `.` (non-empty)",
+            );
+        }
+    }
+
+    fn path(&self, value: &str) -> PathBuf {
+        self.dir.join(value)
+    }
+
+    fn digest(&mut self, field: &str, value: Option<&str>) -> Option<Digest> {
+        let value = value?;
+        match value.parse::<Digest>() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.fail(field, e.to_string(), "64 hex digits, as printed by `sha256sum FILE`");
+                None
+            }
+        }
+    }
+
+    fn known<'a>(&mut self, field: &str, name: &str, kind: &str, known: impl Iterator<Item = &'a String>) {
+        let known: Vec<&String> = known.collect();
+        if !known.iter().any(|k| *k == name) {
+            let list = if known.is_empty() {
+                format!("a {kind} defined in the config (there are none)")
+            } else {
+                format!("one of {}", known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "))
+            };
+            self.fail(field, format!("no {kind} named `{name}`"), list);
+        }
+    }
+
+    fn signals(&mut self, field: &str, s: &SignalThresholdsConfig) -> SignalThresholds {
+        let queue = Hysteresis {
+            enter: self.unit(&format!("{field}.queue_enter"), s.queue_enter),
+            exit: self.unit(&format!("{field}.queue_exit"), s.queue_exit),
+        };
+        for (name, v) in [("latency_enter_ms", s.latency_enter_ms), ("latency_exit_ms", s.latency_exit_ms)] {
+            if !(v.is_finite() && v >= 0.0) {
+                self.fail(format!("{field}.{name}"), format!("{v} is not a latency"), "milliseconds ≥ 0");
+            }
+        }
+        let latency_ms = Hysteresis { enter: s.latency_enter_ms, exit: s.latency_exit_ms };
+        let error_rate = Hysteresis {
+            enter: self.unit(&format!("{field}.error_rate_enter"), s.error_rate_enter),
+            exit: self.unit(&format!("{field}.error_rate_exit"), s.error_rate_exit),
+        };
+        for (signal, h) in [("queue", queue), ("latency", latency_ms), ("error_rate", error_rate)] {
+            if h.exit >= h.enter {
+                let suffix = if signal == "latency" { "_ms" } else { "" };
+                self.fail(
+                    format!("{field}.{signal}_exit{suffix}"),
+                    format!("exit level {} is not below enter level {}", h.exit, h.enter),
+                    format!("a value below `{signal}_enter{suffix}` (hysteresis)"),
+                );
+            }
+        }
+        SignalThresholds { queue, latency_ms, error_rate }
+    }
+}
+
+pub(super) fn validate(raw: NodeConfig, file: &Path) -> Result<ValidatedConfig, ConfigError> {
+    let dir = file.parent().map(Path::to_owned).unwrap_or_default();
+    let mut c = Checker { problems: Vec::new(), dir };
+
+    if raw.node.name.trim().is_empty() {
+        c.fail("node.name", "empty", "a name for this tier, such as `edge`");
+    }
+    let http = c.addr("listeners.http", &raw.listeners.http);
+    let quic = raw.listeners.quic.as_deref().and_then(|q| c.addr("listeners.quic", q));
+
+    let mut models = BTreeMap::new();
+    for (name, m) in &raw.models {
+        let f = format!("models.{name}");
+        c.name(&f, name);
+        let backend = match m.backend.as_str() {
+            "tract" => BackendKind::Tract,
+            "wgpu" => BackendKind::Wgpu,
+            other => {
+                c.fail(format!("{f}.backend"), format!("unknown backend `{other}`"), "`tract` or `wgpu`");
+                BackendKind::Tract
+            }
+        };
+        let pinned = c.digest(&format!("{f}.sha256"), m.sha256.as_deref());
+        let path = c.path(&m.path);
+        models.insert(
+            name.clone(),
+            ModelSpec { path, backend, fallback_to_tract: m.fallback_to_tract, pinned },
+        );
+    }
+
+    let mut plugins = BTreeMap::new();
+    for (name, p) in &raw.plugins {
+        let f = format!("plugins.{name}");
+        c.name(&f, name);
+        let pinned = c.digest(&format!("{f}.sha256"), p.sha256.as_deref());
+        // wasm32 linear memory cannot exceed 4 GiB.
+        if !(1..=4096).contains(&p.memory_limit_mib) {
+            c.fail(
+                format!("{f}.memory_limit_mib"),
+                format!("{} MiB is outside what a wasm32 guest can use", p.memory_limit_mib),
+                "a whole number of MiB from 1 to 4096",
+            );
+        }
+        let deadline = c.positive_ms(&format!("{f}.deadline_ms"), p.deadline_ms);
+        for (i, model) in p.models.iter().enumerate() {
+            c.known(&format!("{f}.models[{i}]"), model, "model", raw.models.keys());
+        }
+        plugins.insert(
+            name.clone(),
+            PluginSpec {
+                path: c.path(&p.path),
+                pinned,
+                memory_limit_bytes: u64::from(p.memory_limit_mib) << 20,
+                deadline,
+                models: p.models.iter().cloned().collect(),
+                config: p.config.clone(),
+            },
+        );
+    }
+
+    if raw.routes.is_empty() {
+        c.fail("routes", "no route is defined", "at least one `[routes.<name>]` table");
+    }
+    let mut routes = BTreeMap::new();
+    for (name, r) in &raw.routes {
+        let route = route(&mut c, &raw, name, r);
+        routes.insert(name.clone(), route);
+    }
+
+    let upstream = raw.upstream.as_ref().map(|u| {
+        if u.addresses.is_empty() {
+            c.fail("upstream.addresses", "empty", "at least one `ip:port` of the upstream's QUIC listener");
+        }
+        let addresses: Vec<SocketAddr> = u
+            .addresses
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| c.addr(&format!("upstream.addresses[{i}]"), a))
+            .collect();
+        if u.server_name.trim().is_empty() {
+            c.fail("upstream.server_name", "empty", "the DNS name on the upstream's certificate");
+        }
+        let retry_budget = c.unit("upstream.retry_budget", u.retry_budget);
+        UpstreamSettings {
+            addresses,
+            server_name: u.server_name.clone(),
+            ca: c.path(&u.ca),
+            cert: c.path(&u.cert),
+            key: c.path(&u.key),
+            connect_timeout: c.positive_ms("upstream.connect_timeout_ms", u.connect_timeout_ms),
+            request_timeout: c.positive_ms("upstream.request_timeout_ms", u.request_timeout_ms),
+            retry_budget,
+            breaker_failure_threshold: c
+                .at_least_one("upstream.breaker.failure_threshold", u.breaker.failure_threshold),
+            breaker_open: c.positive_ms("upstream.breaker.open_ms", u.breaker.open_ms),
+            breaker_half_open_probes: c
+                .at_least_one("upstream.breaker.half_open_probes", u.breaker.half_open_probes),
+        }
+    });
+
+    let max_in_flight = c.at_least_one("admission.max_in_flight", raw.admission.max_in_flight);
+
+    let batching = raw.batching.as_ref().map(|b| BatchingSettings {
+        max_batch: c.at_least_one("batching.max_batch", b.max_batch),
+        max_delay: Duration::from_micros(b.max_delay_us),
+    });
+
+    let switches = Mode::ALL.map(|mode| {
+        let f = format!("modes.{mode}");
+        let m = raw.modes.get(mode);
+        if let Some(t) = m.threshold {
+            c.unit(&format!("{f}.threshold"), t);
+        }
+        let (default_rps, default_burst) = match mode {
+            Mode::Normal => (100.0, 200),
+            Mode::Surge => (20.0, 40),
+            Mode::Emergency => (0.0, 0),
+        };
+        let per_second = c.rate(
+            &format!("{f}.escalation_budget_rps"),
+            m.escalation_budget_rps.unwrap_or(default_rps),
+            true,
+        );
+        let burst = match (m.escalation_burst, m.escalation_budget_rps) {
+            (Some(b), _) => b,
+            (None, None) => default_burst,
+            (None, Some(_)) if per_second == 0.0 => 0,
+            (None, Some(_)) => ((per_second * 2.0).ceil() as u32).max(1),
+        };
+        let mut disabled = BTreeSet::new();
+        for (i, route) in m.disabled_routes.iter().enumerate() {
+            c.known(&format!("{f}.disabled_routes[{i}]"), route, "route", raw.routes.keys());
+            disabled.insert(route.clone());
+        }
+        let batching_delay = match (m.batching_delay_us, &batching) {
+            (Some(us), Some(_)) => Some(Duration::from_micros(us)),
+            (Some(_), None) => {
+                c.fail(
+                    format!("{f}.batching_delay_us"),
+                    "set but batching is off",
+                    "a `[batching]` section, or no `batching_delay_us`",
+                );
+                None
+            }
+            (None, Some(b)) => Some(b.max_delay),
+            (None, None) => None,
+        };
+        ModeSwitches {
+            escalation_budget: RateSettings { per_second, burst },
+            disabled_routes: disabled,
+            batching_delay,
+        }
+    });
+    let sw = &raw.modes.switching;
+    let surge = c.signals("modes.switching.surge", &sw.surge);
+    let emergency = c.signals("modes.switching.emergency", &sw.emergency);
+    let modes = ModesSettings {
+        switches,
+        automatic: sw.automatic,
+        min_dwell: Duration::from_millis(sw.min_dwell_ms),
+        surge,
+        emergency,
+    };
+
+    if raw.telemetry.log.trim().is_empty() {
+        c.fail("telemetry.log", "empty", "a `tracing` filter such as `info` or `cascade_runtime=debug`");
+    }
+
+    if !c.problems.is_empty() {
+        return Err(ConfigError::Invalid { path: file.to_owned(), problems: c.problems });
+    }
+    let (Some(http), quic) = (http, quic) else {
+        // Unreachable in practice: a bad address was recorded as a problem above.
+        return Err(ConfigError::Invalid { path: file.to_owned(), problems: Vec::new() });
+    };
+    Ok(ValidatedConfig {
+        file: file.to_owned(),
+        settings: NodeSettings {
+            name: raw.node.name.clone(),
+            http,
+            quic,
+            routes,
+            upstream,
+            max_in_flight,
+            modes,
+            batching,
+            telemetry: TelemetrySettings { metrics: raw.telemetry.metrics, log: raw.telemetry.log.clone() },
+        },
+        models,
+        plugins,
+    })
+}
+
+fn route(c: &mut Checker, raw: &NodeConfig, name: &str, r: &RouteConfig) -> RouteSettings {
+    let f = format!("routes.{name}");
+    c.name(&f, name);
+    c.known(&format!("{f}.plugin"), &r.plugin, "plugin", raw.plugins.keys());
+    let normal = c.unit(&format!("{f}.thresholds.normal"), r.thresholds.normal);
+    let thresholds = Mode::ALL.map(|mode| match r.thresholds.get(mode) {
+        Some(t) => c.unit(&format!("{f}.thresholds.{mode}"), t),
+        None => raw.modes.get(mode).threshold.unwrap_or(normal),
+    });
+    let rate_limit = r.rate_limit_rps.map(|rps| {
+        let per_second = c.rate(&format!("{f}.rate_limit_rps"), rps, false);
+        let burst = match r.rate_burst {
+            Some(b) => c.at_least_one(&format!("{f}.rate_burst"), b),
+            None => (per_second.ceil() as u32).max(1),
+        };
+        RateSettings { per_second, burst }
+    });
+    if r.rate_burst.is_some() && r.rate_limit_rps.is_none() {
+        c.fail(
+            format!("{f}.rate_burst"),
+            "set without a rate limit",
+            "`rate_limit_rps` as well, or no `rate_burst`",
+        );
+    }
+    RouteSettings {
+        plugin: r.plugin.clone(),
+        thresholds,
+        deadline: c.positive_ms(&format!("{f}.deadline_ms"), r.deadline_ms),
+        cache_ttl: Duration::from_secs(r.cache_ttl_s),
+        max_in_flight: c.at_least_one(&format!("{f}.max_in_flight"), r.max_in_flight),
+        queue_len: r.queue_len,
+        rate_limit,
+    }
+}
