@@ -1,8 +1,10 @@
 //! The Cascade node binary's library half: everything `edge-node`'s commands do, so that
 //! integration tests and benchmarks can drive it directly.
 //!
+//! - [`check_cmd`]: `edge-node check`, validating a node config without serving.
 //! - [`demo`]: the main job, run by `edge-node demo`.
 //! - [`figures`]: figures printed as `../shared/BENCH.md` asks.
 
+pub mod check_cmd;
 pub mod demo;
 pub mod figures;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use edge_node::demo;
+use edge_node::{check_cmd, demo};
 
 #[derive(Parser)]
 #[command(name = "edge-node", version, about = "Cascade: a CDN for inference")]
@@ -27,6 +27,12 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         latency_samples: usize,
     },
+    /// Validate a node config and read its model and plugin files, without serving.
+    Check {
+        /// The node's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo { json, models, latency_samples } => {
             demo::run(&models, latency_samples)?.print(json);
         }
+        Command::Check { config } => print!("{}", check_cmd::run(&config)?),
     }
     Ok(())
 }
