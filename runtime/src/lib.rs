@@ -22,6 +22,7 @@
 //! - [`Digits`]: the committed reference data splits.
 
 mod backend;
+mod cache;
 pub mod config;
 mod dataset;
 mod modes;
@@ -34,6 +35,7 @@ pub use backend::tract::TractBackend;
 pub use backend::{
     Backend, BackendError, BackendKind, ModelInfo, Precision, PreparedModel, TensorSpec, check_inputs,
 };
+pub use cache::{Cache, CacheKey, CacheStatus, Lookup, LruStore};
 pub use config::{ConfigError, ResolvedConfig, ValidatedConfig};
 pub use dataset::{DatasetError, Digits, Split};
 pub use modes::{Hysteresis, Mode, SignalThresholds};
