@@ -21,6 +21,7 @@
 //!   run batches many times.
 //! - [`Digits`]: the committed reference data splits.
 
+mod admission;
 mod backend;
 mod cache;
 pub mod config;
@@ -31,6 +32,7 @@ pub mod reference;
 mod tensor;
 mod token_bucket;
 
+pub use admission::{Admission, Permit, Rejection, RouteLimits};
 pub use backend::tract::TractBackend;
 pub use backend::{
     Backend, BackendError, BackendKind, ModelInfo, Precision, PreparedModel, TensorSpec, check_inputs,
