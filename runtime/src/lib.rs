@@ -40,7 +40,7 @@ pub use backend::{
 pub use cache::{Cache, CacheKey, CacheStatus, Lookup, LruStore};
 pub use config::{ConfigError, ResolvedConfig, ValidatedConfig};
 pub use dataset::{DatasetError, Digits, Split};
-pub use modes::{Hysteresis, Mode, SignalThresholds};
+pub use modes::{Hysteresis, Mode, ModeChange, ModeController, SignalThresholds, Signals, SwitchCause};
 pub use policy::{
     BreakerState, Decision, DegradedReason, EscalationPolicy, PluginOutcome, Request, UpstreamHealth,
     UpstreamView,
