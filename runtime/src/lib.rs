@@ -29,6 +29,7 @@ mod dataset;
 mod modes;
 mod policy;
 pub mod reference;
+mod telemetry;
 mod tensor;
 mod token_bucket;
 
@@ -46,5 +47,6 @@ pub use policy::{
     UpstreamView,
 };
 pub use reference::ReferenceModel;
+pub use telemetry::{Outcome, Stage, Telemetry, TelemetryError, Tier, UNKNOWN_ROUTE};
 pub use tensor::{DType, Tensor, TensorError, element_count};
 pub use token_bucket::TokenBucket;
