@@ -20,6 +20,20 @@
 //! - [`Backend`] → [`PreparedModel`]: prepare a model once (refusing what cannot run),
 //!   run batches many times.
 //! - [`Digits`]: the committed reference data splits.
+//!
+//! The serving core, each piece sans-IO or a small type the HTTP front door drives:
+//! - [`config`]: the node's TOML, validated once ([`ValidatedConfig`]) and resolved into a
+//!   hash-pinned form ([`ResolvedConfig`]); `edge-node check` runs both.
+//! - [`Admission`]: per-route bulkheads and rate limits; rejections carry status and
+//!   `Retry-After`; [`Permit`]s free their slot on drop.
+//! - [`Cache`]: answers keyed by [`CacheKey`] (route, plugin and model digests, input),
+//!   byte-bounded LRU with TTL, coalescing identical requests in flight.
+//! - [`EscalationPolicy`]: which tier answers, from the plugin's confidence, the mode's
+//!   threshold, the upstream's breaker and recent latency ([`UpstreamHealth`]), the deadline
+//!   and an escalation budget.
+//! - [`ModeController`]: `normal` / `surge` / `emergency` from the node's own [`Signals`],
+//!   with hysteresis, or pinned by an admin.
+//! - [`Telemetry`]: the Prometheus registry and its text exposition.
 
 mod admission;
 mod backend;

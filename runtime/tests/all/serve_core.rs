@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use cascade_runtime::config::{self, ConfigError, Digest};
-use cascade_runtime::{BackendKind, Mode, ReferenceModel, reference};
+use cascade_runtime::{BackendKind, CacheKey, Mode, ReferenceModel, reference};
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/configs")
@@ -88,6 +88,15 @@ fn resolve_reads_and_pins_real_files() {
     assert_eq!(plugin.digest.to_string(), good);
     let model_bytes = std::fs::read(ReferenceModel::EdgeInt8.path(&reference::default_models_dir())).unwrap();
     assert_eq!(resolved.models["edge"].digest, Digest::of(&model_bytes));
+
+    // The cache key follows the plugin's and models' versions.
+    let key = CacheKey::for_route(&resolved, "digits", b"pixels").unwrap();
+    assert_eq!(key, CacheKey::new("digits", &plugin.digest, &[resolved.models["edge"].digest], b"pixels"));
+    assert!(CacheKey::for_route(&resolved, "letters", b"pixels").is_none());
+    std::fs::write(dir.path().join("plugins/p.wasm"), b"plugin v2").unwrap();
+    let v2 = config::parse(&minimal("plugins/p.wasm", None), &cfg_path).unwrap().resolve().unwrap();
+    assert_ne!(CacheKey::for_route(&v2, "digits", b"pixels").unwrap(), key);
+    std::fs::write(dir.path().join("plugins/p.wasm"), &plugin_bytes).unwrap();
 
     let wrong = Digest::of(b"another file").to_string();
     let err =
@@ -398,5 +407,119 @@ mod admission {
         assert_eq!(a.admit("digits", t0).await.unwrap_err(), Rejection::RouteDisabled);
         a.set_disabled(&BTreeSet::new());
         assert!(a.admit("digits", t0).await.is_ok());
+    }
+}
+
+/// The core pieces wired as the front door will wire them, from the edge example config,
+/// deciding over the real edge model's confidences on the test split.
+mod pipeline {
+    use std::time::{Duration, Instant};
+
+    use cascade_runtime::{
+        Backend, BreakerState, Decision, DegradedReason, Digits, EscalationPolicy, Mode, ModeController,
+        PluginOutcome, ReferenceModel, Request, Signals, Split, Telemetry, TractBackend, UpstreamView,
+        config, reference,
+    };
+
+    /// Max softmax probability of each row of logits: what a classifier plugin reports.
+    fn confidences(logits: &[f32]) -> Vec<f64> {
+        logits
+            .chunks(10)
+            .map(|row| {
+                let max = row.iter().cloned().fold(f32::MIN, f32::max);
+                let sum: f32 = row.iter().map(|l| (l - max).exp()).sum();
+                f64::from(1.0 / sum)
+            })
+            .collect()
+    }
+
+    /// (local, escalated, degraded by budget) for every confidence, all decided at `now`.
+    fn decide_all(
+        policy: &mut EscalationPolicy,
+        threshold: f64,
+        conf: &[f64],
+        now: Instant,
+    ) -> (usize, usize, usize) {
+        let upstream =
+            Some(UpstreamView { breaker: BreakerState::Closed, latency: Some(Duration::from_millis(5)) });
+        let mut counts = (0, 0, 0);
+        for &confidence in conf {
+            let req = Request {
+                outcome: PluginOutcome::Answer { confidence },
+                threshold,
+                upstream,
+                deadline: now + Duration::from_millis(250),
+            };
+            match policy.decide(&req, now) {
+                Decision::Local => counts.0 += 1,
+                Decision::Escalate { .. } => counts.1 += 1,
+                Decision::Degraded(DegradedReason::BudgetExhausted) => counts.2 += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        counts
+    }
+
+    #[test]
+    fn edge_config_decides_over_the_real_edge_model_and_follows_mode_switches() {
+        let cfg = config::load(&super::examples_dir().join("edge.toml")).unwrap();
+        let s = &cfg.settings;
+        let route = &s.routes["digits"];
+
+        let dir = reference::default_models_dir();
+        let bytes = std::fs::read(ReferenceModel::EdgeInt8.path(&dir)).unwrap();
+        let model = TractBackend::new().prepare("edge", &bytes).unwrap();
+        let test = Digits::load_split(&dir, Split::Test).unwrap();
+        let mut conf = Vec::new();
+        for start in (0..test.len()).step_by(500) {
+            let input =
+                reference::images_to_input(test.images(start..(start + 500).min(test.len()))).unwrap();
+            conf.extend(confidences(&model.run(&[input]).unwrap()[0].to_f32().unwrap()));
+        }
+        let below = |t: f64| conf.iter().filter(|c| **c < t).count();
+
+        let t0 = Instant::now();
+        let telemetry = Telemetry::new().unwrap();
+        let mut modes = ModeController::new(&s.modes, t0);
+        let budget = |mode: Mode| s.modes.switches(mode).escalation_budget;
+        let mut policy = EscalationPolicy::new(budget(Mode::Normal), t0);
+
+        // Normal: the unsure ones escalate, as far as the budget's burst allows.
+        let unsure = below(route.threshold(Mode::Normal));
+        assert!(unsure > 0 && unsure < conf.len() / 4, "{unsure} of {} below 0.9", conf.len());
+        let burst = budget(Mode::Normal).burst as usize;
+        let (local, escalated, degraded) = decide_all(&mut policy, route.threshold(Mode::Normal), &conf, t0);
+        assert_eq!(
+            (local, escalated, degraded),
+            (conf.len() - unsure, unsure.min(burst), unsure.saturating_sub(burst))
+        );
+
+        // A failing upstream sends the node to emergency: nothing escalates any more.
+        let t1 = t0 + Duration::from_secs(1);
+        let failing = Signals { upstream_error_rate: 0.7, ..Signals::default() };
+        let change = modes.observe(&failing, t1).expect("switches");
+        assert_eq!(change.to, Mode::Emergency);
+        policy.set_budget(budget(change.to), t1);
+        telemetry.mode_change(&change);
+        let (local, escalated, _) = decide_all(&mut policy, route.threshold(Mode::Emergency), &conf, t1);
+        assert_eq!((local, escalated), (conf.len(), 0));
+
+        // An admin pins surge: a lower threshold and a smaller budget.
+        let t2 = t1 + Duration::from_secs(1);
+        let change = modes.pin(Mode::Surge, t2).unwrap();
+        policy.set_budget(budget(Mode::Surge), t2);
+        telemetry.mode_change(&change);
+        let unsure = below(route.threshold(Mode::Surge));
+        // Coming from emergency's empty budget, the bucket refills at the surge rate: right
+        // after the switch nothing escalates, two seconds later a full burst may.
+        let (_, escalated, _) = decide_all(&mut policy, route.threshold(Mode::Surge), &conf, t2);
+        assert_eq!(escalated, 0);
+        let t3 = t2 + Duration::from_secs(2);
+        let (_, escalated, degraded) = decide_all(&mut policy, route.threshold(Mode::Surge), &conf, t3);
+        let held = budget(Mode::Surge).burst as usize;
+        assert_eq!((escalated, degraded), (unsure.min(held), unsure.saturating_sub(held)));
+
+        let text = telemetry.render().unwrap();
+        assert!(text.contains("cascade_mode{mode=\"surge\"} 1"), "{text}");
     }
 }
