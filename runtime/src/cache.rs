@@ -191,17 +191,26 @@ struct Inner<V, E> {
 /// The answer cache with request coalescing. Share it behind an `Arc`.
 pub struct Cache<V, E> {
     inner: Mutex<Inner<V, E>>,
+    keep: fn(&V) -> bool,
 }
 
 impl<V: Clone, E: Clone> Cache<V, E> {
     /// A cache holding at most `budget_bytes`, values weighed by `weigh`.
     pub fn new(budget_bytes: usize, weigh: fn(&V) -> usize) -> Cache<V, E> {
+        Cache::with_filter(budget_bytes, weigh, |_| true)
+    }
+
+    /// Like [`Cache::new`], but stores only the values `keep` accepts; the others are still
+    /// shared with coalesced followers. A degraded answer, for one, should reach everyone
+    /// who asked together but not be served for a whole TTL once the upstream is back.
+    pub fn with_filter(budget_bytes: usize, weigh: fn(&V) -> usize, keep: fn(&V) -> bool) -> Cache<V, E> {
         Cache {
             inner: Mutex::new(Inner {
                 store: LruStore::new(budget_bytes, weigh),
                 in_flight: HashMap::new(),
                 next_id: 0,
             }),
+            keep,
         }
     }
 
@@ -273,7 +282,9 @@ impl<V: Clone, E: Clone> Cache<V, E> {
         let result = compute().await;
         {
             let mut inner = self.inner.lock();
-            if let Ok(value) = &result {
+            if let Ok(value) = &result
+                && (self.keep)(value)
+            {
                 inner.store.insert(key, value.clone(), ttl, Instant::now());
             }
             inner.unregister(&key, id);

@@ -281,6 +281,25 @@ mod coalescing {
     }
 
     #[tokio::test]
+    async fn filtered_values_are_shared_but_not_stored() {
+        // Odd values stand for degraded answers.
+        let cache: Arc<TestCache> = Arc::new(Cache::with_filter(1 << 20, |_| 4, |v| v % 2 == 0));
+        let computations = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(Notify::new());
+        let tasks = spawn_burst(&cache, 3, &computations, &release, Ok(3));
+        let_everyone_block().await;
+        release.notify_waiters();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap().value, 3);
+        }
+        assert_eq!(computations.load(Ordering::SeqCst), 1);
+        let next = cache.get_or_compute(key(), Duration::from_secs(60), || async { Ok(4) }).await.unwrap();
+        assert_eq!((next.value, next.status), (4, CacheStatus::Miss));
+        let hit = cache.get_or_compute(key(), Duration::from_secs(60), || async { Ok(6) }).await.unwrap();
+        assert_eq!((hit.value, hit.status), (4, CacheStatus::Hit));
+    }
+
+    #[tokio::test]
     async fn a_cancelled_leader_hands_over_to_a_follower() {
         let cache = new_cache();
         let computations = Arc::new(AtomicUsize::new(0));
