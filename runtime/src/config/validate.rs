@@ -142,7 +142,10 @@ impl Checker {
 }
 
 pub(super) fn validate(raw: NodeConfig, file: &Path) -> Result<ValidatedConfig, ConfigError> {
-    let dir = file.parent().map(Path::to_owned).unwrap_or_default();
+    // Against the absolute path, so that resolved paths stay right if the working directory
+    // changes later; messages keep the path as the user wrote it.
+    let absolute = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
+    let dir = absolute.parent().map(Path::to_owned).unwrap_or_default();
     let mut c = Checker { problems: Vec::new(), dir };
 
     if raw.node.name.trim().is_empty() {
@@ -340,6 +343,7 @@ fn route(c: &mut Checker, raw: &NodeConfig, name: &str, r: &RouteConfig) -> Rout
     c.known(&format!("{f}.plugin"), &r.plugin, "plugin", raw.plugins.keys());
     let normal = c.unit(&format!("{f}.thresholds.normal"), r.thresholds.normal);
     let thresholds = Mode::ALL.map(|mode| match r.thresholds.get(mode) {
+        Some(_) if mode == Mode::Normal => normal,
         Some(t) => c.unit(&format!("{f}.thresholds.{mode}"), t),
         None => raw.modes.get(mode).threshold.unwrap_or(normal),
     });

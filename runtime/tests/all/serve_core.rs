@@ -88,6 +88,9 @@ fn resolve_reads_and_pins_real_files() {
     assert_eq!(plugin.digest.to_string(), good);
     let model_bytes = std::fs::read(ReferenceModel::EdgeInt8.path(&reference::default_models_dir())).unwrap();
     assert_eq!(resolved.models["edge"].digest, Digest::of(&model_bytes));
+    // A relative config path still yields absolute file paths.
+    let relative = config::parse(&minimal("p.wasm", None), Path::new("node.toml")).unwrap();
+    assert!(relative.plugins["p"].path.is_absolute());
 
     // The cache key follows the plugin's and models' versions.
     let key = CacheKey::for_route(&resolved, "digits", b"pixels").unwrap();
@@ -166,6 +169,9 @@ error_rate_exit = 0.1
     ] {
         assert!(fields.contains(&expected), "{expected} not in {fields:?}");
     }
+    let mut unique = fields.clone();
+    unique.dedup();
+    assert_eq!(unique, fields, "each problem once");
     let msg = err.to_string();
     assert!(msg.lines().skip(1).all(|l| l.trim_start().starts_with("bad.toml: ")), "{msg}");
     // Each problem says what would be valid.
