@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use edge_node::{check_cmd, demo};
+use edge_node::demo;
 
 #[derive(Parser)]
 #[command(name = "edge-node", version, about = "Cascade: a CDN for inference")]
@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo { json, models, latency_samples } => {
             demo::run(&models, latency_samples)?.print(json);
         }
-        Command::Check { config } => print!("{}", check_cmd::run(&config)?),
+        Command::Check { config } => print!("{}", edge_node::check_cmd::run(&config)?),
     }
     Ok(())
 }

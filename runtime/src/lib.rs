@@ -20,20 +20,6 @@
 //! - [`Backend`] → [`PreparedModel`]: prepare a model once (refusing what cannot run),
 //!   run batches many times.
 //! - [`Digits`]: the committed reference data splits.
-//!
-//! The serving core, each piece sans-IO or a small type the HTTP front door drives:
-//! - [`config`]: the node's TOML, validated once ([`ValidatedConfig`]) and resolved into a
-//!   hash-pinned form ([`ResolvedConfig`]); `edge-node check` runs both.
-//! - [`Admission`]: per-route bulkheads and rate limits; rejections carry status and
-//!   `Retry-After`; [`Permit`]s free their slot on drop.
-//! - [`Cache`]: answers keyed by [`CacheKey`] (route, plugin and model digests, input),
-//!   byte-bounded LRU with TTL, coalescing identical requests in flight.
-//! - [`EscalationPolicy`]: which tier answers, from the plugin's confidence, the mode's
-//!   threshold, the upstream's breaker and recent latency ([`UpstreamHealth`]), the deadline
-//!   and an escalation budget.
-//! - [`ModeController`]: `normal` / `surge` / `emergency` from the node's own [`Signals`],
-//!   with hysteresis, or pinned by an admin.
-//! - [`Telemetry`]: the Prometheus registry and its text exposition.
 
 mod admission;
 mod backend;
@@ -55,12 +41,12 @@ pub use backend::{
 pub use cache::{Cache, CacheKey, CacheStatus, Lookup, LruStore};
 pub use config::{ConfigError, ResolvedConfig, ValidatedConfig};
 pub use dataset::{DatasetError, Digits, Split};
-pub use modes::{Hysteresis, Mode, ModeChange, ModeController, SignalThresholds, Signals, SwitchCause};
+pub use modes::{Hysteresis, Mode, ModeChange, ModeController, ModeSignals, SignalThresholds, SwitchCause};
 pub use policy::{
-    BreakerState, Decision, DegradedReason, EscalationPolicy, PluginOutcome, Request, UpstreamHealth,
+    BreakerState, Decision, DegradedReason, EscalationPolicy, PluginOutcome, PolicyInput, UpstreamHealth,
     UpstreamView,
 };
 pub use reference::ReferenceModel;
-pub use telemetry::{Outcome, Stage, Telemetry, TelemetryError, Tier, UNKNOWN_ROUTE};
+pub use telemetry::{AnswerTier, RequestOutcome, Stage, Telemetry, TelemetryError, UNKNOWN_ROUTE};
 pub use tensor::{DType, Tensor, TensorError, element_count};
 pub use token_bucket::TokenBucket;

@@ -78,7 +78,7 @@ pub struct SignalThresholds {
 
 /// The node's own signals, sampled by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Signals {
+pub struct ModeSignals {
     /// Fullest route queue as a fraction of its length (see `Admission::queue_fraction`).
     pub queue_fraction: f64,
     /// Upstream latency moving average; `None` if unknown or no upstream.
@@ -87,7 +87,7 @@ pub struct Signals {
     pub upstream_error_rate: f64,
 }
 
-impl Signals {
+impl ModeSignals {
     fn latency_ms(&self) -> f64 {
         self.upstream_latency.map_or(0.0, |l| l.as_secs_f64() * 1000.0)
     }
@@ -111,7 +111,7 @@ impl Signals {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum SwitchCause {
     /// The node's signals crossed a level; these are the values that did it.
-    Signals(Signals),
+    ModeSignals(ModeSignals),
     /// An admin call pinned the mode.
     Pinned,
 }
@@ -132,7 +132,7 @@ impl fmt::Display for ModeChange {
         write!(f, "mode {} -> {}", self.from, self.to)?;
         match self.cause {
             SwitchCause::Pinned => write!(f, " (pinned by admin)"),
-            SwitchCause::Signals(s) => write!(
+            SwitchCause::ModeSignals(s) => write!(
                 f,
                 " (queue {:.2}, upstream latency {:.1} ms, upstream errors {:.2})",
                 s.queue_fraction,
@@ -181,7 +181,7 @@ impl ModeController {
 
     /// Feeds the latest signals; returns the change they cause, if any. Does nothing while
     /// pinned or when automatic switching is off.
-    pub fn observe(&mut self, signals: &Signals, now: Instant) -> Option<ModeChange> {
+    pub fn observe(&mut self, signals: &ModeSignals, now: Instant) -> Option<ModeChange> {
         if self.pinned || !self.automatic {
             return None;
         }
@@ -202,7 +202,7 @@ impl ModeController {
                 _ => return None,
             }
         };
-        self.switch(next, SwitchCause::Signals(*signals), now)
+        self.switch(next, SwitchCause::ModeSignals(*signals), now)
     }
 
     /// Pins `mode` (an admin call) until [`ModeController::unpin`].
@@ -248,8 +248,8 @@ mod tests {
         ModeController::new(&cfg.settings.modes, t0)
     }
 
-    fn queue(f: f64) -> Signals {
-        Signals { queue_fraction: f, ..Signals::default() }
+    fn queue(f: f64) -> ModeSignals {
+        ModeSignals { queue_fraction: f, ..ModeSignals::default() }
     }
 
     #[test]
@@ -287,13 +287,14 @@ mod tests {
     fn upstream_signals_jump_straight_to_emergency_and_step_down_level_by_level() {
         let t0 = Instant::now();
         let mut c = controller("", t0);
-        let failing = Signals { upstream_error_rate: 0.6, ..Signals::default() };
+        let failing = ModeSignals { upstream_error_rate: 0.6, ..ModeSignals::default() };
         assert_eq!(c.observe(&failing, t0).map(|m| m.to), Some(Mode::Emergency));
-        let slow = Signals { upstream_latency: Some(Duration::from_millis(300)), ..Signals::default() };
+        let slow =
+            ModeSignals { upstream_latency: Some(Duration::from_millis(300)), ..ModeSignals::default() };
         // Latency 300 ms clears emergency (exit 400) but not surge (exit 100).
         assert_eq!(c.observe(&slow, t0 + 10 * SEC).map(|m| m.to), Some(Mode::Surge));
         assert_eq!(c.observe(&slow, t0 + 30 * SEC), None);
-        let ok = Signals { upstream_latency: Some(Duration::from_millis(20)), ..Signals::default() };
+        let ok = ModeSignals { upstream_latency: Some(Duration::from_millis(20)), ..ModeSignals::default() };
         assert_eq!(c.observe(&ok, t0 + 30 * SEC).map(|m| m.to), Some(Mode::Normal));
     }
 

@@ -110,7 +110,7 @@ pub struct UpstreamView {
 
 /// One request's inputs to the policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Request {
+pub struct PolicyInput {
     /// What the plugin returned.
     pub outcome: PluginOutcome,
     /// The route's confidence threshold in the current mode.
@@ -145,7 +145,7 @@ impl EscalationPolicy {
     }
 
     /// Decides one request, spending a budget token if it escalates.
-    pub fn decide(&mut self, req: &Request, now: Instant) -> Decision {
+    pub fn decide(&mut self, req: &PolicyInput, now: Instant) -> Decision {
         let has_local = match req.outcome {
             PluginOutcome::Answer { confidence } if confidence >= req.threshold => return Decision::Local,
             PluginOutcome::Answer { .. } => true,
@@ -229,8 +229,8 @@ mod tests {
         Some(UpstreamView { breaker: BreakerState::Closed, latency: Some(MS * latency_ms as u32) })
     }
 
-    fn req(confidence: f64, upstream: Option<UpstreamView>, deadline: Instant) -> Request {
-        Request { outcome: PluginOutcome::Answer { confidence }, threshold: 0.9, upstream, deadline }
+    fn req(confidence: f64, upstream: Option<UpstreamView>, deadline: Instant) -> PolicyInput {
+        PolicyInput { outcome: PluginOutcome::Answer { confidence }, threshold: 0.9, upstream, deadline }
     }
 
     #[test]
@@ -335,7 +335,7 @@ mod tests {
     fn explicit_escalation_takes_the_same_gates() {
         let t0 = Instant::now();
         let mut p = EscalationPolicy::new(budget(10.0, 1), t0);
-        let ask = |has_local_answer, upstream| Request {
+        let ask = |has_local_answer, upstream| PolicyInput {
             outcome: PluginOutcome::Escalate { has_local_answer },
             threshold: 0.0,
             upstream,

@@ -97,7 +97,7 @@ impl Stage {
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
+pub enum RequestOutcome {
     /// Answered, not degraded.
     Answered,
     /// Answered locally, marked degraded.
@@ -108,21 +108,21 @@ pub enum Outcome {
     Failed,
 }
 
-impl Outcome {
+impl RequestOutcome {
     /// Label value.
     pub fn name(self) -> &'static str {
         match self {
-            Outcome::Answered => "answered",
-            Outcome::Degraded => "degraded",
-            Outcome::Rejected => "rejected",
-            Outcome::Failed => "failed",
+            RequestOutcome::Answered => "answered",
+            RequestOutcome::Degraded => "degraded",
+            RequestOutcome::Rejected => "rejected",
+            RequestOutcome::Failed => "failed",
         }
     }
 }
 
 /// Which tier produced the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Tier {
+pub enum AnswerTier {
     /// This node (including answers from its cache).
     Local,
     /// The upstream node.
@@ -131,13 +131,13 @@ pub enum Tier {
     None,
 }
 
-impl Tier {
+impl AnswerTier {
     /// Label value.
     pub fn name(self) -> &'static str {
         match self {
-            Tier::Local => "local",
-            Tier::Upstream => "upstream",
-            Tier::None => "none",
+            AnswerTier::Local => "local",
+            AnswerTier::Upstream => "upstream",
+            AnswerTier::None => "none",
         }
     }
 }
@@ -242,7 +242,7 @@ impl Telemetry {
     }
 
     /// Counts a finished request.
-    pub fn request(&self, route: &str, outcome: Outcome, tier: Tier) {
+    pub fn request(&self, route: &str, outcome: RequestOutcome, tier: AnswerTier) {
         self.requests.with_label_values(&[route, outcome.name(), tier.name()]).inc();
     }
 
@@ -288,7 +288,7 @@ impl Telemetry {
     /// Counts a mode change and sets the mode gauge.
     pub fn mode_change(&self, change: &ModeChange) {
         let cause = match change.cause {
-            SwitchCause::Signals(_) => "signals",
+            SwitchCause::ModeSignals(_) => "signals",
             SwitchCause::Pinned => "admin",
         };
         self.mode_switches.with_label_values(&[change.from.name(), change.to.name(), cause]).inc();
@@ -314,9 +314,9 @@ mod tests {
     #[test]
     fn renders_what_was_recorded() {
         let t = Telemetry::new().unwrap();
-        t.request("digits", Outcome::Answered, Tier::Local);
-        t.request("digits", Outcome::Answered, Tier::Local);
-        t.request("digits", Outcome::Answered, Tier::Upstream);
+        t.request("digits", RequestOutcome::Answered, AnswerTier::Local);
+        t.request("digits", RequestOutcome::Answered, AnswerTier::Local);
+        t.request("digits", RequestOutcome::Answered, AnswerTier::Upstream);
         t.escalation("digits", true);
         t.degraded("digits", DegradedReason::BreakerOpen);
         t.cache("digits", CacheStatus::Coalesced);

@@ -442,8 +442,8 @@ mod pipeline {
 
     use cascade_runtime::{
         Backend, BreakerState, Decision, DegradedReason, Digits, EscalationPolicy, Mode, ModeController,
-        PluginOutcome, ReferenceModel, Request, Signals, Split, Telemetry, TractBackend, UpstreamView,
-        config, reference,
+        ModeSignals, PluginOutcome, PolicyInput, ReferenceModel, Split, Telemetry, TractBackend,
+        UpstreamView, config, reference,
     };
 
     /// Max softmax probability of each row of logits: what a classifier plugin reports.
@@ -469,7 +469,7 @@ mod pipeline {
             Some(UpstreamView { breaker: BreakerState::Closed, latency: Some(Duration::from_millis(5)) });
         let mut counts = (0, 0, 0);
         for &confidence in conf {
-            let req = Request {
+            let req = PolicyInput {
                 outcome: PluginOutcome::Answer { confidence },
                 threshold,
                 upstream,
@@ -521,7 +521,7 @@ mod pipeline {
 
         // A failing upstream sends the node to emergency: nothing escalates any more.
         let t1 = t0 + Duration::from_secs(1);
-        let failing = Signals { upstream_error_rate: 0.7, ..Signals::default() };
+        let failing = ModeSignals { upstream_error_rate: 0.7, ..ModeSignals::default() };
         let change = modes.observe(&failing, t1).expect("switches");
         assert_eq!(change.to, Mode::Emergency);
         policy.set_budget(budget(change.to), t1);
