@@ -13,7 +13,9 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use crate::admission::Admission;
 use crate::config::ModesSettings;
+use crate::policy::UpstreamHealth;
 
 use serde::Deserialize;
 
@@ -88,6 +90,16 @@ pub struct ModeSignals {
 }
 
 impl ModeSignals {
+    /// Samples the signals from the node's admission state and, if it has an upstream, that
+    /// upstream's health.
+    pub fn sample(admission: &Admission, upstream: Option<&UpstreamHealth>) -> ModeSignals {
+        ModeSignals {
+            queue_fraction: admission.queue_fraction(),
+            upstream_latency: upstream.and_then(UpstreamHealth::latency),
+            upstream_error_rate: upstream.map_or(0.0, UpstreamHealth::error_rate),
+        }
+    }
+
     fn latency_ms(&self) -> f64 {
         self.upstream_latency.map_or(0.0, |l| l.as_secs_f64() * 1000.0)
     }

@@ -548,3 +548,51 @@ mod pipeline {
         assert!(text.contains("cascade_mode{mode=\"surge\"} 1"), "{text}");
     }
 }
+
+/// Admission and mode switching built from the edge example, as the front door builds them.
+mod overload {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use cascade_runtime::{Admission, Mode, ModeController, ModeSignals, Rejection, UpstreamHealth, config};
+
+    #[tokio::test]
+    async fn a_full_queue_rejects_and_sends_the_node_to_emergency() {
+        let cfg = config::load(&super::examples_dir().join("edge.toml")).unwrap();
+        let s = &cfg.settings;
+        let route = &s.routes["digits"];
+        let t0 = Instant::now();
+        let admission = Arc::new(Admission::from_settings(s, t0));
+        let mut modes = ModeController::new(&s.modes, t0);
+        let health = UpstreamHealth::new();
+
+        let mut running = Vec::new();
+        for _ in 0..route.max_in_flight {
+            running.push(admission.admit("digits", t0).await.unwrap());
+        }
+        let queued: Vec<_> = (0..route.queue_len)
+            .map(|_| {
+                let a = admission.clone();
+                tokio::spawn(async move { a.admit("digits", t0).await.map(drop) })
+            })
+            .collect();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(admission.load("digits"), Some((route.max_in_flight, route.queue_len)));
+        let rejected = admission.admit("digits", t0).await.unwrap_err();
+        assert_eq!((rejected, rejected.status()), (Rejection::QueueFull, 503));
+
+        let signals = ModeSignals::sample(&admission, Some(&health));
+        assert_eq!(signals.queue_fraction, 1.0);
+        let change = modes.observe(&signals, t0).unwrap();
+        assert_eq!(change.to, Mode::Emergency);
+
+        // Draining: every queued request gets its turn, and the queue signal falls to zero.
+        drop(running);
+        for q in queued {
+            tokio::time::timeout(Duration::from_secs(5), q).await.unwrap().unwrap().unwrap();
+        }
+        assert_eq!(ModeSignals::sample(&admission, Some(&health)).queue_fraction, 0.0);
+    }
+}
