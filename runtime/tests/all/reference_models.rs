@@ -11,9 +11,10 @@ use sha2::{Digest, Sha256};
 /// The cells of each model's row in the card table, by column header.
 fn card_rows() -> HashMap<String, HashMap<String, String>> {
     let text = std::fs::read_to_string(reference::default_models_dir().join("README.md")).unwrap();
-    let mut lines = text.lines().filter(|l| l.starts_with('|'));
+    let mut lines =
+        text.lines().skip_while(|l| !l.starts_with("| model |")).take_while(|l| l.starts_with('|'));
     let cells = |l: &str| l.trim_matches('|').split('|').map(|c| c.trim().to_string()).collect::<Vec<_>>();
-    let header = cells(lines.next().expect("card table header"));
+    let header = cells(lines.next().expect("a table whose header starts with `| model |`"));
     lines
         .map(cells)
         .filter(|row| ReferenceModel::ALL.iter().any(|m| row[0] == format!("`{}`", m.key())))
