@@ -20,10 +20,14 @@
 //! - [`Backend`] → [`PreparedModel`]: prepare a model once (refusing what cannot run),
 //!   run batches many times.
 //! - [`Digits`]: the committed reference data splits.
+//! - [`Sandbox`]: runs guest plugins (WebAssembly components built with the guest SDK and
+//!   [`guest_build`]) in fresh, isolated, limited wasmtime instances, one per request.
 
 mod backend;
 mod dataset;
+pub mod guest_build;
 pub mod reference;
+mod sandbox;
 mod tensor;
 
 pub use backend::tract::TractBackend;
@@ -32,4 +36,8 @@ pub use backend::{
 };
 pub use dataset::{DatasetError, Digits, Split};
 pub use reference::ReferenceModel;
+pub use sandbox::{
+    Answer, ErrorKind, GuestError, LoadError, Outcome, PluginInstance, PluginLimits, PluginSpec, Request,
+    RequestError, Sandbox, SandboxConfig, SandboxStats,
+};
 pub use tensor::{DType, Tensor, TensorError, element_count};
