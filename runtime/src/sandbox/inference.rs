@@ -83,3 +83,32 @@ impl Host for HostState {
         Ok(result)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::backend::tract::TractBackend;
+    use crate::reference::{ReferenceModel, default_models_dir};
+
+    fn named(name: &str, dims: Vec<u32>, ty: super::super::wit::TensorType, bytes: usize) -> NamedTensor {
+        NamedTensor { name: name.into(), tensor: WitTensor { dimensions: dims, ty, data: vec![0; bytes] } }
+    }
+
+    #[test]
+    fn guest_tensors_are_validated_before_the_backend_sees_them() {
+        use super::super::wit::TensorType::{Fp32, U8};
+        let bytes = std::fs::read(ReferenceModel::EdgeInt8.path(&default_models_dir())).unwrap();
+        let model = TractBackend::new().prepare("edge", &bytes).unwrap();
+        let err = |inputs| model_inputs(&*model, inputs).unwrap_err();
+        assert!(model_inputs(&*model, vec![named("input", vec![1, 1, 28, 28], Fp32, 3136)]).is_ok());
+        assert_eq!(err(vec![]), "expected 1 input tensors, got 0");
+        assert_eq!(
+            err(vec![named("pixels", vec![1, 1, 28, 28], Fp32, 3136)]),
+            "the model has no input pixels"
+        );
+        assert!(err(vec![named("input", vec![1, 3, 1 << 30], Fp32, 12)]).contains("needs"));
+        assert!(err(vec![named("input", vec![1, 1, 28, 28], U8, 784)]).contains("must be f32"));
+        assert!(err(vec![named("input", vec![1, 784], Fp32, 3136)]).contains("must be shaped"));
+    }
+}

@@ -638,3 +638,83 @@ fn read_pinned(file: &Path, expected: &str) -> Result<Vec<u8>, LoadError> {
     }
     Ok(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(dims: Vec<u32>, bytes: usize) -> wit::NamedTensor {
+        wit::NamedTensor {
+            name: "out".into(),
+            tensor: wit::Tensor { dimensions: dims, ty: wit::TensorType::Fp32, data: vec![0; bytes] },
+        }
+    }
+
+    fn answer(confidence: f32, outputs: Vec<wit::NamedTensor>) -> wit::Outcome {
+        wit::Outcome::Answer(wit::Answer { outputs, confidence, label: Some("3".into()) })
+    }
+
+    #[test]
+    fn outcomes_are_checked_against_the_contract() {
+        let limits = PluginLimits { max_output_bytes: 100, ..PluginLimits::default() };
+        let ok = check_outcome(answer(0.75, vec![tensor(vec![1, 2], 8)]), &limits).unwrap();
+        let Outcome::Answer(a) = ok else { panic!("not an answer") };
+        assert_eq!(
+            (a.confidence, a.label.as_deref(), a.outputs[0].1.shape()),
+            (0.75, Some("3"), &[1usize, 2][..])
+        );
+
+        for bad in [f32::NAN, -0.1, 1.5] {
+            let err = check_outcome(answer(bad, vec![]), &limits).unwrap_err();
+            assert!(err.contains("confidence"), "{err}");
+        }
+        let err = check_outcome(answer(0.5, vec![tensor(vec![1, 3], 8)]), &limits).unwrap_err();
+        assert!(err.contains("output out") && err.contains("needs 12 bytes, got 8"), "{err}");
+        let err = check_outcome(answer(0.5, vec![tensor(vec![32], 128)]), &limits).unwrap_err();
+        assert!(err.contains("exceeds the plugin's limit of 100"), "{err}");
+        let err = check_outcome(wit::Outcome::Escalate("x".repeat(101)), &limits).unwrap_err();
+        assert!(err.contains("escalation reason"), "{err}");
+        assert_eq!(
+            check_outcome(wit::Outcome::Escalate("unsure".into()), &limits).unwrap(),
+            Outcome::Escalate("unsure".into())
+        );
+    }
+
+    #[test]
+    fn log_messages_are_cut_on_a_char_boundary() {
+        assert_eq!(logging::truncate("héllo".into(), 2), "h");
+        assert_eq!(logging::truncate("héllo".into(), 3), "hé");
+        assert_eq!(logging::truncate("hi".into(), 10), "hi");
+    }
+
+    #[test]
+    fn dtypes_round_trip_through_wit() {
+        for d in [DType::F32, DType::U8, DType::I8, DType::I32, DType::I64] {
+            assert_eq!(dtype_from_wit(dtype_to_wit(d)), d);
+        }
+    }
+
+    #[test]
+    fn plugin_limits_beyond_the_engine_are_refused() {
+        let sandbox =
+            Sandbox::new(SandboxConfig { max_memory_bytes: 1 << 20, ..SandboxConfig::default() }).unwrap();
+        let spec = PluginSpec {
+            name: "p".into(),
+            file: "/nonexistent.wasm".into(),
+            sha256: "00".into(),
+            models: BTreeMap::new(),
+            config: BTreeMap::new(),
+            logging: false,
+            limits: PluginLimits::default(),
+        };
+        let err = sandbox.load_plugin(&spec).unwrap_err().to_string();
+        assert!(err.contains("plugin p: limit max_memory_bytes"), "{err}");
+        let spec = PluginSpec {
+            limits: PluginLimits { max_memory_bytes: 1 << 20, ..PluginLimits::default() },
+            ..spec
+        };
+        let err = sandbox.load_plugin(&spec).unwrap_err().to_string();
+        assert!(err.contains("cannot read /nonexistent.wasm"), "{err}");
+        assert_eq!(sandbox.stats().ok, 0);
+    }
+}
