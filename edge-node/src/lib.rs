@@ -3,8 +3,12 @@
 //!
 //! - [`check_cmd`]: `edge-node check`, validating a node config without serving.
 //! - [`demo`]: the main job, run by `edge-node demo`.
+//! - [`plugin_cmd`]: `edge-node plugin build`.
+//! - [`bench_sandbox`]: `edge-node bench sandbox`.
 //! - [`figures`]: figures printed as `../shared/BENCH.md` asks.
 
+pub mod bench_sandbox;
 pub mod check_cmd;
 pub mod demo;
 pub mod figures;
+pub mod plugin_cmd;

@@ -33,6 +33,46 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Guest plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Benchmarks (see shared/BENCH.md).
+    #[command(subcommand)]
+    Bench(BenchSuite),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Compile a guest crate into a component; print its size and sha256.
+    Build {
+        /// The plugin crate (a cdylib using cascade-guest-sdk).
+        crate_dir: PathBuf,
+        /// Where to write the component (default: `<crate dir name>.wasm`).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+        /// Shared build directory for guests (default: the workspace's target/wasm-guests).
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchSuite {
+    /// What the wasmtime sandbox adds to a request (mnist-classifier plugin, one thread).
+    Sandbox {
+        /// Print one JSON figure per line.
+        #[arg(long)]
+        json: bool,
+        /// Fewer samples (under 60 s).
+        #[arg(long)]
+        quick: bool,
+        /// Directory holding the reference models and data splits.
+        #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir())]
+        models: PathBuf,
+        /// The plugin crate to build and measure.
+        #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir().join("../examples/mnist-classifier"))]
+        plugin: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +85,12 @@ fn main() -> anyhow::Result<()> {
             demo::run(&models, latency_samples)?.print(json);
         }
         Command::Check { config } => print!("{}", edge_node::check_cmd::run(&config)?),
+        Command::Plugin(PluginCommand::Build { crate_dir, out, target_dir }) => {
+            edge_node::plugin_cmd::run_build(&crate_dir, out, target_dir.as_deref())?;
+        }
+        Command::Bench(BenchSuite::Sandbox { json, quick, models, plugin }) => {
+            edge_node::bench_sandbox::run(&models, &plugin, quick)?.print(json);
+        }
     }
     Ok(())
 }

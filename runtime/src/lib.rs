@@ -20,15 +20,19 @@
 //! - [`Backend`] → [`PreparedModel`]: prepare a model once (refusing what cannot run),
 //!   run batches many times.
 //! - [`Digits`]: the committed reference data splits.
+//! - [`Sandbox`]: runs guest plugins (WebAssembly components built with the guest SDK and
+//!   [`guest_build`]) in fresh, isolated, limited wasmtime instances, one per request.
 
 mod admission;
 mod backend;
 mod cache;
 pub mod config;
 mod dataset;
+pub mod guest_build;
 mod modes;
 mod policy;
 pub mod reference;
+mod sandbox;
 mod telemetry;
 mod tensor;
 mod token_bucket;
@@ -47,6 +51,10 @@ pub use policy::{
     UpstreamView,
 };
 pub use reference::ReferenceModel;
+pub use sandbox::{
+    Answer, ErrorKind, GuestError, LoadError, Outcome, PluginInstance, PluginLimits, PluginSpec, Request,
+    RequestError, Sandbox, SandboxConfig, SandboxStats,
+};
 pub use telemetry::{AnswerTier, RequestOutcome, Stage, Telemetry, TelemetryError, UNKNOWN_ROUTE};
 pub use tensor::{DType, Tensor, TensorError, element_count};
 pub use token_bucket::TokenBucket;

@@ -4,4 +4,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod reference_models;
+mod sandbox;
 mod serve_core;
