@@ -23,6 +23,7 @@
 
 mod backend;
 mod dataset;
+pub mod protocol;
 pub mod reference;
 mod tensor;
 
