@@ -2,7 +2,9 @@
 //! integration tests and benchmarks can drive it directly.
 //!
 //! - [`demo`]: the main job, run by `edge-node demo`.
+//! - [`certs_cmd`]: `edge-node certs init|issue`, certificates for mutual TLS between tiers.
 //! - [`figures`]: figures printed as `../shared/BENCH.md` asks.
 
+pub mod certs_cmd;
 pub mod demo;
 pub mod figures;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use edge_node::demo;
+use edge_node::{certs_cmd, demo};
 
 #[derive(Parser)]
 #[command(name = "edge-node", version, about = "Cascade: a CDN for inference")]
@@ -27,6 +27,11 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         latency_samples: usize,
     },
+    /// Create a deployment CA and node certificates for mutual TLS between tiers.
+    Certs {
+        #[command(subcommand)]
+        command: certs_cmd::CertsCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +42,11 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo { json, models, latency_samples } => {
             demo::run(&models, latency_samples)?.print(json);
+        }
+        Command::Certs { command } => {
+            for path in certs_cmd::run(command)? {
+                println!("wrote {}", path.display());
+            }
         }
     }
     Ok(())

@@ -26,6 +26,8 @@ mod dataset;
 pub mod protocol;
 pub mod reference;
 mod tensor;
+pub mod transport;
+pub mod upstream;
 
 pub use backend::tract::TractBackend;
 pub use backend::{
