@@ -12,6 +12,9 @@ use cascade_runtime::transport::{
     ClientConfig, Reply, RequestContext, ServerConfig, TierClient, TierServer, TlsIdentity, TransportError,
     deadline_in,
 };
+use cascade_runtime::upstream::{
+    BreakerConfig, BreakerState, EscalationError, Origin, RetryConfig, UpstreamClient, UpstreamConfig,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -320,4 +323,89 @@ async fn restarted_server_on_the_same_port_is_reconnected() {
         }
     }
     server.shutdown().await;
+}
+
+/// An upstream client over `addrs`, with a small breaker so tests trip it quickly.
+fn upstream_client(ca: &Ca, addrs: &[SocketAddr], breaker: BreakerConfig) -> UpstreamClient {
+    let configs = addrs
+        .iter()
+        .map(|&addr| {
+            let mut c = ClientConfig::new(addr, CENTRAL);
+            c.backoff_max = Duration::from_millis(200);
+            c
+        })
+        .collect();
+    let config = UpstreamConfig { upstreams: configs, breaker, retry: RetryConfig::default() };
+    UpstreamClient::new(&ca.identity("edge-1", ca), config).unwrap()
+}
+
+#[tokio::test]
+async fn slow_upstream_trips_the_breaker_and_a_probe_closes_it() {
+    let ca = Ca::new("deployment ca");
+    let delay_ms = Arc::new(AtomicUsize::new(150));
+    let delay = delay_ms.clone();
+    let handler = move |req: EscalationRequest, ctx: RequestContext| {
+        let wait = Duration::from_millis(delay.load(Ordering::SeqCst) as u64);
+        async move {
+            tokio::time::sleep(wait).await;
+            sum_handler(req, ctx).await
+        }
+    };
+    let server =
+        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), handler).unwrap();
+    let breaker = BreakerConfig {
+        failure_threshold: 3,
+        latency_limit: Duration::from_millis(100),
+        open_for: Duration::from_millis(400),
+        half_open_probes: 1,
+    };
+    let upstream = upstream_client(&ca, &[server.local_addr()], breaker);
+
+    // Slow answers still arrive, but each counts against the upstream.
+    for id in 0..3 {
+        assert!(upstream.escalate(&request(id, Duration::from_secs(5))).await.is_ok());
+    }
+    assert_eq!(upstream.health()[0].health.breaker, BreakerState::Open);
+    assert!(!upstream.available());
+    let started = Instant::now();
+    let err = upstream.escalate(&request(3, Duration::from_secs(5))).await.unwrap_err();
+    assert!(matches!(err, EscalationError::NoUpstream), "unexpected error: {err}");
+    assert_eq!((err.origin(), err.retryable()), (Origin::Local, true));
+    assert!(started.elapsed() < Duration::from_millis(100), "an open breaker refuses at once");
+
+    // The upstream recovers; after the pause one probe goes through and closes the breaker.
+    delay_ms.store(0, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(upstream.available());
+    let answer = upstream.escalate(&request(4, Duration::from_secs(5))).await.unwrap();
+    assert_eq!(answer.id, 4);
+    assert_eq!(upstream.health()[0].health.breaker, BreakerState::Closed);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn escalation_fails_over_to_a_live_upstream() {
+    let ca = Ca::new("deployment ca");
+    let live =
+        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), sum_handler).unwrap();
+    // An address where nothing listens any more.
+    let dead =
+        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), sum_handler).unwrap();
+    let dead_addr = dead.local_addr();
+    dead.shutdown().await;
+
+    let breaker = BreakerConfig { failure_threshold: 2, ..BreakerConfig::default() };
+    let upstream = upstream_client(&ca, &[dead_addr, live.local_addr()], breaker);
+    for id in 0..6 {
+        // Whichever upstream is picked first, every escalation is answered by the live one.
+        let answer = upstream.escalate(&request(id, Duration::from_secs(3))).await.unwrap();
+        assert_eq!(answer.id, id);
+    }
+    let health = upstream.health();
+    assert_eq!(health[1].health.breaker, BreakerState::Closed);
+    assert_ne!(health[0].health.breaker, BreakerState::Closed, "the dead one was tried and marked");
+
+    live.shutdown().await;
+    let err = upstream.escalate(&request(9, Duration::from_millis(500))).await.unwrap_err();
+    assert_ne!(err.origin(), Origin::Upstream, "nobody answered: {err}");
 }
