@@ -4,7 +4,9 @@
 //! - [`demo`]: the main job, run by `edge-node demo`.
 //! - [`certs_cmd`]: `edge-node certs init|issue`, certificates for mutual TLS between tiers.
 //! - [`figures`]: figures printed as `../shared/BENCH.md` asks.
+//! - [`tiers_bench`]: `edge-node bench tiers`, the cost of an escalation on loopback.
 
 pub mod certs_cmd;
 pub mod demo;
 pub mod figures;
+pub mod tiers_bench;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use edge_node::{certs_cmd, demo};
+use edge_node::{certs_cmd, demo, tiers_bench};
 
 #[derive(Parser)]
 #[command(name = "edge-node", version, about = "Cascade: a CDN for inference")]
@@ -32,6 +32,17 @@ enum Command {
         #[command(subcommand)]
         command: certs_cmd::CertsCommand,
     },
+    /// Run a benchmark suite and print its figures (see shared/BENCH.md).
+    Bench {
+        /// Suite to run: `tiers`.
+        suite: String,
+        /// Print one JSON figure per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Fewer samples (under 60 s).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +59,10 @@ fn main() -> anyhow::Result<()> {
                 println!("wrote {}", path.display());
             }
         }
+        Command::Bench { suite, json, quick } => match suite.as_str() {
+            "tiers" => tiers_bench::run(quick)?.print(json),
+            other => anyhow::bail!("unknown bench suite {other:?} (known: tiers)"),
+        },
     }
     Ok(())
 }

@@ -149,8 +149,9 @@ impl TierClient {
 
     /// The live connection, or a new one unless a recent failure's backoff is still running.
     /// A connection attempt is bounded by the connect timeout and by the request's
-    /// `deadline`; either way a failed attempt starts a backoff, so that requests arriving
-    /// while the upstream is down fail fast instead of each waiting out its deadline.
+    /// `deadline`. An attempt that fails on its own (refused, or no handshake within the
+    /// connect timeout) starts a backoff, so that requests arriving while the upstream is
+    /// down fail fast instead of each waiting out its deadline.
     async fn connection(&self, deadline: Instant) -> Result<quinn::Connection, TransportError> {
         let addr = self.config.addr;
         let wait = deadline.saturating_duration_since(Instant::now());
@@ -180,6 +181,10 @@ impl TierClient {
         let limit = self.config.connect_timeout.min(deadline.saturating_duration_since(now));
         let result = match tokio::time::timeout(limit, attempt).await {
             Ok(result) => result,
+            // Cut short by this request's deadline: that says nothing about the upstream.
+            Err(_) if limit < self.config.connect_timeout => {
+                return Err(TransportError::DeadlineExceeded { addr });
+            }
             Err(_) => Err(connect_err(format!("no handshake within {limit:?}"))),
         };
         match result {
