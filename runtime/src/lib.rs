@@ -20,6 +20,9 @@
 //! - [`Backend`] → [`PreparedModel`]: prepare a model once (refusing what cannot run),
 //!   run batches many times.
 //! - [`Digits`]: the committed reference data splits.
+//! - [`protocol`] → [`transport`] → [`upstream`]: escalation to another tier. Sans-IO
+//!   frames; QUIC with mutual TLS, one stream per escalation; breakers, retry budget and
+//!   power-of-two-choices over several upstreams.
 
 mod backend;
 mod dataset;

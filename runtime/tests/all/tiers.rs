@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cascade_runtime::Tensor;
-use cascade_runtime::protocol::{ErrorFrame, EscalationAnswer, EscalationRequest, NamedTensor, StageTiming};
+use cascade_runtime::protocol::{
+    ErrorFrame, ErrorKind, EscalationAnswer, EscalationRequest, Frame, NamedTensor, StageTiming, decode,
+};
 use cascade_runtime::transport::{
     ClientConfig, Reply, RequestContext, ServerConfig, TierClient, TierServer, TlsIdentity, TransportError,
     deadline_in,
@@ -131,7 +133,7 @@ async fn upstream_error_frames_reach_the_client() {
     let handler = |req: EscalationRequest, _ctx: RequestContext| async move {
         Err::<EscalationAnswer, _>(ErrorFrame {
             id: req.id,
-            kind: cascade_runtime::protocol::ErrorKind::Overloaded,
+            kind: ErrorKind::Overloaded,
             retryable: true,
             message: "queue full".into(),
         })
@@ -142,7 +144,7 @@ async fn upstream_error_frames_reach_the_client() {
     let Reply::Error(e) = client.request(&request(3, Duration::from_secs(5))).await.unwrap() else {
         panic!("expected an error frame")
     };
-    assert_eq!((e.id, e.kind, e.retryable), (3, cascade_runtime::protocol::ErrorKind::Overloaded, true));
+    assert_eq!((e.id, e.kind, e.retryable), (3, ErrorKind::Overloaded, true));
 }
 
 /// A server whose handler counts its calls.
@@ -172,22 +174,63 @@ async fn client_signed_by_another_ca_is_refused() {
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
 
+/// A bare quinn client config trusting `ca`, presenting `identity` (PEM cert and key) if any:
+/// lets a test speak to the server without going through `TierClient`.
+fn raw_quic_client(ca: &Ca, identity: Option<(String, String)>) -> quinn::crypto::rustls::QuicClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap()).unwrap();
+    let builder =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots);
+    let mut tls = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    tls.alpn_protocols = vec![cascade_runtime::transport::ALPN.to_vec()];
+    quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()
+}
+
+#[tokio::test]
+async fn unknown_protocol_version_gets_an_error_frame() {
+    let ca = Ca::new("deployment ca");
+    let (server, calls) = counting_server(&ca);
+    let quic = raw_quic_client(&ca, Some(ca.issue("edge-1")));
+    let endpoint = quinn::Endpoint::client(loopback()).unwrap();
+    let connection = endpoint
+        .connect_with(quinn::ClientConfig::new(Arc::new(quic)), server.local_addr(), CENTRAL)
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    let mut frame =
+        cascade_runtime::protocol::encode_request(&request(5, Duration::from_secs(3)), &Default::default())
+            .unwrap();
+    frame[0] = 99; // a future version
+    send.write_all(&frame).await.unwrap();
+    send.finish().unwrap();
+    let reply = recv.read_to_end(1 << 20).await.unwrap();
+    let Frame::Error(e) = decode(&reply, &Default::default()).unwrap() else {
+        panic!("expected an error frame")
+    };
+    assert_eq!((e.kind, e.retryable), (ErrorKind::UnsupportedVersion, false));
+    assert!(e.message.contains("version 99"), "{}", e.message);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
 #[tokio::test]
 async fn client_without_certificate_is_refused() {
     let ca = Ca::new("deployment ca");
     let (server, calls) = counting_server(&ca);
 
     // A plain QUIC client that trusts the CA but has no certificate of its own.
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap()).unwrap();
-    let mut tls =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    tls.alpn_protocols = vec![cascade_runtime::transport::ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let quic = raw_quic_client(&ca, None);
     let endpoint = quinn::Endpoint::client(loopback()).unwrap();
     let connection = endpoint
         .connect_with(quinn::ClientConfig::new(Arc::new(quic)), server.local_addr(), CENTRAL)
