@@ -5,10 +5,14 @@
 //! - [`demo`]: the main job, run by `edge-node demo`.
 //! - [`plugin_cmd`]: `edge-node plugin build`.
 //! - [`bench_sandbox`]: `edge-node bench sandbox`.
+//! - [`certs_cmd`]: `edge-node certs init|issue`, certificates for mutual TLS between tiers.
 //! - [`figures`]: figures printed as `../shared/BENCH.md` asks.
+//! - [`tiers_bench`]: `edge-node bench tiers`, the cost of an escalation on loopback.
 
 pub mod bench_sandbox;
+pub mod certs_cmd;
 pub mod check_cmd;
 pub mod demo;
 pub mod figures;
 pub mod plugin_cmd;
+pub mod tiers_bench;

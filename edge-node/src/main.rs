@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use edge_node::demo;
+use edge_node::{certs_cmd, demo, tiers_bench};
 
 #[derive(Parser)]
 #[command(name = "edge-node", version, about = "Cascade: a CDN for inference")]
@@ -32,6 +32,11 @@ enum Command {
         /// The node's TOML config.
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Create a deployment CA and node certificates for mutual TLS between tiers.
+    Certs {
+        #[command(subcommand)]
+        command: certs_cmd::CertsCommand,
     },
     /// Guest plugins.
     #[command(subcommand)]
@@ -73,6 +78,15 @@ enum BenchSuite {
         #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir().join("../examples/mnist-classifier"))]
         plugin: PathBuf,
     },
+    /// Escalation overhead between two tiers over QUIC on loopback.
+    Tiers {
+        /// Print one JSON figure per line.
+        #[arg(long)]
+        json: bool,
+        /// Fewer samples (under 60 s).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -91,6 +105,12 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchSuite::Sandbox { json, quick, models, plugin }) => {
             edge_node::bench_sandbox::run(&models, &plugin, quick)?.print(json);
         }
+        Command::Certs { command } => {
+            for path in certs_cmd::run(command)? {
+                println!("wrote {}", path.display());
+            }
+        }
+        Command::Bench(BenchSuite::Tiers { json, quick }) => tiers_bench::run(quick)?.print(json),
     }
     Ok(())
 }

@@ -22,6 +22,9 @@
 //! - [`Digits`]: the committed reference data splits.
 //! - [`Sandbox`]: runs guest plugins (WebAssembly components built with the guest SDK and
 //!   [`guest_build`]) in fresh, isolated, limited wasmtime instances, one per request.
+//! - [`protocol`] → [`transport`] → [`upstream`]: escalation to another tier. Sans-IO
+//!   frames; QUIC with mutual TLS, one stream per escalation; breakers, retry budget and
+//!   power-of-two-choices over several upstreams.
 
 mod admission;
 mod backend;
@@ -31,11 +34,14 @@ mod dataset;
 pub mod guest_build;
 mod modes;
 mod policy;
+pub mod protocol;
 pub mod reference;
 mod sandbox;
 mod telemetry;
 mod tensor;
 mod token_bucket;
+pub mod transport;
+pub mod upstream;
 
 pub use admission::{Admission, Permit, Rejection, RouteLimits};
 pub use backend::tract::TractBackend;

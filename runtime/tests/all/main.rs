@@ -6,3 +6,4 @@
 mod reference_models;
 mod sandbox;
 mod serve_core;
+mod tiers;

@@ -1,0 +1,245 @@
+//! Escalating to several upstreams: health, selection, retries.
+//!
+//! The policy parts are sans-IO state machines that take `now` and return decisions, so
+//! they are tested with a fake clock:
+//! - [`CircuitBreaker`]: one per upstream; opens on consecutive failures or slow answers,
+//!   lets probes through after a pause, closes when a probe succeeds.
+//! - [`RetryBudget`]: retries only as a fraction of recent traffic.
+//! - [`Balancer`]: power of two choices on latency times in-flight count, skipping
+//!   upstreams whose breaker is open.
+//!
+//! [`UpstreamClient`] combines them with the QUIC transport: [`UpstreamClient::escalate`]
+//! picks an upstream, sends, and retries elsewhere only for retryable errors, within the
+//! budget and never past the request's deadline.
+
+mod balancer;
+mod breaker;
+mod budget;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+pub use balancer::{Balancer, MemberHealth};
+pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome, Permit};
+pub use budget::{RetryBudget, RetryConfig};
+
+use crate::protocol::{ErrorKind, EscalationAnswer, EscalationRequest};
+use crate::transport::{ClientConfig, Reply, TierClient, TlsIdentity, TransportError, time_left};
+
+/// Upstreams and how to treat them.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// One transport configuration per upstream address.
+    pub upstreams: Vec<ClientConfig>,
+    /// Breaker settings, the same for each upstream.
+    pub breaker: BreakerConfig,
+    /// Retry settings.
+    pub retry: RetryConfig,
+}
+
+impl UpstreamConfig {
+    /// Default breaker and retry settings for these upstreams.
+    pub fn new(upstreams: Vec<ClientConfig>) -> UpstreamConfig {
+        UpstreamConfig { upstreams, breaker: BreakerConfig::default(), retry: RetryConfig::default() }
+    }
+}
+
+/// Where an escalation failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The upstream answered with an error frame.
+    Upstream,
+    /// The connection or stream to the upstream failed.
+    Transport,
+    /// This node gave up before sending (no upstream available, deadline already passed).
+    Local,
+}
+
+/// Why an escalation got no answer. The requester answers locally, marked degraded.
+#[derive(Debug, thiserror::Error)]
+pub enum EscalationError {
+    /// The upstream answered with an error frame.
+    #[error("upstream {addr} answered {kind}: {message}")]
+    Upstream {
+        /// Which upstream.
+        addr: SocketAddr,
+        /// What kind of failure it reported.
+        kind: ErrorKind,
+        /// Whether it said a retry could help.
+        retryable: bool,
+        /// Its message.
+        message: String,
+    },
+    /// The transport to the upstream failed.
+    #[error("escalation to upstream {addr} failed: {source}")]
+    Transport {
+        /// Which upstream.
+        addr: SocketAddr,
+        /// The transport failure.
+        source: TransportError,
+    },
+    /// Every upstream's circuit breaker is open.
+    #[error("no upstream available: every circuit breaker is open")]
+    NoUpstream,
+    /// The request's deadline had passed before it could be sent.
+    #[error("escalation deadline passed before sending")]
+    DeadlineExceeded,
+}
+
+impl EscalationError {
+    /// Where the failure came from.
+    pub fn origin(&self) -> Origin {
+        match self {
+            EscalationError::Upstream { .. } => Origin::Upstream,
+            EscalationError::Transport { .. } => Origin::Transport,
+            EscalationError::NoUpstream | EscalationError::DeadlineExceeded => Origin::Local,
+        }
+    }
+
+    /// Whether trying again later could help.
+    pub fn retryable(&self) -> bool {
+        match self {
+            EscalationError::Upstream { retryable, .. } => *retryable,
+            EscalationError::Transport { source, .. } => source.retryable(),
+            EscalationError::NoUpstream => true,
+            EscalationError::DeadlineExceeded => false,
+        }
+    }
+}
+
+/// An upstream's health, for metrics and the edge policy's gates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamHealth {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Breaker state, in-flight count, latency average.
+    pub health: MemberHealth,
+}
+
+struct State {
+    balancer: Balancer,
+    budget: RetryBudget,
+}
+
+/// Escalates requests to the healthiest of several upstreams.
+pub struct UpstreamClient {
+    clients: Vec<TierClient>,
+    // A plain mutex: held only for the instant decisions, never across an await.
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClient").field("upstreams", &self.clients.len()).finish()
+    }
+}
+
+impl UpstreamClient {
+    /// A client for every configured upstream, presenting `identity`. Must be called inside a
+    /// tokio runtime.
+    pub fn new(identity: &TlsIdentity, config: UpstreamConfig) -> Result<UpstreamClient, TransportError> {
+        let clients = config
+            .upstreams
+            .into_iter()
+            .map(|c| TierClient::new(identity, c))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Different nodes should not make the same random choices in lockstep.
+        let seed =
+            crate::transport::unix_micros(std::time::SystemTime::now()) ^ u64::from(std::process::id()) << 32;
+        Ok(UpstreamClient {
+            state: Mutex::new(State {
+                balancer: Balancer::new(clients.len(), config.breaker, seed),
+                budget: RetryBudget::new(config.retry),
+            }),
+            clients,
+        })
+    }
+
+    /// Sends `request` to an upstream and returns its answer, retrying on another upstream
+    /// when the failure is retryable, the retry budget allows and the deadline leaves time.
+    pub async fn escalate(&self, request: &EscalationRequest) -> Result<EscalationAnswer, EscalationError> {
+        let (max_attempts, mut avoid) = {
+            let mut state = self.state.lock();
+            state.budget.record_request(Instant::now());
+            (state.budget.config().max_attempts.max(1), None)
+        };
+        let mut attempt = 1;
+        loop {
+            if time_left(request.deadline_unix_us).is_zero() {
+                return Err(EscalationError::DeadlineExceeded);
+            }
+            let Some((index, permit)) = self.state.lock().balancer.pick(Instant::now(), avoid) else {
+                return Err(EscalationError::NoUpstream);
+            };
+            let client = &self.clients[index];
+            let addr = client.addr();
+            let started = Instant::now();
+            let result = client.request(request).await;
+            let latency = started.elapsed();
+            let (outcome, error) = match result {
+                Ok(Reply::Answer(answer)) => {
+                    self.state.lock().balancer.finish(
+                        index,
+                        Instant::now(),
+                        permit,
+                        Outcome::Success(latency),
+                    );
+                    return Ok(answer);
+                }
+                Ok(Reply::Error(e)) => {
+                    // Refusals about the request itself say the upstream is healthy.
+                    let outcome = match e.kind {
+                        ErrorKind::Overloaded
+                        | ErrorKind::Unavailable
+                        | ErrorKind::Internal
+                        | ErrorKind::DeadlineExceeded => Outcome::Failure,
+                        _ => Outcome::Success(latency),
+                    };
+                    let error = EscalationError::Upstream {
+                        addr,
+                        kind: e.kind,
+                        retryable: e.retryable,
+                        message: e.message,
+                    };
+                    (outcome, error)
+                }
+                Err(source) => {
+                    let outcome = match source {
+                        TransportError::Encode(_) | TransportError::Tls(_) | TransportError::Bind { .. } => {
+                            Outcome::Ignored
+                        }
+                        _ => Outcome::Failure,
+                    };
+                    (outcome, EscalationError::Transport { addr, source })
+                }
+            };
+            let now = Instant::now();
+            let mut state = self.state.lock();
+            state.balancer.finish(index, now, permit, outcome);
+            let retry = error.retryable()
+                && attempt < max_attempts
+                && !time_left(request.deadline_unix_us).is_zero()
+                && state.budget.try_retry(now);
+            drop(state);
+            if !retry {
+                return Err(error);
+            }
+            tracing::debug!(%error, attempt, "retrying escalation on another upstream");
+            attempt += 1;
+            avoid = Some(index);
+        }
+    }
+
+    /// Whether any upstream would take an escalation now: the edge policy's gate.
+    pub fn available(&self) -> bool {
+        self.state.lock().balancer.any_available(Instant::now())
+    }
+
+    /// Every upstream's health, in configuration order.
+    pub fn health(&self) -> Vec<UpstreamHealth> {
+        let health = self.state.lock().balancer.health(Instant::now());
+        self.clients.iter().zip(health).map(|(c, health)| UpstreamHealth { addr: c.addr(), health }).collect()
+    }
+}

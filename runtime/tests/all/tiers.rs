@@ -1,0 +1,454 @@
+//! The tier transport and upstream health over real QUIC on 127.0.0.1, with certificates
+//! generated here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use cascade_runtime::Tensor;
+use cascade_runtime::protocol::{
+    ErrorFrame, ErrorKind, EscalationAnswer, EscalationRequest, Frame, NamedTensor, StageTiming, decode,
+};
+use cascade_runtime::transport::{
+    ClientConfig, Reply, RequestContext, ServerConfig, TierClient, TierServer, TlsIdentity, TransportError,
+    deadline_in,
+};
+use cascade_runtime::upstream::{
+    BreakerConfig, BreakerState, EscalationError, Origin, RetryConfig, UpstreamClient, UpstreamConfig,
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::pem::PemObject;
+
+/// A deployment CA made for one test.
+struct Ca {
+    params: CertificateParams,
+    key: KeyPair,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let pem = params.self_signed(&key).unwrap().pem();
+        Ca { params, key, pem }
+    }
+
+    /// A node certificate for `name` (also its DNS name), usable as client and server.
+    fn issue(&self, name: &str) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &Issuer::from_params(&self.params, &self.key)).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// An identity for `name`, signed by this CA and trusting `trusted`.
+    fn identity(&self, name: &str, trusted: &Ca) -> TlsIdentity {
+        let (cert, key) = self.issue(name);
+        TlsIdentity::from_pem(cert.as_bytes(), key.as_bytes(), trusted.pem.as_bytes()).unwrap()
+    }
+}
+
+const CENTRAL: &str = "central.cascade";
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn request(id: u64, budget: Duration) -> EscalationRequest {
+    let pixels: Vec<f32> = (0..784).map(|i| (i % 255) as f32 / 255.0).collect();
+    EscalationRequest {
+        id,
+        route: "digits".into(),
+        inputs: vec![NamedTensor {
+            name: "input".into(),
+            tensor: Tensor::from_f32(vec![1, 1, 28, 28], &pixels).unwrap(),
+        }],
+        deadline_unix_us: deadline_in(budget),
+        trace: None,
+        node_id: "edge-1".into(),
+        local_confidence: Some(0.42),
+    }
+}
+
+/// Answers with the sum of the input, so the test can check the input really arrived.
+async fn sum_handler(req: EscalationRequest, ctx: RequestContext) -> Result<EscalationAnswer, ErrorFrame> {
+    let sum: f32 = req.inputs[0].tensor.to_f32().unwrap().iter().sum();
+    let left = ctx.deadline.saturating_duration_since(Instant::now());
+    Ok(EscalationAnswer {
+        id: req.id,
+        outputs: vec![NamedTensor { name: "sum".into(), tensor: Tensor::from_f32(vec![1], &[sum]).unwrap() }],
+        confidence: 0.99,
+        label: Some(7),
+        model_version: format!("central for {}", req.node_id),
+        timings: vec![StageTiming { stage: "deadline_left_ms".into(), micros: left.as_millis() as u64 }],
+    })
+}
+
+fn client(identity: &TlsIdentity, addr: SocketAddr, name: &str) -> TierClient {
+    let mut config = ClientConfig::new(addr, name);
+    // Loopback handshakes take milliseconds; a short connect timeout lets a 1 s request see
+    // a dead upstream as a failed connection rather than running out its deadline.
+    config.connect_timeout = Duration::from_millis(300);
+    config.backoff_max = Duration::from_millis(200);
+    TierClient::new(identity, config).unwrap()
+}
+
+#[tokio::test]
+async fn request_and_answer_round_trip() {
+    let ca = Ca::new("test ca");
+    let server =
+        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), sum_handler).unwrap();
+    let client = client(&ca.identity("edge-1", &ca), server.local_addr(), CENTRAL);
+
+    let req = request(11, Duration::from_secs(5));
+    let expected: f32 = req.inputs[0].tensor.to_f32().unwrap().iter().sum();
+    for id in [11, 12] {
+        let mut req = req.clone();
+        req.id = id;
+        let Reply::Answer(answer) = client.request(&req).await.unwrap() else { panic!("expected an answer") };
+        assert_eq!(answer.id, id);
+        assert_eq!(answer.outputs[0].tensor.to_f32().unwrap(), vec![expected]);
+        assert_eq!((answer.confidence, answer.label), (0.99, Some(7)));
+        assert_eq!(answer.model_version, "central for edge-1");
+        // The server saw the propagated deadline: about 5 s left, certainly more than 3.
+        assert!(answer.timings[0].micros > 3000 && answer.timings[0].micros <= 5000, "{:?}", answer.timings);
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_error_frames_reach_the_client() {
+    let ca = Ca::new("test ca");
+    let handler = |req: EscalationRequest, _ctx: RequestContext| async move {
+        Err::<EscalationAnswer, _>(ErrorFrame {
+            id: req.id,
+            kind: ErrorKind::Overloaded,
+            retryable: true,
+            message: "queue full".into(),
+        })
+    };
+    let server =
+        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), handler).unwrap();
+    let client = client(&ca.identity("edge-1", &ca), server.local_addr(), CENTRAL);
+    let Reply::Error(e) = client.request(&request(3, Duration::from_secs(5))).await.unwrap() else {
+        panic!("expected an error frame")
+    };
+    assert_eq!((e.id, e.kind, e.retryable), (3, ErrorKind::Overloaded, true));
+}
+
+/// A server whose handler counts its calls.
+fn counting_server(ca: &Ca) -> (TierServer, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let handler = move |req: EscalationRequest, ctx: RequestContext| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        sum_handler(req, ctx)
+    };
+    (TierServer::bind(&ca.identity(CENTRAL, ca), ServerConfig::new(loopback()), handler).unwrap(), calls)
+}
+
+#[tokio::test]
+async fn client_signed_by_another_ca_is_refused() {
+    let ca = Ca::new("deployment ca");
+    let rogue = Ca::new("rogue ca");
+    let (server, calls) = counting_server(&ca);
+    // Signed by the rogue CA, but trusting the real one: it can verify the server, the server
+    // cannot verify it.
+    let client = client(&rogue.identity("edge-1", &ca), server.local_addr(), CENTRAL);
+    let err = client.request(&request(1, Duration::from_secs(3))).await.unwrap_err();
+    assert!(
+        matches!(err, TransportError::Connect { .. } | TransportError::ConnectionLost { .. }),
+        "unexpected error: {err}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+/// A bare quinn client config trusting `ca`, presenting `identity` (PEM cert and key) if any:
+/// lets a test speak to the server without going through `TierClient`.
+fn raw_quic_client(ca: &Ca, identity: Option<(String, String)>) -> quinn::crypto::rustls::QuicClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap()).unwrap();
+    let builder =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots);
+    let mut tls = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    tls.alpn_protocols = vec![cascade_runtime::transport::ALPN.to_vec()];
+    quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()
+}
+
+#[tokio::test]
+async fn unknown_protocol_version_gets_an_error_frame() {
+    let ca = Ca::new("deployment ca");
+    let (server, calls) = counting_server(&ca);
+    let quic = raw_quic_client(&ca, Some(ca.issue("edge-1")));
+    let endpoint = quinn::Endpoint::client(loopback()).unwrap();
+    let connection = endpoint
+        .connect_with(quinn::ClientConfig::new(Arc::new(quic)), server.local_addr(), CENTRAL)
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    let mut frame =
+        cascade_runtime::protocol::encode_request(&request(5, Duration::from_secs(3)), &Default::default())
+            .unwrap();
+    frame[0] = 99; // a future version
+    send.write_all(&frame).await.unwrap();
+    send.finish().unwrap();
+    let reply = recv.read_to_end(1 << 20).await.unwrap();
+    let Frame::Error(e) = decode(&reply, &Default::default()).unwrap() else {
+        panic!("expected an error frame")
+    };
+    assert_eq!((e.kind, e.retryable), (ErrorKind::UnsupportedVersion, false));
+    assert!(e.message.contains("version 99"), "{}", e.message);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn client_without_certificate_is_refused() {
+    let ca = Ca::new("deployment ca");
+    let (server, calls) = counting_server(&ca);
+
+    // A plain QUIC client that trusts the CA but has no certificate of its own.
+    let quic = raw_quic_client(&ca, None);
+    let endpoint = quinn::Endpoint::client(loopback()).unwrap();
+    let connection = endpoint
+        .connect_with(quinn::ClientConfig::new(Arc::new(quic)), server.local_addr(), CENTRAL)
+        .unwrap()
+        .await;
+    // The client may finish its side of the handshake before the server checks it; then the
+    // server closes the connection right after. Either way no request gets through.
+    match connection {
+        Err(e) => assert!(e.to_string().contains("handshake"), "unexpected error: {e}"),
+        Ok(connection) => {
+            let exchange = async {
+                let (mut send, mut recv) = connection.open_bi().await?;
+                let req = cascade_runtime::protocol::encode_request(
+                    &request(1, Duration::from_secs(3)),
+                    &Default::default(),
+                )?;
+                send.write_all(&req).await?;
+                send.finish()?;
+                Ok::<_, anyhow::Error>(recv.read_to_end(1 << 20).await?)
+            };
+            let result = tokio::time::timeout(Duration::from_secs(5), exchange).await.unwrap();
+            assert!(result.is_err(), "the request got through");
+            let reason = connection.closed().await.to_string();
+            assert!(reason.contains("handshake"), "unexpected close reason: {reason}");
+        }
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn client_trusting_another_ca_refuses_the_server() {
+    let ca = Ca::new("deployment ca");
+    let other = Ca::new("other ca");
+    let (server, calls) = counting_server(&ca);
+    // A valid certificate from the deployment CA, but it trusts only the other CA.
+    let client = client(&ca.identity("edge-1", &other), server.local_addr(), CENTRAL);
+    let err = client.request(&request(1, Duration::from_secs(3))).await.unwrap_err();
+    assert!(matches!(err, TransportError::Connect { .. }), "unexpected error: {err}");
+    assert!(err.to_string().contains("UnknownIssuer"), "unexpected error: {err}");
+    assert!(err.retryable());
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn wrong_server_name_is_refused() {
+    let ca = Ca::new("deployment ca");
+    let (server, calls) = counting_server(&ca);
+    let client = client(&ca.identity("edge-1", &ca), server.local_addr(), "elsewhere.cascade");
+    let err = client.request(&request(1, Duration::from_secs(3))).await.unwrap_err();
+    assert!(matches!(err, TransportError::Connect { .. }), "unexpected error: {err}");
+    assert!(err.to_string().contains("not valid for name"), "unexpected error: {err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+/// Sets a flag when dropped, to see that the server cancelled a handler.
+struct DropFlag(Arc<AtomicUsize>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn hung_server_hits_the_deadline_on_both_sides() {
+    let ca = Ca::new("deployment ca");
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let flag = cancelled.clone();
+    let handler = move |req: EscalationRequest, ctx: RequestContext| {
+        let guard = DropFlag(flag.clone());
+        async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(guard);
+            sum_handler(req, ctx).await
+        }
+    };
+    let server =
+        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), handler).unwrap();
+    let client = client(&ca.identity("edge-1", &ca), server.local_addr(), CENTRAL);
+    let started = Instant::now();
+    let err = client.request(&request(1, Duration::from_millis(300))).await.unwrap_err();
+    let waited = started.elapsed();
+    assert!(matches!(err, TransportError::DeadlineExceeded { .. }), "unexpected error: {err}");
+    // Promptly: at the deadline, not at the handler's 30 s. (A wide margin for a busy machine.)
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(3), "waited {waited:?}");
+    // The server dropped the hung handler at the deadline too.
+    let until = Instant::now() + Duration::from_secs(3);
+    while cancelled.load(Ordering::SeqCst) == 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cancelled.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn restarted_server_on_the_same_port_is_reconnected() {
+    let ca = Ca::new("deployment ca");
+    let server_id = ca.identity(CENTRAL, &ca);
+    let server = TierServer::bind(&server_id, ServerConfig::new(loopback()), sum_handler).unwrap();
+    let addr = server.local_addr();
+    let client = client(&ca.identity("edge-1", &ca), addr, CENTRAL);
+    assert!(matches!(client.request(&request(1, Duration::from_secs(3))).await, Ok(Reply::Answer(_))));
+
+    server.shutdown().await;
+    let err = client.request(&request(2, Duration::from_secs(1))).await.unwrap_err();
+    assert!(err.retryable(), "a lost upstream is worth retrying: {err}");
+
+    // The port is free again once the old endpoint's socket is closed.
+    let until = Instant::now() + Duration::from_secs(5);
+    let server = loop {
+        match TierServer::bind(&server_id, ServerConfig::new(addr), sum_handler) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < until => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot rebind {addr}: {e}"),
+        }
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match client.request(&request(3, Duration::from_secs(1))).await {
+            Ok(Reply::Answer(a)) => {
+                assert_eq!(a.id, 3);
+                break;
+            }
+            other if Instant::now() < until => {
+                assert!(other.as_ref().map_err(|e| e.retryable()).unwrap_err(), "{other:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("no recovery after {attempts} attempts: {other:?}"),
+        }
+    }
+    server.shutdown().await;
+}
+
+/// An upstream client over `addrs`, with a small breaker so tests trip it quickly.
+fn upstream_client(ca: &Ca, addrs: &[SocketAddr], breaker: BreakerConfig) -> UpstreamClient {
+    let configs = addrs
+        .iter()
+        .map(|&addr| {
+            let mut c = ClientConfig::new(addr, CENTRAL);
+            c.backoff_max = Duration::from_millis(200);
+            c
+        })
+        .collect();
+    let config = UpstreamConfig { upstreams: configs, breaker, retry: RetryConfig::default() };
+    UpstreamClient::new(&ca.identity("edge-1", ca), config).unwrap()
+}
+
+#[tokio::test]
+async fn slow_upstream_trips_the_breaker_and_a_probe_closes_it() {
+    let ca = Ca::new("deployment ca");
+    let delay_ms = Arc::new(AtomicUsize::new(150));
+    let delay = delay_ms.clone();
+    let handler = move |req: EscalationRequest, ctx: RequestContext| {
+        let wait = Duration::from_millis(delay.load(Ordering::SeqCst) as u64);
+        async move {
+            tokio::time::sleep(wait).await;
+            sum_handler(req, ctx).await
+        }
+    };
+    let server =
+        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), handler).unwrap();
+    let breaker = BreakerConfig {
+        failure_threshold: 3,
+        latency_limit: Duration::from_millis(100),
+        open_for: Duration::from_millis(400),
+        half_open_probes: 1,
+    };
+    let upstream = upstream_client(&ca, &[server.local_addr()], breaker);
+
+    // Slow answers still arrive, but each counts against the upstream.
+    for id in 0..3 {
+        assert!(upstream.escalate(&request(id, Duration::from_secs(5))).await.is_ok());
+    }
+    assert_eq!(upstream.health()[0].health.breaker, BreakerState::Open);
+    assert!(!upstream.available());
+    let started = Instant::now();
+    let err = upstream.escalate(&request(3, Duration::from_secs(5))).await.unwrap_err();
+    assert!(matches!(err, EscalationError::NoUpstream), "unexpected error: {err}");
+    assert_eq!((err.origin(), err.retryable()), (Origin::Local, true));
+    assert!(started.elapsed() < Duration::from_millis(100), "an open breaker refuses at once");
+
+    // The upstream recovers; after the pause one probe goes through and closes the breaker.
+    delay_ms.store(0, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(upstream.available());
+    let answer = upstream.escalate(&request(4, Duration::from_secs(5))).await.unwrap();
+    assert_eq!(answer.id, 4);
+    assert_eq!(upstream.health()[0].health.breaker, BreakerState::Closed);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn escalation_fails_over_to_a_live_upstream() {
+    let ca = Ca::new("deployment ca");
+    let live =
+        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), sum_handler).unwrap();
+    // An address where nothing listens any more.
+    let dead =
+        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), sum_handler).unwrap();
+    let dead_addr = dead.local_addr();
+    dead.shutdown().await;
+
+    let breaker = BreakerConfig { failure_threshold: 2, ..BreakerConfig::default() };
+    let upstream = upstream_client(&ca, &[dead_addr, live.local_addr()], breaker);
+    for id in 0..6 {
+        // Whichever upstream is picked first, every escalation is answered by the live one.
+        let answer = upstream.escalate(&request(id, Duration::from_secs(3))).await.unwrap();
+        assert_eq!(answer.id, id);
+    }
+    let health = upstream.health();
+    assert_eq!(health[1].health.breaker, BreakerState::Closed);
+    assert_ne!(health[0].health.breaker, BreakerState::Closed, "the dead one was tried and marked");
+
+    live.shutdown().await;
+    let err = upstream.escalate(&request(9, Duration::from_millis(500))).await.unwrap_err();
+    assert_ne!(err.origin(), Origin::Upstream, "nobody answered: {err}");
+}
