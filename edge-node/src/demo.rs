@@ -1,35 +1,63 @@
-//! `edge-node demo`: the main job. For now it evaluates the reference models on the test
-//! split through tract and prints accuracy, size, cost and batch-1 latency per model.
+//! `edge-node demo`: the main job.
+//!
+//! 1. Evaluates the reference models directly through tract (accuracy, size, FLOPs,
+//!    batch-1 latency): what each tier would score alone.
+//! 2. Starts a central node and an edge node as real `edge-node serve` processes on
+//!    loopback (fresh CA and certificates, the mnist-classifier plugin built from source),
+//!    sends the test split to the edge over KServe v2 HTTP, and reports the tier split,
+//!    the cascade's accuracy and its latency.
 
-use std::path::Path;
-use std::time::Instant;
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use cascade_runtime::{Backend, Digits, ReferenceModel, Split, TractBackend, reference};
 
-use crate::figures::{Figures, median};
+use crate::figures::{Figures, median, percentile};
+
+/// What the demo runs.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Directory holding the reference models and data splits.
+    pub models_dir: PathBuf,
+    /// The plugin crate both tiers run.
+    pub plugin_crate: PathBuf,
+    /// Batch-1 runs timed per model for the latency median.
+    pub latency_samples: usize,
+    /// Concurrent HTTP clients driving the edge node.
+    pub concurrency: usize,
+    /// Test images sent through the tiers (at most the 2,000 of the split).
+    pub limit: usize,
+    /// Escalation threshold on the edge (max-probability confidence).
+    pub threshold: f64,
+    /// Skip the two-tier part (models only).
+    pub models_only: bool,
+}
 
 /// Runs the demo and returns its figures.
-pub fn run(models_dir: &Path, latency_samples: usize) -> anyhow::Result<Figures> {
-    let test = Digits::load_split(models_dir, Split::Test)
-        .with_context(|| format!("loading the test split from {}", models_dir.display()))?;
-    eprintln!("test split: {} images", test.len());
-    let backend = TractBackend::new();
+pub fn run(options: &DemoOptions) -> anyhow::Result<Figures> {
+    let test = Digits::load_split(&options.models_dir, Split::Test)
+        .with_context(|| format!("loading the test split from {}", options.models_dir.display()))?;
     let mut figures = Figures::default();
+    evaluate_models(options, &test, &mut figures)?;
+    if !options.models_only {
+        two_tiers(options, &test, &mut figures)?;
+    }
+    Ok(figures)
+}
+
+fn evaluate_models(options: &DemoOptions, test: &Digits, figures: &mut Figures) -> anyhow::Result<()> {
+    eprintln!("== the reference models alone, through tract ({} test images)", test.len());
+    let backend = TractBackend::new();
     for key in ReferenceModel::ALL {
-        let path = key.path(models_dir);
+        let path = key.path(&options.models_dir);
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let model = backend.prepare(key.key(), &bytes)?;
-        let accuracy = reference::accuracy(&*model, &test, 64)?;
+        let accuracy = reference::accuracy(&*model, test, 64)?;
         let info = model.info();
-        eprintln!(
-            "{:13} {:>9} bytes  {:>10} MACs  {:>8}  test accuracy {:.2}%",
-            key.key(),
-            bytes.len(),
-            info.macs_per_item,
-            info.precision.describe(),
-            accuracy * 100.0
-        );
 
         // Batch-1 latency: cycle through test images, warm up first.
         let inputs =
@@ -37,19 +65,335 @@ pub fn run(models_dir: &Path, latency_samples: usize) -> anyhow::Result<Figures>
         for input in inputs.iter().take(32) {
             model.run(std::slice::from_ref(input))?;
         }
-        let mut samples = Vec::with_capacity(latency_samples);
-        for i in 0..latency_samples {
+        let mut samples = Vec::with_capacity(options.latency_samples);
+        for i in 0..options.latency_samples {
             let input = &inputs[i % inputs.len()];
             let start = Instant::now();
             model.run(std::slice::from_ref(input))?;
             samples.push(start.elapsed().as_secs_f64() * 1e6);
         }
-
+        let b1 = median(&mut samples);
+        eprintln!(
+            "   {:13} {:>7} bytes {:>9} MACs  {:20} accuracy {:.2}%  batch-1 median {b1:.1} us",
+            key.key(),
+            bytes.len(),
+            info.macs_per_item,
+            info.precision.describe(),
+            accuracy * 100.0
+        );
         let k = key.key();
         figures.push(format!("model.{k}.test_accuracy"), accuracy, "fraction");
         figures.push(format!("model.{k}.bytes"), bytes.len() as f64, "bytes");
         figures.push(format!("model.{k}.flops"), 2.0 * info.macs_per_item as f64, "flops");
-        figures.push(format!("model.{k}.tract_b1_median_us"), median(&mut samples), "us");
+        figures.push(format!("model.{k}.tract_b1_median_us"), b1, "us");
     }
-    Ok(figures)
+    Ok(())
+}
+
+/// A child process that is killed when dropped, so no error path leaves nodes running.
+struct NodeProcess {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl NodeProcess {
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_tcp_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn toml_path(p: &Path) -> String {
+    // TOML basic strings: escape backslashes and quotes.
+    p.display().to_string().replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// Writes certificates, the plugin and both node configs into `dir`.
+fn prepare_tiers(
+    options: &DemoOptions,
+    dir: &Path,
+    central_http: u16,
+    central_quic: u16,
+    edge_http: u16,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let certs = dir.join("certs");
+    crate::certs_cmd::init(&certs, false)?;
+    crate::certs_cmd::issue(&certs, "central", &certs, &[], false)?;
+    crate::certs_cmd::issue(&certs, "edge", &certs, &[], false)?;
+
+    eprintln!("   building the plugin {} ...", options.plugin_crate.display());
+    let plugin = dir.join("mnist_classifier.wasm");
+    let built = crate::plugin_cmd::build(&options.plugin_crate, &plugin, None)?;
+    eprintln!("   plugin: {} bytes, sha256 {}", built.component.len(), built.sha256);
+
+    let models = &options.models_dir;
+    let (plugin, edge_model, central_model) = (
+        toml_path(&plugin),
+        toml_path(&ReferenceModel::EdgeInt8.path(models)),
+        toml_path(&ReferenceModel::CentralFp32.path(models)),
+    );
+    let central = format!(
+        r#"[node]
+name = "central"
+
+[listeners]
+http = "127.0.0.1:{central_http}"
+quic = "127.0.0.1:{central_quic}"
+ca = "{ca}"
+cert = "{central_cert}"
+key = "{central_key}"
+
+[models.central]
+path = "{central_model}"
+backend = "tract"
+
+[plugins.mnist]
+path = "{plugin}"
+sha256 = "{sha}"
+models = ["central"]
+
+[plugins.mnist.config]
+model = "central"
+
+[routes.digits]
+plugin = "mnist"
+deadline_ms = 2000
+
+[routes.digits.thresholds]
+normal = 0.0
+"#,
+        ca = toml_path(&certs.join("ca.pem")),
+        central_cert = toml_path(&certs.join("central.pem")),
+        central_key = toml_path(&certs.join("central.key")),
+        sha = built.sha256,
+    );
+    let edge = format!(
+        r#"[node]
+name = "edge"
+
+[listeners]
+http = "127.0.0.1:{edge_http}"
+
+[models.edge]
+path = "{edge_model}"
+backend = "tract"
+
+[plugins.mnist]
+path = "{plugin}"
+sha256 = "{sha}"
+models = ["edge"]
+
+[plugins.mnist.config]
+model = "edge"
+
+[routes.digits]
+plugin = "mnist"
+deadline_ms = 2000
+
+[routes.digits.thresholds]
+normal = {threshold}
+
+[upstream]
+addresses = ["127.0.0.1:{central_quic}"]
+server_name = "central"
+ca = "{ca}"
+cert = "{edge_cert}"
+key = "{edge_key}"
+request_timeout_ms = 1000
+"#,
+        threshold = options.threshold,
+        ca = toml_path(&certs.join("ca.pem")),
+        edge_cert = toml_path(&certs.join("edge.pem")),
+        edge_key = toml_path(&certs.join("edge.key")),
+        sha = built.sha256,
+    );
+    let (central_path, edge_path) = (dir.join("central.toml"), dir.join("edge.toml"));
+    std::fs::write(&central_path, central)?;
+    std::fs::write(&edge_path, edge)?;
+    Ok((central_path, edge_path))
+}
+
+fn start_node(name: &'static str, config: &Path, dir: &Path) -> anyhow::Result<NodeProcess> {
+    let log = dir.join(format!("{name}.log"));
+    let out = std::fs::File::create(&log)?;
+    let child = Command::new(std::env::current_exe().context("cannot find this program's path")?)
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting the {name} node"))?;
+    Ok(NodeProcess { name, child, log })
+}
+
+async fn wait_ready(client: &reqwest::Client, node: &mut NodeProcess, port: u16) -> anyhow::Result<()> {
+    let url = format!("http://127.0.0.1:{port}/v2/health/ready");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if let Some(status) = node.child.try_wait()? {
+            bail!("the {} node exited ({status}) before it was ready:\n{}", node.name, node.log_tail());
+        }
+        if client.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the {} node was not ready after 60 s:\n{}", node.name, node.log_tail())
+}
+
+/// What the edge said about one image.
+struct Reply {
+    predicted: usize,
+    tier: String,
+    escalated: bool,
+    degraded: bool,
+    latency_us: f64,
+}
+
+async fn infer(client: &reqwest::Client, url: &str, pixels: &[u8]) -> anyhow::Result<Reply> {
+    let body = serde_json::json!({
+        "inputs": [{"name": "image", "shape": [28, 28], "datatype": "UINT8", "data": pixels}]
+    });
+    let start = Instant::now();
+    let response = client.post(url).json(&body).send().await?;
+    let status = response.status();
+    let json: serde_json::Value = response.json().await?;
+    let latency_us = start.elapsed().as_secs_f64() * 1e6;
+    if !status.is_success() {
+        bail!("HTTP {status}: {json}");
+    }
+    let probabilities: Vec<f64> = json["outputs"]
+        .as_array()
+        .and_then(|outs| outs.iter().find(|o| o["name"] == "probabilities"))
+        .and_then(|o| o["data"].as_array())
+        .map(|d| d.iter().filter_map(serde_json::Value::as_f64).collect())
+        .context("the response has no probabilities output")?;
+    let predicted = probabilities
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+        .context("empty probabilities")?;
+    let params = &json["parameters"];
+    Ok(Reply {
+        predicted,
+        tier: params["tier"].as_str().unwrap_or("?").to_string(),
+        escalated: params["escalated"].as_bool().unwrap_or(false),
+        degraded: params["degraded"].as_bool().unwrap_or(false),
+        latency_us,
+    })
+}
+
+fn two_tiers(options: &DemoOptions, test: &Digits, figures: &mut Figures) -> anyhow::Result<()> {
+    eprintln!("== two tiers on loopback: an edge node escalating to a central node over QUIC");
+    let dir = tempfile::Builder::new().prefix("cascade-demo-").tempdir()?;
+    let (central_http, central_quic, edge_http) = (free_tcp_port()?, free_udp_port()?, free_tcp_port()?);
+    let (central_cfg, edge_cfg) = prepare_tiers(options, dir.path(), central_http, central_quic, edge_http)?;
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let replies = runtime.block_on(async {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let mut central = start_node("central", &central_cfg, dir.path())?;
+        wait_ready(&client, &mut central, central_http).await?;
+        let mut edge = start_node("edge", &edge_cfg, dir.path())?;
+        wait_ready(&client, &mut edge, edge_http).await?;
+        eprintln!("   central on http {central_http} / quic {central_quic}, edge on http {edge_http}");
+
+        let n = options.limit.min(test.len());
+        let url = Arc::new(format!("http://127.0.0.1:{edge_http}/v2/models/digits/infer"));
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let images = Arc::new(test.clone());
+        let mut workers = Vec::new();
+        for _ in 0..options.concurrency.max(1) {
+            let (client, url, next, images) = (client.clone(), url.clone(), next.clone(), images.clone());
+            workers.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        return out;
+                    }
+                    out.push((i, infer(&client, &url, images.image(i)).await));
+                }
+            }));
+        }
+        let mut replies = Vec::with_capacity(n);
+        for w in workers {
+            replies.extend(w.await?);
+        }
+        drop((edge, central));
+        anyhow::Ok(replies)
+    })?;
+
+    let total = replies.len();
+    let mut errors = 0usize;
+    let (mut right, mut at_edge, mut escalated, mut degraded) = (0usize, 0usize, 0usize, 0usize);
+    let (mut all_lat, mut local_lat, mut esc_lat) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, reply) in &replies {
+        match reply {
+            Err(e) => {
+                if errors < 3 {
+                    eprintln!("   request {i} failed: {e:#}");
+                }
+                errors += 1;
+            }
+            Ok(r) => {
+                right += usize::from(r.predicted == usize::from(test.label(*i)));
+                at_edge += usize::from(r.tier == "edge");
+                escalated += usize::from(r.escalated);
+                degraded += usize::from(r.degraded);
+                all_lat.push(r.latency_us);
+                if r.escalated { &mut esc_lat } else { &mut local_lat }.push(r.latency_us);
+            }
+        }
+    }
+    let frac = |k: usize| k as f64 / total.max(1) as f64;
+    eprintln!(
+        "   {total} requests: {:.1}% answered at the edge, {:.1}% escalated to central, {degraded} degraded, \
+         {errors} failed; cascade accuracy {:.2}%",
+        100.0 * frac(at_edge),
+        100.0 * frac(escalated),
+        100.0 * frac(right)
+    );
+    eprintln!(
+        "   latency (HTTP, {} clients): p50 {:.0} us, p99 {:.0} us; local p50 {:.0} us, escalated p50 {:.0} us",
+        options.concurrency,
+        percentile(&mut all_lat, 0.5),
+        percentile(&mut all_lat, 0.99),
+        median(&mut local_lat),
+        median(&mut esc_lat)
+    );
+    figures.push("demo.requests", total as f64, "count");
+    figures.push("demo.failed", errors as f64, "count");
+    figures.push("demo.edge_share", frac(at_edge), "fraction");
+    figures.push("demo.escalated_share", frac(escalated), "fraction");
+    figures.push("demo.degraded", degraded as f64, "count");
+    figures.push("demo.cascade_accuracy", frac(right), "fraction");
+    figures.push("demo.latency_us.p50", percentile(&mut all_lat, 0.5), "us");
+    figures.push("demo.latency_us.p99", percentile(&mut all_lat, 0.99), "us");
+    figures.push("demo.local.latency_us.p50", median(&mut local_lat), "us");
+    figures.push("demo.escalated.latency_us.p50", median(&mut esc_lat), "us");
+    if errors > 0 {
+        bail!("{errors} of {total} requests failed (see above)");
+    }
+    Ok(())
 }

@@ -23,9 +23,24 @@ enum Command {
         /// Directory holding the reference models and data splits.
         #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir())]
         models: PathBuf,
+        /// The plugin crate both tiers run.
+        #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir().join("../examples/mnist-classifier"))]
+        plugin: PathBuf,
         /// Batch-1 runs timed per model for the latency median.
         #[arg(long, default_value_t = 500)]
         latency_samples: usize,
+        /// Concurrent HTTP clients driving the edge node.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Test images sent through the two tiers (the split has 2,000).
+        #[arg(long, default_value_t = 2000)]
+        limit: usize,
+        /// The edge's escalation threshold (max-probability confidence below it escalates).
+        #[arg(long, default_value_t = 0.9)]
+        threshold: f64,
+        /// Only evaluate the models; do not start the two tiers.
+        #[arg(long)]
+        models_only: bool,
     },
     /// Validate a node config and read its model and plugin files, without serving.
     Check {
@@ -95,8 +110,26 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Demo { json, models, latency_samples } => {
-            demo::run(&models, latency_samples)?.print(json);
+        Command::Demo {
+            json,
+            models,
+            plugin,
+            latency_samples,
+            concurrency,
+            limit,
+            threshold,
+            models_only,
+        } => {
+            let options = demo::DemoOptions {
+                models_dir: models,
+                plugin_crate: plugin,
+                latency_samples,
+                concurrency,
+                limit,
+                threshold,
+                models_only,
+            };
+            demo::run(&options)?.print(json);
         }
         Command::Check { config } => print!("{}", edge_node::check_cmd::run(&config)?),
         Command::Plugin(PluginCommand::Build { crate_dir, out, target_dir }) => {
