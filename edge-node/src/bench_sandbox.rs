@@ -74,6 +74,7 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, quick: bool) -> anyhow::Resul
     }
     eprintln!("measuring {samples} requests ...");
     let (mut instantiate, mut call, mut overhead) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ws, mut ds) = (Vec::new(), Vec::new());
     for n in 0..samples {
         let i = n % 64;
         let start = Instant::now();
@@ -91,7 +92,16 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, quick: bool) -> anyhow::Resul
             (direct(i)?, w)
         };
         overhead.push(w - d);
+        ws.push(w);
+        ds.push(d);
     }
+    eprintln!(
+        "whole path median {:.1} us, p99 {:.1} us; direct model call median {:.1} us, p99 {:.1} us",
+        median(&mut ws),
+        percentile(&mut ws, 0.99),
+        median(&mut ds),
+        percentile(&mut ds, 0.99)
+    );
     let mut figures = Figures::default();
     figures.push("sandbox.instantiate_us.median", median(&mut instantiate), "us");
     figures.push("sandbox.call_us.median", median(&mut call), "us");

@@ -35,7 +35,9 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap};
+use wasmtime::{
+    Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
+};
 
 use self::bindings::cascade::plugin::types as wit;
 use self::bindings::{Plugin, PluginPre};
@@ -56,6 +58,10 @@ pub struct SandboxConfig {
     pub max_wasm_stack: usize,
     /// Epoch tick: the granularity of request deadlines. Default 1 ms.
     pub epoch_tick: Duration,
+    /// Bytes of each pooled linear memory kept mapped between instances and reset with
+    /// `memset` (only the pages a request dirtied, where the kernel offers PAGEMAP_SCAN)
+    /// instead of `madvise`, so the next request takes no page faults. Default 4 MiB.
+    pub keep_resident_bytes: usize,
 }
 
 impl Default for SandboxConfig {
@@ -65,6 +71,7 @@ impl Default for SandboxConfig {
             max_memory_bytes: 256 << 20,
             max_wasm_stack: 512 << 10,
             epoch_tick: Duration::from_millis(1),
+            keep_resident_bytes: 4 << 20,
         }
     }
 }
@@ -306,7 +313,9 @@ impl Sandbox {
             .total_core_instances(config.max_instances.saturating_mul(2))
             .total_memories(config.max_instances)
             .total_tables(config.max_instances)
-            .max_memory_size(config.max_memory_bytes);
+            .max_memory_size(config.max_memory_bytes)
+            .linear_memory_keep_resident(config.keep_resident_bytes)
+            .pagemap_scan(Enabled::Auto);
         let mut wasm = wasmtime::Config::new();
         // Guests built from Rust need no GC proposal, and the workspace builds wasmtime
         // without a collector: turn GC support off rather than fail at engine creation.
