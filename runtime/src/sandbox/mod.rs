@@ -9,7 +9,14 @@
 //!
 //! Why a fresh instance per request: it is the only choice that isolates requests without
 //! trusting the guest to reset itself, and with the pooling allocator and copy-on-write
-//! memory it is cheap (`edge-node bench sandbox` measures `sandbox.instantiate_us.median`).
+//! memory it is cheap. Measured with `edge-node bench sandbox --json` (release build, 2
+//! shared cores, mnist-classifier): `sandbox.instantiate_us.median` 4.4–4.6 µs out of a
+//! whole-path overhead (`sandbox.overhead_us.median`) of 12.1–12.5 µs over a direct model
+//! call (~40 µs). Reusing instances could save at most that instantiate time per request,
+//! at the price of state leaking between requests, so it is not done. Two measured choices
+//! got it there: keeping pooled memories resident and resetting only dirtied pages (overhead
+//! median ~25 → ~17 µs), and the guest SDK's bump allocator, which never grows memory in a
+//! typical request (instantiate ~7 → ~4.6 µs, overhead ~17 → ~12.5 µs).
 //!
 //! Limits per plugin ([`PluginLimits`]): linear memory cap, table elements, instance/memory/
 //! table counts, a deadline per request, and the largest answer. The wasm stack size is a
@@ -58,9 +65,10 @@ pub struct SandboxConfig {
     pub max_wasm_stack: usize,
     /// Epoch tick: the granularity of request deadlines. Default 1 ms.
     pub epoch_tick: Duration,
-    /// Bytes of each pooled linear memory kept mapped between instances and reset with
-    /// `memset` (only the pages a request dirtied, where the kernel offers PAGEMAP_SCAN)
-    /// instead of `madvise`, so the next request takes no page faults. Default 4 MiB.
+    /// Bytes of each pooled linear memory kept mapped between instances, where the kernel
+    /// offers PAGEMAP_SCAN (Linux 6.7+): only the pages a request dirtied are reset, with
+    /// `memset` instead of `madvise`, so the next request takes no page faults. Ignored
+    /// elsewhere. Default 4 MiB.
     pub keep_resident_bytes: usize,
 }
 
@@ -313,9 +321,12 @@ impl Sandbox {
             .total_core_instances(config.max_instances.saturating_mul(2))
             .total_memories(config.max_instances)
             .total_tables(config.max_instances)
-            .max_memory_size(config.max_memory_bytes)
-            .linear_memory_keep_resident(config.keep_resident_bytes)
-            .pagemap_scan(Enabled::Auto);
+            .max_memory_size(config.max_memory_bytes);
+        // Without PAGEMAP_SCAN (Linux < 6.7) wasmtime would memset the whole resident
+        // prefix on every reset, which costs more than the page faults it saves.
+        if PoolingAllocationConfig::is_pagemap_scan_available() {
+            pool.linear_memory_keep_resident(config.keep_resident_bytes).pagemap_scan(Enabled::Yes);
+        }
         let mut wasm = wasmtime::Config::new();
         // Guests built from Rust need no GC proposal, and the workspace builds wasmtime
         // without a collector: turn GC support off rather than fail at engine creation.
