@@ -16,7 +16,10 @@
 //! at the price of state leaking between requests, so it is not done. Two measured choices
 //! got it there: keeping pooled memories resident and resetting only dirtied pages (overhead
 //! median ~25 → ~17 µs), and the guest SDK's bump allocator, which never grows memory in a
-//! typical request (instantiate ~7 → ~4.6 µs, overhead ~17 → ~12.5 µs).
+//! typical request (instantiate ~7 → ~4.6 µs, overhead ~17 → ~12.5 µs). Of the remaining
+//! overhead, ~10 µs is fixed per request (`sandbox.noop_handle_us.median`: a plugin that
+//! answers without tensors or a model): instantiate, the component call, and the reset of
+//! the instance's dirtied pages when it is dropped.
 //!
 //! Limits per plugin ([`PluginLimits`]): linear memory cap, table elements, instance/memory/
 //! table counts, a deadline per request, and the largest answer. The wasm stack size is a
