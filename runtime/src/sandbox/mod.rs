@@ -9,18 +9,19 @@
 //!
 //! Why a fresh instance per request: it is the only choice that isolates requests without
 //! trusting the guest to reset itself, and with the pooling allocator and copy-on-write
-//! memory it is cheap. Measured with `edge-node bench sandbox --json` (release build, 2
-//! shared cores, mnist-classifier): `sandbox.instantiate_us.median` 4.4–4.6 µs out of a
-//! whole-path overhead (`sandbox.overhead_us.median`) of 12.1–12.5 µs over a direct model
-//! call (~40 µs). Reusing instances could save at most that instantiate time per request,
-//! at the price of state leaking between requests, so it is not done. Two measured choices
-//! got it there: keeping pooled memories resident and resetting only dirtied pages (overhead
-//! median ~25 → ~17 µs), and the guest SDK's bump allocator, which never grows memory in a
-//! typical request (instantiate ~7 → ~4.6 µs, overhead ~17 → ~12.5 µs). Of the remaining
-//! overhead, ~10 µs is fixed per request (`sandbox.noop_handle_us.median`: a plugin that
-//! answers without tensors or a model): instantiate, the component call, and the reset of
-//! the instance's dirtied pages when it is dropped.
-//!
+//! memory it is cheap. Measured with `edge-node bench sandbox` (release build, 2 shared
+//! cores, mnist-classifier, 5,000 requests): `sandbox.instantiate_us.median` ~2.3 µs and a
+//! whole-path overhead over a direct model call (~40 µs) of `sandbox.overhead_us.median`
+//! ~7.3 µs, p99 ~45 µs on a quiet machine. Reusing instances could save at most the
+//! instantiate time, at the price of state leaking between requests, so it is not done.
+//! Three measured choices got there (overhead median ~25 → ~17 → ~12 → ~7.3 µs): keeping
+//! pooled memories resident and resetting only the pages a request dirtied (PAGEMAP_SCAN +
+//! memset instead of madvise); the guest SDK's bump allocator, which serves a typical
+//! request from the initial memory image so it never grows memory (each grow is an
+//! mprotect); and keeping pooled tables resident too, so the next instance takes no page
+//! faults on them. `sandbox.noop_handle_us.median` (~5.4 µs: a plugin that answers without
+//! tensors or a model) is the fixed part of the cost.
+
 //! Limits per plugin ([`PluginLimits`]): linear memory cap, table elements, instance/memory/
 //! table counts, a deadline per request, and the largest answer. The wasm stack size is a
 //! property of the engine ([`SandboxConfig::max_wasm_stack`]). Any trap, timeout,
@@ -70,8 +71,8 @@ pub struct SandboxConfig {
     pub epoch_tick: Duration,
     /// Bytes of each pooled linear memory kept mapped between instances, where the kernel
     /// offers PAGEMAP_SCAN (Linux 6.7+): only the pages a request dirtied are reset, with
-    /// `memset` instead of `madvise`, so the next request takes no page faults. Ignored
-    /// elsewhere. Default 4 MiB.
+    /// `memset` instead of `madvise`, so the next request takes no page faults (tables keep
+    /// up to 64 KiB resident the same way). Ignored elsewhere. Default 4 MiB.
     pub keep_resident_bytes: usize,
 }
 
@@ -326,9 +327,12 @@ impl Sandbox {
             .total_tables(config.max_instances)
             .max_memory_size(config.max_memory_bytes);
         // Without PAGEMAP_SCAN (Linux < 6.7) wasmtime would memset the whole resident
-        // prefix on every reset, which costs more than the page faults it saves.
+        // prefix on every reset, which costs more than the page faults it saves. Tables are
+        // small: keeping 64 KiB of each resident halves instantiation time.
         if PoolingAllocationConfig::is_pagemap_scan_available() {
-            pool.linear_memory_keep_resident(config.keep_resident_bytes).pagemap_scan(Enabled::Yes);
+            pool.linear_memory_keep_resident(config.keep_resident_bytes)
+                .table_keep_resident(config.keep_resident_bytes.min(64 << 10))
+                .pagemap_scan(Enabled::Yes);
         }
         let mut wasm = wasmtime::Config::new();
         // Guests built from Rust need no GC proposal, and the workspace builds wasmtime
