@@ -75,7 +75,8 @@ mod bindings {
     });
 }
 
-#[cfg(target_arch = "wasm32")]
+// Single-threaded guests only: the bump allocator has no locking.
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
 mod allocator;
 pub mod confidence;
 pub mod config;
@@ -85,7 +86,7 @@ pub mod log;
 mod plugin;
 mod tensor;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
 #[global_allocator]
 static ALLOCATOR: allocator::BumpAllocator = allocator::BumpAllocator;
 
