@@ -6,7 +6,10 @@
 //! - `sandbox.call_us`: the plugin's `handle` on that instance, model run included;
 //! - `sandbox.overhead_us`: the whole plugin path (`Sandbox::handle`) minus a direct call of
 //!   the same model on the same image (u8 → f32 conversion included), measured alternately
-//!   in the same run and paired, so model time and machine drift cancel.
+//!   in the same run and paired, so model time and machine drift cancel;
+//! - `sandbox.noop_handle_us` (extra): a whole request on the test plugin
+//!   `runtime/tests/plugins/hostile` in its `ok` mode, which answers without tensors or a
+//!   model: the sandbox's fixed cost per request.
 
 use std::path::Path;
 use std::time::Instant;
@@ -74,6 +77,7 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, quick: bool) -> anyhow::Resul
     }
     eprintln!("measuring {samples} requests ...");
     let (mut instantiate, mut call, mut overhead) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ws, mut ds) = (Vec::new(), Vec::new());
     for n in 0..samples {
         let i = n % 64;
         let start = Instant::now();
@@ -91,16 +95,51 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, quick: bool) -> anyhow::Resul
             (direct(i)?, w)
         };
         overhead.push(w - d);
+        ws.push(w);
+        ds.push(d);
     }
+    eprintln!(
+        "whole path median {:.1} us, p99 {:.1} us; direct model call median {:.1} us, p99 {:.1} us",
+        median(&mut ws),
+        percentile(&mut ws, 0.99),
+        median(&mut ds),
+        percentile(&mut ds, 0.99)
+    );
+    // The fixed cost: a plugin that answers at once, no tensors, no model.
+    let noop_file = dir.join("bench-noop.wasm");
+    let noop = crate::plugin_cmd::build(&noop_crate(plugin_crate), &noop_file, None)?;
+    sandbox.load_plugin(&PluginSpec {
+        name: "noop".into(),
+        file: noop_file,
+        sha256: noop.sha256,
+        models: Default::default(),
+        config: Default::default(),
+        logging: true,
+        limits: PluginLimits::default(),
+    })?;
+    let ok = Request { route: "noop".into(), inputs: vec![], parameters: vec![("mode".into(), "ok".into())] };
+    let mut noop_samples = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let start = Instant::now();
+        std::hint::black_box(sandbox.handle("noop", &ok)?);
+        noop_samples.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+
     let mut figures = Figures::default();
     figures.push("sandbox.instantiate_us.median", median(&mut instantiate), "us");
     figures.push("sandbox.call_us.median", median(&mut call), "us");
     figures.push("sandbox.overhead_us.median", median(&mut overhead), "us");
     figures.push("sandbox.overhead_us.p99", percentile(&mut overhead, 0.99), "us");
+    figures.push("sandbox.noop_handle_us.median", median(&mut noop_samples), "us");
     let stats = sandbox.stats();
     anyhow::ensure!(
         stats.errors.values().all(|&n| n == 0),
         "requests failed during the benchmark: {stats:?}"
     );
     Ok(figures)
+}
+
+/// The no-op plugin's crate, found beside the measured plugin in this repository's layout.
+fn noop_crate(plugin_crate: &Path) -> std::path::PathBuf {
+    plugin_crate.join("../../runtime/tests/plugins/hostile")
 }

@@ -54,6 +54,9 @@
 //! - Imports: [`inference`] (models on the plugin's allowlist only), [`log`] (to the node's
 //!   tracing), [`config`] (the plugin's static settings). Nothing else: no files, sockets or
 //!   clocks.
+//! - Memory: the SDK installs a bump allocator that never frees (an instance lives for one
+//!   request); the first 1 MiB comes from the initial memory image, so a typical request
+//!   never grows linear memory.
 //! - A panic aborts the instance; the SDK logs the panic message first, so the node's error
 //!   for that request says why.
 //!
@@ -72,6 +75,9 @@ mod bindings {
     });
 }
 
+// Single-threaded guests only: the bump allocator has no locking.
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+mod allocator;
 pub mod confidence;
 pub mod config;
 pub mod image;
@@ -79,6 +85,10 @@ pub mod inference;
 pub mod log;
 mod plugin;
 mod tensor;
+
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: allocator::BumpAllocator = allocator::BumpAllocator;
 
 pub use plugin::{Answer, Outcome, Plugin, PluginError, Request};
 pub use tensor::{DType, Tensor, TensorError};

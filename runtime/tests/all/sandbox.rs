@@ -197,7 +197,7 @@ fn reload_switches_new_requests_and_in_flight_ones_finish_on_the_old_version() {
         let sandbox = sandbox.clone();
         std::thread::spawn(move || {
             let mut req = mode("spin");
-            req.parameters.push(("iterations".into(), "20000000".into()));
+            req.parameters.push(("iterations".into(), "2000000".into()));
             sandbox.handle("hostile", &req)
         })
     };
