@@ -452,3 +452,29 @@ async fn escalation_fails_over_to_a_live_upstream() {
     let err = upstream.escalate(&request(9, Duration::from_millis(500))).await.unwrap_err();
     assert_ne!(err.origin(), Origin::Upstream, "nobody answered: {err}");
 }
+
+#[tokio::test]
+async fn requests_fail_fast_while_a_dead_upstream_backs_off() {
+    let ca = Ca::new("deployment ca");
+    let dead =
+        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), sum_handler).unwrap();
+    let addr = dead.local_addr();
+    dead.shutdown().await;
+    let mut config = ClientConfig::new(addr, CENTRAL);
+    config.connect_timeout = Duration::from_millis(300);
+    config.backoff_initial = Duration::from_secs(30);
+    config.backoff_max = Duration::from_secs(60);
+    let client = TierClient::new(&ca.identity("edge-1", &ca), config).unwrap();
+
+    // Concurrent requests share one connection attempt, which fails on its own timeout.
+    let (first, second) = (request(1, Duration::from_secs(5)), request(2, Duration::from_secs(5)));
+    let (a, b) = tokio::join!(client.request(&first), client.request(&second));
+    for err in [a.unwrap_err(), b.unwrap_err()] {
+        assert!(matches!(err, TransportError::Connect { .. }), "unexpected error: {err}");
+    }
+    // Then the backoff answers at once, with no new attempt.
+    let err = client.request(&request(3, Duration::from_secs(5))).await.unwrap_err();
+    let TransportError::Backoff { retry_in, .. } = err else { panic!("unexpected error: {err}") };
+    assert!(retry_in > Duration::from_secs(25));
+    assert!(err.retryable());
+}
