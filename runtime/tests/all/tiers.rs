@@ -437,9 +437,9 @@ async fn escalation_fails_over_to_a_live_upstream() {
     let dead_addr = dead.local_addr();
     dead.shutdown().await;
 
-    let breaker = BreakerConfig { failure_threshold: 2, ..BreakerConfig::default() };
+    let breaker = BreakerConfig { failure_threshold: 1, ..BreakerConfig::default() };
     let upstream = upstream_client(&ca, &[dead_addr, live.local_addr()], breaker);
-    for id in 0..6 {
+    for id in 0..20 {
         // Whichever upstream is picked first, every escalation is answered by the live one.
         let answer = upstream.escalate(&request(id, Duration::from_secs(3))).await.unwrap();
         assert_eq!(answer.id, id);
@@ -477,4 +477,27 @@ async fn requests_fail_fast_while_a_dead_upstream_backs_off() {
     let TransportError::Backoff { retry_in, .. } = err else { panic!("unexpected error: {err}") };
     assert!(retry_in > Duration::from_secs(25));
     assert!(err.retryable());
+}
+
+#[tokio::test]
+async fn a_stream_that_stalls_before_its_request_is_dropped() {
+    let ca = Ca::new("deployment ca");
+    let mut config = ServerConfig::new(loopback());
+    config.read_timeout = Duration::from_millis(200);
+    let server = TierServer::bind(&ca.identity(CENTRAL, &ca), config, sum_handler).unwrap();
+    let quic = raw_quic_client(&ca, Some(ca.issue("edge-1")));
+    let endpoint = quinn::Endpoint::client(loopback()).unwrap();
+    let connection = endpoint
+        .connect_with(quinn::ClientConfig::new(Arc::new(quic)), server.local_addr(), CENTRAL)
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    // Half a header, then nothing.
+    send.write_all(&[cascade_runtime::protocol::PROTOCOL_VERSION, 0]).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1024)).await.unwrap();
+    let err = outcome.unwrap_err().to_string();
+    assert!(err.contains("reset"), "unexpected outcome: {err}");
+    // The connection itself stays usable for well-behaved streams.
+    assert!(connection.close_reason().is_none());
 }
