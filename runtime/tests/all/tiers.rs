@@ -501,3 +501,32 @@ async fn a_stream_that_stalls_before_its_request_is_dropped() {
     // The connection itself stays usable for well-behaved streams.
     assert!(connection.close_reason().is_none());
 }
+
+#[tokio::test]
+async fn overloaded_upstream_is_retried_elsewhere_within_the_budget() {
+    let ca = Ca::new("deployment ca");
+    let overloaded = |req: EscalationRequest, _ctx: RequestContext| async move {
+        Err::<EscalationAnswer, _>(ErrorFrame {
+            id: req.id,
+            kind: ErrorKind::Overloaded,
+            retryable: true,
+            message: "queue full".into(),
+        })
+    };
+    let busy =
+        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), overloaded).unwrap();
+    let idle =
+        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), sum_handler).unwrap();
+    let breaker = BreakerConfig { failure_threshold: 1000, ..BreakerConfig::default() };
+
+    let both = upstream_client(&ca, &[busy.local_addr(), idle.local_addr()], breaker);
+    for id in 0..10 {
+        assert_eq!(both.escalate(&request(id, Duration::from_secs(3))).await.unwrap().id, id);
+    }
+
+    // Alone, the busy upstream's refusal reaches the caller, marked as its own and retryable.
+    let alone = upstream_client(&ca, &[busy.local_addr()], breaker);
+    let err = alone.escalate(&request(1, Duration::from_secs(3))).await.unwrap_err();
+    assert!(matches!(err, EscalationError::Upstream { kind: ErrorKind::Overloaded, .. }), "{err}");
+    assert_eq!((err.origin(), err.retryable()), (Origin::Upstream, true));
+}
