@@ -329,10 +329,11 @@ fn check_dims(tensors: &[NamedTensor]) -> Result<(), ProtocolError> {
 
 /// Decodes a frame body (the bytes after the header).
 fn decode_body(body: &[u8]) -> Result<Frame, ProtocolError> {
+    wire::take_detail();
     match postcard::take_from_bytes::<Frame>(body) {
         Ok((frame, [])) => Ok(frame),
         Ok((_, rest)) => Err(ProtocolError::Malformed(format!("{} bytes after the frame body", rest.len()))),
-        Err(e) => Err(ProtocolError::Malformed(e.to_string())),
+        Err(e) => Err(ProtocolError::Malformed(wire::take_detail().unwrap_or_else(|| e.to_string()))),
     }
 }
 

@@ -4,6 +4,7 @@
 //! into large in-memory structs. These helpers check declared counts first and read tensor
 //! bytes as one borrowed slice, so memory stays proportional to the bytes received.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -12,6 +13,23 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 use super::{MAX_DIMS, NamedTensor};
 use crate::tensor::{DType, Tensor};
+
+thread_local! {
+    /// Why the last body failed to decode. Postcard keeps no message for errors raised by
+    /// deserializers (to stay allocation-free), so ours are noted here and picked up by
+    /// `decode_body` on the same thread, right after the failed call.
+    static DETAIL: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+fn note(detail: String) -> String {
+    DETAIL.with(|d| *d.borrow_mut() = Some(detail.clone()));
+    detail
+}
+
+/// Takes the detail noted by the last failed decode on this thread, if any.
+pub(super) fn take_detail() -> Option<String> {
+    DETAIL.with(|d| d.borrow_mut().take())
+}
 
 /// A [`NamedTensor`] as it is on the wire. Postcard writes nested structs as the plain
 /// concatenation of their fields, so this flat mirror reads exactly what
@@ -31,7 +49,8 @@ impl TryFrom<NamedTensorWire> for NamedTensor {
     type Error = String;
 
     fn try_from(w: NamedTensorWire) -> Result<NamedTensor, String> {
-        let tensor = Tensor::new(w.dtype, w.shape, w.data).map_err(|e| format!("tensor {}: {e}", w.name))?;
+        let tensor =
+            Tensor::new(w.dtype, w.shape, w.data).map_err(|e| note(format!("tensor {:?}: {e}", w.name)))?;
         Ok(NamedTensor { name: w.name, tensor })
     }
 }
@@ -54,11 +73,13 @@ where
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
             let declared = seq.size_hint().unwrap_or(0);
             if declared > MAX {
+                note(format!("{declared} items where at most {MAX} are allowed"));
                 return Err(de::Error::invalid_length(declared, &self));
             }
             let mut out = Vec::with_capacity(declared);
             while let Some(item) = seq.next_element()? {
                 if out.len() == MAX {
+                    note(format!("more than {MAX} items"));
                     return Err(de::Error::invalid_length(MAX + 1, &self));
                 }
                 out.push(item);

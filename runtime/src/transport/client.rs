@@ -4,6 +4,8 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
+
 use super::{ReadFailure, TlsIdentity, TransportError, read_frame, time_left, transport_config};
 use crate::protocol::{
     ErrorFrame, EscalationAnswer, EscalationRequest, Frame, ProtocolLimits, encode_request,
@@ -55,9 +57,14 @@ pub enum Reply {
     Error(ErrorFrame),
 }
 
+/// The outcome of one connection attempt, shared by every request that waits for it.
+type Attempt = Option<Result<quinn::Connection, String>>;
+
 #[derive(Debug, Default)]
 struct ConnState {
     connection: Option<quinn::Connection>,
+    /// The attempt under way, if any.
+    pending: Option<tokio::sync::watch::Receiver<Attempt>>,
     failures: u32,
     next_attempt: Option<Instant>,
 }
@@ -68,9 +75,8 @@ pub struct TierClient {
     endpoint: quinn::Endpoint,
     quic: quinn::ClientConfig,
     config: ClientConfig,
-    // A tokio mutex: it is held across the connection handshake so that concurrent requests
-    // share one attempt instead of each opening a connection.
-    state: tokio::sync::Mutex<ConnState>,
+    // Shared with the task running a connection attempt; held only for instant updates.
+    state: Arc<Mutex<ConnState>>,
 }
 
 impl TierClient {
@@ -86,7 +92,7 @@ impl TierClient {
         };
         let endpoint =
             quinn::Endpoint::client(local).map_err(|source| TransportError::Bind { addr: local, source })?;
-        Ok(TierClient { endpoint, quic, config, state: tokio::sync::Mutex::new(ConnState::default()) })
+        Ok(TierClient { endpoint, quic, config, state: Arc::new(Mutex::new(ConnState::default())) })
     }
 
     /// The upstream's address.
@@ -115,7 +121,8 @@ impl TierClient {
 
     /// Closes the connection, telling the upstream.
     pub async fn close(&self) {
-        if let Some(c) = self.state.lock().await.connection.take() {
+        let connection = self.state.lock().connection.take();
+        if let Some(c) = connection {
             c.close(0u32.into(), b"client closing");
         }
         self.endpoint.wait_idle().await;
@@ -148,60 +155,90 @@ impl TierClient {
     }
 
     /// The live connection, or a new one unless a recent failure's backoff is still running.
-    /// A connection attempt is bounded by the connect timeout and by the request's
-    /// `deadline`. An attempt that fails on its own (refused, or no handshake within the
-    /// connect timeout) starts a backoff, so that requests arriving while the upstream is
-    /// down fail fast instead of each waiting out its deadline.
+    ///
+    /// The handshake runs in its own task, bounded by the connect timeout only: requests wait
+    /// for it until their own deadline, concurrent requests share it, and its outcome (a
+    /// connection, or a failure that starts a backoff) does not depend on which request
+    /// happened to start it. While an upstream is down, requests then fail fast with
+    /// [`TransportError::Backoff`] instead of each waiting out its deadline.
     async fn connection(&self, deadline: Instant) -> Result<quinn::Connection, TransportError> {
         let addr = self.config.addr;
+        let mut attempt = {
+            let mut state = self.state.lock();
+            if let Some(c) = &state.connection {
+                if c.close_reason().is_none() {
+                    return Ok(c.clone());
+                }
+                state.connection = None;
+            }
+            let now = Instant::now();
+            if let Some(at) = state.next_attempt.filter(|&at| at > now) {
+                return Err(TransportError::Backoff { addr, retry_in: at - now });
+            }
+            match &state.pending {
+                Some(pending) => pending.clone(),
+                None => {
+                    let pending = self.start_attempt();
+                    state.pending = Some(pending.clone());
+                    pending
+                }
+            }
+        };
         let wait = deadline.saturating_duration_since(Instant::now());
-        let Ok(mut state) = tokio::time::timeout(wait, self.state.lock()).await else {
-            return Err(TransportError::DeadlineExceeded { addr });
+        let outcome = match tokio::time::timeout(wait, attempt.wait_for(Option::is_some)).await {
+            Ok(Ok(outcome)) => {
+                (*outcome).clone().unwrap_or_else(|| Err("connection attempt gave no outcome".into()))
+            }
+            Ok(Err(_)) => Err("connection attempt abandoned".into()),
+            Err(_) => return Err(TransportError::DeadlineExceeded { addr }),
         };
-        if let Some(c) = &state.connection {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
+        outcome.map_err(|reason| TransportError::Connect {
+            addr,
+            server_name: self.config.server_name.clone(),
+            reason,
+        })
+    }
+
+    /// Spawns one connection attempt; its outcome is published on the returned channel and
+    /// recorded in the shared state.
+    fn start_attempt(&self) -> tokio::sync::watch::Receiver<Attempt> {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let endpoint = self.endpoint.clone();
+        let quic = self.quic.clone();
+        let config = self.config.clone();
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let attempt = async {
+                let connecting = endpoint
+                    .connect_with(quic, config.addr, &config.server_name)
+                    .map_err(|e| e.to_string())?;
+                connecting.await.map_err(|e| e.to_string())
+            };
+            let result = match tokio::time::timeout(config.connect_timeout, attempt).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("no handshake within {:?}", config.connect_timeout)),
+            };
+            {
+                let mut state = state.lock();
+                state.pending = None;
+                match &result {
+                    Ok(c) => {
+                        state.connection = Some(c.clone());
+                        state.failures = 0;
+                        state.next_attempt = None;
+                    }
+                    Err(_) => {
+                        state.failures = state.failures.saturating_add(1);
+                        let backoff = config
+                            .backoff_initial
+                            .saturating_mul(1 << (state.failures - 1).min(16))
+                            .min(config.backoff_max);
+                        state.next_attempt = Some(Instant::now() + backoff);
+                    }
+                }
             }
-            state.connection = None;
-        }
-        let now = Instant::now();
-        if let Some(at) = state.next_attempt.filter(|&at| at > now) {
-            return Err(TransportError::Backoff { addr, retry_in: at - now });
-        }
-        let server_name = &self.config.server_name;
-        let connect_err =
-            |reason: String| TransportError::Connect { addr, server_name: server_name.clone(), reason };
-        let attempt = async {
-            let connecting = self
-                .endpoint
-                .connect_with(self.quic.clone(), addr, server_name)
-                .map_err(|e| connect_err(e.to_string()))?;
-            connecting.await.map_err(|e| connect_err(e.to_string()))
-        };
-        let limit = self.config.connect_timeout.min(deadline.saturating_duration_since(now));
-        let result = match tokio::time::timeout(limit, attempt).await {
-            Ok(result) => result,
-            // Cut short by this request's deadline: that says nothing about the upstream.
-            Err(_) if limit < self.config.connect_timeout => {
-                return Err(TransportError::DeadlineExceeded { addr });
-            }
-            Err(_) => Err(connect_err(format!("no handshake within {limit:?}"))),
-        };
-        match result {
-            Ok(c) => {
-                *state = ConnState { connection: Some(c.clone()), failures: 0, next_attempt: None };
-                Ok(c)
-            }
-            Err(e) => {
-                state.failures = state.failures.saturating_add(1);
-                let backoff = self
-                    .config
-                    .backoff_initial
-                    .saturating_mul(1 << (state.failures - 1).min(16))
-                    .min(self.config.backoff_max);
-                state.next_attempt = Some(Instant::now() + backoff);
-                Err(e)
-            }
-        }
+            let _ = tx.send(Some(result));
+        });
+        rx
     }
 }

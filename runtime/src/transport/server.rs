@@ -65,6 +65,10 @@ pub struct ServerConfig {
     pub keep_alive: Duration,
     /// A connection silent this long is dropped (default 5 s).
     pub idle_timeout: Duration,
+    /// Longest a stream may take to deliver its request frame (default 10 s). The deadline
+    /// inside the frame cannot bound this, as it is not known until the frame is read; keep-
+    /// alives would otherwise let a stalled peer hold a stream open forever.
+    pub read_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -76,6 +80,7 @@ impl ServerConfig {
             max_streams_per_connection: 1024,
             keep_alive: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -103,7 +108,7 @@ impl TierServer {
         let bind_err = |source| TransportError::Bind { addr: config.listen, source };
         let endpoint = quinn::Endpoint::server(server, config.listen).map_err(bind_err)?;
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
-        let accept = tokio::spawn(accept_loop(endpoint.clone(), Arc::new(handler), config.limits));
+        let accept = tokio::spawn(accept_loop(endpoint.clone(), Arc::new(handler), config.clone()));
         Ok(TierServer { endpoint, local_addr, accept })
     }
 
@@ -127,9 +132,10 @@ impl Drop for TierServer {
     }
 }
 
-async fn accept_loop<H: Handler>(endpoint: quinn::Endpoint, handler: Arc<H>, limits: ProtocolLimits) {
+async fn accept_loop<H: Handler>(endpoint: quinn::Endpoint, handler: Arc<H>, config: ServerConfig) {
     while let Some(incoming) = endpoint.accept().await {
         let handler = handler.clone();
+        let (limits, read_timeout) = (config.limits, config.read_timeout);
         tokio::spawn(async move {
             // The handshake fails here for a client without a certificate from our CA.
             let connection = match incoming.await {
@@ -141,7 +147,7 @@ async fn accept_loop<H: Handler>(endpoint: quinn::Endpoint, handler: Arc<H>, lim
             };
             let remote = connection.remote_address();
             while let Ok((send, recv)) = connection.accept_bi().await {
-                tokio::spawn(serve_stream(send, recv, remote, handler.clone(), limits));
+                tokio::spawn(serve_stream(send, recv, remote, handler.clone(), limits, read_timeout));
             }
         });
     }
@@ -153,8 +159,14 @@ async fn serve_stream<H: Handler>(
     remote: SocketAddr,
     handler: Arc<H>,
     limits: ProtocolLimits,
+    read_timeout: Duration,
 ) {
-    let reply = match read_frame(&mut recv, &limits).await {
+    let Ok(frame) = tokio::time::timeout(read_timeout, read_frame(&mut recv, &limits)).await else {
+        debug!(%remote, "tier stream sent no complete request in time");
+        let _ = send.reset(0u32.into());
+        return;
+    };
+    let reply = match frame {
         Ok(Frame::Request(request)) => {
             let received = Instant::now();
             let left = time_left(request.deadline_unix_us);

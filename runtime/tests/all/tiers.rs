@@ -437,9 +437,9 @@ async fn escalation_fails_over_to_a_live_upstream() {
     let dead_addr = dead.local_addr();
     dead.shutdown().await;
 
-    let breaker = BreakerConfig { failure_threshold: 2, ..BreakerConfig::default() };
+    let breaker = BreakerConfig { failure_threshold: 1, ..BreakerConfig::default() };
     let upstream = upstream_client(&ca, &[dead_addr, live.local_addr()], breaker);
-    for id in 0..6 {
+    for id in 0..20 {
         // Whichever upstream is picked first, every escalation is answered by the live one.
         let answer = upstream.escalate(&request(id, Duration::from_secs(3))).await.unwrap();
         assert_eq!(answer.id, id);
@@ -451,4 +451,82 @@ async fn escalation_fails_over_to_a_live_upstream() {
     live.shutdown().await;
     let err = upstream.escalate(&request(9, Duration::from_millis(500))).await.unwrap_err();
     assert_ne!(err.origin(), Origin::Upstream, "nobody answered: {err}");
+}
+
+#[tokio::test]
+async fn requests_fail_fast_while_a_dead_upstream_backs_off() {
+    let ca = Ca::new("deployment ca");
+    let dead =
+        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), sum_handler).unwrap();
+    let addr = dead.local_addr();
+    dead.shutdown().await;
+    let mut config = ClientConfig::new(addr, CENTRAL);
+    config.connect_timeout = Duration::from_millis(300);
+    config.backoff_initial = Duration::from_secs(30);
+    config.backoff_max = Duration::from_secs(60);
+    let client = TierClient::new(&ca.identity("edge-1", &ca), config).unwrap();
+
+    // Concurrent requests share one connection attempt, which fails on its own timeout.
+    let (first, second) = (request(1, Duration::from_secs(5)), request(2, Duration::from_secs(5)));
+    let (a, b) = tokio::join!(client.request(&first), client.request(&second));
+    for err in [a.unwrap_err(), b.unwrap_err()] {
+        assert!(matches!(err, TransportError::Connect { .. }), "unexpected error: {err}");
+    }
+    // Then the backoff answers at once, with no new attempt.
+    let err = client.request(&request(3, Duration::from_secs(5))).await.unwrap_err();
+    let TransportError::Backoff { retry_in, .. } = err else { panic!("unexpected error: {err}") };
+    assert!(retry_in > Duration::from_secs(25));
+    assert!(err.retryable());
+}
+
+#[tokio::test]
+async fn a_stream_that_stalls_before_its_request_is_dropped() {
+    let ca = Ca::new("deployment ca");
+    let mut config = ServerConfig::new(loopback());
+    config.read_timeout = Duration::from_millis(200);
+    let server = TierServer::bind(&ca.identity(CENTRAL, &ca), config, sum_handler).unwrap();
+    let quic = raw_quic_client(&ca, Some(ca.issue("edge-1")));
+    let endpoint = quinn::Endpoint::client(loopback()).unwrap();
+    let connection = endpoint
+        .connect_with(quinn::ClientConfig::new(Arc::new(quic)), server.local_addr(), CENTRAL)
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    // Half a header, then nothing.
+    send.write_all(&[cascade_runtime::protocol::PROTOCOL_VERSION, 0]).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1024)).await.unwrap();
+    let err = outcome.unwrap_err().to_string();
+    assert!(err.contains("reset"), "unexpected outcome: {err}");
+    // The connection itself stays usable for well-behaved streams.
+    assert!(connection.close_reason().is_none());
+}
+
+#[tokio::test]
+async fn overloaded_upstream_is_retried_elsewhere_within_the_budget() {
+    let ca = Ca::new("deployment ca");
+    let overloaded = |req: EscalationRequest, _ctx: RequestContext| async move {
+        Err::<EscalationAnswer, _>(ErrorFrame {
+            id: req.id,
+            kind: ErrorKind::Overloaded,
+            retryable: true,
+            message: "queue full".into(),
+        })
+    };
+    let busy =
+        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), overloaded).unwrap();
+    let idle =
+        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), sum_handler).unwrap();
+    let breaker = BreakerConfig { failure_threshold: 1000, ..BreakerConfig::default() };
+
+    let both = upstream_client(&ca, &[busy.local_addr(), idle.local_addr()], breaker);
+    for id in 0..10 {
+        assert_eq!(both.escalate(&request(id, Duration::from_secs(3))).await.unwrap().id, id);
+    }
+
+    // Alone, the busy upstream's refusal reaches the caller, marked as its own and retryable.
+    let alone = upstream_client(&ca, &[busy.local_addr()], breaker);
+    let err = alone.escalate(&request(1, Duration::from_secs(3))).await.unwrap_err();
+    assert!(matches!(err, EscalationError::Upstream { kind: ErrorKind::Overloaded, .. }), "{err}");
+    assert_eq!((err.origin(), err.retryable()), (Origin::Upstream, true));
 }
