@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use edge_node::demo;
+use edge_node::{bench_backends, demo};
 
 #[derive(Parser)]
 #[command(name = "edge-node", version, about = "Cascade: a CDN for inference")]
@@ -27,16 +27,45 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         latency_samples: usize,
     },
+    /// Benchmark suites (see shared/BENCH.md).
+    Bench {
+        #[command(subcommand)]
+        suite: BenchSuite,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchSuite {
+    /// Reference models x backends x batch sizes, against onnxruntime in the same run.
+    Backends {
+        /// Print one JSON figure per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Fewer samples (under 60 s).
+        #[arg(long)]
+        quick: bool,
+        /// Directory holding the reference models and data splits.
+        #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir())]
+        models: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
+    // SAFETY: first thing in main, before tracing, tokio or any model starts a thread.
+    let tuning = unsafe { cascade_runtime::configure_cpu_kernels() };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
+    tracing::debug!(?tuning, "tract kernel knobs");
     match Cli::parse().command {
         Command::Demo { json, models, latency_samples } => {
             demo::run(&models, latency_samples)?.print(json);
+        }
+        Command::Bench { suite: BenchSuite::Backends { json, quick, models } } => {
+            let budget = if quick { bench_backends::Budget::QUICK } else { bench_backends::Budget::DEFAULT };
+            let repo = models.join("..");
+            bench_backends::run(&models, &repo, budget)?.print(json);
         }
     }
     Ok(())

@@ -24,12 +24,15 @@
 mod backend;
 mod dataset;
 pub mod reference;
+mod registry;
 mod tensor;
 
+pub use backend::cpu::{CpuTuning, KernelKnob, configure_cpu_kernels, cpu_kernel_table};
 pub use backend::tract::TractBackend;
 pub use backend::{
     Backend, BackendError, BackendKind, ModelInfo, Precision, PreparedModel, TensorSpec, check_inputs,
 };
 pub use dataset::{DatasetError, Digits, Split};
 pub use reference::ReferenceModel;
+pub use registry::{LoadedModel, ModelConfig, ModelRegistry, RegistryError, file_sha256};
 pub use tensor::{DType, Tensor, TensorError, element_count};

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::tensor::{DType, Tensor};
 
+pub(crate) mod cpu;
 pub(crate) mod tract;
 
 /// Name, element type and per-item shape (without the batch dimension) of a model input

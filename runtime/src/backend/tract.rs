@@ -6,6 +6,11 @@
 //! life; tract is far faster on concrete shapes than on a symbolic batch. Run state
 //! (tract's `SimpleState`, which owns the scratch buffers) is pooled per batch size and
 //! reused across calls.
+//!
+//! Before optimising, the backend applies exact graph rewrites where tract 0.23 is slow (see
+//! [`rewrite_pools`]); [`TractBackend::without_rewrites`] skips them and is the reference the
+//! conformance suite checks the rewritten graphs against. Kernel selection inside tract is
+//! set once per process by [`crate::configure_cpu_kernels`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,8 +21,9 @@ use tract_onnx::prelude::{
     DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable, IntoTValue, TValue,
     TypedModel, TypedRunnableModel, TypedSimpleState,
 };
-use tract_onnx::tract_core::internal::DimLike;
+use tract_onnx::tract_core::internal::{DimLike, TypedModelPatch};
 use tract_onnx::tract_core::ops::Cost;
+use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec, PoolSpec};
 use tract_onnx::tract_core::ops::unimpl::UnimplementedOp;
 use tract_onnx::tract_hir::infer::Factoid;
 
@@ -27,14 +33,92 @@ use super::{
 use crate::tensor::{DType, Tensor};
 
 /// tract on the CPU.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct TractBackend;
+#[derive(Debug, Clone, Copy)]
+pub struct TractBackend {
+    rewrites: bool,
+}
+
+impl Default for TractBackend {
+    fn default() -> TractBackend {
+        TractBackend::new()
+    }
+}
 
 impl TractBackend {
-    /// A tract backend.
+    /// A tract backend that applies its exact graph rewrites at load.
     pub fn new() -> TractBackend {
-        TractBackend
+        TractBackend { rewrites: true }
     }
+
+    /// Plain tract, graph as decluttered by tract itself: the reference the rewrites are
+    /// checked against, and the baseline their speed-up is measured from.
+    pub fn without_rewrites() -> TractBackend {
+        TractBackend { rewrites: false }
+    }
+}
+
+/// Splits every 2-D MaxPool whose window spans both axes into a pool over rows followed by a
+/// pool over columns; returns how many pools were split.
+///
+/// Why: tract 0.23 vectorises pooling only when the innermost axis has stride 1, so a 2x2/s2
+/// pool runs a scalar per-pixel loop (40% of the edge CNN's time). The column pool of the
+/// split has window [1, 2] and the row pool [2, 1]; max is separable and, with no padding,
+/// both orders visit exactly the same input window for every output, so the result is
+/// bit-identical. Pools with padding, dilation or index outputs are left alone.
+pub(crate) fn rewrite_pools(model: &mut TypedModel) -> tract_onnx::prelude::TractResult<usize> {
+    let mut split = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(pool) = node.op_as::<MaxPool>() else { continue };
+        let spec = &pool.pool_spec;
+        let unpadded = match &spec.padding {
+            PaddingSpec::Valid => true,
+            PaddingSpec::Explicit(before, after) => before.iter().chain(after).all(|&p| p == 0),
+            PaddingSpec::ExplicitOnnxPool(before, after, ceil) => {
+                !ceil && before.iter().chain(after).all(|&p| p == 0)
+            }
+            PaddingSpec::SameUpper | PaddingSpec::SameLower => false,
+        };
+        let undilated = spec.dilations.as_ref().is_none_or(|d| d.iter().all(|&d| d == 1));
+        if pool.with_index_outputs.is_some()
+            || spec.kernel_shape.len() != 2
+            || spec.kernel_shape.iter().any(|&k| k < 2)
+            || !unpadded
+            || !undilated
+        {
+            continue;
+        }
+        let strides = spec.strides.clone().unwrap_or_else(|| spec.kernel_shape.clone());
+        let axis_pool = |axis: usize| {
+            let mut kernel = spec.kernel_shape.clone();
+            let mut stride = strides.clone();
+            kernel[1 - axis] = 1;
+            stride[1 - axis] = 1;
+            MaxPool {
+                pool_spec: PoolSpec {
+                    kernel_shape: kernel,
+                    strides: Some(stride),
+                    padding: PaddingSpec::Valid,
+                    dilations: None,
+                    ..spec.clone()
+                },
+                with_index_outputs: None,
+            }
+        };
+        let (rows, cols) = (axis_pool(0), axis_pool(1));
+        let mut patch = TypedModelPatch::new(format!("split pool {}", node.name));
+        let input = patch.tap_model(model, node.inputs[0])?;
+        let wire = patch.wire_node(format!("{}.rows", node.name), rows, &[input])?[0];
+        let wire = patch.wire_node(format!("{}.cols", node.name), cols, &[wire])?[0];
+        patch.shunt_outside(model, node.id.into(), wire)?;
+        patch.apply(model)?;
+        split += 1;
+    }
+    if split > 0 {
+        // Drops the replaced pools, which the patches left unconnected.
+        *model = model.clone().into_decluttered()?;
+    }
+    Ok(split)
 }
 
 fn dtype_of(dt: DatumType) -> Option<DType> {
@@ -103,11 +187,18 @@ impl Backend for TractBackend {
         let model = framework.model_for_proto_model(&proto).map_err(|e| parse(tract_err(e)))?;
 
         if let Some(node) = model.nodes().iter().find(|n| n.op_as::<UnimplementedOp>().is_some()) {
-            let op = proto
-                .graph
-                .as_ref()
-                .and_then(|g| g.node.iter().find(|p| p.name == node.name))
-                .map_or_else(|| node.op.name().to_string(), |p| p.op_type.clone());
+            let op =
+                proto.graph.as_ref().and_then(|g| g.node.iter().find(|p| p.name == node.name)).map_or_else(
+                    || {
+                        // tract names the op `Unimplemented(<onnx op type>)`.
+                        let shown = node.op.name().to_string();
+                        shown
+                            .strip_prefix("Unimplemented(")
+                            .and_then(|s| s.strip_suffix(')'))
+                            .map_or(shown.clone(), str::to_owned)
+                    },
+                    |p| p.op_type.clone(),
+                );
             return Err(BackendError::UnsupportedOp {
                 model: name.to_owned(),
                 node: node.name.clone(),
@@ -143,6 +234,7 @@ impl Backend for TractBackend {
 
         let prepared = TractModel {
             template: model,
+            rewrites: self.rewrites,
             info: ModelInfo {
                 name: name.to_owned(),
                 inputs,
@@ -191,6 +283,7 @@ fn count_macs(model: &TypedModel) -> u64 {
 #[derive(Debug)]
 struct TractModel {
     template: InferenceModel,
+    rewrites: bool,
     info: ModelInfo,
     plans: RwLock<HashMap<usize, Arc<TypedRunnableModel>>>,
     states: Mutex<HashMap<usize, Vec<TypedSimpleState>>>,
@@ -213,8 +306,11 @@ impl TractModel {
                 .with_input_fact(ix, InferenceFact::dt_shape(datum_of(spec.dtype), shape))
                 .map_err(fail)?;
         }
-        let typed = model.into_typed().map_err(fail)?.into_decluttered().map_err(fail)?;
+        let mut typed = model.into_typed().map_err(fail)?.into_decluttered().map_err(fail)?;
         let decluttered = keep_decluttered.then(|| typed.clone());
+        if self.rewrites {
+            rewrite_pools(&mut typed).map_err(fail)?;
+        }
         let plan = typed.into_optimized().map_err(fail)?.into_runnable().map_err(fail)?;
         Ok((plan, decluttered))
     }

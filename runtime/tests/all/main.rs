@@ -3,4 +3,5 @@
 // Tests panic on failure by design.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod backends;
 mod reference_models;

@@ -1,0 +1,75 @@
+//! Process-wide kernel choice for tract, made once at start for the CPU the node runs on.
+//!
+//! tract picks its matrix-multiply kernels from knobs it reads from the environment the first
+//! time it plans a model, and its default cost model is not the best on every CPU (see
+//! `../shared/MEASURED.md`). A node sets those knobs itself from the table below rather than
+//! asking its operator to export variables. Variables the operator did export win.
+//!
+//! | CPU (detected)                              | knob set                      | why |
+//! |---------------------------------------------|-------------------------------|-----|
+//! | x86_64, AMD, AVX-512 with VNNI              | `TRACT_AVX512_FMA_UNITS=2`    | int8: the 16x16 VNNI kernel instead of 8x8, 103 → 92 µs on the edge CNN |
+//! | anything else                               | none                          | tract's own probing is right or unmeasured |
+//!
+//! On the AMD row, `TRACT_CPU_ISA=-avx512f` would speed fp32 models up further (95 → 80.5 µs,
+//! tract picks a half-empty 128x1 AVX-512 tile for small dense layers) but also removes VNNI,
+//! which the int8 edge model, the one an edge node serves, needs; the knobs are process-wide,
+//! so the table favours int8.
+
+/// One environment knob set (or left alone) by [`configure_cpu_kernels`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelKnob {
+    /// Variable name, e.g. `TRACT_AVX512_FMA_UNITS`.
+    pub name: &'static str,
+    /// Value chosen by the table.
+    pub value: &'static str,
+    /// False when the operator had already set the variable, which is then left as it was.
+    pub applied: bool,
+}
+
+/// What [`configure_cpu_kernels`] detected and chose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuTuning {
+    /// Row of the table that matched, in words.
+    pub cpu: &'static str,
+    /// Knobs of that row.
+    pub knobs: Vec<KernelKnob>,
+}
+
+/// The table row for this CPU, without touching the environment.
+pub fn cpu_kernel_table() -> (&'static str, Vec<(&'static str, &'static str)>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let amd = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| info.contains("AuthenticAMD"));
+        if amd
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+        {
+            return ("x86_64 AMD with AVX-512 VNNI", vec![("TRACT_AVX512_FMA_UNITS", "2")]);
+        }
+    }
+    ("no tuning known for this CPU", Vec::new())
+}
+
+/// Sets tract's kernel knobs for this CPU (see the module table) and returns the choice.
+///
+/// Call it first thing in `main`, before any thread exists and before any model is loaded:
+/// tract reads the knobs once, at first use.
+///
+/// # Safety
+/// It writes process environment variables, which is undefined behaviour if another thread
+/// reads or writes the environment at the same time. Call it while the process has one thread.
+pub unsafe fn configure_cpu_kernels() -> CpuTuning {
+    let (cpu, row) = cpu_kernel_table();
+    let knobs = row
+        .into_iter()
+        .map(|(name, value)| {
+            let applied = std::env::var_os(name).is_none();
+            if applied {
+                // SAFETY: the caller guarantees the process is single-threaded here.
+                unsafe { std::env::set_var(name, value) };
+            }
+            KernelKnob { name, value, applied }
+        })
+        .collect();
+    CpuTuning { cpu, knobs }
+}
