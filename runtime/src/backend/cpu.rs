@@ -7,13 +7,14 @@
 //!
 //! | CPU (detected)                              | knob set                      | why |
 //! |---------------------------------------------|-------------------------------|-----|
-//! | x86_64, AMD, AVX-512 with VNNI              | `TRACT_AVX512_FMA_UNITS=2`    | int8: the 16x16 VNNI kernel instead of 8x8, 103 → 92 µs on the edge CNN |
+//! | x86_64, AMD, AVX-512 with VNNI              | `TRACT_AVX512_FMA_UNITS=2`    | int8: the 16x16 VNNI kernel instead of 8x8 (edge_int8 batch 1: 40.6 → 38.2 µs) |
 //! | anything else                               | none                          | tract's own probing is right or unmeasured |
 //!
-//! On the AMD row, `TRACT_CPU_ISA=-avx512f` would speed fp32 models up further (95 → 80.5 µs,
-//! tract picks a half-empty 128x1 AVX-512 tile for small dense layers) but also removes VNNI,
-//! which the int8 edge model, the one an edge node serves, needs; the knobs are process-wide,
-//! so the table favours int8.
+//! Measured on the AMD row (2-core EPYC, `edge-node bench backends --quick`, medians, same
+//! machine and hour): `TRACT_CPU_ISA=-avx512f`, which helped a larger fp32 CNN while
+//! planning, does not help the reference models (edge_fp32 27.3 → 27.9 µs, central_fp32
+//! 161 → 181 µs) and removes VNNI from the int8 model (38.2 → 40.4 µs), so the table leaves
+//! it out.
 
 /// One environment knob set (or left alone) by [`configure_cpu_kernels`].
 #[derive(Debug, Clone, PartialEq, Eq)]

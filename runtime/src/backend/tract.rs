@@ -380,3 +380,40 @@ impl PreparedModel for TractModel {
         Ok(result)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::reference::{ReferenceModel, default_models_dir};
+
+    fn decluttered(key: ReferenceModel) -> TypedModel {
+        let model = tract_onnx::onnx().model_for_path(key.path(&default_models_dir())).unwrap();
+        model
+            .with_input_fact(0, InferenceFact::dt_shape(DatumType::F32, [1usize, 1, 28, 28]))
+            .unwrap()
+            .into_typed()
+            .unwrap()
+            .into_decluttered()
+            .unwrap()
+    }
+
+    fn pools(model: &TypedModel) -> Vec<Vec<usize>> {
+        model
+            .nodes()
+            .iter()
+            .filter_map(|n| n.op_as::<MaxPool>())
+            .map(|p| p.pool_spec.kernel_shape.to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn every_2x2_pool_of_the_reference_models_is_split_in_two() {
+        for key in ReferenceModel::ALL {
+            let mut model = decluttered(key);
+            assert_eq!(pools(&model), [[2, 2], [2, 2]], "{}", key.key());
+            assert_eq!(rewrite_pools(&mut model).unwrap(), 2, "{}", key.key());
+            assert_eq!(pools(&model), [[2, 1], [1, 2], [2, 1], [1, 2]], "{}", key.key());
+        }
+    }
+}
