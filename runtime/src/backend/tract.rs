@@ -24,6 +24,9 @@ use tract_onnx::prelude::{
 use tract_onnx::tract_core::internal::{DimLike, TypedModelPatch};
 use tract_onnx::tract_core::ops::Cost;
 use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec, PoolSpec};
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+use super::tract_pool::MaxPool2x2;
 use tract_onnx::tract_core::ops::unimpl::UnimplementedOp;
 use tract_onnx::tract_hir::infer::Factoid;
 
@@ -57,16 +60,17 @@ impl TractBackend {
     }
 }
 
-/// Splits every 2-D MaxPool whose window spans both axes into a pool over rows followed by a
-/// pool over columns; returns how many pools were split.
+/// Rewrites every unpadded 2-D MaxPool whose window spans both axes; returns how many.
 ///
 /// Why: tract 0.23 vectorises pooling only when the innermost axis has stride 1, so a 2x2/s2
-/// pool runs a scalar per-pixel loop (40% of the edge CNN's time). The column pool of the
-/// split has window [1, 2] and the row pool [2, 1]; max is separable and, with no padding,
-/// both orders visit exactly the same input window for every output, so the result is
-/// bit-identical. Pools with padding, dilation or index outputs are left alone.
+/// pool runs a scalar per-pixel loop (40% of a small CNN's time). An NCHW 2x2/s2 pool on a
+/// fixed shape becomes our own op ([`MaxPool2x2`]); any other such pool is split into a pool
+/// over rows followed by a pool over columns (windows [k, 1] then [1, k]). Max is separable
+/// and, with no padding, both forms visit exactly the same input window for every output,
+/// so the result is bit-identical. Pools with padding, dilation or index outputs are left
+/// alone.
 pub(crate) fn rewrite_pools(model: &mut TypedModel) -> tract_onnx::prelude::TractResult<usize> {
-    let mut split = 0;
+    let mut rewritten = 0;
     for id in model.eval_order()? {
         let node = model.node(id);
         let Some(pool) = node.op_as::<MaxPool>() else { continue };
@@ -105,6 +109,19 @@ pub(crate) fn rewrite_pools(model: &mut TypedModel) -> tract_onnx::prelude::Trac
                 with_index_outputs: None,
             }
         };
+        let input_fact = model.outlet_fact(node.inputs[0])?;
+        let fast = spec.kernel_shape[..] == [2, 2]
+            && strides[..] == [2, 2]
+            && spec.data_format == DataFormat::NCHW
+            && input_fact.shape.as_concrete().is_some()
+            && MaxPool2x2::supports(input_fact.datum_type);
+        if fast {
+            let op = MaxPool2x2 { datum_type: input_fact.datum_type };
+            let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?;
+            patch.apply(model)?;
+            rewritten += 1;
+            continue;
+        }
         let (rows, cols) = (axis_pool(0), axis_pool(1));
         let mut patch = TypedModelPatch::new(format!("split pool {}", node.name));
         let input = patch.tap_model(model, node.inputs[0])?;
@@ -112,13 +129,13 @@ pub(crate) fn rewrite_pools(model: &mut TypedModel) -> tract_onnx::prelude::Trac
         let wire = patch.wire_node(format!("{}.cols", node.name), cols, &[wire])?[0];
         patch.shunt_outside(model, node.id.into(), wire)?;
         patch.apply(model)?;
-        split += 1;
+        rewritten += 1;
     }
-    if split > 0 {
+    if rewritten > 0 {
         // Drops the replaced pools, which the patches left unconnected.
         *model = model.clone().into_decluttered()?;
     }
-    Ok(split)
+    Ok(rewritten)
 }
 
 fn dtype_of(dt: DatumType) -> Option<DType> {
@@ -398,22 +415,76 @@ mod tests {
             .unwrap()
     }
 
-    fn pools(model: &TypedModel) -> Vec<Vec<usize>> {
-        model
+    fn pools(model: &TypedModel) -> (Vec<Vec<usize>>, usize) {
+        let tract_pools = model
             .nodes()
             .iter()
             .filter_map(|n| n.op_as::<MaxPool>())
             .map(|p| p.pool_spec.kernel_shape.to_vec())
-            .collect()
+            .collect();
+        (tract_pools, model.nodes().iter().filter(|n| n.op_is::<MaxPool2x2>()).count())
     }
 
     #[test]
-    fn every_2x2_pool_of_the_reference_models_is_split_in_two() {
+    fn every_2x2_pool_of_the_reference_models_becomes_the_fast_op() {
         for key in ReferenceModel::ALL {
             let mut model = decluttered(key);
-            assert_eq!(pools(&model), [[2, 2], [2, 2]], "{}", key.key());
+            assert_eq!(pools(&model), (vec![vec![2, 2], vec![2, 2]], 0), "{}", key.key());
             assert_eq!(rewrite_pools(&mut model).unwrap(), 2, "{}", key.key());
-            assert_eq!(pools(&model), [[2, 1], [1, 2], [2, 1], [1, 2]], "{}", key.key());
+            assert_eq!(pools(&model), (vec![], 2), "{}", key.key());
         }
+    }
+
+    /// Output before the rewrite, output after it, and the pools left after it.
+    type PoolRun = (Vec<f32>, Vec<f32>, (Vec<Vec<usize>>, usize));
+
+    /// A one-pool model on an input of `shape`, its output before and after the rewrite,
+    /// and the pools left after it.
+    fn pool_before_after(shape: [usize; 4], kernel: [usize; 2], strides: [usize; 2]) -> PoolRun {
+        use tract_onnx::prelude::{Tensor as TTensor, tvec};
+        use tract_onnx::tract_core::internal::{SpecialOps, TypedFact};
+        let mut model = TypedModel::default();
+        let source = model.add_source("x", TypedFact::dt_shape(DatumType::F32, &shape[..])).unwrap();
+        let pool = MaxPool {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NCHW,
+                kernel_shape: kernel.into_iter().collect(),
+                padding: PaddingSpec::Valid,
+                dilations: None,
+                strides: Some(strides.into_iter().collect()),
+                input_channels: shape[1],
+                output_channels: shape[1],
+            },
+            with_index_outputs: None,
+        };
+        let out = model.wire_node("pool", pool, &[source]).unwrap();
+        model.select_output_outlets(&out).unwrap();
+        let n: usize = shape.iter().product();
+        // Distinct values in a scrambled order, so every window has a unique max.
+        let values: Vec<f32> = (0..n).map(|i| ((i * 7919) % n) as f32 - n as f32 / 3.0).collect();
+        let input = TTensor::from_shape(&shape, &values).unwrap();
+        let run = |m: TypedModel| {
+            let plan = m.into_optimized().unwrap().into_runnable().unwrap();
+            plan.run(tvec!(input.clone().into())).unwrap()[0]
+                .try_as_plain_ram()
+                .unwrap()
+                .as_slice::<f32>()
+                .unwrap()
+                .to_vec()
+        };
+        let before = run(model.clone());
+        rewrite_pools(&mut model).unwrap();
+        let left = pools(&model);
+        (before, run(model), left)
+    }
+
+    #[test]
+    fn rewritten_pools_compute_exactly_what_tract_computes() {
+        // Fast op, odd sizes included (the last row and column are dropped).
+        let (before, after, left) = pool_before_after([2, 3, 7, 9], [2, 2], [2, 2]);
+        assert_eq!((before, left), (after, (vec![], 1)));
+        // Split into rows then columns: a 3x2 window with strides 2 and 1.
+        let (before, after, left) = pool_before_after([1, 2, 9, 8], [3, 2], [2, 1]);
+        assert_eq!((before, left), (after, (vec![vec![3, 1], vec![1, 2]], 0)));
     }
 }
