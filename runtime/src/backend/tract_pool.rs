@@ -28,21 +28,23 @@ impl MaxPool2x2 {
     }
 }
 
-fn pool<T: Copy + PartialOrd>(input: &[T], shape: &[usize]) -> (Vec<T>, Vec<usize>) {
+fn pool<T: Copy + PartialOrd + Default>(input: &[T], shape: &[usize]) -> (Vec<T>, Vec<usize>) {
     let (h, w) = (shape[2], shape[3]);
     let (oh, ow) = (h / 2, w / 2);
     let planes = shape[0] * shape[1];
-    let mut out = Vec::with_capacity(planes * oh * ow);
+    let mut out = vec![T::default(); planes * oh * ow];
     let max = |a: T, b: T| if b > a { b } else { a };
-    for plane in input.chunks_exact(h * w).take(planes) {
-        for oy in 0..oh {
+    if oh * ow == 0 {
+        return (out, vec![shape[0], shape[1], oh, ow]);
+    }
+    for (plane, dst) in input.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
+        for (oy, dst) in dst.chunks_exact_mut(ow).enumerate() {
+            // Exact-length slices let the compiler drop bounds checks and vectorise.
             let top = &plane[2 * oy * w..][..2 * ow];
             let bottom = &plane[(2 * oy + 1) * w..][..2 * ow];
-            out.extend(
-                top.chunks_exact(2)
-                    .zip(bottom.chunks_exact(2))
-                    .map(|(t, b)| max(max(t[0], t[1]), max(b[0], b[1]))),
-            );
+            for (x, d) in dst.iter_mut().enumerate() {
+                *d = max(max(top[2 * x], top[2 * x + 1]), max(bottom[2 * x], bottom[2 * x + 1]));
+            }
         }
     }
     (out, vec![shape[0], shape[1], oh, ow])
