@@ -12,7 +12,8 @@
 //! `backend.ratio_tract_over_ort.<key>.b<batch>`, plus the steps that moved tract:
 //! `backend.tract_norewrite.<key>.b1.median_us` (tract without the load-time graph
 //! rewrites) and `backend.ratio_int8_over_fp32.<backend>.b<batch>` (edge int8 over its fp32
-//! twin). Without a peer venv the bench says how to make one and prints tract's figures.
+//! twin). There are no `backend.wgpu.*` figures yet: the wgpu backend is not in this build,
+//! and the bench says so. Without a peer venv the bench says how to make one and prints tract's figures.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -125,6 +126,10 @@ fn push_times(figures: &mut Figures, runtime: &str, key: &str, batch: usize, sam
 pub fn run(models_dir: &Path, repo: &Path, budget: Budget) -> anyhow::Result<Figures> {
     let test = Digits::load_split(models_dir, Split::Test)
         .with_context(|| format!("loading the test split from {}", models_dir.display()))?;
+    eprintln!(
+        "wgpu: this build has no wgpu backend yet, so no backend.wgpu.* figures are printed \
+         (tract and onnxruntime only, both on the CPU)"
+    );
     let mut peer = Peer::start(repo)?;
     let mut figures = Figures::default();
     let mut tract_b: Vec<(ReferenceModel, usize, f64)> = Vec::new();

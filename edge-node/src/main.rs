@@ -64,7 +64,9 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench { suite: BenchSuite::Backends { json, quick, models } } => {
             let budget = if quick { bench_backends::Budget::QUICK } else { bench_backends::Budget::DEFAULT };
+            // The peer venv and helper live in the repository that holds `models/`.
             let repo = models.join("..");
+            let repo = std::fs::canonicalize(&repo).unwrap_or(repo);
             bench_backends::run(&models, &repo, budget)?.print(json);
         }
     }
