@@ -15,6 +15,13 @@
 //! planning, does not help the reference models (edge_fp32 27.3 → 27.9 µs, central_fp32
 //! 161 → 181 µs) and removes VNNI from the int8 model (38.2 → 40.4 µs), so the table leaves
 //! it out.
+//!
+//! The allocator is deliberately left alone. Telling glibc to keep freed buffers mapped
+//! (`mallopt(M_MMAP_THRESHOLD, 32 MiB)`, what `GLIBC_TUNABLES` does) was measured A/B in one
+//! session: central_fp32 batch 8 went 3.2 → 1.37 ms and batch 64 50 → 15 ms (per-run buffers
+//! no longer page-faulted in afresh), but edge_int8 batch 1, the edge node's main path, went
+//! 35.7 → 41.3 µs, in every run. A trim threshold alone changed nothing. A central node
+//! serving large batches may want it; it is not a per-CPU choice, so it is not in this table.
 
 /// One environment knob set (or left alone) by [`configure_cpu_kernels`].
 #[derive(Debug, Clone, PartialEq, Eq)]
