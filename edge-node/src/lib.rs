@@ -2,6 +2,7 @@
 //! integration tests and benchmarks can drive it directly.
 //!
 //! - [`check_cmd`]: `edge-node check`, validating a node config without serving.
+//! - [`bench_backends`]: `edge-node bench backends`, tract against onnxruntime.
 //! - [`demo`]: the main job, run by `edge-node demo`.
 //! - [`plugin_cmd`]: `edge-node plugin build`.
 //! - [`bench_sandbox`]: `edge-node bench sandbox`.
@@ -9,6 +10,7 @@
 //! - [`figures`]: figures printed as `../shared/BENCH.md` asks.
 //! - [`tiers_bench`]: `edge-node bench tiers`, the cost of an escalation on loopback.
 
+pub mod bench_backends;
 pub mod bench_sandbox;
 pub mod certs_cmd;
 pub mod check_cmd;

@@ -36,6 +36,7 @@ mod modes;
 mod policy;
 pub mod protocol;
 pub mod reference;
+mod registry;
 mod sandbox;
 mod telemetry;
 mod tensor;
@@ -44,6 +45,7 @@ pub mod transport;
 pub mod upstream;
 
 pub use admission::{Admission, Permit, Rejection, RouteLimits};
+pub use backend::cpu::{CpuTuning, KernelKnob, configure_cpu_kernels, cpu_kernel_table};
 pub use backend::tract::TractBackend;
 pub use backend::{
     Backend, BackendError, BackendKind, ModelInfo, Precision, PreparedModel, TensorSpec, check_inputs,
@@ -57,6 +59,7 @@ pub use policy::{
     UpstreamView,
 };
 pub use reference::ReferenceModel;
+pub use registry::{LoadedModel, ModelConfig, ModelRegistry, RegistryError, file_sha256};
 pub use sandbox::{
     Answer, ErrorKind, GuestError, LoadError, Outcome, PluginInstance, PluginLimits, PluginSpec, Request,
     RequestError, Sandbox, SandboxConfig, SandboxStats,

@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use crate::tensor::{DType, Tensor};
 
+pub(crate) mod cpu;
 pub(crate) mod tract;
+mod tract_pool;
 
 /// Name, element type and per-item shape (without the batch dimension) of a model input
 /// or output.

@@ -3,6 +3,7 @@
 // Tests panic on failure by design.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod backends;
 mod reference_models;
 mod sandbox;
 mod serve_core;

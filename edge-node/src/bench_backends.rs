@@ -1,0 +1,225 @@
+//! `edge-node bench backends`: every reference model on every backend at batch 1, 8, 64 and
+//! 256, against onnxruntime measured in the same run.
+//!
+//! onnxruntime (1 intra-op thread) runs in `tools/ort_peer.py`, driven over stdin/stdout with
+//! the same input bytes. For each model and batch the bench alternates rounds: a round of
+//! tract runs, then a round of onnxruntime runs, so that machine noise hits both alike; the
+//! ratio is the median tract time over the median onnxruntime time. The peer times only its
+//! `session.run` calls, and tract is timed around `PreparedModel::run`, input conversion
+//! included, so the ratio does not favour tract.
+//!
+//! Figures: `backend.<tract|ort>.<key>.b<batch>.median_us` and `.items_per_s`,
+//! `backend.ratio_tract_over_ort.<key>.b<batch>`, plus the steps that moved tract:
+//! `backend.tract_norewrite.<key>.b1.median_us` (tract without the load-time graph
+//! rewrites) and `backend.ratio_int8_over_fp32.<backend>.b<batch>` (edge int8 over its fp32
+//! twin). There are no `backend.wgpu.*` figures yet: the wgpu backend is not in this build,
+//! and the bench says so. Without a peer venv the bench says how to make one and prints tract's figures.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use cascade_runtime::{
+    Backend, Digits, PreparedModel, ReferenceModel, Split, Tensor, TractBackend, reference,
+};
+use serde_json::{Value, json};
+
+use crate::figures::{Figures, median};
+
+/// Batch sizes every model is measured at.
+pub const BATCHES: [usize; 4] = [1, 8, 64, 256];
+
+/// How long to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Alternating rounds per model and batch (each: tract, then the peer).
+    pub rounds: usize,
+    /// Target wall time of one round of one runtime, in seconds.
+    pub round_s: f64,
+}
+
+impl Budget {
+    /// The default run (about 2 to 3 minutes on 2 cores).
+    pub const DEFAULT: Budget = Budget { rounds: 7, round_s: 0.6 };
+    /// `--quick`: same figures, fewer samples (about 30 s).
+    pub const QUICK: Budget = Budget { rounds: 3, round_s: 0.12 };
+}
+
+/// The onnxruntime helper process.
+struct Peer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Peer {
+    fn start(repo: &Path) -> anyhow::Result<Option<Peer>> {
+        let python = repo.join("target/peer-venv/bin/python");
+        if !python.exists() {
+            eprintln!(
+                "no onnxruntime peer: {} is missing; create it with `tools/setup.sh --bench-peer` \
+                 (a venv from tools/peer-requirements.txt). Printing our figures only.",
+                python.display()
+            );
+            return Ok(None);
+        }
+        let mut child = Command::new(&python)
+            .arg(repo.join("tools/ort_peer.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", python.display()))?;
+        let stdin = child.stdin.take().context("peer stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("peer stdout")?);
+        Ok(Some(Peer { child, stdin, stdout }))
+    }
+
+    fn call(&mut self, request: Value, payload: &[u8]) -> anyhow::Result<Value> {
+        writeln!(self.stdin, "{request}")?;
+        self.stdin.write_all(payload)?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            bail!("the onnxruntime peer exited");
+        }
+        let reply: Value = serde_json::from_str(&line).context("peer reply")?;
+        if reply["ok"] != Value::Bool(true) {
+            bail!("onnxruntime peer: {}", reply["error"]);
+        }
+        Ok(reply)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "{}", json!({"cmd": "quit"}));
+        let _ = self.stdin.flush();
+        let _ = self.child.wait();
+    }
+}
+
+fn time_runs(model: &dyn PreparedModel, input: &Tensor, reps: usize) -> anyhow::Result<Vec<f64>> {
+    let mut samples = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let start = Instant::now();
+        model.run(std::slice::from_ref(input))?;
+        samples.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(samples)
+}
+
+fn push_times(figures: &mut Figures, runtime: &str, key: &str, batch: usize, samples: &mut [f64]) -> f64 {
+    let us = median(samples);
+    figures.push(format!("backend.{runtime}.{key}.b{batch}.median_us"), us, "us");
+    figures.push(
+        format!("backend.{runtime}.{key}.b{batch}.items_per_s"),
+        batch as f64 * 1e6 / us,
+        "items_per_s",
+    );
+    us
+}
+
+/// Runs the suite on the models in `models_dir`, with the repository at `repo` (for the peer).
+pub fn run(models_dir: &Path, repo: &Path, budget: Budget) -> anyhow::Result<Figures> {
+    let test = Digits::load_split(models_dir, Split::Test)
+        .with_context(|| format!("loading the test split from {}", models_dir.display()))?;
+    eprintln!(
+        "wgpu: this build has no wgpu backend yet, so no backend.wgpu.* figures are printed \
+         (tract and onnxruntime only, both on the CPU)"
+    );
+    let mut peer = Peer::start(repo)?;
+    let mut figures = Figures::default();
+    let mut tract_b: Vec<(ReferenceModel, usize, f64)> = Vec::new();
+    for key in ReferenceModel::ALL {
+        let path: PathBuf = key.path(models_dir);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let tract: Arc<dyn PreparedModel> = TractBackend::new().prepare(key.key(), &bytes)?;
+        if let Some(p) = peer.as_mut() {
+            let path = std::fs::canonicalize(&path)?;
+            p.call(json!({"cmd": "load", "key": key.key(), "path": path}), &[])?;
+        }
+        for batch in BATCHES {
+            let input = reference::images_to_input(test.images(0..batch.min(test.len())))?;
+            // Warm up (plans this batch size, fills pools) and size the rounds.
+            time_runs(&*tract, &input, 2)?;
+            let once = median(&mut time_runs(&*tract, &input, 3)?);
+            let reps = ((budget.round_s * 1e6 / once.max(1.0)) as usize).clamp(2, 2000);
+            let mut ours = Vec::new();
+            let mut theirs = Vec::new();
+            if let Some(p) = peer.as_mut() {
+                p.call(
+                    json!({"cmd": "input", "key": key.key(), "shape": input.shape(), "bytes": input.data().len()}),
+                    input.data(),
+                )?;
+                let warm = p.call(json!({"cmd": "time", "key": key.key(), "reps": 3}), &[])?;
+                check_agreement(&*tract, &input, &warm, key)?;
+            }
+            for _ in 0..budget.rounds {
+                ours.extend(time_runs(&*tract, &input, reps)?);
+                if let Some(p) = peer.as_mut() {
+                    let reply = p.call(json!({"cmd": "time", "key": key.key(), "reps": reps}), &[])?;
+                    theirs.extend(reply["us"].as_array().into_iter().flatten().filter_map(Value::as_f64));
+                }
+            }
+            let k = key.key();
+            let t = push_times(&mut figures, "tract", k, batch, &mut ours);
+            tract_b.push((key, batch, t));
+            if !theirs.is_empty() {
+                let o = push_times(&mut figures, "ort", k, batch, &mut theirs);
+                figures.push(format!("backend.ratio_tract_over_ort.{k}.b{batch}"), t / o, "ratio");
+            }
+            eprintln!("{k:13} b{batch:<3} tract {t:10.1} us  ({} samples)", ours.len());
+        }
+        // The rewrite step, measured at batch 1 against plain tract in the same run.
+        let plain = TractBackend::without_rewrites().prepare(key.key(), &bytes)?;
+        let input = reference::images_to_input(test.image(0))?;
+        time_runs(&*plain, &input, 3)?;
+        let reps = ((budget.round_s * 1e6 / median(&mut time_runs(&*plain, &input, 3)?).max(1.0)) as usize)
+            .clamp(2, 2000);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..budget.rounds {
+            a.extend(time_runs(&*plain, &input, reps)?);
+            b.extend(time_runs(&*tract, &input, reps)?);
+        }
+        figures.push(format!("backend.tract_norewrite.{}.b1.median_us", key.key()), median(&mut a), "us");
+        figures.push(
+            format!("backend.tract_rewrite_same_run.{}.b1.median_us", key.key()),
+            median(&mut b),
+            "us",
+        );
+    }
+    for batch in BATCHES {
+        let find = |m| tract_b.iter().find(|(k, b, _)| *k == m && *b == batch).map(|x| x.2);
+        if let (Some(i8), Some(f32)) = (find(ReferenceModel::EdgeInt8), find(ReferenceModel::EdgeFp32)) {
+            figures.push(format!("backend.ratio_int8_over_fp32.tract.b{batch}"), i8 / f32, "ratio");
+        }
+    }
+    Ok(figures)
+}
+
+/// Both runtimes got the same input: their logits must agree (int8 within a quantisation
+/// step, fp32 closely), or the comparison would be meaningless.
+fn check_agreement(
+    model: &dyn PreparedModel,
+    input: &Tensor,
+    reply: &Value,
+    key: ReferenceModel,
+) -> anyhow::Result<()> {
+    let ours = model.run(std::slice::from_ref(input))?[0].to_f32()?;
+    let theirs: Vec<f64> =
+        reply["logits"].as_array().into_iter().flatten().filter_map(Value::as_f64).collect();
+    if theirs.len() != ours.len() {
+        bail!("{}: onnxruntime gave {} logits, tract {}", key.key(), theirs.len(), ours.len());
+    }
+    let argmax = |v: &[f64]| reference::argmax_rows(&v.iter().map(|&x| x as f32).collect::<Vec<_>>(), 10);
+    let ours64: Vec<f64> = ours.iter().map(|&x| f64::from(x)).collect();
+    let (a, b) = (argmax(&ours64), argmax(&theirs));
+    let agree = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+    if agree * 100 < a.len() * 99 {
+        bail!("{}: tract and onnxruntime agree on {agree} of {} predictions", key.key(), a.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! Process-wide kernel choice for tract, made once at start for the CPU the node runs on.
+//!
+//! tract picks its matrix-multiply kernels from knobs it reads from the environment the first
+//! time it plans a model, and its default cost model is not the best on every CPU (see
+//! `../shared/MEASURED.md`). A node sets those knobs itself from the table below rather than
+//! asking its operator to export variables. Variables the operator did export win.
+//!
+//! | CPU (detected)                              | knob set                      | why |
+//! |---------------------------------------------|-------------------------------|-----|
+//! | x86_64, AMD, AVX-512 with VNNI              | `TRACT_AVX512_FMA_UNITS=2`    | int8: the 16x16 VNNI kernel instead of 8x8 (edge_int8 batch 1: 40.6 → 38.2 µs) |
+//! | anything else                               | none                          | tract's own probing is right or unmeasured |
+//!
+//! Measured on the AMD row (2-core EPYC, `edge-node bench backends --quick`, medians, same
+//! machine and hour): `TRACT_CPU_ISA=-avx512f`, which helped a larger fp32 CNN while
+//! planning, does not help the reference models (edge_fp32 27.3 → 27.9 µs, central_fp32
+//! 161 → 181 µs) and removes VNNI from the int8 model (38.2 → 40.4 µs), so the table leaves
+//! it out.
+//!
+//! The allocator is deliberately left alone. Telling glibc to keep freed buffers mapped
+//! (`mallopt(M_MMAP_THRESHOLD, 32 MiB)`, what `GLIBC_TUNABLES` does) was measured A/B in one
+//! session: central_fp32 batch 8 went 3.2 → 1.37 ms and batch 64 50 → 15 ms (per-run buffers
+//! no longer page-faulted in afresh), but edge_int8 batch 1, the edge node's main path, went
+//! 35.7 → 41.3 µs, in every run. A trim threshold alone changed nothing. A central node
+//! serving large batches may want it; it is not a per-CPU choice, so it is not in this table.
+
+/// One environment knob set (or left alone) by [`configure_cpu_kernels`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelKnob {
+    /// Variable name, e.g. `TRACT_AVX512_FMA_UNITS`.
+    pub name: &'static str,
+    /// Value chosen by the table.
+    pub value: &'static str,
+    /// False when the operator had already set the variable, which is then left as it was.
+    pub applied: bool,
+}
+
+/// What [`configure_cpu_kernels`] detected and chose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuTuning {
+    /// Row of the table that matched, in words.
+    pub cpu: &'static str,
+    /// Knobs of that row.
+    pub knobs: Vec<KernelKnob>,
+}
+
+/// The table row for this CPU, without touching the environment.
+pub fn cpu_kernel_table() -> (&'static str, Vec<(&'static str, &'static str)>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let amd = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| info.contains("AuthenticAMD"));
+        if amd
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+        {
+            return ("x86_64 AMD with AVX-512 VNNI", vec![("TRACT_AVX512_FMA_UNITS", "2")]);
+        }
+    }
+    ("no tuning known for this CPU", Vec::new())
+}
+
+/// Sets tract's kernel knobs for this CPU (see the module table) and returns the choice.
+///
+/// Call it first thing in `main`, before any thread exists and before any model is loaded:
+/// tract reads the knobs once, at first use.
+///
+/// # Safety
+/// It writes process environment variables, which is undefined behaviour if another thread
+/// reads or writes the environment at the same time. Call it while the process has one thread.
+pub unsafe fn configure_cpu_kernels() -> CpuTuning {
+    let (cpu, row) = cpu_kernel_table();
+    let knobs = row
+        .into_iter()
+        .map(|(name, value)| {
+            let applied = std::env::var_os(name).is_none();
+            if applied {
+                // SAFETY: the caller guarantees the process is single-threaded here.
+                unsafe { std::env::set_var(name, value) };
+            }
+            KernelKnob { name, value, applied }
+        })
+        .collect();
+    CpuTuning { cpu, knobs }
+}

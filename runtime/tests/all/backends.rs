@@ -1,0 +1,192 @@
+//! The backend conformance suite: written once, run for every backend.
+//!
+//! The reference is plain tract ([`TractBackend::without_rewrites`]): the graph as tract
+//! itself loads it. Every backend under test — tract with its load-time rewrites, and wgpu
+//! when it lands — must agree with it on the committed test split: fp32 logits within 1e-4
+//! relative, int8 argmax on at least 99.9% of images; a batch of N must equal N single runs;
+//! bad inputs and broken files must give the documented errors.
+
+use std::sync::Arc;
+
+use cascade_runtime::{
+    Backend, BackendError, Digits, PreparedModel, ReferenceModel, Split, Tensor, TractBackend, reference,
+};
+
+/// Every backend the suite checks, with a label for messages.
+fn backends_under_test() -> Vec<Arc<dyn Backend>> {
+    vec![Arc::new(TractBackend::new())]
+}
+
+fn model_bytes(key: ReferenceModel) -> Vec<u8> {
+    std::fs::read(key.path(&reference::default_models_dir())).unwrap()
+}
+
+fn test_split() -> Digits {
+    Digits::load_split(&reference::default_models_dir(), Split::Test).unwrap()
+}
+
+/// Logits of `images` (a range of the split), run `batch` at a time.
+fn logits(model: &dyn PreparedModel, digits: &Digits, batch: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(digits.len() * 10);
+    for start in (0..digits.len()).step_by(batch) {
+        let end = (start + batch).min(digits.len());
+        let input = reference::images_to_input(digits.images(start..end)).unwrap();
+        out.extend(model.run(&[input]).unwrap()[0].to_f32().unwrap());
+    }
+    out
+}
+
+fn close(a: f32, b: f32) -> bool {
+    (a - b).abs() <= 1e-4 * a.abs().max(b.abs()).max(1.0)
+}
+
+#[test]
+fn fp32_outputs_match_plain_tract_within_1e_4_relative() {
+    let test = test_split();
+    for key in [ReferenceModel::EdgeFp32, ReferenceModel::CentralFp32] {
+        let bytes = model_bytes(key);
+        let expected =
+            logits(&*TractBackend::without_rewrites().prepare(key.key(), &bytes).unwrap(), &test, 100);
+        for backend in backends_under_test() {
+            let model = backend.prepare(key.key(), &bytes).unwrap();
+            let got = logits(&*model, &test, 100);
+            assert_eq!(got.len(), expected.len());
+            let worst = got.iter().zip(&expected).position(|(&a, &b)| !close(a, b));
+            assert!(
+                worst.is_none(),
+                "{} on {}: logit {} is {} where plain tract gives {}",
+                backend.kind().name(),
+                key.key(),
+                worst.unwrap_or(0),
+                got[worst.unwrap_or(0)],
+                expected[worst.unwrap_or(0)]
+            );
+        }
+    }
+}
+
+#[test]
+fn int8_argmax_agrees_with_plain_tract_on_999_per_mille() {
+    let test = test_split();
+    let key = ReferenceModel::EdgeInt8;
+    let bytes = model_bytes(key);
+    let expected = reference::predict(
+        &*TractBackend::without_rewrites().prepare(key.key(), &bytes).unwrap(),
+        &test,
+        100,
+    )
+    .unwrap();
+    for backend in backends_under_test() {
+        let model = backend.prepare(key.key(), &bytes).unwrap();
+        let got = reference::predict(&*model, &test, 100).unwrap();
+        let agree = got.iter().zip(&expected).filter(|(a, b)| a == b).count();
+        assert!(
+            agree * 1000 >= expected.len() * 999,
+            "{}: argmax agrees on {agree} of {} images",
+            backend.kind().name(),
+            expected.len()
+        );
+    }
+}
+
+#[test]
+fn batch_of_n_equals_n_single_runs() {
+    let test = test_split();
+    for backend in backends_under_test() {
+        for key in ReferenceModel::ALL {
+            let model = backend.prepare(key.key(), &model_bytes(key)).unwrap();
+            for n in [2, 8, 13] {
+                let batched = model.run(&[reference::images_to_input(test.images(0..n)).unwrap()]).unwrap()
+                    [0]
+                .to_f32()
+                .unwrap();
+                assert_eq!(batched.len(), n * 10);
+                for i in 0..n {
+                    let single = model.run(&[reference::images_to_input(test.image(i)).unwrap()]).unwrap()[0]
+                        .to_f32()
+                        .unwrap();
+                    for (a, b) in single.iter().zip(&batched[i * 10..(i + 1) * 10]) {
+                        assert!(
+                            close(*a, *b),
+                            "{} {} batch {n}: image {i}: {a} alone vs {b} in the batch",
+                            backend.kind().name(),
+                            key.key()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_inputs_give_input_errors_naming_the_model() {
+    for backend in backends_under_test() {
+        let model = backend.prepare("edge", &model_bytes(ReferenceModel::EdgeInt8)).unwrap();
+        let name = backend.kind().name();
+        let cases: Vec<(Vec<Tensor>, &str)> = vec![
+            (
+                vec![Tensor::from_f32(vec![1, 1, 27, 28], &[0.0; 27 * 28]).unwrap()],
+                "must be shaped [batch, 1, 28, 28]",
+            ),
+            (
+                vec![Tensor::from_u8(vec![1, 1, 28, 28], vec![0; 784]).unwrap()],
+                "input input must be f32, got u8",
+            ),
+            (vec![Tensor::from_f32(vec![0, 1, 28, 28], &[]).unwrap()], "empty batch"),
+            (vec![], "expected 1 input tensors, got 0"),
+            (vec![Tensor::from_f32(vec![784], &[0.0; 784]).unwrap()], "must be shaped"),
+        ];
+        for (inputs, says) in cases {
+            let err = model.run(&inputs).unwrap_err();
+            assert!(matches!(err, BackendError::Input { .. }), "{name}: {err}");
+            let text = err.to_string();
+            assert!(text.starts_with("model edge: bad input: ") && text.contains(says), "{name}: {text}");
+        }
+        // The model still serves after refusing bad inputs.
+        let good = reference::images_to_input(&[0; 784]).unwrap();
+        assert_eq!(model.run(&[good]).unwrap()[0].shape(), [1, 10]);
+    }
+}
+
+#[test]
+fn broken_files_are_refused_naming_model_and_op() {
+    let fp32 = model_bytes(ReferenceModel::EdgeFp32);
+    // Renaming an op type in place keeps the protobuf valid and gives an op nobody implements.
+    let renamed = replace_all(&fp32, b"Relu", b"Rexu");
+    assert_ne!(renamed, fp32, "the edge model has Relu nodes");
+    for backend in backends_under_test() {
+        let name = backend.kind().name();
+        let err = backend.prepare("garbage", b"this is not an onnx file").unwrap_err();
+        assert!(matches!(err, BackendError::Parse { .. }), "{name}: {err}");
+        assert!(err.to_string().starts_with("model garbage: cannot parse the ONNX file"), "{name}: {err}");
+
+        let err = backend.prepare("truncated", &fp32[..fp32.len() / 2]).unwrap_err();
+        assert!(matches!(err, BackendError::Parse { .. }), "{name}: {err}");
+        assert!(err.to_string().starts_with("model truncated: "), "{name}: {err}");
+
+        let err = backend.prepare("odd", &renamed).unwrap_err();
+        match &err {
+            BackendError::UnsupportedOp { model, op, .. } => {
+                assert_eq!((model.as_str(), op.as_str()), ("odd", "Rexu"), "{name}: {err}");
+            }
+            other => panic!("{name}: expected an unsupported op, got {other}"),
+        }
+        assert!(err.to_string().contains("uses op Rexu"), "{name}: {err}");
+    }
+}
+
+fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let mut out = haystack.to_vec();
+    let mut i = 0;
+    while i + from.len() <= out.len() {
+        if &out[i..i + from.len()] == from {
+            out[i..i + from.len()].copy_from_slice(to);
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
