@@ -76,16 +76,23 @@ enum PluginCommand {
     },
 }
 
+/// Flags every benchmark suite takes.
+#[derive(clap::Args)]
+struct BenchRun {
+    /// Print one JSON figure per line (see shared/BENCH.md) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Fewer samples: the same figures in under 60 s.
+    #[arg(long)]
+    quick: bool,
+}
+
 #[derive(Subcommand)]
 enum BenchSuite {
     /// What the wasmtime sandbox adds to a request (mnist-classifier plugin, one thread).
     Sandbox {
-        /// Print one JSON figure per line.
-        #[arg(long)]
-        json: bool,
-        /// Fewer samples (under 60 s).
-        #[arg(long)]
-        quick: bool,
+        #[command(flatten)]
+        run: BenchRun,
         /// Directory holding the reference models and data splits.
         #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir())]
         models: PathBuf,
@@ -95,21 +102,13 @@ enum BenchSuite {
     },
     /// Escalation overhead between two tiers over QUIC on loopback.
     Tiers {
-        /// Print one JSON figure per line.
-        #[arg(long)]
-        json: bool,
-        /// Fewer samples (under 60 s).
-        #[arg(long)]
-        quick: bool,
+        #[command(flatten)]
+        run: BenchRun,
     },
     /// Reference models x backends x batch sizes, against onnxruntime in the same run.
     Backends {
-        /// Print one JSON figure per line instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Fewer samples (under 60 s).
-        #[arg(long)]
-        quick: bool,
+        #[command(flatten)]
+        run: BenchRun,
         /// Directory holding the reference models and data splits.
         #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir())]
         models: PathBuf,
@@ -150,7 +149,7 @@ fn main() -> anyhow::Result<()> {
         Command::Plugin(PluginCommand::Build { crate_dir, out, target_dir }) => {
             edge_node::plugin_cmd::run_build(&crate_dir, out, target_dir.as_deref())?;
         }
-        Command::Bench(BenchSuite::Sandbox { json, quick, models, plugin }) => {
+        Command::Bench(BenchSuite::Sandbox { run: BenchRun { json, quick }, models, plugin }) => {
             edge_node::bench_sandbox::run(&models, &plugin, quick)?.print(json);
         }
         Command::Certs { command } => {
@@ -158,8 +157,10 @@ fn main() -> anyhow::Result<()> {
                 println!("wrote {}", path.display());
             }
         }
-        Command::Bench(BenchSuite::Tiers { json, quick }) => tiers_bench::run(quick)?.print(json),
-        Command::Bench(BenchSuite::Backends { json, quick, models }) => {
+        Command::Bench(BenchSuite::Tiers { run: BenchRun { json, quick } }) => {
+            tiers_bench::run(quick)?.print(json)
+        }
+        Command::Bench(BenchSuite::Backends { run: BenchRun { json, quick }, models }) => {
             let budget = if quick { bench_backends::Budget::QUICK } else { bench_backends::Budget::DEFAULT };
             // The peer venv and helper live in the repository that holds `models/`.
             let repo = models.join("..");
