@@ -41,6 +41,12 @@ enum Command {
     /// Guest plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Serve a node: KServe v2 over HTTP, and escalations over QUIC if the config listens.
+    Serve {
+        /// The node's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Benchmarks (see shared/BENCH.md).
     #[command(subcommand)]
     Bench(BenchSuite),
@@ -111,6 +117,12 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Bench(BenchSuite::Tiers { json, quick }) => tiers_bench::run(quick)?.print(json),
+        Command::Serve { config } => {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(edge_node::serve::run(&config))?;
+        }
     }
     Ok(())
 }
