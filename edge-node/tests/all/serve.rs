@@ -259,3 +259,41 @@ async fn coalesced_burst_escalates_once() {
     edge.shutdown().await.unwrap();
     central.shutdown().await.unwrap();
 }
+
+/// Shutdown stops accepting but answers the request already in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_requests_in_flight() {
+    let server = Server::start(resolve("drain.toml", &edge_toml(0.0, "", None))).await.unwrap();
+    let addr = server.http_addr();
+    let c = client();
+    // `spin` runs a fixed number of iterations and answers: long enough to be in flight.
+    let body = serde_json::to_vec(&json!({
+        "inputs": [{ "name": "x", "shape": [1], "datatype": "UINT8", "data": [0] }],
+        "parameters": { "mode": "spin", "iterations": "100000000" }
+    }))
+    .unwrap();
+    let c2 = c.clone();
+    let in_flight = tokio::spawn(async move { post(&c2, addr, "hostile", &body).await });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    server.shutdown().await.unwrap();
+    let r = in_flight.await.unwrap();
+    // Answered (or cut by the plugin's own deadline): either way an HTTP answer, not a reset.
+    assert!([200, 500].contains(&r.status), "{}", r.body);
+    assert!(
+        c.get(format!("http://{addr}/v2/health/live")).send().await.is_err(),
+        "still accepting after shutdown"
+    );
+}
+
+/// A QUIC listener needs its certificate, key and client CA, and the config says which is missing.
+#[test]
+fn quic_listener_requires_its_identity_files() {
+    let text = crate::fixtures::central_toml().replace("quic_key = ", "# quic_key = ");
+    let path = write_config("central-no-key.toml", &text);
+    let e = cascade_runtime::config::load(&path).unwrap_err().to_string();
+    assert!(e.contains("listeners.quic_key: missing"), "{e}");
+    let text = edge_toml(0.5, "", None).replace("[listeners]", "[listeners]\nquic_ca = \"ca.pem\"");
+    let e =
+        cascade_runtime::config::load(&write_config("edge-stray-ca.toml", &text)).unwrap_err().to_string();
+    assert!(e.contains("listeners.quic_ca: set without `listeners.quic`"), "{e}");
+}
