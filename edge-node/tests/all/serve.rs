@@ -297,3 +297,32 @@ fn quic_listener_requires_its_identity_files() {
         cascade_runtime::config::load(&write_config("edge-stray-ca.toml", &text)).unwrap_err().to_string();
     assert!(e.contains("listeners.quic_ca: set without `listeners.quic`"), "{e}");
 }
+
+/// Pinning `emergency` (escalation budget 0) makes hard requests answer locally, degraded
+/// with `budget_exhausted`; back in `normal` they escalate again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emergency_mode_stops_escalation() {
+    let hard = hard_images(2, 0.85);
+    let central =
+        Server::start(resolve("central-mode.toml", &crate::fixtures::central_toml())).await.unwrap();
+    let edge =
+        Server::start(resolve("edge-mode.toml", &edge_toml(0.9, "", central.quic_addr()))).await.unwrap();
+    let addr = edge.http_addr();
+    let c = client();
+
+    edge.node().pin_mode(Some(cascade_runtime::Mode::Emergency));
+    let r = post(&c, addr, "digits", &serde_json::to_vec(&image_body(hard[0])).unwrap()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["parameters"]["degraded_reason"], "budget_exhausted", "{}", r.body);
+    assert_eq!(r.body["parameters"]["tier"], "edge");
+    let (_, metrics) = get_text(&c, addr, "/metrics").await;
+    assert_eq!(metric(&metrics, "cascade_mode{", &["mode=\"emergency\""]), Some(1.0));
+
+    edge.node().pin_mode(Some(cascade_runtime::Mode::Normal));
+    // The bucket keeps its (empty) level across the switch and refills at normal's 100/s.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let r = post(&c, addr, "digits", &serde_json::to_vec(&image_body(hard[1])).unwrap()).await;
+    assert_eq!(r.body["parameters"]["tier"], "central", "{}", r.body);
+    edge.shutdown().await.unwrap();
+    central.shutdown().await.unwrap();
+}
