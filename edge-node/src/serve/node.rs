@@ -693,3 +693,64 @@ fn input_bytes(inputs: &[(String, Tensor)], parameters: &[(String, String)]) -> 
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(data: Vec<u8>) -> Tensor {
+        Tensor::from_u8(vec![data.len()], data).unwrap()
+    }
+
+    #[test]
+    fn cache_key_bytes_cover_inputs_and_parameters() {
+        let a = vec![("x".to_owned(), tensor(vec![1, 2]))];
+        let base = input_bytes(&a, &[]);
+        assert_eq!(base, input_bytes(&a, &[]));
+        assert_ne!(base, input_bytes(&[("y".to_owned(), tensor(vec![1, 2]))], &[]));
+        assert_ne!(base, input_bytes(&[("x".to_owned(), tensor(vec![1, 3]))], &[]));
+        let mode = |m: &str| vec![("mode".to_owned(), m.to_owned())];
+        assert_ne!(input_bytes(&a, &mode("loop")), input_bytes(&a, &mode("ok")));
+        // Order of parameters does not matter; their boundaries do.
+        let p1 = vec![("a".to_owned(), "1".to_owned()), ("b".to_owned(), "2".to_owned())];
+        let p2 = vec![("b".to_owned(), "2".to_owned()), ("a".to_owned(), "1".to_owned())];
+        assert_eq!(input_bytes(&a, &p1), input_bytes(&a, &p2));
+        assert_ne!(
+            input_bytes(&a, &[("ab".into(), "c".into())]),
+            input_bytes(&a, &[("a".into(), "bc".into())])
+        );
+    }
+
+    #[test]
+    fn errors_map_to_statuses_and_frames() {
+        let rejected = |rejection| ServeError::Rejected { route: "r".into(), rejection };
+        let limited = rejected(Rejection::RateLimited { retry_after: Duration::from_millis(1500) });
+        assert_eq!((limited.status(), limited.retry_after_secs()), (429, Some(2)));
+        assert_eq!(rejected(Rejection::QueueFull).status(), 503);
+        let deadline = ServeError::DeadlineExceeded { route: "r".into(), deadline: Duration::from_millis(5) };
+        assert_eq!(deadline.status(), 504);
+        let frame = rejected(Rejection::QueueFull).to_frame(7);
+        assert_eq!((frame.id, frame.kind, frame.retryable), (7, protocol::ErrorKind::Overloaded, true));
+        let frame = ServeError::BadRequest("x".into()).to_frame(1);
+        assert_eq!((frame.kind, frame.retryable), (protocol::ErrorKind::BadRequest, false));
+    }
+
+    #[test]
+    fn degraded_answers_are_not_cached() {
+        let reply = Reply {
+            outputs: Vec::new(),
+            confidence: 0.5,
+            label: None,
+            tier: "edge".into(),
+            escalated: false,
+            degraded: None,
+            cache: CacheStatus::Miss,
+        };
+        assert!(cacheable(&reply));
+        let degraded = Reply {
+            degraded: Some(Degraded { reason: DegradedReason::UpstreamFailed, detail: None }),
+            ..reply
+        };
+        assert!(!cacheable(&degraded));
+    }
+}
