@@ -3,7 +3,6 @@
 //! Errors are `{"error": "..."}` with the status [`ServeError::status`] gives, and
 //! `Retry-After` when admission refused the request.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
@@ -15,10 +14,11 @@ use axum::routing::{get, post};
 use cascade_runtime::{DType, Stage, Tensor, element_count};
 use serde_json::{Map, Value, json};
 
-use super::node::{Node, Reply, ServeError};
+use super::node::{CurrentNode, Reply, ServeError};
 
-/// The router for `node`.
-pub fn router(node: Arc<Node>) -> Router {
+/// The router for the node `current` holds (each request takes the node current when it
+/// arrives).
+pub fn router(node: CurrentNode) -> Router {
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
@@ -52,7 +52,8 @@ async fn ready() -> StatusCode {
     StatusCode::OK
 }
 
-async fn server_metadata(State(node): State<Arc<Node>>) -> Response {
+async fn server_metadata(State(current): State<CurrentNode>) -> Response {
+    let node = current.get();
     axum::Json(json!({
         "name": node.name(),
         "version": env!("CARGO_PKG_VERSION"),
@@ -75,7 +76,8 @@ fn tensor_specs(specs: &[cascade_runtime::TensorSpec]) -> Value {
 
 /// A route is served by a plugin, whose input format is its own; the models it calls are
 /// what the node knows, so those are reported (the first model as the route's tensors).
-async fn model_metadata(State(node): State<Arc<Node>>, Path(route): Path<String>) -> Response {
+async fn model_metadata(State(current): State<CurrentNode>, Path(route): Path<String>) -> Response {
+    let node = current.get();
     let Some(settings) = node.route(&route) else {
         return serve_error(&ServeError::UnknownRoute(route));
     };
@@ -96,14 +98,16 @@ async fn model_metadata(State(node): State<Arc<Node>>, Path(route): Path<String>
     .into_response()
 }
 
-async fn model_ready(State(node): State<Arc<Node>>, Path(route): Path<String>) -> Response {
+async fn model_ready(State(current): State<CurrentNode>, Path(route): Path<String>) -> Response {
+    let node = current.get();
     match node.route(&route) {
         Some(_) => StatusCode::OK.into_response(),
         None => serve_error(&ServeError::UnknownRoute(route)),
     }
 }
 
-async fn metrics(State(node): State<Arc<Node>>) -> Response {
+async fn metrics(State(current): State<CurrentNode>) -> Response {
+    let node = current.get();
     if !node.config().settings.telemetry.metrics {
         return error(404, "metrics are disabled (telemetry.metrics = false)", None);
     }
@@ -113,7 +117,8 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
-async fn infer(State(node): State<Arc<Node>>, Path(route): Path<String>, body: Bytes) -> Response {
+async fn infer(State(current): State<CurrentNode>, Path(route): Path<String>, body: Bytes) -> Response {
+    let node = current.get();
     if node.route(&route).is_none() {
         return serve_error(&ServeError::UnknownRoute(route));
     }

@@ -19,11 +19,11 @@ use cascade_runtime::transport::TierServer;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use node::{Degraded, Node, NodeError, Reply, ServeError};
+pub use node::{CurrentNode, Degraded, Node, NodeError, Reply, ServeError};
 
 /// A running node: its listeners and the task serving HTTP.
 pub struct Server {
-    node: Arc<Node>,
+    node: CurrentNode,
     http_addr: SocketAddr,
     quic: Option<TierServer>,
     stop: Option<oneshot::Sender<()>>,
@@ -36,7 +36,7 @@ impl Server {
     pub async fn start(config: ResolvedConfig) -> anyhow::Result<Server> {
         let http_listen = config.settings.http;
         // Models and plugins compile here, which blocks: keep it off the runtime's workers.
-        let node = tokio::task::block_in_place(|| Node::new(config))?;
+        let node = CurrentNode::new(tokio::task::block_in_place(|| Node::new(config))?);
         let quic = node.listen_quic()?;
         let listener = tokio::net::TcpListener::bind(http_listen)
             .await
@@ -51,13 +51,36 @@ impl Server {
                 })
                 .await
         });
-        tracing::info!(node = node.name(), %http_addr, quic = ?quic.as_ref().map(TierServer::local_addr), "serving");
+        tracing::info!(node = node.get().name(), %http_addr, quic = ?quic.as_ref().map(TierServer::local_addr), "serving");
         Ok(Server { node, http_addr, quic, stop: Some(stop), http })
     }
 
-    /// The node behind the listeners.
-    pub fn node(&self) -> &Arc<Node> {
-        &self.node
+    /// The node new requests go to.
+    pub fn node(&self) -> Arc<Node> {
+        self.node.get()
+    }
+
+    /// Swaps in a node built from `config` (plugins, models, thresholds, limits) without
+    /// dropping requests: those running finish on the old node. Listener addresses and the
+    /// QUIC identity cannot change this way (restart for that). Metrics, cache and mode
+    /// start afresh with the new node.
+    pub async fn reload(&self, config: ResolvedConfig) -> anyhow::Result<()> {
+        let old = self.node.get();
+        let (was, now) = (&old.config().settings, &config.settings);
+        let same_tls = match (&was.quic_tls, &now.quic_tls) {
+            (Some(a), Some(b)) => (&a.cert, &a.key, &a.ca) == (&b.cert, &b.key, &b.ca),
+            (None, None) => true,
+            _ => false,
+        };
+        if was.http != now.http || was.quic != now.quic || !same_tls {
+            anyhow::bail!(
+                "reload: listeners (http, quic and its certificate files) cannot change; restart the node"
+            );
+        }
+        let node = tokio::task::block_in_place(|| Node::new(config))?;
+        self.node.replace(node);
+        tracing::info!("config reloaded");
+        Ok(())
     }
 
     /// Where clients reach the HTTP front door.
@@ -84,7 +107,8 @@ impl Server {
     }
 }
 
-/// `edge-node serve --config F`: serves until SIGTERM or ctrl-c, then drains.
+/// `edge-node serve --config F`: serves until SIGTERM or ctrl-c, then drains. SIGHUP reloads
+/// the config file; a config that fails to load is logged and the node keeps serving.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = config::load(config_path)?.resolve()?;
     let server = Server::start(config).await?;
@@ -92,9 +116,48 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     if let Some(quic) = server.quic_addr() {
         println!("accepting escalations over quic on {quic}");
     }
-    shutdown_signal().await;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = hangup() => {
+                let loaded = config::load(config_path).and_then(|c| c.resolve());
+                match loaded {
+                    Ok(config) => {
+                        if let Err(e) = server.reload(config).await {
+                            tracing::error!(error = %e, "reload refused; still serving the old config");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "reload: config invalid; still serving the old config"),
+                }
+            }
+        }
+    }
     tracing::info!("shutting down: draining requests in flight");
     server.shutdown().await
+}
+
+/// Resolves on each SIGHUP (never on platforms without it).
+async fn hangup() {
+    #[cfg(unix)]
+    {
+        use std::sync::OnceLock;
+        use tokio::sync::Mutex;
+        // One signal stream for the process, so no SIGHUP between two waits is lost.
+        static HUP: OnceLock<Option<Mutex<tokio::signal::unix::Signal>>> = OnceLock::new();
+        let hup = HUP.get_or_init(|| {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP"))
+                .ok()
+                .map(Mutex::new)
+        });
+        if let Some(hup) = hup {
+            hup.lock().await.recv().await;
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
 }
 
 async fn shutdown_signal() {

@@ -643,16 +643,40 @@ impl Node {
         self.telemetry.set_mode(change.to);
         tracing::info!(%change, "mode switch");
     }
+}
 
-    /// Starts accepting escalations on the config's QUIC listener, if it has one.
-    pub fn listen_quic(self: &Arc<Self>) -> Result<Option<TierServer>, NodeError> {
-        let (Some(addr), Some(tls)) = (self.config.settings.quic, &self.config.settings.quic_tls) else {
+/// The node requests go to. A reload swaps in a whole new node; requests already running
+/// finish on the node they started on, which is dropped after the last of them.
+#[derive(Debug, Clone)]
+pub struct CurrentNode(Arc<parking_lot::RwLock<Arc<Node>>>);
+
+impl CurrentNode {
+    /// Starts with `node`.
+    pub fn new(node: Arc<Node>) -> CurrentNode {
+        CurrentNode(Arc::new(parking_lot::RwLock::new(node)))
+    }
+
+    /// The node new requests go to.
+    pub fn get(&self) -> Arc<Node> {
+        self.0.read().clone()
+    }
+
+    /// Sends new requests to `node`; returns the previous one.
+    pub fn replace(&self, node: Arc<Node>) -> Arc<Node> {
+        std::mem::replace(&mut *self.0.write(), node)
+    }
+
+    /// Starts accepting escalations on the current config's QUIC listener, if it has one.
+    /// Each escalation goes to the node current when it arrives.
+    pub fn listen_quic(&self) -> Result<Option<TierServer>, NodeError> {
+        let node = self.get();
+        let (Some(addr), Some(tls)) = (node.config.settings.quic, &node.config.settings.quic_tls) else {
             return Ok(None);
         };
         let identity = TlsIdentity::from_files(&tls.cert, &tls.key, &tls.ca)?;
-        let node = self.clone();
+        let current = self.clone();
         let handler = move |request: EscalationRequest, context: RequestContext| {
-            node.clone().answer_escalation(request, context)
+            current.get().answer_escalation(request, context)
         };
         Ok(Some(TierServer::bind(&identity, ServerConfig::new(addr), handler)?))
     }

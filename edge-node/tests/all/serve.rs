@@ -326,3 +326,39 @@ async fn emergency_mode_stops_escalation() {
     edge.shutdown().await.unwrap();
     central.shutdown().await.unwrap();
 }
+
+/// A reload swaps thresholds without dropping the request in flight; changing a listener is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_thresholds_without_dropping_requests() {
+    let hard = hard_images(1, 0.85)[0];
+    let server = Server::start(resolve("reload.toml", &edge_toml(0.0, "", None))).await.unwrap();
+    let addr = server.http_addr();
+    let c = client();
+    let body = serde_json::to_vec(&image_body(hard)).unwrap();
+    let r = post(&c, addr, "digits", &body).await;
+    assert_eq!(r.body["parameters"]["degraded"], false, "{}", r.body);
+
+    let spin = serde_json::to_vec(&json!({
+        "inputs": [{ "name": "x", "shape": [1], "datatype": "UINT8", "data": [0] }],
+        "parameters": { "mode": "spin", "iterations": "100000000" }
+    }))
+    .unwrap();
+    let c2 = c.clone();
+    let in_flight = tokio::spawn(async move { post(&c2, addr, "hostile", &spin).await });
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    // The same file rewritten with a higher threshold (and no upstream to escalate to).
+    server.reload(resolve("reload.toml", &edge_toml(0.9, "", None))).await.unwrap();
+    let r = in_flight.await.unwrap();
+    assert!([200, 500].contains(&r.status), "{}", r.body);
+
+    // A fresh node: its cache is empty, and the hard image is now below the threshold.
+    let r = post(&c, addr, "digits", &body).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["parameters"]["degraded_reason"], "no_upstream", "{}", r.body);
+
+    let moved = edge_toml(0.9, "", None).replace("127.0.0.1:0", "127.0.0.1:1");
+    let e = server.reload(resolve("reload-moved.toml", &moved)).await.unwrap_err();
+    assert!(e.to_string().contains("listeners"), "{e}");
+    server.shutdown().await.unwrap();
+}
