@@ -143,65 +143,25 @@ fn prepare_tiers(
     let built = crate::plugin_cmd::build(&options.plugin_crate, &plugin, None)?;
     eprintln!("   plugin: {} bytes, sha256 {}", built.component.len(), built.sha256);
 
-    let models = &options.models_dir;
-    let (plugin, edge_model, central_model) = (
-        toml_path(&plugin),
-        toml_path(&ReferenceModel::EdgeInt8.path(models)),
-        toml_path(&ReferenceModel::CentralFp32.path(models)),
-    );
-    let central = format!(
-        r#"[node]
-name = "central"
+    let tls = |file: &str| toml_path(&certs.join(file));
+    let node = |name: &str, listeners: String, model: ReferenceModel, threshold: f64, upstream: &str| {
+        format!(
+            r#"[node]
+name = "{name}"
 
 [listeners]
-http = "127.0.0.1:{central_http}"
-quic = "127.0.0.1:{central_quic}"
-ca = "{ca}"
-cert = "{central_cert}"
-key = "{central_key}"
-
-[models.central]
-path = "{central_model}"
+{listeners}
+[models.{name}]
+path = "{model}"
 backend = "tract"
 
 [plugins.mnist]
 path = "{plugin}"
 sha256 = "{sha}"
-models = ["central"]
+models = ["{name}"]
 
 [plugins.mnist.config]
-model = "central"
-
-[routes.digits]
-plugin = "mnist"
-deadline_ms = 2000
-
-[routes.digits.thresholds]
-normal = 0.0
-"#,
-        ca = toml_path(&certs.join("ca.pem")),
-        central_cert = toml_path(&certs.join("central.pem")),
-        central_key = toml_path(&certs.join("central.key")),
-        sha = built.sha256,
-    );
-    let edge = format!(
-        r#"[node]
-name = "edge"
-
-[listeners]
-http = "127.0.0.1:{edge_http}"
-
-[models.edge]
-path = "{edge_model}"
-backend = "tract"
-
-[plugins.mnist]
-path = "{plugin}"
-sha256 = "{sha}"
-models = ["edge"]
-
-[plugins.mnist.config]
-model = "edge"
+model = "{name}"
 
 [routes.digits]
 plugin = "mnist"
@@ -209,20 +169,37 @@ deadline_ms = 2000
 
 [routes.digits.thresholds]
 normal = {threshold}
-
-[upstream]
-addresses = ["127.0.0.1:{central_quic}"]
-server_name = "central"
-ca = "{ca}"
-cert = "{edge_cert}"
-key = "{edge_key}"
-request_timeout_ms = 1000
-"#,
-        threshold = options.threshold,
-        ca = toml_path(&certs.join("ca.pem")),
-        edge_cert = toml_path(&certs.join("edge.pem")),
-        edge_key = toml_path(&certs.join("edge.key")),
-        sha = built.sha256,
+{upstream}"#,
+            model = toml_path(&model.path(&options.models_dir)),
+            plugin = toml_path(&plugin),
+            sha = built.sha256,
+        )
+    };
+    let central = node(
+        "central",
+        format!(
+            "http = \"127.0.0.1:{central_http}\"\nquic = \"127.0.0.1:{central_quic}\"\n\
+             quic_cert = \"{}\"\nquic_key = \"{}\"\nquic_ca = \"{}\"\n",
+            tls("central.pem"),
+            tls("central.key"),
+            tls("ca.pem")
+        ),
+        ReferenceModel::CentralFp32,
+        0.0,
+        "",
+    );
+    let edge = node(
+        "edge",
+        format!("http = \"127.0.0.1:{edge_http}\"\n"),
+        ReferenceModel::EdgeInt8,
+        options.threshold,
+        &format!(
+            "\n[upstream]\naddresses = [\"127.0.0.1:{central_quic}\"]\nserver_name = \"central\"\n\
+             ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nrequest_timeout_ms = 1000\n",
+            tls("ca.pem"),
+            tls("edge.pem"),
+            tls("edge.key")
+        ),
     );
     let (central_path, edge_path) = (dir.join("central.toml"), dir.join("edge.toml"));
     std::fs::write(&central_path, central)?;

@@ -8,6 +8,7 @@
 //! - [`bench_sandbox`]: `edge-node bench sandbox`.
 //! - [`certs_cmd`]: `edge-node certs init|issue`, certificates for mutual TLS between tiers.
 //! - [`figures`]: figures printed as `../shared/BENCH.md` asks.
+//! - [`serve`]: `edge-node serve`, the HTTP front door and the request path.
 //! - [`tiers_bench`]: `edge-node bench tiers`, the cost of an escalation on loopback.
 
 pub mod bench_backends;
@@ -17,4 +18,5 @@ pub mod check_cmd;
 pub mod demo;
 pub mod figures;
 pub mod plugin_cmd;
+pub mod serve;
 pub mod tiers_bench;

@@ -56,6 +56,12 @@ enum Command {
     /// Guest plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Serve a node: KServe v2 over HTTP, and escalations over QUIC if the config listens.
+    Serve {
+        /// The node's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Benchmarks (see shared/BENCH.md).
     #[command(subcommand)]
     Bench(BenchSuite),
@@ -166,6 +172,12 @@ fn main() -> anyhow::Result<()> {
             let repo = models.join("..");
             let repo = std::fs::canonicalize(&repo).unwrap_or(repo);
             bench_backends::run(&models, &repo, budget)?.print(json);
+        }
+        Command::Serve { config } => {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(edge_node::serve::run(&config))?;
         }
     }
     Ok(())

@@ -174,6 +174,9 @@ impl GuestBuilder {
     /// Compiles the crate at `crate_dir` for wasm32-unknown-unknown (release profile) and
     /// wraps the module as a validated component.
     pub fn build(&self, crate_dir: &Path) -> Result<BuiltGuest, GuestBuildError> {
+        // cargo runs inside the crate directory, so relative paths would resolve twice.
+        let crate_dir = &std::path::absolute(crate_dir).unwrap_or_else(|_| crate_dir.to_path_buf());
+        let target_dir = std::path::absolute(&self.target_dir).unwrap_or_else(|_| self.target_dir.clone());
         let manifest = crate_dir.join("Cargo.toml");
         let artifact = artifact_name(&manifest)?;
         let toolchain = detect_toolchain()?;
@@ -201,7 +204,7 @@ impl GuestBuilder {
             .arg("--manifest-path")
             .arg(&manifest)
             .arg("--target-dir")
-            .arg(&self.target_dir);
+            .arg(&target_dir);
         if crate_dir.join("Cargo.lock").is_file() {
             cmd.arg("--locked");
         }
@@ -234,7 +237,7 @@ impl GuestBuilder {
                 stderr: tail,
             });
         }
-        let file = self.target_dir.join(TARGET).join("release").join(artifact);
+        let file = target_dir.join(TARGET).join("release").join(artifact);
         let core = std::fs::read(&file).map_err(|source| GuestBuildError::Io {
             what: "cannot read the built module",
             path: file.clone(),

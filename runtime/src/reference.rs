@@ -44,7 +44,8 @@ impl ReferenceModel {
 /// The repository's `models/` directory, as known when this crate was built. Binaries
 /// deployed elsewhere take their model paths from the node config instead.
 pub fn default_models_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("models")
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("models");
+    std::fs::canonicalize(&dir).unwrap_or(dir)
 }
 
 /// Turns 28x28 u8 images (back to back) into the reference models' input tensor

@@ -167,6 +167,8 @@ pub struct NodeSettings {
     pub http: SocketAddr,
     /// QUIC listener for downstream nodes, if this node accepts escalations.
     pub quic: Option<SocketAddr>,
+    /// The QUIC listener's certificate, key and client CA; set exactly when `quic` is.
+    pub quic_tls: Option<QuicTlsSettings>,
     /// Routes by name.
     pub routes: BTreeMap<String, RouteSettings>,
     /// Where hard requests escalate to; `None` on the last tier.
@@ -179,6 +181,17 @@ pub struct NodeSettings {
     pub batching: Option<BatchingSettings>,
     /// Logs and metrics.
     pub telemetry: TelemetrySettings,
+}
+
+/// The files a QUIC listener presents and trusts.
+#[derive(Debug, Clone)]
+pub struct QuicTlsSettings {
+    /// Certificate chain file.
+    pub cert: PathBuf,
+    /// Private key file.
+    pub key: PathBuf,
+    /// CA that signs the clients' certificates.
+    pub ca: PathBuf,
 }
 
 /// A model to load.

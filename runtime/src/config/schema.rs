@@ -75,11 +75,19 @@ pub struct ListenersConfig {
     /// `quic = "0.0.0.0:4433"`: QUIC for downstream nodes escalating here. Default: none
     /// (this node accepts no escalations).
     pub quic: Option<String>,
+    /// `quic_cert = "certs/central.pem"`: the certificate the QUIC listener presents (from
+    /// `edge-node certs issue`). Required with `quic`.
+    pub quic_cert: Option<String>,
+    /// `quic_key = "certs/central.key"`: its private key. Required with `quic`.
+    pub quic_key: Option<String>,
+    /// `quic_ca = "certs/ca.pem"`: the CA that must have signed every downstream node's
+    /// client certificate (mutual TLS). Required with `quic`.
+    pub quic_ca: Option<String>,
 }
 
 impl Default for ListenersConfig {
     fn default() -> Self {
-        ListenersConfig { http: default_http(), quic: None }
+        ListenersConfig { http: default_http(), quic: None, quic_cert: None, quic_key: None, quic_ca: None }
     }
 }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 use super::schema::{NodeConfig, RouteConfig, SignalThresholdsConfig};
 use super::{
     BatchingSettings, ConfigError, Digest, FieldProblem, ModeSwitches, ModelSpec, ModesSettings,
-    NodeSettings, PluginSpec, RateSettings, RouteSettings, TelemetrySettings, UpstreamSettings,
-    ValidatedConfig,
+    NodeSettings, PluginSpec, QuicTlsSettings, RateSettings, RouteSettings, TelemetrySettings,
+    UpstreamSettings, ValidatedConfig,
 };
 use crate::backend::BackendKind;
 use crate::modes::{Hysteresis, Mode, SignalThresholds};
@@ -153,6 +153,7 @@ pub(super) fn validate(raw: NodeConfig, file: &Path) -> Result<ValidatedConfig, 
     }
     let http = c.addr("listeners.http", &raw.listeners.http);
     let quic = raw.listeners.quic.as_deref().and_then(|q| c.addr("listeners.quic", q));
+    let quic_tls = quic_tls(&mut c, &raw);
 
     let mut models = BTreeMap::new();
     for (name, m) in &raw.models {
@@ -325,6 +326,7 @@ pub(super) fn validate(raw: NodeConfig, file: &Path) -> Result<ValidatedConfig, 
             name: raw.node.name.clone(),
             http,
             quic,
+            quic_tls,
             routes,
             upstream,
             max_in_flight,
@@ -335,6 +337,39 @@ pub(super) fn validate(raw: NodeConfig, file: &Path) -> Result<ValidatedConfig, 
         models,
         plugins,
     })
+}
+
+/// The QUIC listener's identity files: all three with `quic`, none without.
+fn quic_tls(c: &mut Checker, raw: &NodeConfig) -> Option<QuicTlsSettings> {
+    let l = &raw.listeners;
+    let fields = [("cert", &l.quic_cert), ("key", &l.quic_key), ("ca", &l.quic_ca)];
+    if l.quic.is_none() {
+        for (name, value) in fields {
+            if value.is_some() {
+                c.fail(
+                    format!("listeners.quic_{name}"),
+                    "set without `listeners.quic`",
+                    "no value, or a `quic` address",
+                );
+            }
+        }
+        return None;
+    }
+    for (name, value) in fields {
+        if value.is_none() {
+            c.fail(
+                format!("listeners.quic_{name}"),
+                "missing",
+                "a PEM file path (from `edge-node certs issue`), since `listeners.quic` is set",
+            );
+        }
+    }
+    match (&l.quic_cert, &l.quic_key, &l.quic_ca) {
+        (Some(cert), Some(key), Some(ca)) => {
+            Some(QuicTlsSettings { cert: c.path(cert), key: c.path(key), ca: c.path(ca) })
+        }
+        _ => None,
+    }
 }
 
 fn route(c: &mut Checker, raw: &NodeConfig, name: &str, r: &RouteConfig) -> RouteSettings {

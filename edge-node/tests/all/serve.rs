@@ -1,0 +1,364 @@
+//! `edge-node serve` end to end: real nodes over HTTP, escalating over QUIC with mutual TLS.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+use cascade_runtime::ReferenceModel;
+use edge_node::serve::Server;
+use serde_json::json;
+
+use crate::fixtures::{
+    assert_close, client, digits, edge_toml, get_text, hard_images, image_body, metric, output_values, post,
+    probabilities, resolve, write_config,
+};
+
+/// The edge answers a confident request itself, then serves the repeat from its cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_answer_then_cache_hit() {
+    let server = Server::start(resolve("local.toml", &edge_toml(0.0, "", None))).await.unwrap();
+    let addr = server.http_addr();
+    let c = client();
+    let body = serde_json::to_vec(&image_body(0)).unwrap();
+
+    let first = post(&c, addr, "digits", &body).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let p = &first.body["parameters"];
+    assert_eq!(p["tier"], "edge");
+    assert_eq!(p["escalated"], false);
+    assert_eq!(p["degraded"], false);
+    assert_eq!(p["cache"], "miss");
+    assert_eq!(first.body["id"], "img-0");
+    assert_eq!(first.body["outputs"][0]["shape"], json!([1, 10]));
+    let expected = &probabilities(ReferenceModel::EdgeInt8, &[0])[0];
+    assert_close(&output_values(&first.body), expected);
+    assert_eq!(p["label"], digits().label(0).to_string());
+
+    let again = post(&c, addr, "digits", &body).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body["parameters"]["cache"], "hit");
+    assert_eq!(again.body["outputs"], first.body["outputs"]);
+
+    // The rest of the protocol's surface.
+    assert_eq!(get_text(&c, addr, "/v2/health/live").await.0, 200);
+    assert_eq!(get_text(&c, addr, "/v2/health/ready").await.0, 200);
+    assert_eq!(get_text(&c, addr, "/v2/models/digits/ready").await.0, 200);
+    assert_eq!(get_text(&c, addr, "/v2/models/nope/ready").await.0, 404);
+    let (status, meta) = get_text(&c, addr, "/v2/models/digits").await;
+    assert_eq!(status, 200);
+    let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    assert_eq!(meta["inputs"][0]["datatype"], "FP32");
+    assert_eq!(meta["outputs"][0]["name"], "logits");
+    let (status, server_meta) = get_text(&c, addr, "/v2").await;
+    assert_eq!(status, 200);
+    assert!(server_meta.contains("\"edge\""));
+    let (status, metrics) = get_text(&c, addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(metric(&metrics, "cascade_cache_total{", &["status=\"hit\""]), Some(1.0));
+    assert_eq!(
+        metric(
+            &metrics,
+            "cascade_requests_total{",
+            &["route=\"digits\"", "outcome=\"answered\"", "tier=\"local\""]
+        ),
+        Some(2.0)
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// Malformed requests get 400 naming the field; unknown routes 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_refused_naming_the_field() {
+    let server = Server::start(resolve("malformed.toml", &edge_toml(0.0, "", None))).await.unwrap();
+    let addr = server.http_addr();
+    let c = client();
+    let cases: [(&[u8], &str); 4] = [
+        (b"{\"inputs\": [", "JSON"),
+        (br#"{"inputs":[{"name":"image","shape":[28,28],"datatype":"UINT8"}]}"#, "inputs[0].data"),
+        (
+            br#"{"inputs":[{"name":"image","shape":[28,28],"datatype":"UINT8","data":[1,2,3]}]}"#,
+            "inputs[0].data",
+        ),
+        (
+            br#"{"inputs":[{"name":"image","shape":[28,28],"datatype":"FP16","data":[]}]}"#,
+            "inputs[0].datatype",
+        ),
+    ];
+    for (body, field) in cases {
+        let r = post(&c, addr, "digits", body).await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        let message = r.body["error"].as_str().unwrap();
+        assert!(message.contains(field), "{message:?} should name {field}");
+    }
+    // Well-formed for the protocol, wrong for the plugin: its own message, still a 400.
+    let r = post(
+        &c,
+        addr,
+        "digits",
+        br#"{"inputs":[{"name":"image","shape":[3],"datatype":"UINT8","data":[1,2,3]}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body["error"].as_str().unwrap().contains("784 pixels"));
+    let r = post(&c, addr, "nope", &serde_json::to_vec(&image_body(0)).unwrap()).await;
+    assert_eq!(r.status, 404);
+    assert!(r.body["error"].as_str().unwrap().contains("nope"));
+    server.shutdown().await.unwrap();
+}
+
+/// Beyond the rate limit: 429 with Retry-After. Slots and queue full: 503 with Retry-After.
+/// A plugin that runs past its deadline: 500 naming the error kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_429_queue_full_503_and_plugin_timeout_500() {
+    let config = edge_toml(0.0, "rate_limit_rps = 0.5\nrate_burst = 1", None);
+    let server = Server::start(resolve("admission.toml", &config)).await.unwrap();
+    let addr = server.http_addr();
+    let c = client();
+    let body = serde_json::to_vec(&image_body(1)).unwrap();
+    assert_eq!(post(&c, addr, "digits", &body).await.status, 200);
+    let limited = post(&c, addr, "digits", &body).await;
+    assert_eq!(limited.status, 429, "{}", limited.body);
+    assert!(limited.retry_after.is_some_and(|s| s >= 1));
+    assert!(limited.body["error"].as_str().unwrap().contains("rate limit"));
+
+    // `hostile` has one slot and no queue; its `loop` mode holds the slot until the plugin's
+    // 300 ms deadline interrupts it.
+    let looping = |mode: &str| {
+        serde_json::to_vec(&json!({
+            "inputs": [{ "name": "x", "shape": [1], "datatype": "UINT8", "data": [0] }],
+            "parameters": { "mode": mode }
+        }))
+        .unwrap()
+    };
+    let (c2, slow_body) = (c.clone(), looping("loop"));
+    let slow = tokio::spawn(async move { post(&c2, addr, "hostile", &slow_body).await });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let full = post(&c, addr, "hostile", &looping("ok")).await;
+    assert_eq!(full.status, 503, "{}", full.body);
+    assert_eq!(full.retry_after, Some(1));
+    assert!(full.body["error"].as_str().unwrap().contains("queue is full"));
+    let slow = slow.await.unwrap();
+    assert_eq!(slow.status, 500, "{}", slow.body);
+    assert!(slow.body["error"].as_str().unwrap().contains("(timeout)"), "{}", slow.body);
+    let (_, metrics) = get_text(&c, addr, "/metrics").await;
+    assert_eq!(metric(&metrics, "cascade_rejections_total{", &["reason=\"queue_full\""]), Some(1.0));
+    assert_eq!(metric(&metrics, "cascade_sandbox_failures_total{", &["kind=\"timeout\""]), Some(1.0));
+    server.shutdown().await.unwrap();
+}
+
+/// A central node as a separate process, printing where it listens.
+struct CentralProcess {
+    child: Child,
+    quic: SocketAddr,
+}
+
+impl CentralProcess {
+    fn spawn() -> CentralProcess {
+        let config = write_config("central-process.toml", &crate::fixtures::central_toml());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_edge-node"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut quic = None;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some(addr) = line.strip_prefix("accepting escalations over quic on ") {
+                quic = Some(addr.parse().unwrap());
+                break;
+            }
+        }
+        CentralProcess { child, quic: quic.expect("central printed its quic address") }
+    }
+}
+
+impl Drop for CentralProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Hard requests escalate to a central process and carry the central model's output; when
+/// the central process is killed mid-run, every request is still answered, degraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escalates_to_a_central_process_and_degrades_when_it_dies() {
+    let hard = hard_images(12, 0.85);
+    let mut central = CentralProcess::spawn();
+    let config = edge_toml(0.9, "", Some(central.quic));
+    let server = Server::start(resolve("edge-process.toml", &config)).await.unwrap();
+    let addr = server.http_addr();
+    let c = client();
+    let expected = probabilities(ReferenceModel::CentralFp32, &hard);
+
+    let mut degraded = 0;
+    for (n, &i) in hard.iter().enumerate() {
+        if n == 6 {
+            central.child.kill().unwrap();
+            central.child.wait().unwrap();
+        }
+        let r = post(&c, addr, "digits", &serde_json::to_vec(&image_body(i)).unwrap()).await;
+        assert_eq!(r.status, 200, "request {n} lost: {}", r.body);
+        let p = &r.body["parameters"];
+        if n < 6 {
+            assert_eq!(p["tier"], "central", "{}", r.body);
+            assert_eq!(p["escalated"], true);
+            assert_eq!(p["degraded"], false);
+            assert_close(&output_values(&r.body), &expected[n]);
+        } else {
+            assert_eq!(p["tier"], "edge", "{}", r.body);
+            assert_eq!(p["degraded"], true);
+            let reason = p["degraded_reason"].as_str().unwrap();
+            assert!(["upstream_failed", "breaker_open"].contains(&reason), "{reason}");
+            degraded += 1;
+        }
+    }
+    assert_eq!(degraded, 6);
+    let (_, metrics) = get_text(&c, addr, "/metrics").await;
+    assert_eq!(metric(&metrics, "cascade_escalations_total{", &["result=\"ok\""]), Some(6.0));
+    server.shutdown().await.unwrap();
+}
+
+/// Identical hard requests arriving together escalate once: the central node sees one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_burst_escalates_once() {
+    let hard = hard_images(1, 0.85)[0];
+    let central =
+        Server::start(resolve("central-coalesce.toml", &crate::fixtures::central_toml())).await.unwrap();
+    let config = edge_toml(0.9, "", central.quic_addr());
+    let edge = Server::start(resolve("edge-coalesce.toml", &config)).await.unwrap();
+    let addr = edge.http_addr();
+    let c = client();
+    let body = serde_json::to_vec(&image_body(hard)).unwrap();
+    let burst: Vec<_> = (0..8)
+        .map(|_| {
+            let (c, body) = (c.clone(), body.clone());
+            tokio::spawn(async move { post(&c, addr, "digits", &body).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for r in burst {
+        let r = r.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["parameters"]["tier"], "central");
+        statuses.push(r.body["parameters"]["cache"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(statuses.iter().filter(|s| *s == "miss").count(), 1, "{statuses:?}");
+    assert!(statuses.iter().any(|s| s == "coalesced"), "{statuses:?}");
+    let (_, metrics) = get_text(&c, central.http_addr(), "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "cascade_requests_total{", &["route=\"digits\"", "outcome=\"answered\""]),
+        Some(1.0),
+        "{metrics}"
+    );
+    let (_, metrics) = get_text(&c, addr, "/metrics").await;
+    assert_eq!(metric(&metrics, "cascade_escalations_total{", &["result=\"ok\""]), Some(1.0));
+    edge.shutdown().await.unwrap();
+    central.shutdown().await.unwrap();
+}
+
+/// Shutdown stops accepting but answers the request already in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_requests_in_flight() {
+    let server = Server::start(resolve("drain.toml", &edge_toml(0.0, "", None))).await.unwrap();
+    let addr = server.http_addr();
+    let c = client();
+    // `spin` runs a fixed number of iterations and answers: long enough to be in flight.
+    let body = serde_json::to_vec(&json!({
+        "inputs": [{ "name": "x", "shape": [1], "datatype": "UINT8", "data": [0] }],
+        "parameters": { "mode": "spin", "iterations": "100000000" }
+    }))
+    .unwrap();
+    let c2 = c.clone();
+    let in_flight = tokio::spawn(async move { post(&c2, addr, "hostile", &body).await });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    server.shutdown().await.unwrap();
+    let r = in_flight.await.unwrap();
+    // Answered (or cut by the plugin's own deadline): either way an HTTP answer, not a reset.
+    assert!([200, 500].contains(&r.status), "{}", r.body);
+    assert!(
+        c.get(format!("http://{addr}/v2/health/live")).send().await.is_err(),
+        "still accepting after shutdown"
+    );
+}
+
+/// A QUIC listener needs its certificate, key and client CA, and the config says which is missing.
+#[test]
+fn quic_listener_requires_its_identity_files() {
+    let text = crate::fixtures::central_toml().replace("quic_key = ", "# quic_key = ");
+    let path = write_config("central-no-key.toml", &text);
+    let e = cascade_runtime::config::load(&path).unwrap_err().to_string();
+    assert!(e.contains("listeners.quic_key: missing"), "{e}");
+    let text = edge_toml(0.5, "", None).replace("[listeners]", "[listeners]\nquic_ca = \"ca.pem\"");
+    let e =
+        cascade_runtime::config::load(&write_config("edge-stray-ca.toml", &text)).unwrap_err().to_string();
+    assert!(e.contains("listeners.quic_ca: set without `listeners.quic`"), "{e}");
+}
+
+/// Pinning `emergency` (escalation budget 0) makes hard requests answer locally, degraded
+/// with `budget_exhausted`; back in `normal` they escalate again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emergency_mode_stops_escalation() {
+    let hard = hard_images(2, 0.85);
+    let central =
+        Server::start(resolve("central-mode.toml", &crate::fixtures::central_toml())).await.unwrap();
+    let edge =
+        Server::start(resolve("edge-mode.toml", &edge_toml(0.9, "", central.quic_addr()))).await.unwrap();
+    let addr = edge.http_addr();
+    let c = client();
+
+    edge.node().pin_mode(Some(cascade_runtime::Mode::Emergency));
+    let r = post(&c, addr, "digits", &serde_json::to_vec(&image_body(hard[0])).unwrap()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["parameters"]["degraded_reason"], "budget_exhausted", "{}", r.body);
+    assert_eq!(r.body["parameters"]["tier"], "edge");
+    let (_, metrics) = get_text(&c, addr, "/metrics").await;
+    assert_eq!(metric(&metrics, "cascade_mode{", &["mode=\"emergency\""]), Some(1.0));
+
+    edge.node().pin_mode(Some(cascade_runtime::Mode::Normal));
+    // The bucket keeps its (empty) level across the switch and refills at normal's 100/s.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let r = post(&c, addr, "digits", &serde_json::to_vec(&image_body(hard[1])).unwrap()).await;
+    assert_eq!(r.body["parameters"]["tier"], "central", "{}", r.body);
+    edge.shutdown().await.unwrap();
+    central.shutdown().await.unwrap();
+}
+
+/// A reload swaps thresholds without dropping the request in flight; changing a listener is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_thresholds_without_dropping_requests() {
+    let hard = hard_images(1, 0.85)[0];
+    let server = Server::start(resolve("reload.toml", &edge_toml(0.0, "", None))).await.unwrap();
+    let addr = server.http_addr();
+    let c = client();
+    let body = serde_json::to_vec(&image_body(hard)).unwrap();
+    let r = post(&c, addr, "digits", &body).await;
+    assert_eq!(r.body["parameters"]["degraded"], false, "{}", r.body);
+
+    let spin = serde_json::to_vec(&json!({
+        "inputs": [{ "name": "x", "shape": [1], "datatype": "UINT8", "data": [0] }],
+        "parameters": { "mode": "spin", "iterations": "100000000" }
+    }))
+    .unwrap();
+    let c2 = c.clone();
+    let in_flight = tokio::spawn(async move { post(&c2, addr, "hostile", &spin).await });
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    // The same file rewritten with a higher threshold (and no upstream to escalate to).
+    server.reload(resolve("reload.toml", &edge_toml(0.9, "", None))).await.unwrap();
+    let r = in_flight.await.unwrap();
+    assert!([200, 500].contains(&r.status), "{}", r.body);
+
+    // A fresh node: its cache is empty, and the hard image is now below the threshold.
+    let r = post(&c, addr, "digits", &body).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["parameters"]["degraded_reason"], "no_upstream", "{}", r.body);
+
+    let moved = edge_toml(0.9, "", None).replace("127.0.0.1:0", "127.0.0.1:1");
+    let e = server.reload(resolve("reload-moved.toml", &moved)).await.unwrap_err();
+    assert!(e.to_string().contains("listeners"), "{e}");
+    server.shutdown().await.unwrap();
+}
