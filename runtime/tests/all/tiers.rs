@@ -127,19 +127,16 @@ async fn request_and_answer_round_trip() {
     server.shutdown().await;
 }
 
+/// An upstream whose queue is full: refuses every request, retryably.
+async fn overloaded(req: EscalationRequest, _ctx: RequestContext) -> Result<EscalationAnswer, ErrorFrame> {
+    Err(ErrorFrame { id: req.id, kind: ErrorKind::Overloaded, retryable: true, message: "queue full".into() })
+}
+
 #[tokio::test]
 async fn upstream_error_frames_reach_the_client() {
     let ca = Ca::new("test ca");
-    let handler = |req: EscalationRequest, _ctx: RequestContext| async move {
-        Err::<EscalationAnswer, _>(ErrorFrame {
-            id: req.id,
-            kind: ErrorKind::Overloaded,
-            retryable: true,
-            message: "queue full".into(),
-        })
-    };
     let server =
-        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), handler).unwrap();
+        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), overloaded).unwrap();
     let client = client(&ca.identity("edge-1", &ca), server.local_addr(), CENTRAL);
     let Reply::Error(e) = client.request(&request(3, Duration::from_secs(5))).await.unwrap() else {
         panic!("expected an error frame")
@@ -505,14 +502,6 @@ async fn a_stream_that_stalls_before_its_request_is_dropped() {
 #[tokio::test]
 async fn overloaded_upstream_is_retried_elsewhere_within_the_budget() {
     let ca = Ca::new("deployment ca");
-    let overloaded = |req: EscalationRequest, _ctx: RequestContext| async move {
-        Err::<EscalationAnswer, _>(ErrorFrame {
-            id: req.id,
-            kind: ErrorKind::Overloaded,
-            retryable: true,
-            message: "queue full".into(),
-        })
-    };
     let busy =
         TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), overloaded).unwrap();
     let idle =
