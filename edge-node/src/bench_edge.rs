@@ -21,6 +21,10 @@
 //!   uvicorn, same KServe v2 JSON) driven by the same generator and ladder:
 //!   `edge.peer.p50_us`, `edge.peer.p99_us`, `edge.peer.max_rps` and
 //!   `edge.speedup_vs_python_ort.max_rps` (ours / peer).
+//!
+//! The generator runs in this process and shares the machine's cores with the server under
+//! test, so on a small machine both max rates are partly the generator's limit; and the
+//! overhead figure includes the client's own HTTP work (reqwest), not only the node's.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
