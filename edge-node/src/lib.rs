@@ -6,12 +6,14 @@
 //! - [`demo`]: the main job, run by `edge-node demo`.
 //! - [`plugin_cmd`]: `edge-node plugin build`.
 //! - [`bench_sandbox`]: `edge-node bench sandbox`.
+//! - [`bench_edge`]: `edge-node bench edge`, a whole node over HTTP against a Python server.
 //! - [`certs_cmd`]: `edge-node certs init|issue`, certificates for mutual TLS between tiers.
 //! - [`figures`]: figures printed as `../shared/BENCH.md` asks.
 //! - [`serve`]: `edge-node serve`, the HTTP front door and the request path.
 //! - [`tiers_bench`]: `edge-node bench tiers`, the cost of an escalation on loopback.
 
 pub mod bench_backends;
+pub mod bench_edge;
 pub mod bench_sandbox;
 pub mod certs_cmd;
 pub mod check_cmd;

@@ -119,6 +119,17 @@ enum BenchSuite {
         #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir())]
         models: PathBuf,
     },
+    /// A whole edge node over HTTP under open-loop load, against a Python onnxruntime server.
+    Edge {
+        #[command(flatten)]
+        run: BenchRun,
+        /// Directory holding the reference models and data splits.
+        #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir())]
+        models: PathBuf,
+        /// The plugin crate the node serves.
+        #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir().join("../examples/mnist-classifier"))]
+        plugin: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -172,6 +183,12 @@ fn main() -> anyhow::Result<()> {
             let repo = models.join("..");
             let repo = std::fs::canonicalize(&repo).unwrap_or(repo);
             bench_backends::run(&models, &repo, budget)?.print(json);
+        }
+        Command::Bench(BenchSuite::Edge { run: BenchRun { json, quick }, models, plugin }) => {
+            // The peer venv and script live in the repository that holds `models/`.
+            let repo = models.join("..");
+            let repo = std::fs::canonicalize(&repo).unwrap_or(repo);
+            edge_node::bench_edge::run(&models, &plugin, &repo, quick)?.print(json);
         }
         Command::Serve { config } => {
             tokio::runtime::Builder::new_multi_thread()

@@ -1,0 +1,499 @@
+//! `edge-node bench edge`: a whole edge node over HTTP, under open-loop load.
+//!
+//! Starts a node in-process (no upstream) with the reference `edge_int8` model and the
+//! `examples/mnist-classifier` plugin, threshold 0 so every request is answered locally, and
+//! `cache_ttl_s = 0` so the cache never answers (the inputs also cycle through 2000 distinct
+//! test images, so no two identical requests are in flight together and none coalesce).
+//!
+//! The load generator is open-loop: a dispatcher thread sends request `k` at `t0 + k / rate`
+//! whatever the earlier ones are doing, and each latency runs from that scheduled time to the
+//! last byte of the answer, so queueing shows up instead of slowing the sender down
+//! (coordinated omission). Requests go over reqwest's keep-alive pool on loopback.
+//!
+//! Figures, for locally answered requests:
+//! - `edge.local.p50_us`, `edge.local.p99_us`: at the moderate rate ([`MODERATE_RPS`]);
+//! - `edge.local.max_rps`: the highest rung of the rate ladder with p99 under 5 ms and no
+//!   error (the ladder stops at the first rung above the moderate rate that fails);
+//! - `edge.overhead_us.p50`: one request at a time over HTTP minus the same request handed
+//!   straight to an in-process sandbox holding the same plugin and model, alternated in the
+//!   same run; the difference of the medians is what HTTP, admission, cache and policy add;
+//! - with the peer (`tools/kserve_peer.py`: onnxruntime, one thread, behind starlette on
+//!   uvicorn, same KServe v2 JSON) driven by the same generator and ladder:
+//!   `edge.peer.p50_us`, `edge.peer.p99_us`, `edge.peer.max_rps` and
+//!   `edge.speedup_vs_python_ort.max_rps` (ours / peer).
+//!
+//! The generator runs in this process and shares the machine's cores with the server under
+//! test, so on a small machine both max rates are partly the generator's limit; and the
+//! overhead figure includes the client's own HTTP work (reqwest), not only the node's.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use cascade_runtime::guest_build::sha256_hex;
+use cascade_runtime::{
+    Digits, PluginLimits, PluginSpec, ReferenceModel, Request, Sandbox, SandboxConfig, Split, Tensor,
+    TractBackend, config,
+};
+use serde_json::json;
+
+use crate::figures::{Figures, median, percentile};
+use crate::serve::Server;
+
+/// The rate at which the latency figures are taken: well under either server's limit.
+pub const MODERATE_RPS: f64 = 500.0;
+
+/// The rates tried, in requests per second.
+const LADDER: [f64; 11] =
+    [250.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0, 6000.0, 8000.0, 12000.0, 16000.0];
+
+/// A rung passes with p99 under this.
+const P99_LIMIT_US: f64 = 5000.0;
+
+/// Distinct request bodies, cycled.
+const BODIES: usize = 2000;
+
+/// How long each client request may take before it counts as an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What one rung of the ladder measured.
+struct Rung {
+    rate: f64,
+    latencies_us: Vec<f64>,
+    errors: usize,
+}
+
+impl Rung {
+    fn p(&mut self, q: f64) -> f64 {
+        percentile(&mut self.latencies_us, q)
+    }
+
+    fn passes(&mut self) -> bool {
+        self.errors == 0 && !self.latencies_us.is_empty() && self.p(0.99) < P99_LIMIT_US
+    }
+}
+
+/// The ladder's results for one server.
+struct Ladder {
+    moderate: Option<Rung>,
+    max_rps: f64,
+    top_passed: bool,
+}
+
+/// One server under test, as the generator sees it.
+struct Target<'a> {
+    name: &'a str,
+    url: String,
+    /// For our node: a reply must say it was answered here, computed (not from the cache).
+    check_local: bool,
+}
+
+/// Runs the suite. `repo` holds `tools/kserve_peer.py` and `target/peer-venv`.
+pub fn run(models_dir: &Path, plugin_crate: &Path, repo: &Path, quick: bool) -> anyhow::Result<Figures> {
+    let step = if quick { Duration::from_millis(1000) } else { Duration::from_secs(4) };
+    let overhead_samples = if quick { 300 } else { 2000 };
+    let test = Digits::load_split(models_dir, Split::Test)
+        .with_context(|| format!("loading the test split from {}", models_dir.display()))?;
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let wasm = dir.path().join("mnist-classifier.wasm");
+    let built = crate::plugin_cmd::build(plugin_crate, &wasm, None)?;
+    let model = ReferenceModel::EdgeInt8.path(models_dir);
+    let config_file = dir.path().join("edge.toml");
+    std::fs::write(&config_file, node_toml(&model, &wasm))
+        .with_context(|| format!("writing {}", config_file.display()))?;
+    let config = config::load(&config_file)?.resolve()?;
+
+    let bodies = (0..BODIES.min(test.len()))
+        .map(|i| {
+            let body = json!({
+                "id": format!("img-{i}"),
+                "inputs": [{ "name": "image", "shape": [28, 28], "datatype": "UINT8", "data": test.image(i) }]
+            });
+            serde_json::to_vec(&body).context("encoding a request body")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let bodies = Arc::new(bodies);
+
+    // The node and the load generator get runtimes of their own, so the generator's
+    // dispatcher thread can spawn onto the client runtime while the node serves.
+    let server_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let client = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .pool_max_idle_per_host(1024)
+        .build()
+        .context("building the http client")?;
+
+    let server = server_rt.block_on(Server::start(config))?;
+    let ours = Target {
+        name: "edge node",
+        url: format!("http://{}/v2/models/digits/infer", server.http_addr()),
+        check_local: true,
+    };
+    let first = client_rt.block_on(async {
+        let r = client.post(&ours.url).body(bodies[0].clone()).send().await?;
+        anyhow::Ok((r.status(), r.json::<serde_json::Value>().await?))
+    })?;
+    let params = &first.1["parameters"];
+    if !first.0.is_success() || params["escalated"] != json!(false) || params["cache"] != json!("miss") {
+        bail!("the node did not answer locally: {} {}", first.0, first.1);
+    }
+
+    let mut figures = Figures::default();
+    let overhead = measure_overhead(
+        &client_rt,
+        &client,
+        &ours,
+        &bodies,
+        &test,
+        &model,
+        &wasm,
+        &built.sha256,
+        overhead_samples,
+    )?;
+    figures.push("edge.overhead_us.p50", overhead.0 - overhead.1, "us");
+    figures.push("edge.http_sequential_us.p50", overhead.0, "us");
+    figures.push("edge.sandbox_direct_us.p50", overhead.1, "us");
+
+    let mut ladder = drive_ladder(&client_rt, &client, &ours, &bodies, step)?;
+    if let Some(m) = ladder.moderate.as_mut() {
+        figures.push("edge.local.p50_us", m.p(0.5), "us");
+        figures.push("edge.local.p99_us", m.p(0.99), "us");
+    }
+    figures.push("edge.local.max_rps", ladder.max_rps, "items_per_s");
+    if ladder.top_passed {
+        eprintln!("note: the node passed the ladder's top rung; edge.local.max_rps is a lower bound");
+    }
+    server_rt.block_on(server.shutdown())?;
+    drop(server_rt);
+
+    match Peer::start(repo, &model)? {
+        None => {}
+        Some(peer) => {
+            let target = Target {
+                name: "python onnxruntime peer",
+                url: format!("http://{}/v2/models/digits/infer", peer.addr),
+                check_local: false,
+            };
+            peer.wait_ready(&client_rt, &client)?;
+            let mut theirs = drive_ladder(&client_rt, &client, &target, &bodies, step)?;
+            if let Some(m) = theirs.moderate.as_mut() {
+                figures.push("edge.peer.p50_us", m.p(0.5), "us");
+                figures.push("edge.peer.p99_us", m.p(0.99), "us");
+            }
+            figures.push("edge.peer.max_rps", theirs.max_rps, "items_per_s");
+            if theirs.max_rps > 0.0 {
+                figures.push("edge.speedup_vs_python_ort.max_rps", ladder.max_rps / theirs.max_rps, "ratio");
+            } else {
+                eprintln!("the peer passed no rung of the ladder: no speedup ratio");
+            }
+        }
+    }
+    Ok(figures)
+}
+
+/// The node's config: no upstream, threshold 0 (every answer local), no cache, automatic mode
+/// switching off so load cannot move the node into another mode mid-ladder.
+fn node_toml(model: &Path, plugin: &Path) -> String {
+    format!(
+        r#"
+[node]
+name = "bench-edge"
+
+[listeners]
+http = "127.0.0.1:0"
+
+[models.edge]
+path = "{model}"
+
+[plugins.mnist]
+path = "{plugin}"
+models = ["edge"]
+deadline_ms = 1000
+
+[plugins.mnist.config]
+model = "edge"
+
+[routes.digits]
+plugin = "mnist"
+deadline_ms = 2000
+cache_ttl_s = 0
+thresholds = {{ normal = 0.0 }}
+
+[modes.switching]
+automatic = false
+"#,
+        model = model.display(),
+        plugin = plugin.display(),
+    )
+}
+
+/// Medians of one request at a time over HTTP and of the same request handed to an
+/// in-process sandbox, alternated so that neither always runs on the warmer cache.
+#[allow(clippy::too_many_arguments)]
+fn measure_overhead(
+    client_rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    target: &Target<'_>,
+    bodies: &Arc<Vec<Vec<u8>>>,
+    test: &Digits,
+    model: &Path,
+    wasm: &Path,
+    plugin_sha: &str,
+    samples: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let sandbox = Sandbox::new(SandboxConfig::default())?;
+    let model_sha =
+        sha256_hex(&std::fs::read(model).with_context(|| format!("reading {}", model.display()))?);
+    sandbox.add_model("edge", model, &model_sha, &TractBackend::new())?;
+    sandbox.load_plugin(&PluginSpec {
+        name: "mnist".into(),
+        file: wasm.to_path_buf(),
+        sha256: plugin_sha.to_owned(),
+        models: [("edge".to_string(), model_sha)].into(),
+        config: [("model".to_string(), "edge".to_string())].into(),
+        logging: true,
+        limits: PluginLimits { deadline: Duration::from_millis(1000), ..PluginLimits::default() },
+    })?;
+    let n = bodies.len();
+    let requests = (0..n)
+        .map(|i| {
+            Ok(Request {
+                route: "digits".into(),
+                inputs: vec![("image".into(), Tensor::from_u8(vec![28, 28], test.image(i).to_vec())?)],
+                parameters: vec![],
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let http = |i: usize| -> anyhow::Result<f64> {
+        let body = bodies[i].clone();
+        let start = Instant::now();
+        client_rt.block_on(async {
+            let r = client.post(&target.url).body(body).send().await?.error_for_status()?;
+            std::hint::black_box(r.bytes().await?);
+            anyhow::Ok(())
+        })?;
+        Ok(start.elapsed().as_secs_f64() * 1e6)
+    };
+    let direct = |i: usize| -> anyhow::Result<f64> {
+        let start = Instant::now();
+        std::hint::black_box(sandbox.handle("mnist", &requests[i])?);
+        Ok(start.elapsed().as_secs_f64() * 1e6)
+    };
+    eprintln!("overhead: warming up, then {samples} requests each way ...");
+    for i in 0..200 {
+        http(i % n)?;
+        direct(i % n)?;
+    }
+    let (mut hs, mut ds) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
+    for k in 0..samples {
+        let i = k % n;
+        if k % 2 == 0 {
+            hs.push(http(i)?);
+            ds.push(direct(i)?);
+        } else {
+            ds.push(direct(i)?);
+            hs.push(http(i)?);
+        }
+    }
+    Ok((median(&mut hs), median(&mut ds)))
+}
+
+/// Drives `target` up the ladder: every rung up to the moderate rate, then on until one fails.
+fn drive_ladder(
+    client_rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    target: &Target<'_>,
+    bodies: &Arc<Vec<Vec<u8>>>,
+    step: Duration,
+) -> anyhow::Result<Ladder> {
+    let mut ladder = Ladder { moderate: None, max_rps: 0.0, top_passed: false };
+    // Warm the connection pool and both sides' caches at the lowest rate first.
+    drive(client_rt, client, target, bodies, LADDER[0], Duration::from_millis(500));
+    for (n, &rate) in LADDER.iter().enumerate() {
+        let mut rung = drive(client_rt, client, target, bodies, rate, step);
+        let passes = rung.passes();
+        let (p50, p99) = (rung.p(0.5), rung.p(0.99));
+        eprintln!(
+            "{}: {rate} rps: {} answers, {} errors, p50 {p50:.0} us, p99 {p99:.0} us{}",
+            target.name,
+            rung.latencies_us.len(),
+            rung.errors,
+            if passes { "" } else { "  (fails)" }
+        );
+        if passes {
+            ladder.max_rps = rung.rate;
+            ladder.top_passed = n + 1 == LADDER.len();
+        }
+        if rate == MODERATE_RPS {
+            ladder.moderate = Some(rung);
+        }
+        if !passes && rate >= MODERATE_RPS {
+            break;
+        }
+    }
+    Ok(ladder)
+}
+
+/// One rung: `rate × duration` requests sent on schedule, then every answer awaited (each
+/// bounded by [`REQUEST_TIMEOUT`]).
+fn drive(
+    client_rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    target: &Target<'_>,
+    bodies: &Arc<Vec<Vec<u8>>>,
+    rate: f64,
+    duration: Duration,
+) -> Rung {
+    let count = ((rate * duration.as_secs_f64()).round() as usize).max(1);
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut tasks = Vec::with_capacity(count);
+    let t0 = Instant::now() + Duration::from_millis(5);
+    for k in 0..count {
+        let at = t0 + interval.mul_f64(k as f64);
+        // A thread sleep wakes within tens of microseconds, unlike tokio's 1 ms timer wheel.
+        let now = Instant::now();
+        if at > now {
+            std::thread::sleep(at - now);
+        }
+        let client = client.clone();
+        let url = target.url.clone();
+        let body = bodies[k % bodies.len()].clone();
+        let check_local = target.check_local;
+        tasks.push(client_rt.spawn(async move {
+            let r =
+                client.post(&url).header("content-type", "application/json").body(body).send().await.ok()?;
+            if !r.status().is_success() {
+                return None;
+            }
+            let bytes = r.bytes().await.ok()?;
+            let latency = at.elapsed().as_secs_f64() * 1e6;
+            if check_local
+                && !(contains(&bytes, b"\"escalated\":false") && contains(&bytes, b"\"cache\":\"miss\""))
+            {
+                return None;
+            }
+            Some(latency)
+        }));
+    }
+    let mut rung = Rung { rate, latencies_us: Vec::with_capacity(count), errors: 0 };
+    client_rt.block_on(async {
+        for task in tasks {
+            match task.await {
+                Ok(Some(latency)) => rung.latencies_us.push(latency),
+                _ => rung.errors += 1,
+            }
+        }
+    });
+    rung
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The Python peer process; killed when dropped.
+struct Peer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Peer {
+    /// Starts `tools/kserve_peer.py` from the peer venv, or says how to make the venv and
+    /// returns `None`.
+    fn start(repo: &Path, model: &Path) -> anyhow::Result<Option<Peer>> {
+        let python: PathBuf = repo.join("target/peer-venv/bin/python");
+        if !python.exists() {
+            eprintln!(
+                "no python peer: {} is missing; create it with `tools/setup.sh --bench-peer` \
+                 (a venv from tools/peer-requirements.txt). Printing our figures only.",
+                python.display()
+            );
+            return Ok(None);
+        }
+        // Ask the kernel for a free loopback port, then hand it to the peer.
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
+        let child = Command::new(&python)
+            .arg(repo.join("tools/kserve_peer.py"))
+            .arg(model)
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting the python peer with {}", python.display()))?;
+        Ok(Some(Peer { child, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)) }))
+    }
+
+    /// Polls `/v2/health/ready` for up to 30 s.
+    fn wait_ready(
+        &self,
+        client_rt: &tokio::runtime::Runtime,
+        client: &reqwest::Client,
+    ) -> anyhow::Result<()> {
+        let url = format!("http://{}/v2/health/ready", self.addr);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let ok = client_rt
+                .block_on(async { client.get(&url).send().await })
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("the python peer was not ready on {} within 30 s", self.addr)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rung_passes_only_without_errors_and_with_p99_under_the_limit() {
+        let fast = || (1..=100).map(|i| i as f64 * 10.0).collect::<Vec<_>>();
+        assert!(Rung { rate: 1.0, latencies_us: fast(), errors: 0 }.passes());
+        assert!(!Rung { rate: 1.0, latencies_us: fast(), errors: 1 }.passes());
+        assert!(!Rung { rate: 1.0, latencies_us: Vec::new(), errors: 0 }.passes());
+        // 2 of 100 answers over the limit put the p99 over it.
+        let mut slow = fast();
+        slow[98] = P99_LIMIT_US + 1.0;
+        slow[99] = P99_LIMIT_US + 1.0;
+        assert!(!Rung { rate: 1.0, latencies_us: slow, errors: 0 }.passes());
+    }
+
+    /// The benchmark's premise: no upstream, every answer local, no cache.
+    #[test]
+    fn the_node_config_answers_everything_locally_and_uncached() {
+        let dir = tempfile::tempdir().unwrap();
+        // Resolving reads and hashes the plugin file; compiling it is the node's job.
+        let plugin = dir.path().join("plugin.wasm");
+        std::fs::write(&plugin, b"not compiled here").unwrap();
+        let model = ReferenceModel::EdgeInt8.path(&cascade_runtime::reference::default_models_dir());
+        let file = dir.path().join("edge.toml");
+        std::fs::write(&file, node_toml(&model, &plugin)).unwrap();
+        let resolved = config::load(&file).unwrap().resolve().unwrap();
+        let settings = &resolved.settings;
+        assert!(settings.upstream.is_none());
+        let route = &settings.routes["digits"];
+        assert_eq!(route.cache_ttl, Duration::ZERO);
+        assert_eq!(route.thresholds, [0.0; 3]);
+        assert!(route.rate_limit.is_none());
+    }
+
+    #[test]
+    fn contains_finds_a_needle_anywhere() {
+        assert!(contains(br#"{"cache":"miss","escalated":false}"#, br#""escalated":false"#));
+        assert!(!contains(br#"{"cache":"hit"}"#, br#""cache":"miss""#));
+    }
+}
