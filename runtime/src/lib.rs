@@ -20,6 +20,13 @@
 //! - [`Backend`] → [`PreparedModel`]: prepare a model once (refusing what cannot run),
 //!   run batches many times.
 //! - [`Digits`]: the committed reference data splits.
+//! - [`ModelRegistry`]: named, versioned, sha256-pinned models, replaceable at runtime.
+//! - [`config`]: the node's TOML, validated once into a [`ValidatedConfig`], then resolved
+//!   (files read and digest-checked) into a [`ResolvedConfig`].
+//! - The request path's stages, sans-IO where time matters (they take `now`):
+//!   [`Admission`] (bulkheads, rate limits) → [`Cache`] (content-addressed, coalescing) →
+//!   [`Sandbox`] → [`EscalationPolicy`] (threshold, breaker, deadline, budget gates), with
+//!   [`ModeController`] switching normal/surge/emergency and [`Telemetry`] counting it all.
 //! - [`Sandbox`]: runs guest plugins (WebAssembly components built with the guest SDK and
 //!   [`guest_build`]) in fresh, isolated, limited wasmtime instances, one per request.
 //! - [`protocol`] → [`transport`] → [`upstream`]: escalation to another tier. Sans-IO
