@@ -35,8 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use cascade_runtime::guest_build::sha256_hex;
 use cascade_runtime::{
-    Digits, PluginLimits, PluginSpec, ReferenceModel, Request, Sandbox, SandboxConfig, Split, Tensor,
-    TractBackend, config,
+    Digits, PluginLimits, PluginSpec, ReferenceModel, Sandbox, SandboxConfig, Split, TractBackend, config,
 };
 use serde_json::json;
 
@@ -259,15 +258,7 @@ fn measure_overhead(
         limits: PluginLimits { deadline: Duration::from_millis(1000), ..PluginLimits::default() },
     })?;
     let n = bodies.len();
-    let requests = (0..n)
-        .map(|i| {
-            Ok(Request {
-                route: "digits".into(),
-                inputs: vec![("image".into(), Tensor::from_u8(vec![28, 28], test.image(i).to_vec())?)],
-                parameters: vec![],
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let requests = crate::bench_sandbox::digit_requests(test, n)?;
     let http = |i: usize| -> anyhow::Result<f64> {
         let body = bodies[i].clone();
         let start = Instant::now();

@@ -49,15 +49,7 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, quick: bool) -> anyhow::Resul
         limits: PluginLimits::default(),
     })?;
 
-    let requests = (0..64)
-        .map(|i| {
-            Ok(Request {
-                route: "digits".into(),
-                inputs: vec![("image".into(), Tensor::from_u8(vec![28, 28], test.image(i).to_vec())?)],
-                parameters: vec![],
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let requests = digit_requests(&test, 64)?;
     let direct = |i: usize| -> anyhow::Result<f64> {
         let start = Instant::now();
         let input = reference::images_to_input(test.image(i))?;
@@ -142,4 +134,18 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, quick: bool) -> anyhow::Resul
 /// The no-op plugin's crate, found beside the measured plugin in this repository's layout.
 fn noop_crate(plugin_crate: &Path) -> std::path::PathBuf {
     plugin_crate.join("../../runtime/tests/plugins/hostile")
+}
+
+/// The first `n` test images as plugin requests on the `digits` route (one UINT8 [28, 28]
+/// tensor named `image`, as a KServe client sends them).
+pub fn digit_requests(test: &Digits, n: usize) -> anyhow::Result<Vec<Request>> {
+    (0..n.min(test.len()))
+        .map(|i| {
+            Ok(Request {
+                route: "digits".into(),
+                inputs: vec![("image".into(), Tensor::from_u8(vec![28, 28], test.image(i).to_vec())?)],
+                parameters: vec![],
+            })
+        })
+        .collect()
 }
