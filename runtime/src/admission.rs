@@ -42,6 +42,10 @@ pub enum Rejection {
     /// The node-wide in-flight limit is reached.
     #[error("node is at its in-flight limit")]
     NodeBusy,
+    /// The requesting edge holds its fair share of the route while other edges wait
+    /// (escalations only; see [`crate::FairShare`]).
+    #[error("the requesting node is over its fair share")]
+    OverShare,
 }
 
 impl Rejection {
@@ -50,7 +54,9 @@ impl Rejection {
         match self {
             Rejection::UnknownRoute => 404,
             Rejection::RateLimited { .. } => 429,
-            Rejection::RouteDisabled | Rejection::QueueFull | Rejection::NodeBusy => 503,
+            Rejection::RouteDisabled | Rejection::QueueFull | Rejection::NodeBusy | Rejection::OverShare => {
+                503
+            }
         }
     }
 
@@ -61,7 +67,9 @@ impl Rejection {
             Rejection::RateLimited { retry_after } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
             // A full queue drains within a request's deadline, typically well under a second;
             // a mode lasts at least its dwell time, but clients should probe again soon.
-            Rejection::QueueFull | Rejection::NodeBusy | Rejection::RouteDisabled => Some(1),
+            Rejection::QueueFull | Rejection::NodeBusy | Rejection::RouteDisabled | Rejection::OverShare => {
+                Some(1)
+            }
         }
     }
 
@@ -73,6 +81,7 @@ impl Rejection {
             Rejection::RateLimited { .. } => "rate_limited",
             Rejection::QueueFull => "queue_full",
             Rejection::NodeBusy => "node_busy",
+            Rejection::OverShare => "over_share",
         }
     }
 }

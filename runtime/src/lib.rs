@@ -20,6 +20,8 @@
 //! - [`Backend`] → [`PreparedModel`]: prepare a model once (refusing what cannot run),
 //!   run batches many times.
 //! - [`Digits`]: the committed reference data splits.
+//! - [`BatchingBackend`] / [`BatchedModel`]: dynamic batching of concurrent callers' runs
+//!   (the central tier's `[batching]`).
 //! - [`ModelRegistry`]: named, versioned, sha256-pinned models, replaceable at runtime.
 //! - [`config`]: the node's TOML, validated once into a [`ValidatedConfig`], then resolved
 //!   (files read and digest-checked) into a [`ResolvedConfig`].
@@ -35,9 +37,11 @@
 
 mod admission;
 mod backend;
+mod batcher;
 mod cache;
 pub mod config;
 mod dataset;
+mod fair_share;
 pub mod guest_build;
 mod modes;
 mod policy;
@@ -57,9 +61,11 @@ pub use backend::tract::TractBackend;
 pub use backend::{
     Backend, BackendError, BackendKind, ModelInfo, Precision, PreparedModel, TensorSpec, check_inputs,
 };
+pub use batcher::{BatchObserver, BatchSettings, BatchStats, BatchedModel, BatchingBackend};
 pub use cache::{Cache, CacheKey, CacheStatus, Lookup, LruStore};
 pub use config::{ConfigError, ResolvedConfig, ValidatedConfig};
 pub use dataset::{DatasetError, Digits, Split};
+pub use fair_share::{FairShare, SharePermit, ShareRejection};
 pub use modes::{Hysteresis, Mode, ModeChange, ModeController, ModeSignals, SignalThresholds, SwitchCause};
 pub use policy::{
     BreakerState, Decision, DegradedReason, EscalationPolicy, PluginOutcome, PolicyInput, UpstreamHealth,

@@ -12,6 +12,7 @@
 //! | `cascade_sandbox_failures_total` | `plugin`, `kind` | guest traps, timeouts, limits |
 //! | `cascade_mode` | `mode` | 1 for the current mode, 0 for the others |
 //! | `cascade_mode_switches_total` | `from`, `to`, `cause` | mode changes |
+//! | `cascade_batch_rows` | `model` | rows per backend run, when dynamic batching is on |
 //!
 //! Ratios are left to the query, where they belong: the escalation ratio is
 //! `sum(rate(cascade_escalations_total[1m])) / sum(rate(cascade_requests_total[1m]))`, the
@@ -157,6 +158,7 @@ pub struct Telemetry {
     sandbox_failures: IntCounterVec,
     mode: IntGaugeVec,
     mode_switches: IntCounterVec,
+    batch_rows: HistogramVec,
 }
 
 fn counter(
@@ -224,6 +226,13 @@ impl Telemetry {
         let mode = IntGaugeVec::new(Opts::new("cascade_mode", "1 for the node's current mode."), &["mode"])
             .map_err(reg_err("cascade_mode"))?;
         registry.register(Box::new(mode.clone())).map_err(reg_err("cascade_mode"))?;
+        let rows = prometheus::exponential_buckets(1.0, 2.0, 10).map_err(reg_err("cascade_batch_rows"))?;
+        let batch_rows = HistogramVec::new(
+            HistogramOpts::new("cascade_batch_rows", "Rows per batched backend run.").buckets(rows),
+            &["model"],
+        )
+        .map_err(reg_err("cascade_batch_rows"))?;
+        registry.register(Box::new(batch_rows.clone())).map_err(reg_err("cascade_batch_rows"))?;
 
         let t = Telemetry {
             registry,
@@ -236,6 +245,7 @@ impl Telemetry {
             sandbox_failures,
             mode,
             mode_switches,
+            batch_rows,
         };
         t.set_mode(Mode::Normal);
         Ok(t)
@@ -293,6 +303,12 @@ impl Telemetry {
         };
         self.mode_switches.with_label_values(&[change.from.name(), change.to.name(), cause]).inc();
         self.set_mode(change.to);
+    }
+
+    /// Records the size of each batched backend run, for a [`crate::BatchingBackend`].
+    pub fn batch_observer(&self) -> crate::BatchObserver {
+        let rows = self.batch_rows.clone();
+        std::sync::Arc::new(move |model: &str, n: usize| rows.with_label_values(&[model]).observe(n as f64))
     }
 
     /// The Prometheus text exposition of every metric.

@@ -17,10 +17,11 @@ use cascade_runtime::protocol::{
 use cascade_runtime::transport::{self, ClientConfig, RequestContext, ServerConfig, TierServer, TlsIdentity};
 use cascade_runtime::upstream::{self, EscalationError, UpstreamClient};
 use cascade_runtime::{
-    Admission, AnswerTier, Backend, BackendKind, BreakerState, Cache, CacheKey, CacheStatus, Decision,
-    DegradedReason, EscalationPolicy, Lookup, Mode, ModeChange, ModeController, ModeSignals, ModelInfo,
-    Outcome, PluginLimits, PluginOutcome, PolicyInput, Rejection, Request, RequestOutcome, Sandbox,
-    SandboxConfig, Stage, Telemetry, Tensor, TractBackend, UNKNOWN_ROUTE, UpstreamHealth, UpstreamView,
+    Admission, AnswerTier, Backend, BackendKind, BatchSettings, BatchingBackend, BreakerState, Cache,
+    CacheKey, CacheStatus, Decision, DegradedReason, EscalationPolicy, FairShare, Lookup, Mode, ModeChange,
+    ModeController, ModeSignals, ModelInfo, Outcome, PluginLimits, PluginOutcome, PolicyInput, Rejection,
+    Request, RequestOutcome, Sandbox, SandboxConfig, Stage, Telemetry, Tensor, TractBackend, UNKNOWN_ROUTE,
+    UpstreamHealth, UpstreamView,
 };
 use parking_lot::Mutex;
 use tracing::Instrument;
@@ -193,6 +194,9 @@ pub struct Node {
     modes: Mutex<ModeController>,
     health: Mutex<UpstreamHealth>,
     upstream: Option<UpstreamClient>,
+    batching: Option<BatchSettings>,
+    /// Each route's capacity, shared fairly among the edges escalating to this node.
+    shares: BTreeMap<String, Arc<FairShare>>,
     telemetry: Telemetry,
     next_id: AtomicU64,
 }
@@ -210,7 +214,14 @@ impl Node {
         let now = Instant::now();
         let settings = &config.settings;
         let sandbox = Sandbox::new(SandboxConfig::default())?;
-        let tract = TractBackend::new();
+        let telemetry = Telemetry::new()?;
+        let tract: Arc<dyn Backend> = Arc::new(TractBackend::new());
+        // One pool of batching threads per model; each runs one batch at a time, so as many
+        // as there are cores keep them all busy.
+        let batching = settings.batching.map(|b| {
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            BatchSettings::new(usize::try_from(b.max_batch).unwrap_or(usize::MAX), b.max_delay, cores)
+        });
         let mut models = BTreeMap::new();
         for (name, m) in &config.models {
             if m.spec.backend == BackendKind::Wgpu {
@@ -220,8 +231,14 @@ impl Node {
                 // The wgpu backend is not wired into the node yet; the config allows tract.
                 tracing::warn!(model = %name, "wgpu backend not available in this build; running on tract");
             }
-            let prepared =
-                sandbox.add_model(name, &m.spec.path, &m.digest.to_string(), &tract as &dyn Backend)?;
+            let backend = tract.clone();
+            let backend: Arc<dyn Backend> = match &batching {
+                Some(b) => {
+                    Arc::new(BatchingBackend::new(backend, b.clone(), Some(telemetry.batch_observer())))
+                }
+                None => backend,
+            };
+            let prepared = sandbox.add_model(name, &m.spec.path, &m.digest.to_string(), &*backend)?;
             models.insert(name.clone(), prepared.info().clone());
         }
         for (name, p) in &config.plugins {
@@ -267,7 +284,6 @@ impl Node {
             }
             None => None,
         };
-        let telemetry = Telemetry::new()?;
         telemetry.set_mode(Mode::Normal);
         let node = Arc::new(Node {
             admission: Admission::from_settings(settings, now),
@@ -279,6 +295,12 @@ impl Node {
             modes: Mutex::new(ModeController::new(&settings.modes, now)),
             health: Mutex::new(UpstreamHealth::new()),
             upstream,
+            batching,
+            shares: settings
+                .routes
+                .iter()
+                .map(|(name, r)| (name.clone(), FairShare::new(r.max_in_flight.saturating_add(r.queue_len))))
+                .collect(),
             telemetry,
             next_id: AtomicU64::new(1),
             sandbox,
@@ -355,6 +377,19 @@ impl Node {
             self.telemetry.request(UNKNOWN_ROUTE, RequestOutcome::Rejected, AnswerTier::None);
             return Err(ServeError::UnknownRoute(request.route).to_frame(id));
         }
+        // One edge may not take every place while others wait (the share outlives the run).
+        let peer = context.remote.to_string();
+        let _share = match self.shares.get(&request.route).map(|s| s.try_admit(&peer)) {
+            Some(Err(why)) => {
+                tracing::debug!(%peer, route = %request.route, %why, "escalation refused");
+                let rejection = Rejection::OverShare;
+                self.telemetry.rejection(&request.route, &rejection);
+                self.telemetry.request(&request.route, RequestOutcome::Rejected, AnswerTier::None);
+                return Err(ServeError::Rejected { route: request.route, rejection }.to_frame(id));
+            }
+            Some(Ok(permit)) => Some(permit),
+            None => None,
+        };
         let started = Instant::now();
         let inputs = request.inputs.into_iter().map(|t| (t.name, t.tensor)).collect();
         let span = tracing::info_span!("escalation_in", route = %request.route, from = %request.node_id);
@@ -639,6 +674,9 @@ impl Node {
         let switches = self.config.settings.modes.switches(change.to);
         self.policy.lock().set_budget(switches.escalation_budget, Instant::now());
         self.admission.set_disabled(&switches.disabled_routes);
+        if let (Some(batching), Some(delay)) = (&self.batching, switches.batching_delay) {
+            batching.set_max_delay(delay);
+        }
         self.telemetry.mode_change(change);
         self.telemetry.set_mode(change.to);
         tracing::info!(%change, "mode switch");

@@ -1,0 +1,452 @@
+//! Dynamic batching: many callers' small model runs gathered into one backend batch.
+//!
+//! A central node answers escalations from many edges at once, each a batch of one. Run
+//! one by one, a GPU spends its time on per-run fixed costs (encoding, submission,
+//! readback); run together, those costs are paid once per batch. [`BatchedModel`] wraps a
+//! [`PreparedModel`] and keeps its interface: a caller's `run` joins a shared queue, a
+//! worker thread takes the queue's head plus whatever arrives within the batching delay
+//! (up to `max_batch` rows), runs it as one batch, and hands every caller its own rows.
+//!
+//! Each caller blocks in `run` (the sandbox calls models from blocking threads, never from
+//! the async runtime). A caller is always answered: with its rows, with the batch's error,
+//! or, if the queue is full, at once with an error saying so. A batch of N equals N single
+//! runs for every backend (the conformance suite checks it), so batching changes no answer beyond
+//! the rounding of the backend's batched kernels.
+//!
+//! [`BatchingBackend`] wraps a [`Backend`] so that every model it prepares is batched; its
+//! delay can be changed while serving (the node's modes set it).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::backend::{Backend, BackendError, BackendKind, ModelInfo, PreparedModel, check_inputs};
+use crate::tensor::Tensor;
+
+/// How many rows may wait, in multiples of `max_batch`, before callers are refused at once.
+const QUEUE_BATCHES: usize = 16;
+
+/// Batching parameters shared by every model of a [`BatchingBackend`].
+#[derive(Debug, Clone)]
+pub struct BatchSettings {
+    /// Most rows in one backend run.
+    pub max_batch: usize,
+    /// Worker threads per model, each running one batch at a time.
+    pub workers: usize,
+    delay_us: Arc<AtomicU64>,
+}
+
+impl BatchSettings {
+    /// `max_batch` rows at most, waiting at most `max_delay` after the first row arrives,
+    /// with `workers` threads per model (at least one).
+    pub fn new(max_batch: usize, max_delay: Duration, workers: usize) -> BatchSettings {
+        BatchSettings {
+            max_batch: max_batch.max(1),
+            workers: workers.max(1),
+            delay_us: Arc::new(AtomicU64::new(duration_us(max_delay))),
+        }
+    }
+
+    /// The current batching delay.
+    pub fn max_delay(&self) -> Duration {
+        Duration::from_micros(self.delay_us.load(Ordering::Relaxed))
+    }
+
+    /// Changes the batching delay of every model sharing these settings, from the next batch.
+    pub fn set_max_delay(&self, delay: Duration) {
+        self.delay_us.store(duration_us(delay), Ordering::Relaxed);
+    }
+}
+
+fn duration_us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Counts of what the batcher did, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Backend runs made.
+    pub batches: u64,
+    /// Rows run, over all batches.
+    pub rows: u64,
+    /// Largest batch run, in rows.
+    pub largest: u64,
+    /// Callers refused because the queue was full.
+    pub refused: u64,
+}
+
+/// Called with the model's name and the row count of every batch run (a metrics histogram,
+/// for instance).
+pub type BatchObserver = Arc<dyn Fn(&str, usize) + Send + Sync>;
+
+/// Wraps a backend so that every model it prepares runs through a [`BatchedModel`].
+pub struct BatchingBackend {
+    inner: Arc<dyn Backend>,
+    settings: BatchSettings,
+    observer: Option<BatchObserver>,
+}
+
+impl std::fmt::Debug for BatchingBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchingBackend")
+            .field("inner", &self.inner)
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl BatchingBackend {
+    /// Batches every model `inner` prepares; `observer` sees each batch's size.
+    pub fn new(inner: Arc<dyn Backend>, settings: BatchSettings, observer: Option<BatchObserver>) -> Self {
+        BatchingBackend { inner, settings, observer }
+    }
+
+    /// The settings its models share (to change the delay while serving).
+    pub fn settings(&self) -> &BatchSettings {
+        &self.settings
+    }
+}
+
+impl Backend for BatchingBackend {
+    fn kind(&self) -> BackendKind {
+        self.inner.kind()
+    }
+
+    fn prepare(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn PreparedModel>, BackendError> {
+        let model = self.inner.prepare(name, onnx)?;
+        Ok(Arc::new(BatchedModel::new(model, self.settings.clone(), self.observer.clone())?))
+    }
+}
+
+/// One caller's rows waiting for a batch.
+struct Pending {
+    inputs: Vec<Tensor>,
+    rows: usize,
+    arrived: Instant,
+    reply: mpsc::SyncSender<Result<Vec<Tensor>, BackendError>>,
+}
+
+struct Queue {
+    waiting: VecDeque<Pending>,
+    rows: usize,
+    closed: bool,
+}
+
+struct Shared {
+    model: Arc<dyn PreparedModel>,
+    settings: BatchSettings,
+    queue: Mutex<Queue>,
+    arrived: Condvar,
+    stats: Mutex<BatchStats>,
+    observer: Option<BatchObserver>,
+}
+
+/// A prepared model whose concurrent callers are served in shared batches.
+pub struct BatchedModel {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for BatchedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchedModel")
+            .field("model", &self.shared.model.info().name)
+            .field("settings", &self.shared.settings)
+            .finish()
+    }
+}
+
+impl BatchedModel {
+    /// Starts `settings.workers` threads that run `model` in batches.
+    pub fn new(
+        model: Arc<dyn PreparedModel>,
+        settings: BatchSettings,
+        observer: Option<BatchObserver>,
+    ) -> Result<BatchedModel, BackendError> {
+        let shared = Arc::new(Shared {
+            model,
+            settings,
+            queue: Mutex::new(Queue { waiting: VecDeque::new(), rows: 0, closed: false }),
+            arrived: Condvar::new(),
+            stats: Mutex::new(BatchStats::default()),
+            observer,
+        });
+        for i in 0..shared.settings.workers {
+            let worker = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("batch-{}-{i}", shared.model.info().name))
+                .spawn(move || worker.work())
+                .map_err(|e| BackendError::Run {
+                    model: shared.model.info().name.clone(),
+                    why: format!("cannot start a batching thread: {e}"),
+                })?;
+        }
+        Ok(BatchedModel { shared })
+    }
+
+    /// What the batcher has done so far.
+    pub fn stats(&self) -> BatchStats {
+        *self.shared.stats.lock()
+    }
+}
+
+impl Drop for BatchedModel {
+    fn drop(&mut self) {
+        // Workers finish what is queued, then exit.
+        self.shared.queue.lock().closed = true;
+        self.shared.arrived.notify_all();
+    }
+}
+
+impl PreparedModel for BatchedModel {
+    fn info(&self) -> &ModelInfo {
+        self.shared.model.info()
+    }
+
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {
+        let shared = &self.shared;
+        let rows = check_inputs(shared.model.info(), inputs)?;
+        if rows >= shared.settings.max_batch {
+            // Already a full batch: nothing to gain from waiting for others.
+            return shared.model.run(inputs);
+        }
+        let (reply, answer) = mpsc::sync_channel(1);
+        {
+            let mut queue = shared.queue.lock();
+            let limit = shared.settings.max_batch * QUEUE_BATCHES;
+            if queue.rows + rows > limit {
+                drop(queue);
+                shared.stats.lock().refused += 1;
+                return Err(BackendError::Run {
+                    model: shared.model.info().name.clone(),
+                    why: format!("batch queue full ({limit} rows waiting)"),
+                });
+            }
+            queue.rows += rows;
+            queue.waiting.push_back(Pending {
+                inputs: inputs.to_vec(),
+                rows,
+                arrived: Instant::now(),
+                reply,
+            });
+        }
+        shared.arrived.notify_one();
+        // A worker always answers or drops the sender (a worker lost to a panic).
+        answer.recv().unwrap_or_else(|_| {
+            Err(BackendError::Run {
+                model: shared.model.info().name.clone(),
+                why: "the batching thread stopped before answering".into(),
+            })
+        })
+    }
+}
+
+impl Shared {
+    fn work(&self) {
+        while let Some(batch) = self.next_batch() {
+            self.run_batch(batch);
+        }
+    }
+
+    /// Waits for the queue's head, then for more rows until the batch is full or the head
+    /// has waited the batching delay. `None` once closed and drained.
+    fn next_batch(&self) -> Option<Vec<Pending>> {
+        let mut queue = self.queue.lock();
+        loop {
+            let Some(head) = queue.waiting.front() else {
+                if queue.closed {
+                    return None;
+                }
+                self.arrived.wait(&mut queue);
+                continue;
+            };
+            let until = head.arrived + self.settings.max_delay();
+            if queue.rows >= self.settings.max_batch || queue.closed || Instant::now() >= until {
+                break;
+            }
+            // Woken by an arrival (maybe filling the batch) or the head's deadline.
+            let _ = self.arrived.wait_until(&mut queue, until);
+        }
+        let mut batch = Vec::new();
+        let mut rows = 0;
+        while let Some(next) = queue.waiting.front() {
+            if !batch.is_empty() && rows + next.rows > self.settings.max_batch {
+                break;
+            }
+            rows += next.rows;
+            batch.extend(queue.waiting.pop_front());
+        }
+        queue.rows -= rows;
+        let more = !queue.waiting.is_empty();
+        drop(queue);
+        if more {
+            // Rows left over: another worker may start on them now.
+            self.arrived.notify_one();
+        }
+        Some(batch)
+    }
+
+    fn run_batch(&self, batch: Vec<Pending>) {
+        let rows: usize = batch.iter().map(|p| p.rows).sum();
+        let result = if batch.len() == 1 {
+            self.guarded_run(&batch[0].inputs)
+        } else {
+            concat_rows(&batch, self.model.info()).and_then(|inputs| self.guarded_run(&inputs))
+        };
+        {
+            let mut stats = self.stats.lock();
+            stats.batches += 1;
+            stats.rows += rows as u64;
+            stats.largest = stats.largest.max(rows as u64);
+        }
+        if let Some(observe) = &self.observer {
+            observe(&self.model.info().name, rows);
+        }
+        match result {
+            Ok(outputs) if batch.len() == 1 => {
+                let _ = batch[0].reply.send(Ok(outputs));
+            }
+            Ok(outputs) => {
+                let mut start = 0;
+                for pending in &batch {
+                    let mine = outputs.iter().map(|t| slice_rows(t, start, pending.rows)).collect();
+                    start += pending.rows;
+                    // A caller that gave up is no reason to stop answering the others.
+                    let _ = pending.reply.send(mine);
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for pending in &batch {
+                    let _ = pending.reply.send(Err(BackendError::Run {
+                        model: self.model.info().name.clone(),
+                        why: why.clone(),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Runs the model, turning a panic inside the backend into an error for the batch's
+    /// callers instead of a dead worker.
+    fn guarded_run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.model.run(inputs))).unwrap_or_else(
+            |_| {
+                Err(BackendError::Run {
+                    model: self.model.info().name.clone(),
+                    why: "the backend panicked while running a batch".into(),
+                })
+            },
+        )
+    }
+}
+
+/// Stacks every caller's inputs along the batch dimension, input by input.
+fn concat_rows(batch: &[Pending], info: &ModelInfo) -> Result<Vec<Tensor>, BackendError> {
+    let rows: usize = batch.iter().map(|p| p.rows).sum();
+    (0..info.inputs.len())
+        .map(|i| {
+            let first = &batch[0].inputs[i];
+            let mut shape = first.shape().to_vec();
+            shape[0] = rows;
+            let mut data = Vec::with_capacity(first.data().len() / batch[0].rows * rows);
+            for p in batch {
+                data.extend_from_slice(p.inputs[i].data());
+            }
+            Tensor::new(first.dtype(), shape, data).map_err(|e| BackendError::Run {
+                model: info.name.clone(),
+                why: format!("batching inputs: {e}"),
+            })
+        })
+        .collect()
+}
+
+/// Rows `start..start + rows` of a batch output.
+fn slice_rows(t: &Tensor, start: usize, rows: usize) -> Result<Tensor, BackendError> {
+    let total = t.shape().first().copied().unwrap_or(0);
+    let bad = || BackendError::Run {
+        model: String::new(),
+        why: format!("batch output shaped {:?} has fewer than {} rows", t.shape(), start + rows),
+    };
+    if start + rows > total {
+        return Err(bad());
+    }
+    let row_bytes = t.data().len() / total.max(1);
+    let mut shape = t.shape().to_vec();
+    shape[0] = rows;
+    Tensor::new(t.dtype(), shape, t.data()[start * row_bytes..(start + rows) * row_bytes].to_vec())
+        .map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::tract::TractBackend;
+    use crate::dataset::{Digits, Split};
+    use crate::reference::{self, ReferenceModel, default_models_dir};
+
+    fn edge_model() -> Arc<dyn PreparedModel> {
+        let bytes = std::fs::read(ReferenceModel::EdgeFp32.path(&default_models_dir())).unwrap();
+        TractBackend::new().prepare("edge", &bytes).unwrap()
+    }
+
+    #[test]
+    fn concurrent_callers_share_batches_and_get_their_own_rows() {
+        let model = edge_model();
+        let digits = Digits::load_split(&default_models_dir(), Split::Test).unwrap();
+        let n = 48;
+        let expected: Vec<Vec<f32>> = (0..n)
+            .map(|i| {
+                let input = reference::images_to_input(digits.images(i..i + 1)).unwrap();
+                model.run(&[input]).unwrap()[0].to_f32().unwrap()
+            })
+            .collect();
+        // A long delay: every batch but the last fills up to max_batch.
+        let batched = Arc::new(
+            BatchedModel::new(model, BatchSettings::new(16, Duration::from_millis(200), 2), None).unwrap(),
+        );
+        let got: Vec<Vec<f32>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .map(|i| {
+                    let batched = batched.clone();
+                    let input = reference::images_to_input(digits.images(i..i + 1)).unwrap();
+                    s.spawn(move || batched.run(&[input]).unwrap()[0].to_f32().unwrap())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        // Equal up to the summation order of the backend's batched kernels.
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            let close = g.iter().zip(e).all(|(a, b)| (a - b).abs() <= 1e-4 * a.abs().max(b.abs()).max(1.0));
+            assert!(close, "caller {i} got {g:?}, its single run gives {e:?}");
+        }
+        let stats = batched.stats();
+        assert_eq!(stats.rows, n as u64);
+        assert!(stats.largest > 1, "48 concurrent callers never shared a batch: {stats:?}");
+        assert!(stats.largest <= 16, "a batch exceeded max_batch: {stats:?}");
+    }
+
+    #[test]
+    fn a_lone_caller_waits_at_most_the_delay_and_bad_inputs_fail_fast() {
+        let batched =
+            BatchedModel::new(edge_model(), BatchSettings::new(64, Duration::from_millis(5), 1), None)
+                .unwrap();
+        let input = Tensor::from_f32(vec![1, 1, 28, 28], &[0.0; 784]).unwrap();
+        let out = batched.run(&[input]).unwrap();
+        assert_eq!(out[0].shape(), &[1, 10]);
+        assert_eq!(batched.stats().batches, 1);
+        let wrong = Tensor::from_f32(vec![1, 784], &[0.0; 784]).unwrap();
+        assert!(matches!(batched.run(&[wrong]), Err(BackendError::Input { .. })));
+        assert_eq!(batched.stats().batches, 1, "a bad input must not reach the queue");
+    }
+
+    #[test]
+    fn rows_are_split_back_exactly() {
+        let t = Tensor::from_f32(vec![3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        assert_eq!(slice_rows(&t, 1, 2).unwrap().to_f32().unwrap(), vec![3.0, 4.0, 5.0, 6.0]);
+        assert!(slice_rows(&t, 2, 2).is_err());
+    }
+}
