@@ -39,6 +39,7 @@ use cascade_runtime::{
 };
 use serde_json::json;
 
+use crate::deployment::NodeToml;
 use crate::figures::{Figures, median, percentile};
 use crate::serve::Server;
 
@@ -100,9 +101,7 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, repo: &Path, quick: bool) -> 
     let wasm = dir.path().join("mnist-classifier.wasm");
     let built = crate::plugin_cmd::build(plugin_crate, &wasm, None)?;
     let model = ReferenceModel::EdgeInt8.path(models_dir);
-    let config_file = dir.path().join("edge.toml");
-    std::fs::write(&config_file, node_toml(&model, &wasm))
-        .with_context(|| format!("writing {}", config_file.display()))?;
+    let config_file = node_config(&model, &wasm).write(dir.path())?;
     let config = config::load(&config_file)?.resolve()?;
 
     let bodies = (0..BODIES.min(test.len()))
@@ -194,40 +193,10 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, repo: &Path, quick: bool) -> 
     Ok(figures)
 }
 
-/// The node's config: no upstream, threshold 0 (every answer local), no cache, automatic mode
-/// switching off so load cannot move the node into another mode mid-ladder.
-fn node_toml(model: &Path, plugin: &Path) -> String {
-    format!(
-        r#"
-[node]
-name = "bench-edge"
-
-[listeners]
-http = "127.0.0.1:0"
-
-[models.edge]
-path = "{model}"
-
-[plugins.mnist]
-path = "{plugin}"
-models = ["edge"]
-deadline_ms = 1000
-
-[plugins.mnist.config]
-model = "edge"
-
-[routes.digits]
-plugin = "mnist"
-deadline_ms = 2000
-cache_ttl_s = 0
-thresholds = {{ normal = 0.0 }}
-
-[modes.switching]
-automatic = false
-"#,
-        model = model.display(),
-        plugin = plugin.display(),
-    )
+/// The node's config: no upstream, threshold 0 (every answer local), no cache, no mode
+/// switching, so load cannot move the node into another mode mid-ladder.
+fn node_config(model: &Path, plugin: &Path) -> NodeToml {
+    NodeToml::new("bench-edge", model, plugin).no_cache().fixed_mode()
 }
 
 /// Medians of one request at a time over HTTP and of the same request handed to an
@@ -471,8 +440,7 @@ mod tests {
         let plugin = dir.path().join("plugin.wasm");
         std::fs::write(&plugin, b"not compiled here").unwrap();
         let model = ReferenceModel::EdgeInt8.path(&cascade_runtime::reference::default_models_dir());
-        let file = dir.path().join("edge.toml");
-        std::fs::write(&file, node_toml(&model, &plugin)).unwrap();
+        let file = node_config(&model, &plugin).write(dir.path()).unwrap();
         let resolved = config::load(&file).unwrap().resolve().unwrap();
         let settings = &resolved.settings;
         assert!(settings.upstream.is_none());

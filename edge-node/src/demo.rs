@@ -7,15 +7,14 @@
 //!    sends the test split to the edge over KServe v2 HTTP, and reports the tier split,
 //!    the cascade's accuracy and its latency.
 
-use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cascade_runtime::{Backend, Digits, ReferenceModel, Split, TractBackend, reference};
 
+use crate::deployment::{CENTRAL, NodeProcess, NodeToml, free_tcp_port, free_udp_port};
 use crate::figures::{Figures, median, percentile};
 
 /// What the demo runs.
@@ -90,41 +89,6 @@ fn evaluate_models(options: &DemoOptions, test: &Digits, figures: &mut Figures) 
     Ok(())
 }
 
-/// A child process that is killed when dropped, so no error path leaves nodes running.
-struct NodeProcess {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl NodeProcess {
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_tcp_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn free_udp_port() -> anyhow::Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn toml_path(p: &Path) -> String {
-    // TOML basic strings: escape backslashes and quotes.
-    p.display().to_string().replace('\\', "\\\\").replace('"', "\\\"")
-}
-
 /// Writes certificates, the plugin and both node configs into `dir`.
 fn prepare_tiers(
     options: &DemoOptions,
@@ -135,7 +99,7 @@ fn prepare_tiers(
 ) -> anyhow::Result<(PathBuf, PathBuf)> {
     let certs = dir.join("certs");
     crate::certs_cmd::init(&certs, false)?;
-    crate::certs_cmd::issue(&certs, "central", &certs, &[], false)?;
+    crate::certs_cmd::issue(&certs, CENTRAL, &certs, &[], false)?;
     crate::certs_cmd::issue(&certs, "edge", &certs, &[], false)?;
 
     eprintln!("   building the plugin {} ...", options.plugin_crate.display());
@@ -143,98 +107,19 @@ fn prepare_tiers(
     let built = crate::plugin_cmd::build(&options.plugin_crate, &plugin, None)?;
     eprintln!("   plugin: {} bytes, sha256 {}", built.component.len(), built.sha256);
 
-    let tls = |file: &str| toml_path(&certs.join(file));
-    let node = |name: &str, listeners: String, model: ReferenceModel, threshold: f64, upstream: &str| {
-        format!(
-            r#"[node]
-name = "{name}"
-
-[listeners]
-{listeners}
-[models.{name}]
-path = "{model}"
-backend = "tract"
-
-[plugins.mnist]
-path = "{plugin}"
-sha256 = "{sha}"
-models = ["{name}"]
-
-[plugins.mnist.config]
-model = "{name}"
-
-[routes.digits]
-plugin = "mnist"
-deadline_ms = 2000
-
-[routes.digits.thresholds]
-normal = {threshold}
-{upstream}"#,
-            model = toml_path(&model.path(&options.models_dir)),
-            plugin = toml_path(&plugin),
-            sha = built.sha256,
-        )
-    };
-    let central = node(
-        "central",
-        format!(
-            "http = \"127.0.0.1:{central_http}\"\nquic = \"127.0.0.1:{central_quic}\"\n\
-             quic_cert = \"{}\"\nquic_key = \"{}\"\nquic_ca = \"{}\"\n",
-            tls("central.pem"),
-            tls("central.key"),
-            tls("ca.pem")
-        ),
-        ReferenceModel::CentralFp32,
-        0.0,
-        "",
-    );
-    let edge = node(
-        "edge",
-        format!("http = \"127.0.0.1:{edge_http}\"\n"),
-        ReferenceModel::EdgeInt8,
-        options.threshold,
-        &format!(
-            "\n[upstream]\naddresses = [\"127.0.0.1:{central_quic}\"]\nserver_name = \"central\"\n\
-             ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nrequest_timeout_ms = 1000\n",
-            tls("ca.pem"),
-            tls("edge.pem"),
-            tls("edge.key")
-        ),
-    );
-    let (central_path, edge_path) = (dir.join("central.toml"), dir.join("edge.toml"));
-    std::fs::write(&central_path, central)?;
-    std::fs::write(&edge_path, edge)?;
-    Ok((central_path, edge_path))
-}
-
-fn start_node(name: &'static str, config: &Path, dir: &Path) -> anyhow::Result<NodeProcess> {
-    let log = dir.join(format!("{name}.log"));
-    let out = std::fs::File::create(&log)?;
-    let child = Command::new(std::env::current_exe().context("cannot find this program's path")?)
-        .arg("serve")
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .spawn()
-        .with_context(|| format!("starting the {name} node"))?;
-    Ok(NodeProcess { name, child, log })
-}
-
-async fn wait_ready(client: &reqwest::Client, node: &mut NodeProcess, port: u16) -> anyhow::Result<()> {
-    let url = format!("http://127.0.0.1:{port}/v2/health/ready");
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(60) {
-        if let Some(status) = node.child.try_wait()? {
-            bail!("the {} node exited ({status}) before it was ready:\n{}", node.name, node.log_tail());
-        }
-        if client.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("the {} node was not ready after 60 s:\n{}", node.name, node.log_tail())
+    let model = |m: ReferenceModel| m.path(&options.models_dir);
+    let central = NodeToml::new(CENTRAL, &model(ReferenceModel::CentralFp32), &plugin)
+        .plugin_sha256(&built.sha256)
+        .http(format!("127.0.0.1:{central_http}"))
+        .quic(format!("127.0.0.1:{central_quic}"), &certs)
+        .write(dir)?;
+    let edge = NodeToml::new("edge", &model(ReferenceModel::EdgeInt8), &plugin)
+        .plugin_sha256(&built.sha256)
+        .http(format!("127.0.0.1:{edge_http}"))
+        .threshold(options.threshold)
+        .upstream(format!("127.0.0.1:{central_quic}"), &certs)
+        .write(dir)?;
+    Ok((central, edge))
 }
 
 /// What the edge said about one image.
@@ -289,10 +174,10 @@ fn two_tiers(options: &DemoOptions, test: &Digits, figures: &mut Figures) -> any
     let runtime = tokio::runtime::Runtime::new()?;
     let replies = runtime.block_on(async {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-        let mut central = start_node("central", &central_cfg, dir.path())?;
-        wait_ready(&client, &mut central, central_http).await?;
-        let mut edge = start_node("edge", &edge_cfg, dir.path())?;
-        wait_ready(&client, &mut edge, edge_http).await?;
+        let mut central = NodeProcess::start(CENTRAL, &central_cfg, dir.path())?;
+        central.wait_ready(&client, central_http).await?;
+        let mut edge = NodeProcess::start("edge", &edge_cfg, dir.path())?;
+        edge.wait_ready(&client, edge_http).await?;
         eprintln!("   central on http {central_http} / quic {central_quic}, edge on http {edge_http}");
 
         let n = options.limit.min(test.len());

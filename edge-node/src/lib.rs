@@ -8,6 +8,7 @@
 //! - [`bench_sandbox`]: `edge-node bench sandbox`.
 //! - [`bench_edge`]: `edge-node bench edge`, a whole node over HTTP against a Python server.
 //! - [`certs_cmd`]: `edge-node certs init|issue`, certificates for mutual TLS between tiers.
+//! - [`deployment`]: node configs and `serve` processes on loopback, for the demo and benches.
 //! - [`figures`]: figures printed as `../shared/BENCH.md` asks.
 //! - [`serve`]: `edge-node serve`, the HTTP front door and the request path.
 //! - [`tiers_bench`]: `edge-node bench tiers`, the cost of an escalation on loopback.
@@ -18,6 +19,7 @@ pub mod bench_sandbox;
 pub mod certs_cmd;
 pub mod check_cmd;
 pub mod demo;
+pub mod deployment;
 pub mod figures;
 pub mod plugin_cmd;
 pub mod serve;

@@ -20,12 +20,8 @@ enum Command {
         /// Print one JSON figure per line (see shared/BENCH.md) instead of a table.
         #[arg(long)]
         json: bool,
-        /// Directory holding the reference models and data splits.
-        #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir())]
-        models: PathBuf,
-        /// The plugin crate both tiers run.
-        #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir().join("../examples/mnist-classifier"))]
-        plugin: PathBuf,
+        #[command(flatten)]
+        reference: Reference,
         /// Batch-1 runs timed per model for the latency median.
         #[arg(long, default_value_t = 500)]
         latency_samples: usize,
@@ -93,23 +89,32 @@ struct BenchRun {
     quick: bool,
 }
 
+/// The reference models and the plugin crate a command runs.
+#[derive(clap::Args)]
+struct Reference {
+    /// Directory holding the reference models and data splits.
+    #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir())]
+    models: PathBuf,
+    /// The plugin crate to build and run.
+    #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir().join("../examples/mnist-classifier"))]
+    plugin: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum BenchSuite {
     /// What the wasmtime sandbox adds to a request (mnist-classifier plugin, one thread).
     Sandbox {
         #[command(flatten)]
         run: BenchRun,
-        /// Directory holding the reference models and data splits.
-        #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir())]
-        models: PathBuf,
-        /// The plugin crate to build and measure.
-        #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir().join("../examples/mnist-classifier"))]
-        plugin: PathBuf,
+        #[command(flatten)]
+        reference: Reference,
     },
-    /// Escalation overhead between two tiers over QUIC on loopback.
+    /// Two tiers on loopback: escalation overhead, central batching, the central tier dying.
     Tiers {
         #[command(flatten)]
         run: BenchRun,
+        #[command(flatten)]
+        reference: Reference,
     },
     /// Reference models x backends x batch sizes, against onnxruntime in the same run.
     Backends {
@@ -123,12 +128,8 @@ enum BenchSuite {
     Edge {
         #[command(flatten)]
         run: BenchRun,
-        /// Directory holding the reference models and data splits.
-        #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir())]
-        models: PathBuf,
-        /// The plugin crate the node serves.
-        #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir().join("../examples/mnist-classifier"))]
-        plugin: PathBuf,
+        #[command(flatten)]
+        reference: Reference,
     },
 }
 
@@ -143,8 +144,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo {
             json,
-            models,
-            plugin,
+            reference: Reference { models, plugin },
             latency_samples,
             concurrency,
             limit,
@@ -166,7 +166,10 @@ fn main() -> anyhow::Result<()> {
         Command::Plugin(PluginCommand::Build { crate_dir, out, target_dir }) => {
             edge_node::plugin_cmd::run_build(&crate_dir, out, target_dir.as_deref())?;
         }
-        Command::Bench(BenchSuite::Sandbox { run: BenchRun { json, quick }, models, plugin }) => {
+        Command::Bench(BenchSuite::Sandbox {
+            run: BenchRun { json, quick },
+            reference: Reference { models, plugin },
+        }) => {
             edge_node::bench_sandbox::run(&models, &plugin, quick)?.print(json);
         }
         Command::Certs { command } => {
@@ -174,8 +177,8 @@ fn main() -> anyhow::Result<()> {
                 println!("wrote {}", path.display());
             }
         }
-        Command::Bench(BenchSuite::Tiers { run: BenchRun { json, quick } }) => {
-            tiers_bench::run(quick)?.print(json)
+        Command::Bench(BenchSuite::Tiers { run: BenchRun { json, quick }, reference }) => {
+            tiers_bench::run(&reference.models, &reference.plugin, quick)?.print(json)
         }
         Command::Bench(BenchSuite::Backends { run: BenchRun { json, quick }, models }) => {
             let budget = if quick { bench_backends::Budget::QUICK } else { bench_backends::Budget::DEFAULT };
@@ -184,7 +187,10 @@ fn main() -> anyhow::Result<()> {
             let repo = std::fs::canonicalize(&repo).unwrap_or(repo);
             bench_backends::run(&models, &repo, budget)?.print(json);
         }
-        Command::Bench(BenchSuite::Edge { run: BenchRun { json, quick }, models, plugin }) => {
+        Command::Bench(BenchSuite::Edge {
+            run: BenchRun { json, quick },
+            reference: Reference { models, plugin },
+        }) => {
             // The peer venv and script live in the repository that holds `models/`.
             let repo = models.join("..");
             let repo = std::fs::canonicalize(&repo).unwrap_or(repo);

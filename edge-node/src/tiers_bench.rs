@@ -1,32 +1,128 @@
-//! `edge-node bench tiers`: what escalating costs on top of the upstream's own work.
+//! `edge-node bench tiers`: what escalating costs, what batching buys the central tier, and
+//! what an edge does when the central tier dies.
 //!
-//! A [`TierServer`] and a [`TierClient`] talk over QUIC with mutual TLS on loopback, each on
-//! its own thread and tokio runtime (as two nodes would be). The server's handler answers
-//! at once with ten logits and reports its own time in the answer's timings; each sample is
-//! the client's round trip minus that time: framing, encryption, the two QUIC stacks and
-//! the loopback network. Requests go one at a time, so this is latency, not throughput.
+//! - **Escalation overhead.** A [`TierServer`] and a [`TierClient`] talk over QUIC with
+//!   mutual TLS on loopback, each on its own thread and tokio runtime (as two nodes would
+//!   be). The server's handler answers at once with ten logits and reports its own time in
+//!   the answer's timings; each sample is the client's round trip minus that time: framing,
+//!   encryption, the two QUIC stacks and the loopback network. One request at a time:
+//!   latency, not throughput. Figures `tiers.escalation_overhead_us.p50` / `.p99`.
+//! - **Central batching.** Central nodes run as `edge-node serve` processes with the
+//!   central model and the mnist-classifier plugin, one with `[batching]` forced on and one without
+//!   (cache off, so every escalation runs the model). This process drives each in turn
+//!   with 64 escalations always in flight over one mutual-TLS QUIC connection, alternating
+//!   rounds so both see the same machine. Figures `tiers.central.batched_rps`,
+//!   `tiers.central.unbatched_rps` (medians over rounds) and their ratio
+//!   `tiers.central.batching_speedup`. A third central node runs the default,
+//!   `calibrate = true`, which batches a model only up to the size measured cheapest per
+//!   row at load: `tiers.central.calibrated_rps` and `tiers.central.calibrated_speedup`.
+//! - **Central down.** A central and an edge process; HTTP clients send the test split to
+//!   the edge (threshold 0.9, about 6% escalated) while the central process is killed
+//!   halfway. Figures `tiers.edge_rps_when_central_down` (answered per second after the
+//!   kill) and `tiers.failed_requests_when_central_down` (non-200 answers over the run).
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
-use cascade_runtime::Tensor;
+use anyhow::{Context, Result, anyhow, bail};
 use cascade_runtime::protocol::{ErrorFrame, EscalationAnswer, EscalationRequest, NamedTensor, StageTiming};
 use cascade_runtime::transport::{
     ClientConfig, Reply, RequestContext, ServerConfig, TierClient, TierServer, TlsIdentity, deadline_in,
 };
+use cascade_runtime::{Digits, ReferenceModel, Split, Tensor};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
 
-use crate::figures::{Figures, percentile};
+use crate::deployment::{CENTRAL, NodeProcess, NodeToml, free_tcp_port, free_udp_port};
+use crate::figures::{Figures, median, percentile};
 
 const SERVER_NAME: &str = "central.bench";
 
-/// Runs the suite: `quick` takes fewer samples.
-pub fn run(quick: bool) -> Result<Figures> {
+/// Escalations kept in flight against a central node.
+const CONCURRENT_ESCALATIONS: usize = 64;
+
+/// Runs the suite on the reference models and plugin; `quick` takes fewer samples.
+pub fn run(models_dir: &Path, plugin_crate: &Path, quick: bool) -> Result<Figures> {
+    let mut figures = Figures::default();
+    let (p50, p99) = escalation_overhead(quick)?;
+    figures.push("tiers.escalation_overhead_us.p50", p50, "us");
+    figures.push("tiers.escalation_overhead_us.p99", p99, "us");
+
+    let test = Digits::load_split(models_dir, Split::Test)
+        .with_context(|| format!("loading the test split from {}", models_dir.display()))?;
+    let dir = tempfile::Builder::new().prefix("cascade-bench-tiers-").tempdir()?;
+    let certs = dir.path().join("certs");
+    crate::certs_cmd::init(&certs, false)?;
+    for name in [CENTRAL, "edge", "bench-client"] {
+        crate::certs_cmd::issue(&certs, name, &certs, &[], false)?;
+    }
+    let plugin = dir.path().join("mnist_classifier.wasm");
+    crate::plugin_cmd::build(plugin_crate, &plugin, None)?;
+    let deployment = Deployment { dir: dir.path(), certs: &certs, plugin: &plugin, models_dir };
+
+    let [batched, unbatched, calibrated] = central_batching(&deployment, &test, quick)?;
+    figures.push("tiers.central.batched_rps", batched, "items_per_s");
+    figures.push("tiers.central.unbatched_rps", unbatched, "items_per_s");
+    figures.push("tiers.central.batching_speedup", batched / unbatched.max(f64::MIN_POSITIVE), "ratio");
+    figures.push("tiers.central.calibrated_rps", calibrated, "items_per_s");
+    figures.push("tiers.central.calibrated_speedup", calibrated / unbatched.max(f64::MIN_POSITIVE), "ratio");
+
+    let (rps, failed) = central_down(&deployment, &test, quick)?;
+    figures.push("tiers.edge_rps_when_central_down", rps, "items_per_s");
+    figures.push("tiers.failed_requests_when_central_down", failed as f64, "count");
+    Ok(figures)
+}
+
+/// How a central node batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Batching {
+    /// No `[batching]`.
+    Off,
+    /// Up to 32 rows, whatever the model's cost per row (`calibrate = false`).
+    Forced,
+    /// Up to the batch size measured cheapest per row at load (the default).
+    Calibrated,
+}
+
+/// Where the bench's nodes get their files.
+struct Deployment<'a> {
+    dir: &'a Path,
+    certs: &'a Path,
+    plugin: &'a Path,
+    models_dir: &'a Path,
+}
+
+impl Deployment<'_> {
+    /// A central node config on fresh loopback ports, and its HTTP and QUIC ports.
+    fn central(&self, name: &str, batching: Batching) -> Result<(u16, u16)> {
+        let (http, quic) = (free_tcp_port()?, free_udp_port()?);
+        let mut node =
+            NodeToml::new(CENTRAL, &ReferenceModel::CentralFp32.path(self.models_dir), self.plugin)
+                .http(format!("127.0.0.1:{http}"))
+                .quic(format!("127.0.0.1:{quic}"), self.certs)
+                .route_in_flight(CONCURRENT_ESCALATIONS as u32)
+                .no_cache()
+                .fixed_mode();
+        match batching {
+            Batching::Off => {}
+            Batching::Forced => node = node.batching(32, 2000, false),
+            Batching::Calibrated => node = node.batching(32, 2000, true),
+        }
+        // One file per process; the certificate stays `central`'s.
+        let path = self.dir.join(format!("{name}.toml"));
+        std::fs::write(&path, node.render())?;
+        Ok((http, quic))
+    }
+}
+
+/// The escalation overhead's p50 and p99, in µs.
+fn escalation_overhead(quick: bool) -> Result<(f64, f64)> {
     let (warmup, samples) = if quick { (200, 1_000) } else { (1_000, 10_000) };
     let (server_id, client_id) = identities()?;
 
@@ -84,11 +180,7 @@ pub fn run(quick: bool) -> Result<Figures> {
     server_thread.join().map_err(|_| anyhow!("bench server thread panicked"))??;
     let mut overheads = overheads?;
     eprintln!("tiers: {} sequential escalations on loopback", overheads.len());
-
-    let mut figures = Figures::default();
-    figures.push("tiers.escalation_overhead_us.p50", percentile(&mut overheads, 0.5), "us");
-    figures.push("tiers.escalation_overhead_us.p99", percentile(&mut overheads, 0.99), "us");
-    Ok(figures)
+    Ok((percentile(&mut overheads, 0.5), percentile(&mut overheads, 0.99)))
 }
 
 /// Answers with ten logits at once, and says how long that took.
@@ -130,4 +222,179 @@ fn identities() -> Result<(TlsIdentity, TlsIdentity)> {
         Ok(TlsIdentity::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes(), ca_pem.as_bytes())?)
     };
     Ok((node(SERVER_NAME)?, node("bench-edge")?))
+}
+
+/// Medians over alternating rounds of the answered escalations per second of a central node
+/// batching (forced), not batching, and batching as calibrated at load.
+fn central_batching(d: &Deployment<'_>, test: &Digits, quick: bool) -> Result<[f64; 3]> {
+    let (rounds, window) = if quick { (1, Duration::from_secs(2)) } else { (3, Duration::from_secs(5)) };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let identity = TlsIdentity::from_files(
+        &d.certs.join("bench-client.pem"),
+        &d.certs.join("bench-client.key"),
+        &d.certs.join("ca.pem"),
+    )?;
+    runtime.block_on(async {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let mut targets = Vec::new();
+        let kinds = [
+            ("central-batched", Batching::Forced),
+            ("central-unbatched", Batching::Off),
+            ("central-calibrated", Batching::Calibrated),
+        ];
+        for (name, batching) in kinds {
+            let (http_port, quic) = d.central(name, batching)?;
+            let mut node = NodeProcess::start(name, &d.dir.join(format!("{name}.toml")), d.dir)?;
+            node.wait_ready(&http, http_port).await?;
+            let addr: SocketAddr = format!("127.0.0.1:{quic}").parse()?;
+            let client = Arc::new(TierClient::new(&identity, ClientConfig::new(addr, CENTRAL))?);
+            targets.push((name, node, client));
+        }
+        let mut rates = [Vec::new(), Vec::new(), Vec::new()];
+        for round in 0..rounds {
+            for (k, (name, node, client)) in targets.iter().enumerate() {
+                let rps = drive_central(client.clone(), test, window).await.with_context(|| {
+                    format!("driving the {name} node; its log ends:\n{}", node.log_tail())
+                })?;
+                eprintln!("tiers: round {round}: {name} answered {rps:.0} escalations/s");
+                rates[k].push(rps);
+            }
+        }
+        for (_, _, client) in &targets {
+            client.close().await;
+        }
+        Ok(rates.map(|mut r| median(&mut r)))
+    })
+}
+
+/// Keeps [`CONCURRENT_ESCALATIONS`] escalations of test images in flight for `window` (after
+/// a short warm-up) and returns the answered rate. Any refusal or error fails the bench:
+/// a throughput bought with dropped requests is no throughput.
+async fn drive_central(client: Arc<TierClient>, test: &Digits, window: Duration) -> Result<f64> {
+    let warmup = Duration::from_millis(500);
+    let images: Arc<Vec<Tensor>> = Arc::new(
+        (0..test.len())
+            .map(|i| Tensor::from_u8(vec![28, 28], test.image(i).to_vec()))
+            .collect::<Result<_, _>>()?,
+    );
+    let start = Instant::now();
+    let (counting_from, until) = (start + warmup, start + warmup + window);
+    let answered = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..CONCURRENT_ESCALATIONS {
+        let (client, images, answered, next) =
+            (client.clone(), images.clone(), answered.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            while Instant::now() < until {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                let request = EscalationRequest {
+                    id,
+                    route: "digits".into(),
+                    inputs: vec![NamedTensor {
+                        name: "image".into(),
+                        tensor: images[id as usize % images.len()].clone(),
+                    }],
+                    deadline_unix_us: deadline_in(Duration::from_secs(5)),
+                    trace: None,
+                    node_id: "bench-client".into(),
+                    local_confidence: Some(0.5),
+                };
+                match client.request(&request).await? {
+                    Reply::Answer(_) => {
+                        let now = Instant::now();
+                        if now >= counting_from && now < until {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Reply::Error(e) => bail!("the central node refused an escalation: {e:?}"),
+                }
+            }
+            Ok(())
+        }));
+    }
+    for w in workers {
+        w.await??;
+    }
+    Ok(answered.load(Ordering::Relaxed) as f64 / window.as_secs_f64())
+}
+
+/// The edge's answered rate after the central process is killed, and the requests that got
+/// no answer over the whole run.
+fn central_down(d: &Deployment<'_>, test: &Digits, quick: bool) -> Result<(f64, u64)> {
+    let half = if quick { Duration::from_secs(2) } else { Duration::from_secs(5) };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let (central_http, quic) = d.central("central-down", Batching::Calibrated)?;
+        let mut central = NodeProcess::start("central-down", &d.dir.join("central-down.toml"), d.dir)?;
+        central.wait_ready(&http, central_http).await?;
+        let edge_http = free_tcp_port()?;
+        let edge_config = NodeToml::new("edge", &ReferenceModel::EdgeInt8.path(d.models_dir), d.plugin)
+            .http(format!("127.0.0.1:{edge_http}"))
+            .threshold(0.9)
+            .upstream(format!("127.0.0.1:{quic}"), d.certs)
+            .request_timeout_ms(500)
+            .escalation_budget_rps(100_000.0)
+            .no_cache()
+            .fixed_mode()
+            .write(d.dir)?;
+        let mut edge = NodeProcess::start("edge", &edge_config, d.dir)?;
+        edge.wait_ready(&http, edge_http).await?;
+
+        let url = Arc::new(format!("http://127.0.0.1:{edge_http}/v2/models/digits/infer"));
+        let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+            (0..test.len())
+                .map(|i| {
+                    serde_json::to_vec(&serde_json::json!({
+                        "inputs": [{"name": "image", "shape": [28, 28], "datatype": "UINT8", "data": test.image(i)}]
+                    }))
+                })
+                .collect::<Result<_, _>>()?,
+        );
+        let killed = Arc::new(AtomicBool::new(false));
+        let stop = Instant::now() + 2 * half;
+        let mut workers = Vec::new();
+        for w in 0..8usize {
+            let (http, url, bodies, killed) = (http.clone(), url.clone(), bodies.clone(), killed.clone());
+            workers.push(tokio::spawn(async move {
+                let (mut after_kill, mut degraded, mut failed) = (0u64, 0u64, 0u64);
+                let mut i = w;
+                while Instant::now() < stop {
+                    let body = bodies[i % bodies.len()].clone();
+                    i += 8;
+                    let down = killed.load(Ordering::Relaxed);
+                    match http.post(url.as_str()).header("content-type", "application/json").body(body).send().await
+                    {
+                        Ok(r) if r.status().is_success() => {
+                            let json: serde_json::Value = r.json().await.unwrap_or_default();
+                            if down {
+                                after_kill += 1;
+                                degraded += u64::from(json["parameters"]["degraded"] == true);
+                            }
+                        }
+                        _ => failed += 1,
+                    }
+                }
+                (after_kill, degraded, failed)
+            }));
+        }
+        tokio::time::sleep(half).await;
+        central.kill();
+        let killed_at = Instant::now();
+        killed.store(true, Ordering::Relaxed);
+        let (mut answered, mut degraded, mut failed) = (0, 0, 0);
+        for w in workers {
+            let (a, dg, f) = w.await?;
+            answered += a;
+            degraded += dg;
+            failed += f;
+        }
+        let down_for = killed_at.elapsed().as_secs_f64();
+        eprintln!(
+            "tiers: central killed; the edge then answered {answered} requests in {down_for:.1} s \
+             ({degraded} marked degraded), {failed} requests failed over the run"
+        );
+        Ok((answered as f64 / down_for, failed))
+    })
 }

@@ -37,6 +37,9 @@ pub struct BatchSettings {
     pub max_batch: usize,
     /// Worker threads per model, each running one batch at a time.
     pub workers: usize,
+    /// Measure each model at load and batch only up to the size that is cheapest per row
+    /// (see [`cheapest_batch`]); off, every model batches up to `max_batch`.
+    pub calibrate: bool,
     delay_us: Arc<AtomicU64>,
 }
 
@@ -47,8 +50,15 @@ impl BatchSettings {
         BatchSettings {
             max_batch: max_batch.max(1),
             workers: workers.max(1),
+            calibrate: false,
             delay_us: Arc::new(AtomicU64::new(duration_us(max_delay))),
         }
+    }
+
+    /// Turns load-time calibration on or off.
+    pub fn calibrated(mut self, calibrate: bool) -> BatchSettings {
+        self.calibrate = calibrate;
+        self
     }
 
     /// The current batching delay.
@@ -139,6 +149,8 @@ struct Queue {
 struct Shared {
     model: Arc<dyn PreparedModel>,
     settings: BatchSettings,
+    /// `settings.max_batch`, or less after calibration.
+    max_batch: usize,
     queue: Mutex<Queue>,
     arrived: Condvar,
     stats: Mutex<BatchStats>,
@@ -160,21 +172,38 @@ impl std::fmt::Debug for BatchedModel {
 }
 
 impl BatchedModel {
-    /// Starts `settings.workers` threads that run `model` in batches.
+    /// Starts `settings.workers` threads that run `model` in batches (none when calibration
+    /// finds that batch 1 is cheapest: then `run` goes straight to the model).
     pub fn new(
         model: Arc<dyn PreparedModel>,
         settings: BatchSettings,
         observer: Option<BatchObserver>,
     ) -> Result<BatchedModel, BackendError> {
+        let max_batch = if settings.calibrate && settings.max_batch > 1 {
+            let (best, table) = cheapest_batch(&*model, settings.max_batch)?;
+            let table: Vec<String> = table.iter().map(|(b, us)| format!("b{b} {us:.1} us/row")).collect();
+            tracing::info!(
+                model = %model.info().name,
+                batch = best,
+                measured = %table.join(", "),
+                "batching calibrated: {}",
+                if best == 1 { "batch 1 is cheapest per row, batching off" } else { "batching on" }
+            );
+            best
+        } else {
+            settings.max_batch
+        };
+        let workers = if max_batch > 1 { settings.workers } else { 0 };
         let shared = Arc::new(Shared {
             model,
             settings,
+            max_batch,
             queue: Mutex::new(Queue { waiting: VecDeque::new(), rows: 0, closed: false }),
             arrived: Condvar::new(),
             stats: Mutex::new(BatchStats::default()),
             observer,
         });
-        for i in 0..shared.settings.workers {
+        for i in 0..workers {
             let worker = shared.clone();
             std::thread::Builder::new()
                 .name(format!("batch-{}-{i}", shared.model.info().name))
@@ -185,6 +214,11 @@ impl BatchedModel {
                 })?;
         }
         Ok(BatchedModel { shared })
+    }
+
+    /// Most rows this model runs at once (1: batching is off for it).
+    pub fn max_batch(&self) -> usize {
+        self.shared.max_batch
     }
 
     /// What the batcher has done so far.
@@ -209,14 +243,14 @@ impl PreparedModel for BatchedModel {
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {
         let shared = &self.shared;
         let rows = check_inputs(shared.model.info(), inputs)?;
-        if rows >= shared.settings.max_batch {
+        if rows >= shared.max_batch {
             // Already a full batch: nothing to gain from waiting for others.
             return shared.model.run(inputs);
         }
         let (reply, answer) = mpsc::sync_channel(1);
         {
             let mut queue = shared.queue.lock();
-            let limit = shared.settings.max_batch * QUEUE_BATCHES;
+            let limit = shared.max_batch * QUEUE_BATCHES;
             if queue.rows + rows > limit {
                 drop(queue);
                 shared.stats.lock().refused += 1;
@@ -264,7 +298,7 @@ impl Shared {
                 continue;
             };
             let until = head.arrived + self.settings.max_delay();
-            if queue.rows >= self.settings.max_batch || queue.closed || Instant::now() >= until {
+            if queue.rows >= self.max_batch || queue.closed || Instant::now() >= until {
                 break;
             }
             // Woken by an arrival (maybe filling the batch) or the head's deadline.
@@ -273,7 +307,7 @@ impl Shared {
         let mut batch = Vec::new();
         let mut rows = 0;
         while let Some(next) = queue.waiting.front() {
-            if !batch.is_empty() && rows + next.rows > self.settings.max_batch {
+            if !batch.is_empty() && rows + next.rows > self.max_batch {
                 break;
             }
             rows += next.rows;
@@ -342,6 +376,56 @@ impl Shared {
             },
         )
     }
+}
+
+/// The batch size, among 1, 2, 4, ... up to `max_batch`, that costs least per row, with each
+/// size's measured cost (µs per row, best of three runs after a warm-up run).
+///
+/// Batching pays where a run has a large fixed cost (a GPU's submission and readback); on a
+/// CPU a model's cost per row can instead grow with the batch (bigger im2col buffers fall
+/// out of cache), and waiting to fill a batch would only add latency. A bigger size is
+/// chosen only if it is at least 10% cheaper per row than the best smaller one, so noise
+/// does not turn batching on.
+pub(crate) fn cheapest_batch(
+    model: &dyn PreparedModel,
+    max_batch: usize,
+) -> Result<(usize, Vec<(usize, f64)>), BackendError> {
+    let mut sizes = vec![1];
+    while let Some(&last) = sizes.last().filter(|&&b| b < max_batch) {
+        sizes.push((last * 2).min(max_batch));
+    }
+    let mut table = Vec::with_capacity(sizes.len());
+    for &batch in &sizes {
+        let inputs = model
+            .info()
+            .inputs
+            .iter()
+            .map(|spec| {
+                let shape: Vec<usize> =
+                    std::iter::once(batch).chain(spec.item_shape.iter().copied()).collect();
+                let len = crate::tensor::element_count(&shape).unwrap_or(0) * spec.dtype.size();
+                Tensor::new(spec.dtype, shape, vec![0; len]).map_err(|e| BackendError::Run {
+                    model: model.info().name.clone(),
+                    why: format!("calibration input: {e}"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        model.run(&inputs)?;
+        let mut best = f64::INFINITY;
+        for _ in 0..3 {
+            let t = Instant::now();
+            model.run(&inputs)?;
+            best = best.min(t.elapsed().as_secs_f64() * 1e6 / batch as f64);
+        }
+        table.push((batch, best));
+    }
+    let mut chosen = table[0];
+    for &(batch, cost) in &table[1..] {
+        if cost < 0.9 * chosen.1 {
+            chosen = (batch, cost);
+        }
+    }
+    Ok((chosen.0, table))
 }
 
 /// Stacks every caller's inputs along the batch dimension, input by input.
@@ -441,6 +525,24 @@ mod tests {
         let wrong = Tensor::from_f32(vec![1, 784], &[0.0; 784]).unwrap();
         assert!(matches!(batched.run(&[wrong]), Err(BackendError::Input { .. })));
         assert_eq!(batched.stats().batches, 1, "a bad input must not reach the queue");
+    }
+
+    #[test]
+    fn calibration_measures_every_size_and_never_picks_a_dearer_one() {
+        let (best, table) = cheapest_batch(&*edge_model(), 8).unwrap();
+        assert_eq!(table.iter().map(|(b, _)| *b).collect::<Vec<_>>(), vec![1, 2, 4, 8]);
+        let cost = |b: usize| table.iter().find(|(s, _)| *s == b).unwrap().1;
+        assert!(table.iter().all(|(_, us)| us.is_finite() && *us > 0.0), "{table:?}");
+        assert!(cost(best) <= cost(1), "chose b{best} though b1 is cheaper: {table:?}");
+        let batched = BatchedModel::new(
+            edge_model(),
+            BatchSettings::new(8, Duration::from_millis(1), 1).calibrated(true),
+            None,
+        )
+        .unwrap();
+        assert!((1..=8).contains(&batched.max_batch()));
+        let input = Tensor::from_f32(vec![1, 1, 28, 28], &[0.0; 784]).unwrap();
+        assert_eq!(batched.run(&[input]).unwrap()[0].shape(), &[1, 10]);
     }
 
     #[test]

@@ -213,7 +213,12 @@ impl Node {
     pub fn new(config: ResolvedConfig) -> Result<Arc<Node>, NodeError> {
         let now = Instant::now();
         let settings = &config.settings;
-        let sandbox = Sandbox::new(SandboxConfig::default())?;
+        // Admission lets at most `max_in_flight` requests run at once, each in its own
+        // instance: a pool of that size means a request that got in always gets an instance.
+        let sandbox = Sandbox::new(SandboxConfig {
+            max_instances: settings.max_in_flight,
+            ..SandboxConfig::default()
+        })?;
         let telemetry = Telemetry::new()?;
         let tract: Arc<dyn Backend> = Arc::new(TractBackend::new());
         // One pool of batching threads per model; each runs one batch at a time, so as many
@@ -221,6 +226,7 @@ impl Node {
         let batching = settings.batching.map(|b| {
             let cores = std::thread::available_parallelism().map_or(1, usize::from);
             BatchSettings::new(usize::try_from(b.max_batch).unwrap_or(usize::MAX), b.max_delay, cores)
+                .calibrated(b.calibrate)
         });
         let mut models = BTreeMap::new();
         for (name, m) in &config.models {

@@ -62,7 +62,9 @@ impl Drop for NodeProcess {
 /// A central node that batches, listening for QUIC on `quic` (port 0: any).
 fn batching_central(quic: &str) -> String {
     let config = central_toml().replace("quic = \"127.0.0.1:0\"", &format!("quic = \"{quic}\""));
-    format!("{config}\n[batching]\nmax_batch = 16\nmax_delay_us = 20000\n")
+    // Calibration would turn batching off for the central model on a CPU (batch 1 is its
+    // cheapest per row): these tests are about the batching path, so it is forced on.
+    format!("{config}\n[batching]\nmax_batch = 16\nmax_delay_us = 20000\ncalibrate = false\n")
 }
 
 /// An edge that escalates everything below 0.9 to `central`, with a breaker that probes

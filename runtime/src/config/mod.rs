@@ -348,6 +348,8 @@ pub struct BatchingSettings {
     pub max_batch: u32,
     /// Longest wait to fill a batch (in `normal`; modes may override).
     pub max_delay: Duration,
+    /// Batch each model only up to the size measured cheapest per request at load.
+    pub calibrate: bool,
 }
 
 /// Logs and metrics.

@@ -250,6 +250,7 @@ pub(super) fn validate(raw: NodeConfig, file: &Path) -> Result<ValidatedConfig, 
     let batching = raw.batching.as_ref().map(|b| BatchingSettings {
         max_batch: c.at_least_one("batching.max_batch", b.max_batch),
         max_delay: Duration::from_micros(b.max_delay_us),
+        calibrate: b.calibrate,
     });
 
     let switches = Mode::ALL.map(|mode| {
