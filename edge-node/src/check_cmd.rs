@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context as _;
+use cascade_runtime::config::UpstreamKind;
 use cascade_runtime::{Mode, ResolvedConfig, config};
 
 /// Loads, validates and resolves (reads and digest-checks every model and plugin file) the
@@ -62,10 +63,13 @@ fn summary(c: &ResolvedConfig) -> Result<String, std::fmt::Error> {
         )?;
     }
     match &s.upstream {
-        Some(u) => {
-            let addrs: Vec<String> = u.addresses.iter().map(ToString::to_string).collect();
-            writeln!(out, "upstream `{}` at {}", u.server_name, addrs.join(", "))?
-        }
+        Some(u) => match &u.kind {
+            UpstreamKind::Quic(q) => {
+                let addrs: Vec<String> = q.addresses.iter().map(ToString::to_string).collect();
+                writeln!(out, "upstream `{}` at {}", u.server_name, addrs.join(", "))?
+            }
+            UpstreamKind::Kserve(k) => writeln!(out, "upstream: KServe v2 model `{}` at {}", k.model, k.url)?,
+        },
         None => writeln!(out, "no upstream: this node answers everything it accepts")?,
     }
     if let Some(b) = s.batching {
