@@ -72,7 +72,7 @@ if ! "$venv/bin/python" -c 'import onnxruntime, kserve, starlette, uvicorn' 2>/d
   # `python -m pip`, not `bin/pip`: a venv copied from another path keeps scripts that point
   # at that path. pip only adds what is missing from an existing venv.
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv" || fail "python3 -m venv failed; install python3-venv"
-  echo "installing pinned packages (kserve pulls in fastapi, grpcio, pandas: a few minutes the first time)" >&2
+  echo "installing pinned packages (kserve pulls in fastapi, grpcio, pandas: about a minute the first time)" >&2
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "${requirements[@]}" \
     || fail "pip install failed; run: $venv/bin/python -m pip install -r tools/peer-requirements.txt -r tools/kserve-requirements.txt"
 fi

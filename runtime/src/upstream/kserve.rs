@@ -156,8 +156,10 @@ impl KserveClient {
         let infer_url = format!("{}/v2/models/{}/infer", url.as_str().trim_end_matches('/'), config.model);
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
-            // An edge talks to one server: keep its connections warm.
-            .pool_idle_timeout(Duration::from_secs(90))
+            // Close idle connections before the server does (uvicorn-based servers such as
+            // KServe's and MLServer's default to 5 s), so a request never races a server
+            // closing the connection it was about to reuse.
+            .pool_idle_timeout(Duration::from_secs(4))
             .build()
             .map_err(|e| KserveError::Client(e.to_string()))?;
         Ok(KserveClient { http, infer_url, server, model: config.model.clone() })
