@@ -105,4 +105,21 @@ mod tests {
         let err = format!("{:#}", run(&cfg).unwrap_err());
         assert!(err.contains("routes.r.thresholds.normal"), "{err}");
     }
+
+    #[test]
+    fn summarises_a_kserve_upstream() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.wasm"), b"plugin bytes").unwrap();
+        let model = ReferenceModel::EdgeInt8.path(&reference::default_models_dir());
+        let text = format!(
+            "[models.m]\npath = {:?}\n[plugins.p]\npath = \"p.wasm\"\nmodels = [\"m\"]\n\
+             [routes.r]\nplugin = \"p\"\nthresholds = {{ normal = 0.8 }}\n\
+             [upstream]\nkind = \"kserve\"\nurl = \"http://127.0.0.1:8500/\"\nmodel = \"central\"\n",
+            model.display().to_string()
+        );
+        let cfg = dir.path().join("node.toml");
+        std::fs::write(&cfg, &text).unwrap();
+        let out = run(&cfg).unwrap();
+        assert!(out.contains("upstream: KServe v2 model `central` at http://127.0.0.1:8500\n"), "{out}");
+    }
 }

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod backends;
-mod kserve_config;
+mod kserve;
 mod reference_models;
 mod sandbox;
 mod serve_core;

@@ -1,10 +1,22 @@
-//! `[upstream] kind = "kserve"`: the example config, and every refusal naming its field.
+//! KServe v2 upstreams: `[upstream] kind = "kserve"` (the example config, and every refusal
+//! naming its field), and `UpstreamClient::kserve` sharing breakers and retries with QUIC.
+//! The exchange with a real KServe server is tested end to end in edge-node's
+//! `kserve_upstream` test.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cascade_runtime::config::{self, ConfigError, UpstreamKind};
-use cascade_runtime::{ReferenceModel, reference};
+use cascade_runtime::protocol::{EscalationRequest, NamedTensor};
+use cascade_runtime::upstream::{
+    BreakerConfig, BreakerState, EscalationError, KserveConfig, KserveError, KserveUpstreamConfig, Origin,
+    UpstreamClient,
+};
+use cascade_runtime::{ReferenceModel, Tensor, reference, transport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/configs")
@@ -140,4 +152,102 @@ fn unusable_kserve_urls_and_kinds_are_refused() {
         &["not a usable name"],
     );
     assert_problem("kind = \"grpc\"", "upstream.kind", &["unknown kind `grpc`", "`quic` or `kserve`"]);
+}
+
+fn request(id: u64) -> EscalationRequest {
+    EscalationRequest {
+        id,
+        route: "digits".into(),
+        inputs: vec![NamedTensor {
+            name: "image".into(),
+            tensor: Tensor::from_u8(vec![2], vec![1, 2]).unwrap(),
+        }],
+        deadline_unix_us: transport::deadline_in(Duration::from_secs(5)),
+        trace: None,
+        node_id: "edge".into(),
+        local_confidence: None,
+    }
+}
+
+fn client(url: String, failure_threshold: u32) -> UpstreamClient {
+    let mut config = KserveUpstreamConfig::new(vec![KserveConfig::new(url, "central")]);
+    config.breaker =
+        BreakerConfig { failure_threshold, open_for: Duration::from_secs(60), ..BreakerConfig::default() };
+    UpstreamClient::kserve(config).unwrap()
+}
+
+#[tokio::test]
+async fn a_dead_kserve_server_opens_its_breaker() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    // A refused connection is retryable: each escalation makes the default three attempts
+    // (the budget's minimum allows them), so two escalations are six failures.
+    let upstream = client(format!("http://{addr}"), 6);
+    assert_eq!(upstream.health()[0].server, addr.to_string());
+    for id in 0..2 {
+        let err = upstream.escalate(&request(id)).await.unwrap_err();
+        let EscalationError::Kserve { server, source } = &err else { panic!("{err}") };
+        assert_eq!(server, &addr.to_string());
+        assert!(matches!(source, KserveError::Connect(_)), "{err}");
+        assert_eq!((err.origin(), err.retryable()), (Origin::Transport, true));
+        assert!(err.to_string().starts_with(&format!("kserve upstream {addr}: no response")), "{err}");
+    }
+    assert_eq!(upstream.health()[0].health.breaker, BreakerState::Open);
+    assert!(!upstream.available());
+    assert!(matches!(upstream.escalate(&request(9)).await, Err(EscalationError::NoUpstream)));
+}
+
+/// Answers every request with HTTP 400 and counts them.
+async fn refusing_server() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut seen = Vec::new();
+                // The request is small: read until the body (after the blank line) has arrived.
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    if seen.windows(4).any(|w| w == b"\r\n\r\n") && seen.ends_with(b"}") {
+                        break;
+                    }
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let body = r#"{"error":"unexpected input image"}"#;
+                let reply = format!(
+                    "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (url, hits)
+}
+
+#[tokio::test]
+async fn a_refused_request_is_not_retried_and_leaves_the_breaker_closed() {
+    let (url, hits) = refusing_server().await;
+    let upstream = client(url, 2);
+    for id in 0..5 {
+        let err = upstream.escalate(&request(id)).await.unwrap_err();
+        assert!(
+            matches!(&err, EscalationError::Kserve { source: KserveError::Status { status: 400, message }, .. }
+                if message == "unexpected input image"),
+            "{err}"
+        );
+        assert_eq!((err.origin(), err.retryable()), (Origin::Upstream, false));
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 5, "one attempt per escalation");
+    assert_eq!(upstream.health()[0].health.breaker, BreakerState::Closed);
+    assert!(upstream.available());
 }
