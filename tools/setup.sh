@@ -5,16 +5,17 @@
 #        rustup's wasm32-unknown-unknown target when it is installed, otherwise Debian's
 #        rustc-web + rust-web-src + lld, used with -Zbuild-std (see ../shared/TOOLCHAIN.md);
 #   2. lavapipe (Vulkan on the CPU), so the wgpu backend runs on machines without a GPU;
-#   3. a Python venv with onnxruntime, the peer the benchmarks compare against (optional:
-#      only with --bench-peer).
+#   3. a Python venv at target/peer-venv with onnxruntime and the `kserve` model server: the
+#      peers the benchmarks compare against (tools/peer-requirements.txt) and the real KServe v2
+#      upstream the tests start (tools/kserve-requirements.txt). `--bench-peer` is accepted for
+#      older instructions; the venv is part of every run now.
 #
 # Each step says what it does, and on failure what you can run instead.
 set -euo pipefail
 
-want_peer=0
 for arg in "$@"; do
   case "$arg" in
-    --bench-peer) want_peer=1 ;;
+    --bench-peer) ;; # the peer venv is installed by every run now
     *) echo "usage: tools/setup.sh [--bench-peer]" >&2; exit 2 ;;
   esac
 done
@@ -64,15 +65,19 @@ fi
 step "lavapipe (Vulkan on the CPU) for the wgpu backend"
 apt_install mesa-vulkan-drivers libvulkan1
 
-if [ $want_peer -eq 1 ]; then
-  step "onnxruntime peer for benchmarks (Python venv at target/peer-venv)"
-  venv="$root/target/peer-venv"
-  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import onnxruntime' 2>/dev/null; then
-    python3 -m venv "$venv" || fail "python3 -m venv failed; install python3-venv"
-    "$venv/bin/pip" install -q -r "$root/tools/peer-requirements.txt" \
-      || fail "pip install failed; run: $venv/bin/pip install -r tools/peer-requirements.txt"
-  fi
-  echo "peer: onnxruntime $("$venv/bin/python" -c 'import onnxruntime; print(onnxruntime.__version__)')" >&2
+step "Python venv for the benchmark peers and the KServe upstream tests (target/peer-venv)"
+venv="$root/target/peer-venv"
+requirements=(-r "$root/tools/peer-requirements.txt" -r "$root/tools/kserve-requirements.txt")
+if ! "$venv/bin/python" -c 'import onnxruntime, kserve, starlette, uvicorn' 2>/dev/null; then
+  # `python -m pip`, not `bin/pip`: a venv copied from another path keeps scripts that point
+  # at that path. pip only adds what is missing from an existing venv.
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv" || fail "python3 -m venv failed; install python3-venv"
+  echo "installing pinned packages (kserve pulls in fastapi, grpcio, pandas: about a minute the first time)" >&2
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "${requirements[@]}" \
+    || fail "pip install failed; run: $venv/bin/python -m pip install -r tools/peer-requirements.txt -r tools/kserve-requirements.txt"
 fi
+versions=$("$venv/bin/python" -c 'from importlib.metadata import version as v; print("onnxruntime", v("onnxruntime"), "kserve", v("kserve"))') \
+  || fail "the venv at $venv does not import; remove it and run this script again"
+echo "venv: $versions" >&2
 
 step "setup done"

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context as _;
+use cascade_runtime::config::UpstreamKind;
 use cascade_runtime::{Mode, ResolvedConfig, config};
 
 /// Loads, validates and resolves (reads and digest-checks every model and plugin file) the
@@ -62,10 +63,13 @@ fn summary(c: &ResolvedConfig) -> Result<String, std::fmt::Error> {
         )?;
     }
     match &s.upstream {
-        Some(u) => {
-            let addrs: Vec<String> = u.addresses.iter().map(ToString::to_string).collect();
-            writeln!(out, "upstream `{}` at {}", u.server_name, addrs.join(", "))?
-        }
+        Some(u) => match &u.kind {
+            UpstreamKind::Quic(q) => {
+                let addrs: Vec<String> = q.addresses.iter().map(ToString::to_string).collect();
+                writeln!(out, "upstream `{}` at {}", u.server_name, addrs.join(", "))?
+            }
+            UpstreamKind::Kserve(k) => writeln!(out, "upstream: KServe v2 model `{}` at {}", k.model, k.url)?,
+        },
         None => writeln!(out, "no upstream: this node answers everything it accepts")?,
     }
     if let Some(b) = s.batching {
@@ -100,5 +104,22 @@ mod tests {
         std::fs::write(&cfg, text.replace("0.8", "8")).unwrap();
         let err = format!("{:#}", run(&cfg).unwrap_err());
         assert!(err.contains("routes.r.thresholds.normal"), "{err}");
+    }
+
+    #[test]
+    fn summarises_a_kserve_upstream() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.wasm"), b"plugin bytes").unwrap();
+        let model = ReferenceModel::EdgeInt8.path(&reference::default_models_dir());
+        let text = format!(
+            "[models.m]\npath = {:?}\n[plugins.p]\npath = \"p.wasm\"\nmodels = [\"m\"]\n\
+             [routes.r]\nplugin = \"p\"\nthresholds = {{ normal = 0.8 }}\n\
+             [upstream]\nkind = \"kserve\"\nurl = \"http://127.0.0.1:8500/\"\nmodel = \"central\"\n",
+            model.display().to_string()
+        );
+        let cfg = dir.path().join("node.toml");
+        std::fs::write(&cfg, &text).unwrap();
+        let out = run(&cfg).unwrap();
+        assert!(out.contains("upstream: KServe v2 model `central` at http://127.0.0.1:8500\n"), "{out}");
     }
 }

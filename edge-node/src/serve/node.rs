@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cascade_runtime::config::{ResolvedConfig, RouteSettings};
+use cascade_runtime::config::{ResolvedConfig, RouteSettings, UpstreamKind};
 use cascade_runtime::protocol::{
     self, ErrorFrame, EscalationAnswer, EscalationRequest, NamedTensor, StageTiming,
 };
@@ -52,6 +52,9 @@ pub enum NodeError {
     /// The upstream client or the QUIC listener could not be set up.
     #[error("quic: {0}")]
     Transport(#[from] transport::TransportError),
+    /// The KServe upstream's HTTP client could not be set up.
+    #[error("kserve upstream: {0}")]
+    Kserve(#[from] upstream::KserveError),
 }
 
 /// Why a request got no answer. Each maps to one HTTP status ([`ServeError::status`]).
@@ -270,23 +273,39 @@ impl Node {
         }
         let upstream = match &settings.upstream {
             Some(up) => {
-                let identity = TlsIdentity::from_files(&up.cert, &up.key, &up.ca)?;
-                let clients = up
-                    .addresses
-                    .iter()
-                    .map(|addr| {
-                        let mut c = ClientConfig::new(*addr, up.server_name.clone());
-                        c.connect_timeout = up.connect_timeout;
-                        c
-                    })
-                    .collect();
-                let mut cfg = upstream::UpstreamConfig::new(clients);
-                cfg.breaker.failure_threshold = up.breaker_failure_threshold;
-                cfg.breaker.open_for = up.breaker_open;
-                cfg.breaker.half_open_probes = up.breaker_half_open_probes;
-                cfg.breaker.latency_limit = up.request_timeout;
-                cfg.retry.ratio = up.retry_budget;
-                Some(UpstreamClient::new(&identity, cfg)?)
+                let breaker = upstream::BreakerConfig {
+                    failure_threshold: up.breaker_failure_threshold,
+                    open_for: up.breaker_open,
+                    half_open_probes: up.breaker_half_open_probes,
+                    latency_limit: up.request_timeout,
+                };
+                let retry =
+                    upstream::RetryConfig { ratio: up.retry_budget, ..upstream::RetryConfig::default() };
+                match &up.kind {
+                    UpstreamKind::Quic(quic) => {
+                        let identity = TlsIdentity::from_files(&quic.cert, &quic.key, &quic.ca)?;
+                        let clients = quic
+                            .addresses
+                            .iter()
+                            .map(|addr| {
+                                let mut c = ClientConfig::new(*addr, up.server_name.clone());
+                                c.connect_timeout = up.connect_timeout;
+                                c
+                            })
+                            .collect();
+                        let cfg = upstream::UpstreamConfig { upstreams: clients, breaker, retry };
+                        Some(UpstreamClient::new(&identity, cfg)?)
+                    }
+                    UpstreamKind::Kserve(kserve) => {
+                        let server = upstream::KserveConfig {
+                            url: kserve.url.clone(),
+                            model: kserve.model.clone(),
+                            connect_timeout: up.connect_timeout,
+                        };
+                        let cfg = upstream::KserveUpstreamConfig { servers: vec![server], breaker, retry };
+                        Some(UpstreamClient::kserve(cfg)?)
+                    }
+                }
             }
             None => None,
         };

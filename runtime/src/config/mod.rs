@@ -281,19 +281,14 @@ impl RouteSettings {
     }
 }
 
-/// The upstream node.
+/// The upstream: another Cascade node, or a KServe v2 server.
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
-    /// QUIC addresses, tried in order.
-    pub addresses: Vec<SocketAddr>,
-    /// Name on the upstream's certificate.
+    /// How the upstream is reached, with what only that kind needs.
+    pub kind: UpstreamKind,
+    /// Reported as the tier that answered an escalated request: the name on a QUIC
+    /// upstream's certificate, or a KServe server's `host:port`.
     pub server_name: String,
-    /// CA certificate file.
-    pub ca: PathBuf,
-    /// Client certificate file.
-    pub cert: PathBuf,
-    /// Client key file.
-    pub key: PathBuf,
     /// Connection attempt limit.
     pub connect_timeout: Duration,
     /// One escalation's limit.
@@ -306,6 +301,55 @@ pub struct UpstreamSettings {
     pub breaker_open: Duration,
     /// Successful probes that close it.
     pub breaker_half_open_probes: u32,
+}
+
+/// How an upstream is reached (`[upstream] kind`).
+#[derive(Debug, Clone)]
+pub enum UpstreamKind {
+    /// `kind = "quic"`: a Cascade node over QUIC with mutual TLS.
+    Quic(QuicUpstreamSettings),
+    /// `kind = "kserve"`: a KServe v2 / Open Inference Protocol REST server.
+    Kserve(KserveUpstreamSettings),
+}
+
+/// A Cascade node over QUIC.
+#[derive(Debug, Clone, Default)]
+pub struct QuicUpstreamSettings {
+    /// QUIC addresses, tried in order.
+    pub addresses: Vec<SocketAddr>,
+    /// CA certificate file.
+    pub ca: PathBuf,
+    /// Client certificate file.
+    pub cert: PathBuf,
+    /// Client key file.
+    pub key: PathBuf,
+}
+
+/// A KServe v2 REST server.
+#[derive(Debug, Clone)]
+pub struct KserveUpstreamSettings {
+    /// Base URL (`http://host:port`, perhaps with a path prefix), without a trailing `/`.
+    pub url: String,
+    /// The model's name on that server.
+    pub model: String,
+}
+
+impl UpstreamSettings {
+    /// The QUIC settings, if the upstream is a Cascade node.
+    pub fn quic(&self) -> Option<&QuicUpstreamSettings> {
+        match &self.kind {
+            UpstreamKind::Quic(q) => Some(q),
+            UpstreamKind::Kserve(_) => None,
+        }
+    }
+
+    /// The KServe settings, if the upstream is a KServe v2 server.
+    pub fn kserve(&self) -> Option<&KserveUpstreamSettings> {
+        match &self.kind {
+            UpstreamKind::Kserve(k) => Some(k),
+            UpstreamKind::Quic(_) => None,
+        }
+    }
 }
 
 /// What a mode changes.
@@ -362,7 +406,7 @@ pub struct TelemetrySettings {
 }
 
 impl ValidatedConfig {
-    /// Reads every model and plugin file, checks pinned digests and that the upstream's
+    /// Reads every model and plugin file, checks pinned digests and that a QUIC upstream's
     /// certificate files exist.
     pub fn resolve(&self) -> Result<ResolvedConfig, ConfigError> {
         let mut models = BTreeMap::new();
@@ -375,7 +419,7 @@ impl ValidatedConfig {
             let (digest, bytes) = self.read_pinned(&format!("plugins.{name}"), &spec.path, spec.pinned)?;
             plugins.insert(name.clone(), ResolvedPlugin { spec: spec.clone(), digest, bytes });
         }
-        if let Some(up) = &self.settings.upstream {
+        if let Some(up) = self.settings.upstream.as_ref().and_then(UpstreamSettings::quic) {
             for (field, file) in [("ca", &up.ca), ("cert", &up.cert), ("key", &up.key)] {
                 // Only existence here: the transport parses them, and keys stay out of memory
                 // until then.

@@ -216,21 +216,57 @@ pub struct ThresholdsConfig {
     pub emergency: Option<f64>,
 }
 
-/// `[upstream]`
+/// `[upstream]`: either another Cascade node over QUIC (`kind = "quic"`, the default) or a
+/// KServe v2 / Open Inference Protocol REST server such as Triton, KServe or Seldon MLServer
+/// (`kind = "kserve"`).
+///
+/// ```toml
+/// [upstream]                       # a Cascade node over QUIC with mutual TLS
+/// addresses = ["10.0.0.5:4433"]
+/// server_name = "central"
+/// ca = "certs/ca.pem"
+/// cert = "certs/edge.pem"
+/// key = "certs/edge.key"
+/// ```
+///
+/// ```toml
+/// [upstream]                       # a KServe v2 REST server
+/// kind = "kserve"
+/// url = "http://10.0.0.7:8080"
+/// model = "central"
+/// ```
+///
+/// The timeouts, `retry_budget` and `[upstream.breaker]` mean the same for both kinds. The
+/// QUIC fields (`addresses`, `server_name`, `ca`, `cert`, `key`) are required with `quic` and
+/// refused with `kserve`; `url` and `model` are required with `kserve` and refused with `quic`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
+    /// `kind = "quic"`: `"quic"` (a Cascade node) or `"kserve"` (a KServe v2 REST server).
+    /// Default `"quic"`.
+    #[serde(default = "default_upstream_kind")]
+    pub kind: String,
     /// `addresses = ["10.0.0.5:4433"]`: the upstream node's QUIC listeners (`ip:port`), tried
-    /// in order. Required, at least one.
-    pub addresses: Vec<String>,
-    /// `server_name = "central"`: the name the upstream's certificate must carry. Required.
-    pub server_name: String,
-    /// `ca = "certs/ca.pem"`: the CA that signed the upstream's certificate. Required.
-    pub ca: String,
-    /// `cert = "certs/edge.pem"`: this node's client certificate (mutual TLS). Required.
-    pub cert: String,
-    /// `key = "certs/edge.key"`: this node's private key. Required.
-    pub key: String,
+    /// in order. Required with `quic`, at least one.
+    pub addresses: Option<Vec<String>>,
+    /// `server_name = "central"`: the name the upstream's certificate must carry. Required
+    /// with `quic`.
+    pub server_name: Option<String>,
+    /// `ca = "certs/ca.pem"`: the CA that signed the upstream's certificate. Required with
+    /// `quic`.
+    pub ca: Option<String>,
+    /// `cert = "certs/edge.pem"`: this node's client certificate (mutual TLS). Required with
+    /// `quic`.
+    pub cert: Option<String>,
+    /// `key = "certs/edge.key"`: this node's private key. Required with `quic`.
+    pub key: Option<String>,
+    /// `url = "http://10.0.0.7:8080"`: the KServe server's base URL; the node POSTs to
+    /// `{url}/v2/models/{model}/infer`. Plain `http` only (this build has no TLS for HTTP
+    /// clients: put a TLS-terminating proxy on the node's side if the link needs it).
+    /// Required with `kserve`.
+    pub url: Option<String>,
+    /// `model = "central"`: the model's name on the KServe server. Required with `kserve`.
+    pub model: Option<String>,
     /// `connect_timeout_ms = 1000`: giving up on a connection attempt. Default `1000`.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
@@ -245,6 +281,10 @@ pub struct UpstreamConfig {
     /// `[upstream.breaker]`: when to stop calling a failing upstream.
     #[serde(default)]
     pub breaker: BreakerConfig,
+}
+
+fn default_upstream_kind() -> String {
+    "quic".to_owned()
 }
 
 fn default_connect_timeout_ms() -> u64 {

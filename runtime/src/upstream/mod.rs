@@ -8,13 +8,16 @@
 //! - [`Balancer`]: power of two choices on latency times in-flight count, skipping
 //!   upstreams whose breaker is open.
 //!
-//! [`UpstreamClient`] combines them with the QUIC transport: [`UpstreamClient::escalate`]
-//! picks an upstream, sends, and retries elsewhere only for retryable errors, within the
-//! budget and never past the request's deadline.
+//! [`UpstreamClient`] combines them with a transport: the QUIC tier protocol to other
+//! Cascade nodes, or KServe v2 REST to an existing inference server ([`kserve`]).
+//! [`UpstreamClient::escalate`] picks an upstream, sends, and retries elsewhere only for
+//! retryable errors, within the budget and never past the request's deadline; both kinds
+//! share the breakers, the budget and the health reports.
 
 mod balancer;
 mod breaker;
 mod budget;
+pub mod kserve;
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -24,6 +27,7 @@ use parking_lot::Mutex;
 pub use balancer::{Balancer, MemberHealth};
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome, Permit};
 pub use budget::{RetryBudget, RetryConfig};
+pub use kserve::{KserveClient, KserveConfig, KserveError};
 
 use crate::protocol::{ErrorKind, EscalationAnswer, EscalationRequest};
 use crate::transport::{ClientConfig, Reply, TierClient, TlsIdentity, TransportError, time_left};
@@ -43,6 +47,24 @@ impl UpstreamConfig {
     /// Default breaker and retry settings for these upstreams.
     pub fn new(upstreams: Vec<ClientConfig>) -> UpstreamConfig {
         UpstreamConfig { upstreams, breaker: BreakerConfig::default(), retry: RetryConfig::default() }
+    }
+}
+
+/// KServe v2 servers and how to treat them.
+#[derive(Debug, Clone)]
+pub struct KserveUpstreamConfig {
+    /// One configuration per server.
+    pub servers: Vec<KserveConfig>,
+    /// Breaker settings, the same for each server.
+    pub breaker: BreakerConfig,
+    /// Retry settings.
+    pub retry: RetryConfig,
+}
+
+impl KserveUpstreamConfig {
+    /// Default breaker and retry settings for these servers.
+    pub fn new(servers: Vec<KserveConfig>) -> KserveUpstreamConfig {
+        KserveUpstreamConfig { servers, breaker: BreakerConfig::default(), retry: RetryConfig::default() }
     }
 }
 
@@ -80,6 +102,14 @@ pub enum EscalationError {
         /// The transport failure.
         source: TransportError,
     },
+    /// A KServe v2 upstream failed, refused the request, or answered something unusable.
+    #[error("kserve upstream {server}: {source}")]
+    Kserve {
+        /// Which server (`host:port`).
+        server: String,
+        /// What went wrong.
+        source: KserveError,
+    },
     /// Every upstream's circuit breaker is open.
     #[error("no upstream available: every circuit breaker is open")]
     NoUpstream,
@@ -94,6 +124,9 @@ impl EscalationError {
         match self {
             EscalationError::Upstream { .. } => Origin::Upstream,
             EscalationError::Transport { .. } => Origin::Transport,
+            EscalationError::Kserve { source, .. } if source.answered() => Origin::Upstream,
+            EscalationError::Kserve { source, .. } if source.server_failed().is_some() => Origin::Transport,
+            EscalationError::Kserve { .. } => Origin::Local,
             EscalationError::NoUpstream | EscalationError::DeadlineExceeded => Origin::Local,
         }
     }
@@ -103,6 +136,7 @@ impl EscalationError {
         match self {
             EscalationError::Upstream { retryable, .. } => *retryable,
             EscalationError::Transport { source, .. } => source.retryable(),
+            EscalationError::Kserve { source, .. } => source.retryable(),
             EscalationError::NoUpstream => true,
             EscalationError::DeadlineExceeded => false,
         }
@@ -112,10 +146,78 @@ impl EscalationError {
 /// An upstream's health, for metrics and the edge policy's gates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamHealth {
-    /// Its address.
-    pub addr: SocketAddr,
+    /// Which upstream: a QUIC upstream's `ip:port`, a KServe server's `host:port`.
+    pub server: String,
     /// Breaker state, in-flight count, latency average.
     pub health: MemberHealth,
+}
+
+/// One upstream, reached by its kind's transport. Not boxed: a handful live as long as the
+/// node, and the size difference costs nothing there.
+#[allow(clippy::large_enum_variant)]
+enum Member {
+    Quic(TierClient),
+    Kserve(KserveClient),
+}
+
+impl Member {
+    fn server(&self) -> String {
+        match self {
+            Member::Quic(c) => c.addr().to_string(),
+            Member::Kserve(c) => c.server().to_owned(),
+        }
+    }
+
+    /// One attempt: the answer, or the failure and what it says about the upstream's health
+    /// (`started` dates the attempt, for an upstream that refused quickly but is healthy).
+    async fn attempt(
+        &self,
+        request: &EscalationRequest,
+        started: Instant,
+    ) -> Result<EscalationAnswer, (Outcome, EscalationError)> {
+        match self {
+            Member::Quic(client) => {
+                let addr = client.addr();
+                match client.request(request).await {
+                    Ok(Reply::Answer(answer)) => Ok(answer),
+                    Ok(Reply::Error(e)) => {
+                        // Refusals about the request itself say the upstream is healthy.
+                        let outcome = match e.kind {
+                            ErrorKind::Overloaded
+                            | ErrorKind::Unavailable
+                            | ErrorKind::Internal
+                            | ErrorKind::DeadlineExceeded => Outcome::Failure,
+                            _ => Outcome::Success(started.elapsed()),
+                        };
+                        let error = EscalationError::Upstream {
+                            addr,
+                            kind: e.kind,
+                            retryable: e.retryable,
+                            message: e.message,
+                        };
+                        Err((outcome, error))
+                    }
+                    Err(source) => {
+                        let outcome = match source {
+                            TransportError::Encode(_)
+                            | TransportError::Tls(_)
+                            | TransportError::Bind { .. } => Outcome::Ignored,
+                            _ => Outcome::Failure,
+                        };
+                        Err((outcome, EscalationError::Transport { addr, source }))
+                    }
+                }
+            }
+            Member::Kserve(client) => client.infer(request).await.map_err(|source| {
+                let outcome = match source.server_failed() {
+                    Some(true) => Outcome::Failure,
+                    Some(false) => Outcome::Success(started.elapsed()),
+                    None => Outcome::Ignored,
+                };
+                (outcome, EscalationError::Kserve { server: client.server().to_owned(), source })
+            }),
+        }
+    }
 }
 
 struct State {
@@ -123,38 +225,53 @@ struct State {
     budget: RetryBudget,
 }
 
-/// Escalates requests to the healthiest of several upstreams.
+/// Escalates requests to the healthiest of several upstreams: Cascade nodes over QUIC
+/// ([`UpstreamClient::new`]) or KServe v2 servers ([`UpstreamClient::kserve`]).
 pub struct UpstreamClient {
-    clients: Vec<TierClient>,
+    members: Vec<Member>,
     // A plain mutex: held only for the instant decisions, never across an await.
     state: Mutex<State>,
 }
 
 impl std::fmt::Debug for UpstreamClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamClient").field("upstreams", &self.clients.len()).finish()
+        f.debug_struct("UpstreamClient").field("upstreams", &self.members.len()).finish()
     }
 }
 
 impl UpstreamClient {
-    /// A client for every configured upstream, presenting `identity`. Must be called inside a
-    /// tokio runtime.
+    /// A client for every configured QUIC upstream, presenting `identity`. Must be called
+    /// inside a tokio runtime.
     pub fn new(identity: &TlsIdentity, config: UpstreamConfig) -> Result<UpstreamClient, TransportError> {
-        let clients = config
+        let members = config
             .upstreams
             .into_iter()
-            .map(|c| TierClient::new(identity, c))
+            .map(|c| TierClient::new(identity, c).map(Member::Quic))
             .collect::<Result<Vec<_>, _>>()?;
+        Ok(UpstreamClient::with_members(members, config.breaker, config.retry))
+    }
+
+    /// A client for every configured KServe v2 server. Connects lazily.
+    pub fn kserve(config: KserveUpstreamConfig) -> Result<UpstreamClient, KserveError> {
+        let members = config
+            .servers
+            .iter()
+            .map(|c| KserveClient::new(c).map(Member::Kserve))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(UpstreamClient::with_members(members, config.breaker, config.retry))
+    }
+
+    fn with_members(members: Vec<Member>, breaker: BreakerConfig, retry: RetryConfig) -> UpstreamClient {
         // Different nodes should not make the same random choices in lockstep.
         let seed =
             crate::transport::unix_micros(std::time::SystemTime::now()) ^ u64::from(std::process::id()) << 32;
-        Ok(UpstreamClient {
+        UpstreamClient {
             state: Mutex::new(State {
-                balancer: Balancer::new(clients.len(), config.breaker, seed),
-                budget: RetryBudget::new(config.retry),
+                balancer: Balancer::new(members.len(), breaker, seed),
+                budget: RetryBudget::new(retry),
             }),
-            clients,
-        })
+            members,
+        }
     }
 
     /// Sends `request` to an upstream and returns its answer, retrying on another upstream
@@ -173,13 +290,10 @@ impl UpstreamClient {
             let Some((index, permit)) = self.state.lock().balancer.pick(Instant::now(), avoid) else {
                 return Err(EscalationError::NoUpstream);
             };
-            let client = &self.clients[index];
-            let addr = client.addr();
             let started = Instant::now();
-            let result = client.request(request).await;
-            let latency = started.elapsed();
-            let (outcome, error) = match result {
-                Ok(Reply::Answer(answer)) => {
+            let (outcome, error) = match self.members[index].attempt(request, started).await {
+                Ok(answer) => {
+                    let latency = started.elapsed();
                     self.state.lock().balancer.finish(
                         index,
                         Instant::now(),
@@ -188,32 +302,7 @@ impl UpstreamClient {
                     );
                     return Ok(answer);
                 }
-                Ok(Reply::Error(e)) => {
-                    // Refusals about the request itself say the upstream is healthy.
-                    let outcome = match e.kind {
-                        ErrorKind::Overloaded
-                        | ErrorKind::Unavailable
-                        | ErrorKind::Internal
-                        | ErrorKind::DeadlineExceeded => Outcome::Failure,
-                        _ => Outcome::Success(latency),
-                    };
-                    let error = EscalationError::Upstream {
-                        addr,
-                        kind: e.kind,
-                        retryable: e.retryable,
-                        message: e.message,
-                    };
-                    (outcome, error)
-                }
-                Err(source) => {
-                    let outcome = match source {
-                        TransportError::Encode(_) | TransportError::Tls(_) | TransportError::Bind { .. } => {
-                            Outcome::Ignored
-                        }
-                        _ => Outcome::Failure,
-                    };
-                    (outcome, EscalationError::Transport { addr, source })
-                }
+                Err(failure) => failure,
             };
             let now = Instant::now();
             let mut state = self.state.lock();
@@ -240,6 +329,10 @@ impl UpstreamClient {
     /// Every upstream's health, in configuration order.
     pub fn health(&self) -> Vec<UpstreamHealth> {
         let health = self.state.lock().balancer.health(Instant::now());
-        self.clients.iter().zip(health).map(|(c, health)| UpstreamHealth { addr: c.addr(), health }).collect()
+        self.members
+            .iter()
+            .zip(health)
+            .map(|(m, health)| UpstreamHealth { server: m.server(), health })
+            .collect()
     }
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod backends;
+mod kserve;
 mod reference_models;
 mod sandbox;
 mod serve_core;

@@ -36,7 +36,7 @@ fn example_configs_validate() {
     let s = &edge.settings;
     assert_eq!(s.name, "edge");
     assert!(s.quic.is_none());
-    let up = s.upstream.as_ref().expect("edge has an upstream");
+    let up = s.upstream.as_ref().and_then(|u| u.quic()).expect("edge has a QUIC upstream");
     assert_eq!(up.addresses.len(), 1);
     assert_eq!(up.ca, examples_dir().join("certs/ca.pem"));
     let digits = &s.routes["digits"];
