@@ -12,6 +12,9 @@ use cascade_runtime::{Mode, ResolvedConfig, config};
 pub fn run(path: &Path) -> anyhow::Result<String> {
     let validated = config::load(path)?;
     let resolved = validated.resolve()?;
+    if let Some(admin) = &resolved.settings.admin {
+        crate::serve::admin::read_token(&admin.token_file)?;
+    }
     summary(&resolved).context("formatting the summary")
 }
 
@@ -22,6 +25,9 @@ fn summary(c: &ResolvedConfig) -> Result<String, std::fmt::Error> {
     write!(out, "node `{}`: http {}", s.name, s.http)?;
     if let Some(q) = s.quic {
         write!(out, ", quic {q}")?;
+    }
+    if let Some(a) = &s.admin {
+        write!(out, ", admin {} (token in {})", a.addr, a.token_file.display())?;
     }
     writeln!(out, ", max in flight {}", s.max_in_flight)?;
     for (name, m) in &c.models {

@@ -2,10 +2,12 @@
 //!
 //! - [`node`]: the request path without HTTP (admission, cache, sandbox, policy, escalation).
 //! - [`http`]: KServe v2 REST over it.
+//! - [`admin`]: the admin API (mode pinning, reload) on a listener of its own.
 //!
 //! [`Server::start`] binds both listeners; [`Server::shutdown`] stops accepting and drains the
 //! requests in flight. `run` does that for the CLI, shutting down on SIGTERM or ctrl-c.
 
+pub mod admin;
 pub mod http;
 pub mod node;
 
@@ -25,9 +27,36 @@ pub use node::{CurrentNode, Degraded, Node, NodeError, Reply, ServeError};
 pub struct Server {
     node: CurrentNode,
     http_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     quic: Option<TierServer>,
     stop: Option<oneshot::Sender<()>>,
+    stop_admin: tokio::sync::broadcast::Sender<()>,
     http: JoinHandle<std::io::Result<()>>,
+}
+
+/// Binds the admin listener and serves it until `stop` fires.
+async fn start_admin(
+    node: CurrentNode,
+    settings: &config::AdminSettings,
+    mut stop: tokio::sync::broadcast::Receiver<()>,
+) -> anyhow::Result<SocketAddr> {
+    let token = admin::read_token(&settings.token_file)?;
+    let listener = tokio::net::TcpListener::bind(settings.addr)
+        .await
+        .with_context(|| format!("cannot bind admin listener on {}", settings.addr))?;
+    let addr = listener.local_addr()?;
+    let app = admin::router(node, token);
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.recv().await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    });
+    Ok(addr)
 }
 
 impl Server {
@@ -43,6 +72,7 @@ impl Server {
             .with_context(|| format!("cannot bind http listener on {http_listen}"))?;
         let http_addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
+        let (stop_admin, _) = tokio::sync::broadcast::channel::<()>(1);
         let app = http::router(node.clone());
         let http = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -51,8 +81,12 @@ impl Server {
                 })
                 .await
         });
-        tracing::info!(node = node.get().name(), %http_addr, quic = ?quic.as_ref().map(TierServer::local_addr), "serving");
-        Ok(Server { node, http_addr, quic, stop: Some(stop), http })
+        let admin_addr = match node.get().config().settings.admin.clone() {
+            Some(settings) => Some(start_admin(node.clone(), &settings, stop_admin.subscribe()).await?),
+            None => None,
+        };
+        tracing::info!(node = node.get().name(), %http_addr, quic = ?quic.as_ref().map(TierServer::local_addr), ?admin_addr, "serving");
+        Ok(Server { node, http_addr, admin_addr, quic, stop: Some(stop), stop_admin, http })
     }
 
     /// The node new requests go to.
@@ -62,30 +96,20 @@ impl Server {
 
     /// Swaps in a node built from `config` (plugins, models, thresholds, limits) without
     /// dropping requests: those running finish on the old node. Listener addresses and the
-    /// QUIC identity cannot change this way (restart for that). Metrics, cache and mode
-    /// start afresh with the new node.
+    /// QUIC identity cannot change this way (restart for that). Metrics and a pinned mode
+    /// carry over; cache and admission start afresh with the new node.
     pub async fn reload(&self, config: ResolvedConfig) -> anyhow::Result<()> {
-        let old = self.node.get();
-        let (was, now) = (&old.config().settings, &config.settings);
-        let same_tls = match (&was.quic_tls, &now.quic_tls) {
-            (Some(a), Some(b)) => (&a.cert, &a.key, &a.ca) == (&b.cert, &b.key, &b.ca),
-            (None, None) => true,
-            _ => false,
-        };
-        if was.http != now.http || was.quic != now.quic || !same_tls {
-            anyhow::bail!(
-                "reload: listeners (http, quic and its certificate files) cannot change; restart the node"
-            );
-        }
-        let node = tokio::task::block_in_place(|| Node::new(config))?;
-        self.node.replace(node);
-        tracing::info!("config reloaded");
-        Ok(())
+        reload(&self.node, config).await
     }
 
     /// Where clients reach the HTTP front door.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where the admin API listens, if it is enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Where downstream nodes reach the QUIC listener, if there is one.
@@ -99,12 +123,34 @@ impl Server {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        let _ = self.stop_admin.send(());
         (&mut self.http).await.context("http task")?.context("http server")?;
         if let Some(quic) = self.quic.take() {
             quic.shutdown().await;
         }
         Ok(())
     }
+}
+
+/// Replaces the node `current` holds with one built from `config` (see [`Server::reload`]).
+pub(crate) async fn reload(current: &CurrentNode, config: ResolvedConfig) -> anyhow::Result<()> {
+    let old = current.get();
+    let (was, now) = (&old.config().settings, &config.settings);
+    let same_tls = match (&was.quic_tls, &now.quic_tls) {
+        (Some(a), Some(b)) => (&a.cert, &a.key, &a.ca) == (&b.cert, &b.key, &b.ca),
+        (None, None) => true,
+        _ => false,
+    };
+    let admin = |s: &config::NodeSettings| s.admin.as_ref().map(|a| a.addr);
+    if was.http != now.http || was.quic != now.quic || !same_tls || admin(was) != admin(now) {
+        anyhow::bail!(
+            "reload: listeners (http, quic and its certificate files, admin) cannot change; restart the node"
+        );
+    }
+    let node = tokio::task::block_in_place(|| old.successor(config))?;
+    current.replace(node);
+    tracing::info!("config reloaded");
+    Ok(())
 }
 
 /// `edge-node serve --config F`: serves until SIGTERM or ctrl-c, then drains. SIGHUP reloads
@@ -115,6 +161,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     println!("serving http on {}", server.http_addr());
     if let Some(quic) = server.quic_addr() {
         println!("accepting escalations over quic on {quic}");
+    }
+    if let Some(admin) = server.admin_addr() {
+        println!("admin api on {admin}");
     }
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);

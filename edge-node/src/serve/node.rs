@@ -200,7 +200,7 @@ pub struct Node {
     batching: Option<BatchSettings>,
     /// Each route's capacity, shared fairly among the edges escalating to this node.
     shares: BTreeMap<String, Arc<FairShare>>,
-    telemetry: Telemetry,
+    telemetry: Arc<Telemetry>,
     next_id: AtomicU64,
 }
 
@@ -214,6 +214,23 @@ impl Node {
     /// Builds a node: prepares the models, loads the plugins, connects (lazily) to the
     /// upstream, and starts the mode controller. Must be called inside a tokio runtime.
     pub fn new(config: ResolvedConfig) -> Result<Arc<Node>, NodeError> {
+        Node::build(config, None)
+    }
+
+    /// Builds the node that replaces this one on a reload: its metrics carry on (counters
+    /// do not restart), and a mode an admin pinned stays pinned. Cache, admission and
+    /// upstream state start afresh, as the new config may change any of them.
+    pub fn successor(&self, config: ResolvedConfig) -> Result<Arc<Node>, NodeError> {
+        let node = Node::build(config, Some(self.telemetry.clone()))?;
+        if let Some(mode) = self.pinned_mode() {
+            // The same pin, carried over: not a new switch to count.
+            node.modes.lock().pin(mode, Instant::now());
+            node.enter(mode);
+        }
+        Ok(node)
+    }
+
+    fn build(config: ResolvedConfig, telemetry: Option<Arc<Telemetry>>) -> Result<Arc<Node>, NodeError> {
         let now = Instant::now();
         let settings = &config.settings;
         // Admission lets at most `max_in_flight` requests run at once, each in its own
@@ -222,7 +239,10 @@ impl Node {
             max_instances: settings.max_in_flight,
             ..SandboxConfig::default()
         })?;
-        let telemetry = Telemetry::new()?;
+        let telemetry = match telemetry {
+            Some(t) => t,
+            None => Arc::new(Telemetry::new()?),
+        };
         let tract: Arc<dyn Backend> = Arc::new(TractBackend::new());
         // One pool of batching threads per model; each runs one batch at a time, so as many
         // as there are cores keep them all busy.
@@ -668,6 +688,11 @@ impl Node {
         }
     }
 
+    /// The mode an admin pinned, if any.
+    pub fn pinned_mode(&self) -> Option<Mode> {
+        self.modes.lock().pinned()
+    }
+
     /// Pins the mode (an admin call), or returns to automatic switching with `None`.
     pub fn pin_mode(&self, mode: Option<Mode>) {
         let now = Instant::now();
@@ -696,15 +721,20 @@ impl Node {
     }
 
     fn apply(&self, change: &ModeChange) {
-        let switches = self.config.settings.modes.switches(change.to);
+        self.enter(change.to);
+        self.telemetry.mode_change(change);
+        tracing::info!(%change, "mode switch");
+    }
+
+    /// Sets the switches of `mode` (without counting a switch).
+    fn enter(&self, mode: Mode) {
+        let switches = self.config.settings.modes.switches(mode);
         self.policy.lock().set_budget(switches.escalation_budget, Instant::now());
         self.admission.set_disabled(&switches.disabled_routes);
         if let (Some(batching), Some(delay)) = (&self.batching, switches.batching_delay) {
             batching.set_max_delay(delay);
         }
-        self.telemetry.mode_change(change);
-        self.telemetry.set_mode(change.to);
-        tracing::info!(%change, "mode switch");
+        self.telemetry.set_mode(mode);
     }
 }
 

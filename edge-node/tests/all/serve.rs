@@ -362,3 +362,81 @@ async fn reload_swaps_thresholds_without_dropping_requests() {
     assert!(e.to_string().contains("listeners"), "{e}");
     server.shutdown().await.unwrap();
 }
+
+/// The admin API pins and unpins the mode and reloads the config from disk, only for a
+/// caller with the token; a pinned mode and the metrics survive the reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_pins_modes_and_reloads_with_a_token() {
+    use reqwest::Method;
+    let token = "0123456789abcdef0123456789abcdef";
+    let token_file = write_config("admin.token", &format!("{token}\n"));
+    let with_admin = |threshold: f64| {
+        edge_toml(threshold, "", None).replace(
+            "http = \"127.0.0.1:0\"",
+            &format!(
+                "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"",
+                token_file.display()
+            ),
+        )
+    };
+    let config_file = write_config("admin.toml", &with_admin(0.0));
+    let config = cascade_runtime::config::load(&config_file).unwrap().resolve().unwrap();
+    let server = Server::start(config).await.unwrap();
+    let admin = server.admin_addr().expect("admin listener");
+    let c = client();
+    let call = |method: Method, path: &str, auth: Option<&str>, body: Option<serde_json::Value>| {
+        let mut r = c.request(method, format!("http://{admin}{path}"));
+        if let Some(t) = auth {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
+
+    let (status, body) = call(Method::GET, "/admin/mode", None, None).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = call(Method::GET, "/admin/mode", Some("0123456789abcdef0123456789abcdeX"), None).await;
+    assert_eq!(status, 401);
+    let (status, body) = call(Method::GET, "/admin/mode", Some(token), None).await;
+    assert_eq!((status, body), (200, json!({ "mode": "normal", "pinned": false })));
+    let (status, body) =
+        call(Method::PUT, "/admin/mode", Some(token), Some(json!({ "mode": "panic" }))).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("unknown mode `panic`"), "{body}");
+    let (status, body) =
+        call(Method::PUT, "/admin/mode", Some(token), Some(json!({ "mode": "surge" }))).await;
+    assert_eq!((status, body), (200, json!({ "mode": "surge", "pinned": true })));
+
+    // Reload from disk: the file now has threshold 0.9, so a hard image is degraded.
+    std::fs::write(&config_file, with_admin(0.9)).unwrap();
+    let (status, body) = call(Method::POST, "/admin/reload", Some(token), None).await;
+    assert_eq!(status, 200, "{body}");
+    let hard = hard_images(1, 0.85)[0];
+    let r = post(&c, server.http_addr(), "digits", &serde_json::to_vec(&image_body(hard)).unwrap()).await;
+    assert_eq!(r.body["parameters"]["degraded"], true, "the reloaded threshold is not in force: {}", r.body);
+    let (_, body) = call(Method::GET, "/admin/mode", Some(token), None).await;
+    assert_eq!(body, json!({ "mode": "surge", "pinned": true }), "the pin did not survive the reload");
+    let (_, metrics) = get_text(&c, server.http_addr(), "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "cascade_mode_switches_total{", &["cause=\"admin\"", "to=\"surge\""]),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    // A broken file is refused and the node keeps serving the config it had.
+    std::fs::write(&config_file, "[node\n").unwrap();
+    let (status, body) = call(Method::POST, "/admin/reload", Some(token), None).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("still serving the old config"), "{body}");
+    let r = post(&c, server.http_addr(), "digits", &serde_json::to_vec(&image_body(hard)).unwrap()).await;
+    assert_eq!(r.status, 200);
+
+    let (status, body) = call(Method::PUT, "/admin/mode", Some(token), Some(json!({ "mode": "auto" }))).await;
+    assert_eq!((status, &body["pinned"]), (200, &json!(false)), "{body}");
+    server.shutdown().await.unwrap();
+}

@@ -169,6 +169,8 @@ pub struct NodeSettings {
     pub quic: Option<SocketAddr>,
     /// The QUIC listener's certificate, key and client CA; set exactly when `quic` is.
     pub quic_tls: Option<QuicTlsSettings>,
+    /// The admin API, if enabled.
+    pub admin: Option<AdminSettings>,
     /// Routes by name.
     pub routes: BTreeMap<String, RouteSettings>,
     /// Where hard requests escalate to; `None` on the last tier.
@@ -181,6 +183,15 @@ pub struct NodeSettings {
     pub batching: Option<BatchingSettings>,
     /// Logs and metrics.
     pub telemetry: TelemetrySettings,
+}
+
+/// The admin API's listener and the file holding its bearer token.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The token file (read when the node starts).
+    pub token_file: PathBuf,
 }
 
 /// The files a QUIC listener presents and trusts.

@@ -83,11 +83,27 @@ pub struct ListenersConfig {
     /// `quic_ca = "certs/ca.pem"`: the CA that must have signed every downstream node's
     /// client certificate (mutual TLS). Required with `quic`.
     pub quic_ca: Option<String>,
+    /// `admin = "127.0.0.1:9090"`: the admin API (pin or unpin the mode, reload the config),
+    /// on a listener of its own so that it can stay off the network clients reach. Default:
+    /// none (no admin API; SIGHUP still reloads).
+    pub admin: Option<String>,
+    /// `admin_token_file = "admin.token"`: a file holding the bearer token every admin call
+    /// must present (`Authorization: Bearer <token>`), at least 16 characters. Required with
+    /// `admin`.
+    pub admin_token_file: Option<String>,
 }
 
 impl Default for ListenersConfig {
     fn default() -> Self {
-        ListenersConfig { http: default_http(), quic: None, quic_cert: None, quic_key: None, quic_ca: None }
+        ListenersConfig {
+            http: default_http(),
+            quic: None,
+            quic_cert: None,
+            quic_key: None,
+            quic_ca: None,
+            admin: None,
+            admin_token_file: None,
+        }
     }
 }
 

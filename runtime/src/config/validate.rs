@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::schema::{NodeConfig, RouteConfig, SignalThresholdsConfig, UpstreamConfig};
 use super::{
-    BatchingSettings, ConfigError, Digest, FieldProblem, KserveUpstreamSettings, ModeSwitches, ModelSpec,
-    ModesSettings, NodeSettings, PluginSpec, QuicTlsSettings, QuicUpstreamSettings, RateSettings,
+    AdminSettings, BatchingSettings, ConfigError, Digest, FieldProblem, KserveUpstreamSettings, ModeSwitches,
+    ModelSpec, ModesSettings, NodeSettings, PluginSpec, QuicTlsSettings, QuicUpstreamSettings, RateSettings,
     RouteSettings, TelemetrySettings, UpstreamKind, UpstreamSettings, ValidatedConfig,
 };
 use crate::backend::BackendKind;
@@ -154,6 +154,7 @@ pub(super) fn validate(raw: NodeConfig, file: &Path) -> Result<ValidatedConfig, 
     let http = c.addr("listeners.http", &raw.listeners.http);
     let quic = raw.listeners.quic.as_deref().and_then(|q| c.addr("listeners.quic", q));
     let quic_tls = quic_tls(&mut c, &raw);
+    let admin = admin(&mut c, &raw);
 
     let mut models = BTreeMap::new();
     for (name, m) in &raw.models {
@@ -299,6 +300,7 @@ pub(super) fn validate(raw: NodeConfig, file: &Path) -> Result<ValidatedConfig, 
             http,
             quic,
             quic_tls,
+            admin,
             routes,
             upstream,
             max_in_flight,
@@ -309,6 +311,34 @@ pub(super) fn validate(raw: NodeConfig, file: &Path) -> Result<ValidatedConfig, 
         models,
         plugins,
     })
+}
+
+/// The admin listener and its token file: both or neither.
+fn admin(c: &mut Checker, raw: &NodeConfig) -> Option<AdminSettings> {
+    let l = &raw.listeners;
+    match (&l.admin, &l.admin_token_file) {
+        (None, None) => None,
+        (Some(_), None) => {
+            c.fail(
+                "listeners.admin_token_file",
+                "missing",
+                "a file holding the admin bearer token, since `listeners.admin` is set",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            c.fail(
+                "listeners.admin_token_file",
+                "set without `listeners.admin`",
+                "no value, or an `admin` address",
+            );
+            None
+        }
+        (Some(addr), Some(file)) => {
+            let addr = c.addr("listeners.admin", addr)?;
+            Some(AdminSettings { addr, token_file: c.path(file) })
+        }
+    }
 }
 
 /// The QUIC listener's identity files: all three with `quic`, none without.
