@@ -155,6 +155,8 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, repo: &Path, quick: bool) -> 
     figures.push("edge.overhead_us.p50", overhead.0 - overhead.1, "us");
     figures.push("edge.http_sequential_us.p50", overhead.0, "us");
     figures.push("edge.sandbox_direct_us.p50", overhead.1, "us");
+    figures.push("edge.http_floor_us.p50", overhead.2, "us");
+    figures.push("edge.overhead_beyond_http_floor_us.p50", overhead.0 - overhead.1 - overhead.2, "us");
 
     let mut ladder = drive_ladder(&client_rt, &client, &ours, &bodies, step)?;
     if let Some(m) = ladder.moderate.as_mut() {
@@ -199,8 +201,10 @@ fn node_config(model: &Path, plugin: &Path) -> NodeToml {
     NodeToml::new("bench-edge", model, plugin).no_cache().fixed_mode()
 }
 
-/// Medians of one request at a time over HTTP and of the same request handed to an
-/// in-process sandbox, alternated so that neither always runs on the warmer cache.
+/// Medians of one request at a time over HTTP, of the same request handed to an in-process
+/// sandbox, and of an empty `GET /v2/health/live` over the same connection (the cost of the
+/// client, the loopback round trip and hyper, with no node work), interleaved so that none
+/// always runs on the warmer cache.
 #[allow(clippy::too_many_arguments)]
 fn measure_overhead(
     client_rt: &tokio::runtime::Runtime,
@@ -212,7 +216,7 @@ fn measure_overhead(
     wasm: &Path,
     plugin_sha: &str,
     samples: usize,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<(f64, f64, f64)> {
     let sandbox = Sandbox::new(SandboxConfig::default())?;
     let model_sha =
         sha256_hex(&std::fs::read(model).with_context(|| format!("reading {}", model.display()))?);
@@ -238,6 +242,16 @@ fn measure_overhead(
         })?;
         Ok(start.elapsed().as_secs_f64() * 1e6)
     };
+    let live = target.url.replace("/v2/models/digits/infer", "/v2/health/live");
+    let floor = || -> anyhow::Result<f64> {
+        let start = Instant::now();
+        client_rt.block_on(async {
+            let r = client.get(&live).send().await?.error_for_status()?;
+            std::hint::black_box(r.bytes().await?);
+            anyhow::Ok(())
+        })?;
+        Ok(start.elapsed().as_secs_f64() * 1e6)
+    };
     let direct = |i: usize| -> anyhow::Result<f64> {
         let start = Instant::now();
         std::hint::black_box(sandbox.handle("mnist", &requests[i])?);
@@ -247,19 +261,31 @@ fn measure_overhead(
     for i in 0..200 {
         http(i % n)?;
         direct(i % n)?;
+        floor()?;
     }
-    let (mut hs, mut ds) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
+    let (mut hs, mut ds, mut fs) =
+        (Vec::with_capacity(samples), Vec::with_capacity(samples), Vec::with_capacity(samples));
     for k in 0..samples {
         let i = k % n;
-        if k % 2 == 0 {
-            hs.push(http(i)?);
-            ds.push(direct(i)?);
-        } else {
-            ds.push(direct(i)?);
-            hs.push(http(i)?);
+        match k % 3 {
+            0 => {
+                hs.push(http(i)?);
+                ds.push(direct(i)?);
+                fs.push(floor()?);
+            }
+            1 => {
+                ds.push(direct(i)?);
+                fs.push(floor()?);
+                hs.push(http(i)?);
+            }
+            _ => {
+                fs.push(floor()?);
+                hs.push(http(i)?);
+                ds.push(direct(i)?);
+            }
         }
     }
-    Ok((median(&mut hs), median(&mut ds)))
+    Ok((median(&mut hs), median(&mut ds), median(&mut fs)))
 }
 
 /// Drives `target` up the ladder: every rung up to the moderate rate, then on until one fails.
