@@ -16,8 +16,9 @@ use anyhow::{Context, bail};
 /// The name on the central node's certificate, which edges verify.
 pub const CENTRAL: &str = "central";
 
-/// A node config: one model, the mnist-classifier plugin on route `digits`, and whatever
-/// listeners, upstream and batching the role needs.
+/// A node config: one model, the mnist-classifier plugin on route `digits` (declaring its
+/// `image` input and `probabilities` output), and whatever listeners, upstream and
+/// batching the role needs.
 #[derive(Debug, Clone)]
 pub struct NodeToml {
     name: String,
@@ -159,7 +160,9 @@ impl NodeToml {
         let _ = write!(
             t,
             "\n[plugins.mnist.config]\nmodel = \"{name}\"\n\n[routes.digits]\nplugin = \"mnist\"\n\
-             deadline_ms = 2000\n"
+             deadline_ms = 2000\n\
+             inputs = [{{ name = \"image\", datatype = \"UINT8\", shape = [28, 28] }}]\n\
+             outputs = [{{ name = \"probabilities\", datatype = \"FP32\", shape = [1, 10] }}]\n"
         );
         if !self.cache {
             t.push_str("cache_ttl_s = 0\n");

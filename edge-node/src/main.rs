@@ -136,12 +136,20 @@ enum BenchSuite {
 fn main() -> anyhow::Result<()> {
     // SAFETY: first thing in main, before tracing, tokio or any model starts a thread.
     let tuning = unsafe { cascade_runtime::configure_cpu_kernels() };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    let cli = Cli::parse();
+    // `RUST_LOG` wins; otherwise a node logs as its config's `[telemetry] log` says (read
+    // here, once, at start), and every other command at the `error` level.
+    let filter = match (std::env::var_os("RUST_LOG"), &cli.command) {
+        (None, Command::Serve { config }) => {
+            let level = cascade_runtime::config::load(config).map(|c| c.settings.telemetry.log.clone());
+            tracing_subscriber::EnvFilter::try_new(level.as_deref().unwrap_or("info"))
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        }
+        _ => tracing_subscriber::EnvFilter::from_default_env(),
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     tracing::debug!(?tuning, "tract kernel knobs");
-    match Cli::parse().command {
+    match cli.command {
         Command::Demo {
             json,
             reference: Reference { models, plugin },

@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use cascade_runtime::{DType, Stage, Tensor, element_count};
+use cascade_runtime::{DType, ModelInfo, Stage, Tensor, TensorSpec, element_count};
 use serde_json::{Map, Value, json};
 
 use super::node::{CurrentNode, Reply, ServeError};
@@ -62,7 +62,7 @@ async fn server_metadata(State(current): State<CurrentNode>) -> Response {
     .into_response()
 }
 
-fn tensor_specs(specs: &[cascade_runtime::TensorSpec]) -> Value {
+fn tensor_specs(specs: &[TensorSpec]) -> Value {
     specs
         .iter()
         .map(|s| {
@@ -74,18 +74,34 @@ fn tensor_specs(specs: &[cascade_runtime::TensorSpec]) -> Value {
         .collect()
 }
 
-/// A route is served by a plugin, whose input format is its own; the models it calls are
-/// what the node knows, so those are reported (the first model as the route's tensors).
+fn declared_specs(decls: &[cascade_runtime::config::TensorDecl]) -> Value {
+    decls
+        .iter()
+        .map(|d| json!({ "name": d.name, "datatype": d.dtype.kserve_name(), "shape": d.kserve_shape() }))
+        .collect()
+}
+
+/// A route is served by a plugin, whose input format is its own: the route's declared
+/// `inputs`/`outputs` when the config has them, else the tensors of the first model the
+/// plugin may call (what the node knows without them).
 async fn model_metadata(State(current): State<CurrentNode>, Path(route): Path<String>) -> Response {
     let node = current.get();
     let Some(settings) = node.route(&route) else {
         return serve_error(&ServeError::UnknownRoute(route));
     };
     let models = node.route_models(&route);
-    let (inputs, outputs) = models
-        .first()
-        .map(|m| (tensor_specs(&m.inputs), tensor_specs(&m.outputs)))
-        .unwrap_or((json!([]), json!([])));
+    let first = models.first();
+    let pick =
+        |declared: &[cascade_runtime::config::TensorDecl], model: fn(&ModelInfo) -> &[TensorSpec]| match (
+            declared.is_empty(),
+            first,
+        ) {
+            (false, _) => declared_specs(declared),
+            (true, Some(m)) => tensor_specs(model(m)),
+            (true, None) => json!([]),
+        };
+    let inputs = pick(&settings.inputs, |m| &m.inputs);
+    let outputs = pick(&settings.outputs, |m| &m.outputs);
     let model_names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
     axum::Json(json!({
         "name": route,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cascade_runtime::config::{ResolvedConfig, RouteSettings, UpstreamKind};
+use cascade_runtime::config::{ResolvedConfig, RouteSettings, TensorDecl, UpstreamKind};
 use cascade_runtime::protocol::{
     self, ErrorFrame, EscalationAnswer, EscalationRequest, NamedTensor, StageTiming,
 };
@@ -510,6 +510,9 @@ impl Node {
         deadline: Instant,
         escalate: bool,
     ) -> Result<Reply, ServeError> {
+        if let Some(settings) = self.route(route) {
+            check_declared_inputs(&settings.inputs, &inputs).map_err(ServeError::BadRequest)?;
+        }
         let t = Instant::now();
         let admitted = self.admission.admit(route, t).instrument(tracing::debug_span!("admission")).await;
         self.telemetry.stage(Stage::Admission, t.elapsed());
@@ -797,6 +800,42 @@ async fn mode_loop(node: std::sync::Weak<Node>) {
     }
 }
 
+/// Checks a request's inputs against the tensors its route declares (none declared: any).
+fn check_declared_inputs(declared: &[TensorDecl], inputs: &[(String, Tensor)]) -> Result<(), String> {
+    if declared.is_empty() {
+        return Ok(());
+    }
+    let names = || declared.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ");
+    if inputs.len() != declared.len() {
+        return Err(format!(
+            "inputs: expected {} tensors ({}), got {}",
+            declared.len(),
+            names(),
+            inputs.len()
+        ));
+    }
+    for (i, (name, t)) in inputs.iter().enumerate() {
+        let Some(d) = declared.iter().find(|d| d.name == *name) else {
+            return Err(format!("inputs[{i}].name: unknown input `{name}`; this route takes {}", names()));
+        };
+        if t.dtype() != d.dtype {
+            return Err(format!(
+                "inputs[{i}].datatype: `{name}` must be {}, got {}",
+                d.dtype.kserve_name(),
+                t.dtype().kserve_name()
+            ));
+        }
+        if !d.accepts_shape(t.shape()) {
+            return Err(format!(
+                "inputs[{i}].shape: `{name}` must be shaped {:?} (-1: any), got {:?}",
+                d.kserve_shape(),
+                t.shape()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The bytes the cache key covers: every input's name, type, shape and data, and every
 /// parameter (plugins may read them), length-prefixed so that no two requests collide.
 fn input_bytes(inputs: &[(String, Tensor)], parameters: &[(String, String)]) -> Vec<u8> {
@@ -863,6 +902,30 @@ mod tests {
         assert_eq!((frame.id, frame.kind, frame.retryable), (7, protocol::ErrorKind::Overloaded, true));
         let frame = ServeError::BadRequest("x".into()).to_frame(1);
         assert_eq!((frame.kind, frame.retryable), (protocol::ErrorKind::BadRequest, false));
+    }
+
+    #[test]
+    fn declared_inputs_are_checked_by_name_type_and_shape() {
+        let declared = vec![TensorDecl {
+            name: "image".into(),
+            dtype: cascade_runtime::DType::U8,
+            shape: vec![None, Some(28)],
+        }];
+        let image = |shape: Vec<usize>| {
+            let n = shape.iter().product();
+            vec![("image".to_owned(), Tensor::from_u8(shape, vec![0; n]).unwrap())]
+        };
+        assert_eq!(check_declared_inputs(&declared, &image(vec![28, 28])), Ok(()));
+        assert_eq!(check_declared_inputs(&declared, &image(vec![3, 28])), Ok(()));
+        assert!(
+            check_declared_inputs(&declared, &image(vec![28])).unwrap_err().starts_with("inputs[0].shape")
+        );
+        assert!(check_declared_inputs(&declared, &[]).unwrap_err().contains("expected 1 tensors (image)"));
+        let f32 = vec![("image".to_owned(), Tensor::from_f32(vec![1, 28], &[0.0; 28]).unwrap())];
+        assert!(check_declared_inputs(&declared, &f32).unwrap_err().contains("must be UINT8, got FP32"));
+        let other = vec![("pixels".to_owned(), tensor(vec![0; 28]))];
+        assert!(check_declared_inputs(&declared, &other).unwrap_err().contains("unknown input `pixels`"));
+        assert_eq!(check_declared_inputs(&[], &other), Ok(()));
     }
 
     #[test]

@@ -440,3 +440,31 @@ async fn admin_api_pins_modes_and_reloads_with_a_token() {
     assert_eq!((status, &body["pinned"]), (200, &json!(false)), "{body}");
     server.shutdown().await.unwrap();
 }
+
+/// A route that declares its tensors reports them as its metadata and refuses requests that
+/// do not match before the plugin runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_route_tensors_are_metadata_and_checked() {
+    let declared = r#"inputs = [{ name = "image", datatype = "UINT8", shape = [28, 28] }]
+outputs = [{ name = "probabilities", datatype = "FP32", shape = [1, 10] }]"#;
+    let server = Server::start(resolve("declared.toml", &edge_toml(0.0, declared, None))).await.unwrap();
+    let addr = server.http_addr();
+    let c = client();
+    let (status, text) = get_text(&c, addr, "/v2/models/digits").await;
+    assert_eq!(status, 200);
+    let meta: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(meta["inputs"], json!([{ "name": "image", "datatype": "UINT8", "shape": [28, 28] }]));
+    assert_eq!(meta["outputs"], json!([{ "name": "probabilities", "datatype": "FP32", "shape": [1, 10] }]));
+
+    let r = post(&c, addr, "digits", &serde_json::to_vec(&image_body(0)).unwrap()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["outputs"][0]["name"], "probabilities");
+    let wrong = br#"{"inputs":[{"name":"image","shape":[3],"datatype":"UINT8","data":[1,2,3]}]}"#;
+    let r = post(&c, addr, "digits", wrong).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let message = r.body["error"].as_str().unwrap();
+    assert!(message.contains("inputs[0].shape") && message.contains("[28, 28]"), "{message}");
+    let (_, metrics) = get_text(&c, addr, "/metrics").await;
+    assert_eq!(metric(&metrics, "cascade_sandbox_failures_total{", &[]), None, "the plugin ran: {metrics}");
+    server.shutdown().await.unwrap();
+}

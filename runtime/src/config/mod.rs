@@ -283,6 +283,34 @@ pub struct RouteSettings {
     pub queue_len: u32,
     /// Rate limit, if any.
     pub rate_limit: Option<RateSettings>,
+    /// Declared input tensors (empty: none declared).
+    pub inputs: Vec<TensorDecl>,
+    /// Declared output tensors (empty: none declared).
+    pub outputs: Vec<TensorDecl>,
+}
+
+/// A tensor a route declares: name, element type, dimensions (`None`: any size).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorDecl {
+    /// Tensor name.
+    pub name: String,
+    /// Element type.
+    pub dtype: crate::DType,
+    /// Dimensions, `None` where any size is accepted.
+    pub shape: Vec<Option<usize>>,
+}
+
+impl TensorDecl {
+    /// Whether `shape` fits the declared dimensions.
+    pub fn accepts_shape(&self, shape: &[usize]) -> bool {
+        shape.len() == self.shape.len()
+            && self.shape.iter().zip(shape).all(|(d, &s)| d.is_none_or(|d| d == s))
+    }
+
+    /// The dimensions as KServe writes them (`-1` for any size).
+    pub fn kserve_shape(&self) -> Vec<i64> {
+        self.shape.iter().map(|d| d.map_or(-1, |d| i64::try_from(d).unwrap_or(i64::MAX))).collect()
+    }
 }
 
 impl RouteSettings {

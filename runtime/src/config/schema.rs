@@ -201,6 +201,29 @@ pub struct RouteConfig {
     /// `rate_burst = 100`: requests allowed at once above the sustained rate. Default: one
     /// second's worth of `rate_limit_rps` (at least 1).
     pub rate_burst: Option<u32>,
+    /// `inputs = [{ name = "image", datatype = "UINT8", shape = [28, 28] }]`: the tensors the
+    /// route's plugin takes, as KServe v2 names them (`-1` for a dimension of any size).
+    /// Reported by `GET /v2/models/<route>`, and requests that do not match are refused with
+    /// `400` before the plugin runs. Default: none declared (metadata then shows the
+    /// tensors of the plugin's first model, and the plugin checks its own inputs).
+    #[serde(default)]
+    pub inputs: Vec<TensorDeclConfig>,
+    /// `outputs = [{ name = "probabilities", datatype = "FP32", shape = [1, 10] }]`: the
+    /// tensors its answers carry, for metadata. Default: none declared (the first model's).
+    #[serde(default)]
+    pub outputs: Vec<TensorDeclConfig>,
+}
+
+/// One tensor of a route's declared inputs or outputs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorDeclConfig {
+    /// `name = "image"`. Required.
+    pub name: String,
+    /// `datatype = "UINT8"`: `FP32`, `UINT8`, `INT8`, `INT32` or `INT64`. Required.
+    pub datatype: String,
+    /// `shape = [28, 28]`: dimensions, `-1` for any size. Required.
+    pub shape: Vec<i64>,
 }
 
 fn default_route_deadline_ms() -> u64 {

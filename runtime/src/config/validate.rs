@@ -5,12 +5,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::schema::{NodeConfig, RouteConfig, SignalThresholdsConfig, UpstreamConfig};
+use super::schema::{NodeConfig, RouteConfig, SignalThresholdsConfig, TensorDeclConfig, UpstreamConfig};
 use super::{
     AdminSettings, BatchingSettings, ConfigError, Digest, FieldProblem, KserveUpstreamSettings, ModeSwitches,
     ModelSpec, ModesSettings, NodeSettings, PluginSpec, QuicTlsSettings, QuicUpstreamSettings, RateSettings,
-    RouteSettings, TelemetrySettings, UpstreamKind, UpstreamSettings, ValidatedConfig,
+    RouteSettings, TelemetrySettings, TensorDecl, UpstreamKind, UpstreamSettings, ValidatedConfig,
 };
+use crate::DType;
 use crate::backend::BackendKind;
 use crate::modes::{Hysteresis, Mode, SignalThresholds};
 
@@ -526,6 +527,45 @@ fn kserve_url(c: &mut Checker, value: &str, expected: &str) -> Option<(String, S
     Some((url.as_str().trim_end_matches('/').to_owned(), format!("{host}:{port}")))
 }
 
+/// A route's declared tensors: names unique and non-empty, known datatypes, dimensions
+/// non-negative or `-1`.
+fn tensor_decls(c: &mut Checker, f: &str, decls: &[TensorDeclConfig]) -> Vec<TensorDecl> {
+    let mut seen = BTreeSet::new();
+    decls
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            let f = format!("{f}[{i}]");
+            if d.name.trim().is_empty() {
+                c.fail(format!("{f}.name"), "empty", "the tensor's name, such as `image`");
+            } else if !seen.insert(d.name.as_str()) {
+                c.fail(format!("{f}.name"), format!("`{}` declared twice", d.name), "a name used once");
+            }
+            let dtype = DType::from_kserve_name(&d.datatype);
+            if dtype.is_none() {
+                c.fail(
+                    format!("{f}.datatype"),
+                    format!("unknown datatype `{}`", d.datatype),
+                    "`FP32`, `UINT8`, `INT8`, `INT32` or `INT64`",
+                );
+            }
+            let mut shape = Vec::with_capacity(d.shape.len());
+            for (j, &dim) in d.shape.iter().enumerate() {
+                match dim {
+                    -1 => shape.push(None),
+                    d if d >= 0 => shape.push(usize::try_from(d).ok()),
+                    d => c.fail(
+                        format!("{f}.shape[{j}]"),
+                        format!("{d}"),
+                        "a size of at least 0, or -1 for any",
+                    ),
+                }
+            }
+            Some(TensorDecl { name: d.name.clone(), dtype: dtype?, shape })
+        })
+        .collect()
+}
+
 fn route(c: &mut Checker, raw: &NodeConfig, name: &str, r: &RouteConfig) -> RouteSettings {
     let f = format!("routes.{name}");
     c.name(&f, name);
@@ -551,7 +591,11 @@ fn route(c: &mut Checker, raw: &NodeConfig, name: &str, r: &RouteConfig) -> Rout
             "`rate_limit_rps` as well, or no `rate_burst`",
         );
     }
+    let inputs = tensor_decls(c, &format!("{f}.inputs"), &r.inputs);
+    let outputs = tensor_decls(c, &format!("{f}.outputs"), &r.outputs);
     RouteSettings {
+        inputs,
+        outputs,
         plugin: r.plugin.clone(),
         thresholds,
         deadline: c.positive_ms(&format!("{f}.deadline_ms"), r.deadline_ms),
