@@ -23,6 +23,7 @@ pub const CENTRAL: &str = "central";
 pub struct NodeToml {
     name: String,
     model: PathBuf,
+    backend: String,
     plugin: PathBuf,
     plugin_sha256: Option<String>,
     http: String,
@@ -45,6 +46,7 @@ impl NodeToml {
         NodeToml {
             name: name.to_owned(),
             model: model.to_path_buf(),
+            backend: "tract".into(),
             plugin: plugin.to_path_buf(),
             plugin_sha256: None,
             http: "127.0.0.1:0".into(),
@@ -59,6 +61,12 @@ impl NodeToml {
             escalation_budget_rps: None,
             automatic_modes: true,
         }
+    }
+
+    /// Runs the model on `backend` (`tract` or `wgpu`, no fallback).
+    pub fn backend(mut self, backend: &str) -> Self {
+        self.backend = backend.to_owned();
+        self
     }
 
     /// Pins the plugin's sha256.
@@ -150,8 +158,10 @@ impl NodeToml {
         }
         let _ = write!(
             t,
-            "\n[models.{name}]\npath = \"{}\"\n\n[plugins.mnist]\npath = \"{}\"\nmodels = [\"{name}\"]\n",
+            "\n[models.{name}]\npath = \"{}\"\nbackend = \"{}\"\n\n[plugins.mnist]\npath = \"{}\"\n\
+             models = [\"{name}\"]\n",
             toml_path(&self.model),
+            self.backend,
             toml_path(&self.plugin),
         );
         if let Some(sha) = &self.plugin_sha256 {

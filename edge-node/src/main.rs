@@ -115,6 +115,10 @@ enum BenchSuite {
         run: BenchRun,
         #[command(flatten)]
         reference: Reference,
+        /// Backend of the central nodes' model: `tract` (CPU) or `wgpu` (GPU; lavapipe on
+        /// machines without one).
+        #[arg(long, default_value = "tract", value_parser = ["tract", "wgpu"])]
+        central_backend: String,
     },
     /// Reference models x backends x batch sizes, against onnxruntime in the same run.
     Backends {
@@ -185,8 +189,8 @@ fn main() -> anyhow::Result<()> {
                 println!("wrote {}", path.display());
             }
         }
-        Command::Bench(BenchSuite::Tiers { run: BenchRun { json, quick }, reference }) => {
-            tiers_bench::run(&reference.models, &reference.plugin, quick)?.print(json)
+        Command::Bench(BenchSuite::Tiers { run: BenchRun { json, quick }, reference, central_backend }) => {
+            tiers_bench::run(&reference.models, &reference.plugin, &central_backend, quick)?.print(json)
         }
         Command::Bench(BenchSuite::Backends { run: BenchRun { json, quick }, models }) => {
             let budget = if quick { bench_backends::Budget::QUICK } else { bench_backends::Budget::DEFAULT };

@@ -47,8 +47,9 @@ const SERVER_NAME: &str = "central.bench";
 /// Escalations kept in flight against a central node.
 const CONCURRENT_ESCALATIONS: usize = 64;
 
-/// Runs the suite on the reference models and plugin; `quick` takes fewer samples.
-pub fn run(models_dir: &Path, plugin_crate: &Path, quick: bool) -> Result<Figures> {
+/// Runs the suite on the reference models and plugin, the central model on
+/// `central_backend` (`tract` or `wgpu`); `quick` takes fewer samples.
+pub fn run(models_dir: &Path, plugin_crate: &Path, central_backend: &str, quick: bool) -> Result<Figures> {
     let mut figures = Figures::default();
     let (p50, p99) = escalation_overhead(quick)?;
     figures.push("tiers.escalation_overhead_us.p50", p50, "us");
@@ -64,7 +65,9 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, quick: bool) -> Result<Figure
     }
     let plugin = dir.path().join("mnist_classifier.wasm");
     crate::plugin_cmd::build(plugin_crate, &plugin, None)?;
-    let deployment = Deployment { dir: dir.path(), certs: &certs, plugin: &plugin, models_dir };
+    let deployment =
+        Deployment { dir: dir.path(), certs: &certs, plugin: &plugin, models_dir, central_backend };
+    eprintln!("tiers: the central model runs on {central_backend}");
 
     let [batched, unbatched, calibrated] = central_batching(&deployment, &test, quick)?;
     figures.push("tiers.central.batched_rps", batched, "items_per_s");
@@ -96,6 +99,7 @@ struct Deployment<'a> {
     certs: &'a Path,
     plugin: &'a Path,
     models_dir: &'a Path,
+    central_backend: &'a str,
 }
 
 impl Deployment<'_> {
@@ -104,6 +108,7 @@ impl Deployment<'_> {
         let (http, quic) = (free_tcp_port()?, free_udp_port()?);
         let mut node =
             NodeToml::new(CENTRAL, &ReferenceModel::CentralFp32.path(self.models_dir), self.plugin)
+                .backend(self.central_backend)
                 .http(format!("127.0.0.1:{http}"))
                 .quic(format!("127.0.0.1:{quic}"), self.certs)
                 .route_in_flight(CONCURRENT_ESCALATIONS as u32)
