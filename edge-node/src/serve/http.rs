@@ -164,21 +164,99 @@ pub struct InferRequest {
 }
 
 /// Parses a KServe v2 JSON inference request; errors name the offending field.
+///
+/// Well-formed requests take a typed path that reads each tensor's `data` straight into a
+/// flat list of numbers: building a `serde_json::Value` tree for 784 pixels cost about
+/// 13 µs, a tenth of the node's whole overhead. Anything the typed path refuses is parsed
+/// again as a `Value`, which finds the offending field for the error message.
 pub fn parse_request(body: &[u8]) -> Result<InferRequest, String> {
+    if let Ok(wire) = serde_json::from_slice::<WireRequest>(body) {
+        return build_request(
+            wire.id.as_ref(),
+            wire.inputs.iter().map(TensorFields::from),
+            wire.parameters.as_ref(),
+        );
+    }
     let value: Value = serde_json::from_slice(body).map_err(|e| format!("body is not valid JSON: {e}"))?;
     let obj = value.as_object().ok_or("body: expected a JSON object")?;
-    let id = match obj.get("id") {
+    let inputs = obj.get("inputs").ok_or("inputs: missing")?;
+    let inputs = inputs.as_array().ok_or("inputs: expected an array of tensors")?;
+    let tensors = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let t = t.as_object().ok_or_else(|| format!("inputs[{i}]: expected an object"))?;
+            let mut data = Numbers::default();
+            if let Some(d) = t.get("data") {
+                data.flatten_value(d, 0);
+            }
+            Ok(TensorFields {
+                name: t.get("name"),
+                shape: t.get("shape"),
+                datatype: t.get("datatype"),
+                data: t.get("data").map(|_| data),
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    build_request(obj.get("id"), tensors.into_iter(), obj.get("parameters"))
+}
+
+/// A request as the typed path reads it; `data` arrays never become `Value`s.
+#[derive(serde::Deserialize)]
+struct WireRequest {
+    #[serde(default)]
+    id: Option<Value>,
+    inputs: Vec<WireTensor>,
+    #[serde(default)]
+    parameters: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireTensor {
+    #[serde(default)]
+    name: Option<Value>,
+    #[serde(default)]
+    shape: Option<Value>,
+    #[serde(default)]
+    datatype: Option<Value>,
+    #[serde(default)]
+    data: Option<Numbers>,
+}
+
+/// One input tensor's fields, from either path.
+struct TensorFields<'a> {
+    name: Option<&'a Value>,
+    shape: Option<&'a Value>,
+    datatype: Option<&'a Value>,
+    data: Option<Numbers>,
+}
+
+impl<'a> From<&'a WireTensor> for TensorFields<'a> {
+    fn from(t: &'a WireTensor) -> Self {
+        TensorFields {
+            name: t.name.as_ref(),
+            shape: t.shape.as_ref(),
+            datatype: t.datatype.as_ref(),
+            data: t.data.clone(),
+        }
+    }
+}
+
+fn build_request<'a>(
+    id: Option<&Value>,
+    inputs: impl ExactSizeIterator<Item = TensorFields<'a>>,
+    parameters: Option<&Value>,
+) -> Result<InferRequest, String> {
+    let id = match id {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err("id: expected a string".into()),
     };
-    let inputs = obj.get("inputs").ok_or("inputs: missing")?;
-    let inputs = inputs.as_array().ok_or("inputs: expected an array of tensors")?;
-    if inputs.is_empty() {
+    if inputs.len() == 0 {
         return Err("inputs: expected at least one tensor".into());
     }
-    let inputs = inputs.iter().enumerate().map(|(i, t)| parse_tensor(i, t)).collect::<Result<Vec<_>, _>>()?;
-    let parameters = match obj.get("parameters") {
+    let inputs = inputs.enumerate().map(|(i, t)| parse_tensor(i, t)).collect::<Result<Vec<_>, _>>()?;
+    let parameters = match parameters {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Object(m)) => m
             .iter()
@@ -189,13 +267,11 @@ pub fn parse_request(body: &[u8]) -> Result<InferRequest, String> {
     Ok(InferRequest { id, inputs, parameters })
 }
 
-fn parse_tensor(i: usize, t: &Value) -> Result<(String, Tensor), String> {
+fn parse_tensor(i: usize, t: TensorFields<'_>) -> Result<(String, Tensor), String> {
     let f = |field: &str| format!("inputs[{i}].{field}");
-    let t = t.as_object().ok_or_else(|| format!("inputs[{i}]: expected an object"))?;
-    let name =
-        t.get("name").and_then(Value::as_str).ok_or_else(|| format!("{}: expected a string", f("name")))?;
+    let name = t.name.and_then(Value::as_str).ok_or_else(|| format!("{}: expected a string", f("name")))?;
     let shape = t
-        .get("shape")
+        .shape
         .and_then(Value::as_array)
         .ok_or_else(|| format!("{}: expected an array of dimensions", f("shape")))?
         .iter()
@@ -203,24 +279,29 @@ fn parse_tensor(i: usize, t: &Value) -> Result<(String, Tensor), String> {
         .collect::<Option<Vec<usize>>>()
         .ok_or_else(|| format!("{}: expected non-negative integers", f("shape")))?;
     let datatype = t
-        .get("datatype")
+        .datatype
         .and_then(Value::as_str)
         .ok_or_else(|| format!("{}: expected a string such as \"UINT8\"", f("datatype")))?;
     let dtype = DType::from_kserve_name(datatype).ok_or_else(|| {
         format!("{}: unsupported `{datatype}`; expected FP32, UINT8, INT8, INT32 or INT64", f("datatype"))
     })?;
-    let data = t.get("data").ok_or_else(|| format!("{}: missing", f("data")))?;
+    let data = t.data.ok_or_else(|| format!("{}: missing", f("data")))?;
+    if let Some(problem) = data.problem {
+        return Err(format!("{}: {problem}", f("data")));
+    }
     let count = element_count(&shape).ok_or_else(|| format!("{}: too many elements", f("shape")))?;
-    let mut flat = Vec::with_capacity(count.min(1 << 20));
-    flatten(data, &mut flat, 0).map_err(|why| format!("{}: {why}", f("data")))?;
-    if flat.len() != count {
-        return Err(format!("{}: {} values for shape {shape:?} ({count} elements)", f("data"), flat.len()));
+    if data.values.len() != count {
+        return Err(format!(
+            "{}: {} values for shape {shape:?} ({count} elements)",
+            f("data"),
+            data.values.len()
+        ));
     }
     let mut bytes = Vec::with_capacity(count * dtype.size());
-    for (j, v) in flat.iter().enumerate() {
+    for (j, v) in data.values.iter().enumerate() {
         let bad = || format!("{}[{j}]: {v} is not a valid {datatype}", f("data"));
         match dtype {
-            DType::F32 => bytes.extend_from_slice(&(v.as_f64().ok_or_else(bad)? as f32).to_le_bytes()),
+            DType::F32 => bytes.extend_from_slice(&(v.as_f64() as f32).to_le_bytes()),
             DType::U8 => bytes.push(v.as_u64().and_then(|x| u8::try_from(x).ok()).ok_or_else(bad)?),
             DType::I8 => bytes.extend_from_slice(
                 &v.as_i64().and_then(|x| i8::try_from(x).ok()).ok_or_else(bad)?.to_le_bytes(),
@@ -235,16 +316,166 @@ fn parse_tensor(i: usize, t: &Value) -> Result<(String, Tensor), String> {
     Ok((name.to_owned(), tensor))
 }
 
-/// Flattens a flat or nested array of numbers (row-major), refusing deep nesting.
-fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>, depth: usize) -> Result<(), String> {
-    match v {
-        Value::Array(items) if depth < 32 => items.iter().try_for_each(|x| flatten(x, out, depth + 1)),
-        Value::Array(_) => Err("nested too deeply".into()),
-        Value::Number(_) => {
-            out.push(v);
-            Ok(())
+/// Deepest nesting of a tensor's `data` arrays accepted.
+const MAX_DATA_DEPTH: usize = 32;
+
+/// A JSON number as the parser saw it: integers stay exact.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Num {
+    U(u64),
+    I(i64),
+    F(f64),
+}
+
+impl Num {
+    fn as_f64(self) -> f64 {
+        match self {
+            Num::U(u) => u as f64,
+            Num::I(i) => i as f64,
+            Num::F(f) => f,
         }
-        other => Err(format!("expected numbers, found {other}")),
+    }
+
+    /// Integers only, as `serde_json::Value::as_u64` reads them.
+    fn as_u64(self) -> Option<u64> {
+        match self {
+            Num::U(u) => Some(u),
+            Num::I(i) => u64::try_from(i).ok(),
+            Num::F(_) => None,
+        }
+    }
+
+    fn as_i64(self) -> Option<i64> {
+        match self {
+            Num::U(u) => i64::try_from(u).ok(),
+            Num::I(i) => Some(i),
+            Num::F(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Num {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Num::U(u) => write!(f, "{u}"),
+            Num::I(i) => write!(f, "{i}"),
+            Num::F(x) => write!(f, "{x}"),
+        }
+    }
+}
+
+/// A tensor's `data`, flat or nested (row-major), flattened; the first problem found (a
+/// non-number, too deep a nesting) is kept for the error message instead of failing the
+/// parse, so the message can name the field.
+#[derive(Debug, Clone, Default)]
+struct Numbers {
+    values: Vec<Num>,
+    problem: Option<String>,
+}
+
+impl Numbers {
+    fn note(&mut self, problem: impl FnOnce() -> String) {
+        if self.problem.is_none() {
+            self.problem = Some(problem());
+        }
+    }
+
+    fn flatten_value(&mut self, v: &Value, depth: usize) {
+        match v {
+            Value::Array(items) if depth < MAX_DATA_DEPTH => {
+                items.iter().for_each(|x| self.flatten_value(x, depth + 1))
+            }
+            Value::Array(_) => self.note(|| "nested too deeply".into()),
+            Value::Number(n) => {
+                let num = n
+                    .as_u64()
+                    .map(Num::U)
+                    .or_else(|| n.as_i64().map(Num::I))
+                    .or_else(|| n.as_f64().map(Num::F));
+                match num {
+                    Some(num) => self.values.push(num),
+                    None => self.note(|| format!("{n} is not a number this node reads")),
+                }
+            }
+            other => self.note(|| format!("expected numbers, found {other}")),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Numbers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut numbers = Numbers::default();
+        serde::de::DeserializeSeed::deserialize(Flatten { out: &mut numbers, depth: 0 }, deserializer)?;
+        Ok(numbers)
+    }
+}
+
+/// Appends the numbers of one JSON value (recursing into arrays) to `out`.
+struct Flatten<'a> {
+    out: &'a mut Numbers,
+    depth: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("numbers, or arrays of numbers")
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.out.values.push(Num::U(v));
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.out.values.push(Num::I(v));
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.out.values.push(Num::F(v));
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.depth >= MAX_DATA_DEPTH {
+            self.out.note(|| "nested too deeply".into());
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            return Ok(());
+        }
+        let (out, depth) = (self.out, self.depth + 1);
+        while seq.next_element_seed(Flatten { out: &mut *out, depth })?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.out.note(|| "expected numbers, found an object".into());
+        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        self.out.note(|| format!("expected numbers, found {}", Value::String(v.to_owned())));
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.out.note(|| format!("expected numbers, found {v}"));
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.out.note(|| "expected numbers, found null".into());
+        Ok(())
     }
 }
 
@@ -308,6 +539,64 @@ mod tests {
         let b = parse_request(nested).unwrap();
         assert_eq!(a.inputs, b.inputs);
         assert_eq!(a.inputs[0].1.data(), &[1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn the_typed_path_and_the_value_path_agree() {
+        let bodies: [&[u8]; 4] = [
+            br#"{"id":"a","inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,-2.5],[3e2,4]]}],"parameters":{"k":"v","n":3}}"#,
+            br#"{"inputs":[{"name":"x","shape":[3],"datatype":"INT64","data":[-9223372036854775808,0,9223372036854775807]}]}"#,
+            br#"{"inputs":[{"name":"x","shape":[2],"datatype":"INT8","data":[-128,127]},{"name":"y","shape":[1],"datatype":"INT32","data":[7],"parameters":{}}]}"#,
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"UINT8","data":[255]}],"outputs":[{"name":"p"}]}"#,
+        ];
+        for body in bodies {
+            let typed = parse_request(body).unwrap();
+            let wire: WireRequest = serde_json::from_slice(body).unwrap();
+            assert!(!wire.inputs.is_empty());
+            // The Value path, forced by a body the typed path refuses (a duplicate key).
+            let text = std::str::from_utf8(body).unwrap();
+            let forced = format!("{{\"inputs\": 1, {}", &text[1..]);
+            assert!(serde_json::from_str::<WireRequest>(&forced).is_err());
+            let reparsed = parse_request(forced.as_bytes()).unwrap();
+            assert_eq!(
+                (typed.id, typed.inputs, typed.parameters),
+                (reparsed.id, reparsed.inputs, reparsed.parameters)
+            );
+        }
+    }
+
+    #[test]
+    fn data_problems_are_reported_not_fatal_to_the_parse() {
+        let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+        let cases = [
+            (r#"["a",1]"#.to_owned(), "expected numbers, found \"a\""),
+            ("[1,{}]".to_owned(), "found an object"),
+            ("[1,null]".to_owned(), "found null"),
+            (deep, "nested too deeply"),
+            ("[1.5]".to_owned(), "1.5 is not a valid UINT8"),
+        ];
+        for (data, expected) in cases {
+            let body =
+                format!(r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"UINT8","data":{data}}}]}}"#);
+            let e = parse_request(body.as_bytes()).unwrap_err();
+            assert!(e.starts_with("inputs[0].data") && e.contains(expected), "{data}: {e}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes, the parser answers with a request or an error, never a panic.
+        #[test]
+        fn arbitrary_bodies_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = parse_request(&body);
+        }
+
+        /// Well-formed requests come back with exactly the values sent.
+        #[test]
+        fn well_formed_requests_round_trip(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..64)) {
+            let body = json!({ "inputs": [{ "name": "x", "shape": [data.len()], "datatype": "UINT8", "data": data }] });
+            let parsed = parse_request(&serde_json::to_vec(&body).unwrap()).unwrap();
+            proptest::prop_assert_eq!(parsed.inputs[0].1.data(), &data[..]);
+        }
     }
 
     #[test]
