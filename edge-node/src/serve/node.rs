@@ -21,6 +21,7 @@ use cascade_runtime::{
     DegradedReason, EscalationPolicy, Lookup, Mode, ModeChange, ModeController, ModeSignals, ModelInfo,
     Outcome, PluginLimits, PluginOutcome, PolicyInput, Rejection, Request, RequestOutcome, Sandbox,
     SandboxConfig, Stage, Telemetry, Tensor, TractBackend, UNKNOWN_ROUTE, UpstreamHealth, UpstreamView,
+    WgpuBackend,
 };
 use parking_lot::Mutex;
 use tracing::Instrument;
@@ -37,13 +38,15 @@ pub enum NodeError {
     /// The sandbox could not be created, or a model or plugin could not be loaded into it.
     #[error("sandbox: {0}")]
     Sandbox(#[from] cascade_runtime::LoadError),
-    /// A model asks for a backend this node cannot run and may not fall back to tract.
-    #[error("model {model}: backend {backend} is not available in this build and fallback_to_tract is false")]
+    /// A model asks for a backend that cannot run it here and may not fall back to tract.
+    #[error("model {model}: backend {backend} cannot run it ({why}) and fallback_to_tract is false")]
     Backend {
         /// Model name.
         model: String,
         /// The backend asked for.
         backend: String,
+        /// Why it cannot: no adapter, or an op its kernels do not cover.
+        why: String,
     },
     /// The telemetry registry could not be built.
     #[error("telemetry: {0}")]
@@ -213,15 +216,31 @@ impl Node {
         let tract = TractBackend::new();
         let mut models = BTreeMap::new();
         for (name, m) in &config.models {
-            if m.spec.backend == BackendKind::Wgpu {
-                if !m.spec.fallback_to_tract {
-                    return Err(NodeError::Backend { model: name.clone(), backend: "wgpu".into() });
+            let digest = m.digest.to_string();
+            let prepared = if m.spec.backend == BackendKind::Wgpu {
+                // One device per process, opened by the first model that asks for it.
+                let attempt = WgpuBackend::shared()
+                    .map_err(cascade_runtime::LoadError::from)
+                    .and_then(|gpu| sandbox.add_model(name, &m.spec.path, &digest, &gpu as &dyn Backend));
+                match attempt {
+                    Ok(prepared) => prepared,
+                    // Only the backend's refusals fall back: a bad file fails on tract too.
+                    Err(cascade_runtime::LoadError::Model(e)) if m.spec.fallback_to_tract => {
+                        tracing::warn!(model = %name, reason = %e, "wgpu cannot run the model; running on tract");
+                        sandbox.add_model(name, &m.spec.path, &digest, &tract as &dyn Backend)?
+                    }
+                    Err(cascade_runtime::LoadError::Model(e)) => {
+                        return Err(NodeError::Backend {
+                            model: name.clone(),
+                            backend: "wgpu".into(),
+                            why: e.to_string(),
+                        });
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                // The wgpu backend is not wired into the node yet; the config allows tract.
-                tracing::warn!(model = %name, "wgpu backend not available in this build; running on tract");
-            }
-            let prepared =
-                sandbox.add_model(name, &m.spec.path, &m.digest.to_string(), &tract as &dyn Backend)?;
+            } else {
+                sandbox.add_model(name, &m.spec.path, &digest, &tract as &dyn Backend)?
+            };
             models.insert(name.clone(), prepared.info().clone());
         }
         for (name, p) in &config.plugins {

@@ -117,6 +117,20 @@ impl WgpuBackend {
         })
     }
 
+    /// The process's shared backend: opened by the first call, then the same device for
+    /// every caller (each device holds its own compiled kernels and driver threads). A
+    /// failure is remembered too, so a machine without an adapter is probed once.
+    pub fn shared() -> Result<WgpuBackend, BackendError> {
+        static SHARED: std::sync::OnceLock<Result<WgpuBackend, String>> = std::sync::OnceLock::new();
+        let opened = SHARED.get_or_init(|| {
+            WgpuBackend::new().map_err(|e| match e {
+                BackendError::Device { why, .. } => why,
+                other => other.to_string(),
+            })
+        });
+        opened.clone().map_err(device_err)
+    }
+
     /// The adapter this backend runs on.
     pub fn adapter(&self) -> &AdapterSummary {
         &self.gpu.adapter
