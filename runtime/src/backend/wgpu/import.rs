@@ -343,6 +343,8 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
             let (Some(weights), Some(bias)) = (weights, bias.filter(|b| data_len(b) == win.co)) else {
                 return Err(refuse(name, "Conv", "weights or bias of an unexpected shape"));
             };
+            let taps = win.ci * win.kh * win.kw;
+            let (weights, bias) = pack(weights, bias, quant.map_or(0, |q| q.w_zp), win.co, taps, true);
             let y = new_value(&mut g);
             g.consts.push(weights);
             g.consts.push(bias);
@@ -425,6 +427,7 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
             if out_dims.len() != 1 || k == 0 || n == 0 {
                 return Err(refuse(name, op, "output must be [batch, n]"));
             }
+            let (weights, bias) = pack(weights, bias, quant.map_or(0, |q| q.w_zp), n, k, false);
             let y = new_value(&mut g);
             g.consts.push(weights);
             g.consts.push(bias);
@@ -601,6 +604,60 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
         g.outputs.push((v, dims));
     }
     Ok(g)
+}
+
+/// Lays weights out as the kernels read them: the output channels (or columns) in blocks
+/// of four, side by side, zero-padded; int8 weights with their zero point removed.
+///
+/// `channels_major`: weights are `[outs][taps]` (conv, OIHW) → `[outs/4][taps][4]`;
+/// otherwise `[taps][outs]` (matmul `[K, N]`) → `[taps][outs/4][4]`. Bias → `[outs/4][4]`.
+fn pack(
+    weights: Data,
+    bias: Data,
+    w_zp: i32,
+    outs: usize,
+    taps: usize,
+    channels_major: bool,
+) -> (Data, Data) {
+    let blocks = outs.div_ceil(4);
+    let at = |o: usize, t: usize| {
+        if channels_major { ((o / 4) * taps + t) * 4 + o % 4 } else { (t * blocks + o / 4) * 4 + o % 4 }
+    };
+    let src = |o: usize, t: usize| if channels_major { o * taps + t } else { t * outs + o };
+    fn place<T: Copy + Default>(
+        v: &[T],
+        n: usize,
+        outs: usize,
+        taps: usize,
+        at: impl Fn(usize, usize) -> usize,
+        src: impl Fn(usize, usize) -> usize,
+    ) -> Vec<T> {
+        let mut out = vec![T::default(); n];
+        for o in 0..outs {
+            for t in 0..taps {
+                out[at(o, t)] = v[src(o, t)];
+            }
+        }
+        out
+    }
+    let n = blocks * 4 * taps;
+    let weights = match weights {
+        Data::F32(v) => Data::F32(place(&v, n, outs, taps, at, src)),
+        Data::I32(v) => {
+            Data::I32(place(&v.iter().map(|w| w - w_zp).collect::<Vec<_>>(), n, outs, taps, at, src))
+        }
+    };
+    let bias = match bias {
+        Data::F32(mut v) => {
+            v.resize(blocks * 4, 0.0);
+            Data::F32(v)
+        }
+        Data::I32(mut v) => {
+            v.resize(blocks * 4, 0);
+            Data::I32(v)
+        }
+    };
+    (weights, bias)
 }
 
 /// `[N, K]` row-major to `[K, N]`.

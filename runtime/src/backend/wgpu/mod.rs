@@ -27,7 +27,7 @@ use super::{
 };
 use crate::tensor::{DType, Tensor};
 use import::{Data, Graph};
-use plan::{Kernels, Plan};
+use plan::{Kernel, Kernels, Plan};
 
 const NAME: &str = "wgpu";
 
@@ -245,9 +245,10 @@ impl Backend for WgpuBackend {
         let device = &self.gpu.device;
         let scope = Scope::push(device);
         let consts = graph.consts.iter().map(|c| upload(device, c)).collect();
+        let kernels = graph.steps.iter().map(|s| self.gpu.kernels.for_step(device, s)).collect();
         scope.pop().map_err(|e| BackendError::Run {
             model: name.to_owned(),
-            why: format!("uploading weights: {e}"),
+            why: format!("uploading weights and compiling kernels: {e}"),
         })?;
         let largest = graph.values.iter().map(|v| v.per_item * 4).max().unwrap_or(4).max(4) as u64;
         // Batches bigger than this run in chunks, so no buffer exceeds a binding's limit.
@@ -257,6 +258,7 @@ impl Backend for WgpuBackend {
             info,
             graph,
             consts,
+            kernels,
             max_batch,
             plans: Mutex::new(HashMap::new()),
         };
@@ -317,6 +319,8 @@ struct WgpuModel {
     info: ModelInfo,
     graph: Graph,
     consts: Vec<::wgpu::Buffer>,
+    /// The kernel of each step, specialised to its geometry.
+    kernels: Vec<Kernel>,
     max_batch: usize,
     /// Each plan owns its activation buffers, so runs of one batch size take turns on it.
     plans: Mutex<HashMap<usize, Arc<Mutex<Plan>>>>,
@@ -347,7 +351,7 @@ impl WgpuModel {
         }
         let device = &self.gpu.device;
         let scope = Scope::push(device);
-        let plan = Plan::new(device, &self.gpu.kernels, &self.graph, &self.consts, batch);
+        let plan = Plan::new(device, &self.kernels, &self.graph, &self.consts, batch);
         scope.pop().map_err(|e| BackendError::Run {
             model: self.info.name.clone(),
             why: format!("planning batch {batch}: {e}"),

@@ -2,30 +2,52 @@
 //! batch size, and the run that records them all into one compute pass.
 
 use ::wgpu::util::DeviceExt;
-use ::wgpu::{BindGroup, BindGroupLayout, Buffer, BufferUsages, ComputePipeline, Device, PollType, Queue};
+use std::collections::HashMap;
+
+use ::wgpu::{
+    BindGroup, BindGroupLayout, Buffer, BufferUsages, ComputePipeline, Device, PipelineLayout, PollType,
+    Queue, ShaderModule,
+};
+use parking_lot::Mutex;
 
 use super::import::{Elem, EltOp, Graph, Requant, Step, Window};
 
 /// Invocations per workgroup in every kernel (`@workgroup_size(64)`).
 const WORKGROUP: u32 = 64;
+/// How long to wait for a readback's map callback once its submission is done.
+const MAP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Workgroups per dispatch dimension allowed by WebGPU's default limits.
 const MAX_GROUPS: u32 = 65_535;
 
 /// A compiled kernel and the bind group layout it was built with.
-struct Kernel {
+#[derive(Clone)]
+pub(crate) struct Kernel {
     pipeline: ComputePipeline,
     layout: BindGroupLayout,
 }
 
+/// A shader whose geometry is fixed per layer by override constants: one pipeline per
+/// distinct set of constants, compiled at prepare and shared by every model on the device.
+struct Specialised {
+    name: &'static str,
+    module: ShaderModule,
+    layout: BindGroupLayout,
+    pipeline_layout: PipelineLayout,
+}
+
+/// Specialised pipelines by shader name and constants (as f64 bits).
+type PipelineCache = HashMap<(&'static str, Vec<(&'static str, u64)>), ComputePipeline>;
+
 /// Every kernel, compiled once per device.
 pub(crate) struct Kernels {
-    conv_f32: Kernel,
-    conv_q8: Kernel,
-    matmul_f32: Kernel,
-    matmul_q8: Kernel,
+    conv_f32: Specialised,
+    conv_q8: Specialised,
+    matmul_f32: Specialised,
+    matmul_q8: Specialised,
     maxpool: Kernel,
     elementwise: Kernel,
     softmax: Kernel,
+    cache: Mutex<PipelineCache>,
 }
 
 /// Explicit layouts: binding 0 the parameters, then `reads` read-only buffers, then the
@@ -56,7 +78,7 @@ fn layout(device: &Device, reads: u32) -> BindGroupLayout {
     device.create_bind_group_layout(&::wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries })
 }
 
-fn kernel(device: &Device, name: &str, source: &str, reads: u32) -> Kernel {
+fn specialised(device: &Device, name: &'static str, source: &str, reads: u32) -> Specialised {
     let module = device.create_shader_module(::wgpu::ShaderModuleDescriptor {
         label: Some(name),
         source: ::wgpu::ShaderSource::Wgsl(source.into()),
@@ -67,30 +89,109 @@ fn kernel(device: &Device, name: &str, source: &str, reads: u32) -> Kernel {
         bind_group_layouts: &[Some(&layout)],
         immediate_size: 0,
     });
-    let pipeline = device.create_compute_pipeline(&::wgpu::ComputePipelineDescriptor {
-        label: Some(name),
-        layout: Some(&pipeline_layout),
-        module: &module,
-        entry_point: Some("main"),
-        compilation_options: Default::default(),
-        cache: None,
-    });
-    Kernel { pipeline, layout }
+    Specialised { name, module, layout, pipeline_layout }
+}
+
+impl Specialised {
+    fn pipeline(&self, device: &Device, constants: &[(&str, f64)]) -> ComputePipeline {
+        device.create_compute_pipeline(&::wgpu::ComputePipelineDescriptor {
+            label: Some(self.name),
+            layout: Some(&self.pipeline_layout),
+            module: &self.module,
+            entry_point: Some("main"),
+            compilation_options: ::wgpu::PipelineCompilationOptions { constants, ..Default::default() },
+            cache: None,
+        })
+    }
+}
+
+fn kernel(device: &Device, name: &'static str, source: &str, reads: u32) -> Kernel {
+    let s = specialised(device, name, source, reads);
+    Kernel { pipeline: s.pipeline(device, &[]), layout: s.layout }
 }
 
 impl Kernels {
     /// Compiles every kernel (call inside an error scope: failures are reported there).
     pub(crate) fn new(device: &Device) -> Kernels {
         Kernels {
-            conv_f32: kernel(device, "conv_f32", include_str!("kernels/conv_f32.wgsl"), 3),
-            conv_q8: kernel(device, "conv_q8", include_str!("kernels/conv_q8.wgsl"), 3),
-            matmul_f32: kernel(device, "matmul_f32", include_str!("kernels/matmul_f32.wgsl"), 3),
-            matmul_q8: kernel(device, "matmul_q8", include_str!("kernels/matmul_q8.wgsl"), 3),
+            conv_f32: specialised(device, "conv_f32", include_str!("kernels/conv_f32.wgsl"), 3),
+            conv_q8: specialised(device, "conv_q8", include_str!("kernels/conv_q8.wgsl"), 3),
+            matmul_f32: specialised(device, "matmul_f32", include_str!("kernels/matmul_f32.wgsl"), 3),
+            matmul_q8: specialised(device, "matmul_q8", include_str!("kernels/matmul_q8.wgsl"), 3),
             maxpool: kernel(device, "maxpool", include_str!("kernels/maxpool.wgsl"), 1),
             elementwise: kernel(device, "elementwise", include_str!("kernels/elementwise.wgsl"), 2),
             softmax: kernel(device, "softmax", include_str!("kernels/softmax.wgsl"), 1),
+            cache: Mutex::new(HashMap::new()),
         }
     }
+
+    /// The kernel of a step: its shader specialised to the step's geometry (compiled on
+    /// first use; call inside an error scope), or the generic one.
+    pub(crate) fn for_step(&self, device: &Device, step: &Step) -> Kernel {
+        let (shader, constants) = match step {
+            Step::Conv { win, relu, quant, .. } => {
+                let mut c: Vec<(&'static str, f64)> = [
+                    ("CI", win.ci),
+                    ("H", win.h),
+                    ("W", win.w),
+                    ("CO", win.co),
+                    ("OH", win.oh),
+                    ("OW", win.ow),
+                    ("KH", win.kh),
+                    ("KW", win.kw),
+                    ("SH", win.sh),
+                    ("SW", win.sw),
+                    ("PH", win.ph),
+                    ("PW", win.pw),
+                    ("DH", win.dh),
+                    ("DW", win.dw),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k, v as f64))
+                .collect();
+                match quant {
+                    Some(q) => {
+                        c.extend(requant_constants(q));
+                        (&self.conv_q8, c)
+                    }
+                    None => {
+                        c.push(("RELU", f64::from(u8::from(*relu))));
+                        (&self.conv_f32, c)
+                    }
+                }
+            }
+            Step::MatMul { k, n, relu, quant, .. } => {
+                let mut c = vec![("K", *k as f64), ("N", *n as f64)];
+                match quant {
+                    Some(q) => {
+                        c.extend(requant_constants(q));
+                        (&self.matmul_q8, c)
+                    }
+                    None => {
+                        c.push(("RELU", f64::from(u8::from(*relu))));
+                        (&self.matmul_f32, c)
+                    }
+                }
+            }
+            Step::MaxPool { .. } => return self.maxpool.clone(),
+            Step::Elementwise { .. } => return self.elementwise.clone(),
+            Step::Softmax { .. } => return self.softmax.clone(),
+        };
+        let key = (shader.name, constants.iter().map(|&(k, v)| (k, v.to_bits())).collect());
+        let pipeline =
+            self.cache.lock().entry(key).or_insert_with(|| shader.pipeline(device, &constants)).clone();
+        Kernel { pipeline, layout: shader.layout.clone() }
+    }
+}
+
+fn requant_constants(q: &Requant) -> [(&'static str, f64); 5] {
+    [
+        ("XZP", f64::from(q.x_zp)),
+        ("YZP", f64::from(q.y_zp)),
+        ("MULT", f64::from(q.mult)),
+        ("LO", f64::from(q.lo)),
+        ("HI", f64::from(q.hi)),
+    ]
 }
 
 /// One recorded dispatch.
@@ -122,28 +223,19 @@ fn u(v: usize) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
 
-/// Parameter words for a window kernel: total, then the geometry, then `last`.
-fn window_words(total: usize, w: &Window, channels_in: bool, last: u32) -> Vec<u32> {
+/// Parameter words of the pooling kernel: total, the geometry, then `is_float`.
+fn window_words(total: usize, w: &Window, is_float: u32) -> Vec<u32> {
     let mut words = vec![u(total)];
-    if channels_in {
-        words.extend([w.ci, w.h, w.w, w.co, w.oh, w.ow].map(u));
-    } else {
-        words.extend([w.ci, w.h, w.w, w.oh, w.ow].map(u));
-    }
-    words.extend([w.kh, w.kw, w.sh, w.sw, w.ph, w.pw, w.dh, w.dw].map(u));
-    words.push(last);
+    words.extend([w.ci, w.h, w.w, w.oh, w.ow, w.kh, w.kw, w.sh, w.sw, w.ph, w.pw, w.dh, w.dw].map(u));
+    words.push(is_float);
     words
-}
-
-fn requant_words(q: &Requant) -> [u32; 6] {
-    [q.x_zp as u32, q.w_zp as u32, q.y_zp as u32, q.mult.to_bits(), q.lo as u32, q.hi as u32]
 }
 
 impl Plan {
     /// Allocates activations for `batch` items and records the bind groups of every step.
     pub(crate) fn new(
         device: &Device,
-        kernels: &Kernels,
+        kernels: &[Kernel],
         graph: &Graph,
         consts: &[Buffer],
         batch: usize,
@@ -194,37 +286,31 @@ impl Plan {
                     groups: groups(total),
                 });
             };
-        for step in &graph.steps {
+        for (step, kernel) in graph.steps.iter().zip(kernels) {
             match step {
-                Step::Conv { x, y, weights, bias, win, relu, quant } => {
-                    let total = batch * graph.values[*y].per_item;
-                    let mut words = window_words(total, win, true, u32::from(*relu));
-                    let kernel = match quant {
-                        Some(q) => {
-                            words.extend(requant_words(q));
-                            &kernels.conv_q8
-                        }
-                        None => &kernels.conv_f32,
-                    };
-                    add(kernel, words, &[&values[*x], &consts[*weights], &consts[*bias], &values[*y]], total);
+                Step::Conv { x, y, weights, bias, win, .. } => {
+                    let total = batch * win.co.div_ceil(4) * win.oh * win.ow;
+                    add(
+                        kernel,
+                        vec![u(total)],
+                        &[&values[*x], &consts[*weights], &consts[*bias], &values[*y]],
+                        total,
+                    );
                 }
-                Step::MatMul { x, y, weights, bias, k, n, relu, quant } => {
-                    let total = batch * n;
-                    let (kernel, words) = match quant {
-                        Some(q) => {
-                            let mut words = vec![u(total), u(*k), u(*n), 0];
-                            words.extend(requant_words(q));
-                            (&kernels.matmul_q8, words)
-                        }
-                        None => (&kernels.matmul_f32, vec![u(total), u(*k), u(*n), u32::from(*relu)]),
-                    };
-                    add(kernel, words, &[&values[*x], &consts[*weights], &consts[*bias], &values[*y]], total);
+                Step::MatMul { x, y, weights, bias, n, .. } => {
+                    let total = batch * n.div_ceil(4);
+                    add(
+                        kernel,
+                        vec![u(total)],
+                        &[&values[*x], &consts[*weights], &consts[*bias], &values[*y]],
+                        total,
+                    );
                 }
                 Step::MaxPool { x, y, win } => {
                     let total = batch * graph.values[*y].per_item;
                     let is_float = u32::from(graph.values[*x].elem == Elem::F32);
-                    let words = window_words(total, win, false, is_float);
-                    add(&kernels.maxpool, words, &[&values[*x], &values[*y]], total);
+                    let words = window_words(total, win, is_float);
+                    add(kernel, words, &[&values[*x], &values[*y]], total);
                 }
                 Step::Elementwise { x, y, op, aux } => {
                     let total = batch * graph.values[*y].per_item;
@@ -238,11 +324,11 @@ impl Plan {
                     let words =
                         vec![u(total), code, zp as u32, f32::to_bits(scale), lo as u32, hi as u32, len];
                     let aux = aux.map_or(&dummy, |a| &consts[a]);
-                    add(&kernels.elementwise, words, &[&values[*x], aux, &values[*y]], total);
+                    add(kernel, words, &[&values[*x], aux, &values[*y]], total);
                 }
                 Step::Softmax { x, y, len } => {
                     let rows = batch * graph.values[*y].per_item / (*len).max(1);
-                    add(&kernels.softmax, vec![u(rows), u(*len)], &[&values[*x], &values[*y]], rows);
+                    add(kernel, vec![u(rows), u(*len)], &[&values[*x], &values[*y]], rows);
                 }
             }
         }
@@ -307,7 +393,17 @@ impl Plan {
         device
             .poll(PollType::Wait { submission_index: Some(submission), timeout: None })
             .map_err(|e| format!("waiting for the device: {e}"))?;
-        match rx.try_recv() {
+        // The submission is done, but when several threads poll, another thread's poll may
+        // be the one firing our map callback: wait for it rather than assume it ran.
+        let mut mapped = rx.recv_timeout(MAP_WAIT);
+        for _ in 0..3 {
+            if mapped.is_ok() {
+                break;
+            }
+            device.poll(PollType::Poll).map_err(|e| format!("waiting for the device: {e}"))?;
+            mapped = rx.recv_timeout(MAP_WAIT);
+        }
+        match mapped {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(format!("reading results back: {e}")),
             Err(_) => return Err("reading results back: the map did not complete".into()),

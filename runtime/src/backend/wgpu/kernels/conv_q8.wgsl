@@ -1,45 +1,65 @@
 // 2-D convolution on quantised values (QLinearConv, per-tensor): 8-bit activations and
 // weights held one per i32, i32 accumulation, then requantisation to the output's scale and
-// zero point with ties-to-even rounding (as ONNX and tract round).
+// zero point with ties-to-even rounding (WGSL's round(), as ONNX and tract round). Layout
+// and blocking as conv_f32.wgsl; the weights arrive with their zero point already removed.
 
-struct Params {
-    total: u32, ci: u32, h: u32, w: u32,
-    co: u32, oh: u32, ow: u32, kh: u32,
-    kw: u32, sh: u32, sw: u32, ph: u32,
-    pw: u32, dh: u32, dw: u32, relu: u32,
-    xzp: i32, wzp: i32, yzp: i32, mult: f32,
-    lo: i32, hi: i32, pad0: u32, pad1: u32,
-}
+override CI: u32;
+override H: u32;
+override W: u32;
+override CO: u32;
+override OH: u32;
+override OW: u32;
+override KH: u32;
+override KW: u32;
+override SH: u32;
+override SW: u32;
+override PH: u32;
+override PW: u32;
+override DH: u32;
+override DW: u32;
+override XZP: i32;
+override YZP: i32;
+override MULT: f32;
+override LO: i32;
+override HI: i32;
+
+struct Params { total: u32, pad0: u32, pad1: u32, pad2: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<i32>;
-@group(0) @binding(2) var<storage, read> wt: array<i32>;
-@group(0) @binding(3) var<storage, read> bias: array<i32>;
+@group(0) @binding(2) var<storage, read> wt: array<vec4<i32>>;
+@group(0) @binding(3) var<storage, read> bias: array<vec4<i32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<i32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
     let i = g.x + g.y * nw.x * 64u;
     if (i >= p.total) { return; }
-    let ox = i % p.ow;
-    let oy = (i / p.ow) % p.oh;
-    let oc = (i / (p.ow * p.oh)) % p.co;
-    let b = i / (p.ow * p.oh * p.co);
-    var acc = bias[oc];
-    for (var c = 0u; c < p.ci; c++) {
-        let xbase = (b * p.ci + c) * p.h;
-        let wbase = (oc * p.ci + c) * p.kh;
-        for (var ky = 0u; ky < p.kh; ky++) {
-            // Padded taps hold the input zero point, so they add nothing: skip them.
-            let iy = i32(oy * p.sh + ky * p.dh) - i32(p.ph);
-            if (iy < 0 || iy >= i32(p.h)) { continue; }
-            for (var kx = 0u; kx < p.kw; kx++) {
-                let ix = i32(ox * p.sw + kx * p.dw) - i32(p.pw);
-                if (ix < 0 || ix >= i32(p.w)) { continue; }
-                acc += (x[(xbase + u32(iy)) * p.w + u32(ix)] - p.xzp) * (wt[(wbase + ky) * p.kw + kx] - p.wzp);
+    let blocks = (CO + 3u) / 4u;
+    let ox = i % OW;
+    let oy = (i / OW) % OH;
+    let ob = (i / (OW * OH)) % blocks;
+    let b = i / (OW * OH * blocks);
+    var acc = bias[ob];
+    for (var c = 0u; c < CI; c++) {
+        let plane = (b * CI + c) * H;
+        let wbase = (ob * CI + c) * KH * KW;
+        for (var ky = 0u; ky < KH; ky++) {
+            let iy = i32(oy * SH + ky * DH) - i32(PH);
+            for (var kx = 0u; kx < KW; kx++) {
+                let ix = i32(ox * SW + kx * DW) - i32(PW);
+                // Padding holds the input zero point, which contributes nothing.
+                let inside = iy >= 0 && iy < i32(H) && ix >= 0 && ix < i32(W);
+                let at = (plane + u32(clamp(iy, 0, i32(H) - 1))) * W + u32(clamp(ix, 0, i32(W) - 1));
+                let v = select(0, x[at] - XZP, inside);
+                acc += v * wt[wbase + ky * KW + kx];
             }
         }
     }
-    let q = clamp(round(f32(acc) * p.mult) + f32(p.yzp), f32(p.lo), f32(p.hi));
-    y[i] = i32(q);
+    let q = clamp(round(vec4<f32>(acc) * MULT) + f32(YZP), vec4<f32>(f32(LO)), vec4<f32>(f32(HI)));
+    let out = ((b * CO + ob * 4u) * OH + oy) * OW + ox;
+    let plane_size = OH * OW;
+    for (var j = 0u; j < 4u; j++) {
+        if (ob * 4u + j < CO) { y[out + j * plane_size] = i32(q[j]); }
+    }
 }

@@ -1,28 +1,36 @@
 // Quantised matmul (QLinearMatMul, per-tensor): 8-bit values held one per i32, i32
-// accumulation, requantised with ties-to-even rounding.
+// accumulation, requantised with ties-to-even rounding. Layout and blocking as
+// matmul_f32.wgsl; the weights arrive with their zero point already removed.
 
-struct Params {
-    total: u32, k: u32, n: u32, pad0: u32,
-    xzp: i32, wzp: i32, yzp: i32, mult: f32,
-    lo: i32, hi: i32, pad1: u32, pad2: u32,
-}
+override K: u32;
+override N: u32;
+override XZP: i32;
+override YZP: i32;
+override MULT: f32;
+override LO: i32;
+override HI: i32;
+
+struct Params { total: u32, pad0: u32, pad1: u32, pad2: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<i32>;
-@group(0) @binding(2) var<storage, read> wt: array<i32>;
-@group(0) @binding(3) var<storage, read> bias: array<i32>;
+@group(0) @binding(2) var<storage, read> wt: array<vec4<i32>>;
+@group(0) @binding(3) var<storage, read> bias: array<vec4<i32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<i32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
     let i = g.x + g.y * nw.x * 64u;
     if (i >= p.total) { return; }
-    let n = i % p.n;
-    let m = i / p.n;
-    var acc = bias[n];
-    for (var k = 0u; k < p.k; k++) {
-        acc += (x[m * p.k + k] - p.xzp) * (wt[k * p.n + n] - p.wzp);
+    let blocks = (N + 3u) / 4u;
+    let nb = i % blocks;
+    let m = i / blocks;
+    var acc = bias[nb];
+    for (var k = 0u; k < K; k++) {
+        acc += (x[m * K + k] - XZP) * wt[k * blocks + nb];
     }
-    let q = clamp(round(f32(acc) * p.mult) + f32(p.yzp), f32(p.lo), f32(p.hi));
-    y[i] = i32(q);
+    let q = clamp(round(vec4<f32>(acc) * MULT) + f32(YZP), vec4<f32>(f32(LO)), vec4<f32>(f32(HI)));
+    for (var j = 0u; j < 4u; j++) {
+        if (nb * 4u + j < N) { y[m * N + nb * 4u + j] = i32(q[j]); }
+    }
 }
