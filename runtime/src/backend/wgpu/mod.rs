@@ -229,6 +229,23 @@ impl Backend for WgpuBackend {
             (false, Precision::Int8AsFp32 | Precision::Int8) => Precision::Int8AsFp32,
             (false, Precision::Fp32) => Precision::Fp32,
         };
+        Ok(Arc::new(self.load(name, inputs, &typed, graph, macs_per_item, precision)?))
+    }
+}
+
+impl WgpuBackend {
+    /// Uploads an imported graph, compiles its kernels, and runs batch 1 once, so a model
+    /// the device cannot run fails here rather than on its first request.
+    fn load(
+        &self,
+        name: &str,
+        inputs: Vec<TensorSpec>,
+        typed: &TypedModel,
+        graph: Graph,
+        macs_per_item: u64,
+        precision: Precision,
+    ) -> Result<WgpuModel, BackendError> {
+        let unsupported = |why: String| BackendError::Unsupported { model: name.to_owned(), why };
         let outputs = graph
             .outputs
             .iter()
@@ -275,7 +292,7 @@ impl Backend for WgpuBackend {
             .collect::<Result<_, _>>()
             .map_err(|e| unsupported(e.to_string()))?;
         prepared.run(&zeros)?;
-        Ok(Arc::new(prepared))
+        Ok(prepared)
     }
 }
 
@@ -455,6 +472,107 @@ mod tests {
                     assert_eq!((relu_fused, elementwise, g.int8), (4, 0, false), "{:#?}", g.steps)
                 }
             }
+        }
+    }
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n).map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5) - 1.0).collect()
+    }
+
+    /// Ops and geometries the reference models do not use — strided, dilated, unevenly
+    /// padded convolution, padded 3x3/s2 pooling, a reshape, softmax — run on wgpu and on
+    /// tract from the same typed graph, at batch 3.
+    #[test]
+    fn general_ops_match_tract() {
+        use tract_onnx::prelude::{IntoRunnable, IntoTValue, Tensor as TTensor, TypedFact};
+        use tract_onnx::tract_core::internal::{DimLike, SpecialOps};
+        use tract_onnx::tract_core::ops::change_axes::AxisOp;
+        use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec};
+        use tract_onnx::tract_core::ops::einsum::EinSum;
+        use tract_onnx::tract_core::ops::math::{add, max};
+        use tract_onnx::tract_core::ops::nn::{DataFormat, Softmax, SoftmaxKind};
+
+        let Ok(gpu) = WgpuBackend::shared() else {
+            assert!(std::env::var_os("CI").is_none(), "CI is set but there is no wgpu adapter");
+            eprintln!("skipping: no wgpu adapter (CI is unset)");
+            return;
+        };
+        let mut m = TypedModel::default();
+        let n = TDim::from(m.symbols.sym("N"));
+        let x = m
+            .add_source(
+                "x",
+                TypedFact::dt_shape(DatumType::F32, tvec![n.clone(), 3.into(), 9.into(), 11.into()]),
+            )
+            .unwrap();
+        let konst = |m: &mut TypedModel, name: &str, shape: &[usize], seed| {
+            let v = values(shape.iter().product(), seed);
+            m.add_const(name, TTensor::from_shape(shape, &v).unwrap()).unwrap()
+        };
+        let w = konst(&mut m, "w", &[5, 3, 3, 2], 1);
+        let b = konst(&mut m, "b", &[5], 2);
+        let conv = Conv {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NCHW,
+                kernel_shape: tvec![3, 2],
+                padding: PaddingSpec::Explicit(tvec![1, 0], tvec![2, 1]),
+                dilations: Some(tvec![2, 1]),
+                strides: Some(tvec![2, 3]),
+                input_channels: 3,
+                output_channels: 5,
+            },
+            kernel_fmt: KernelFormat::OIHW,
+            group: 1,
+            q_params: None,
+        };
+        let y = m.wire_node("conv", conv, &[x, w, b]).unwrap()[0];
+        let zero = m.add_const("zero", TTensor::from_shape(&[1, 1, 1, 1], &[0f32]).unwrap()).unwrap();
+        let y = m.wire_node("relu", max(), &[y, zero]).unwrap()[0];
+        let pool = MaxPool {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NCHW,
+                kernel_shape: tvec![3, 3],
+                padding: PaddingSpec::Explicit(tvec![1, 1], tvec![1, 1]),
+                dilations: None,
+                strides: Some(tvec![2, 2]),
+                input_channels: 5,
+                output_channels: 5,
+            },
+            with_index_outputs: None,
+        };
+        let y = m.wire_node("pool", pool, &[y]).unwrap()[0];
+        let shape = m.outlet_fact(y).unwrap().shape.to_tvec();
+        // conv: 9 rows padded 1+2, dilated window 5, stride 2 -> 4; 11 columns padded 0+1,
+        // window 2, stride 3 -> 4; pool 3x3/s2 padded 1+1 -> 2 x 2.
+        assert_eq!(shape[1..], [TDim::from(5), 2.into(), 2.into()]);
+        let k: usize = shape[1..].iter().map(|d| d.to_usize().unwrap()).product();
+        let flat = AxisOp::Reshape(1, shape[1..].into(), tvec![TDim::from(k)]);
+        let y = m.wire_node("flatten", flat, &[y]).unwrap()[0];
+        let wm = konst(&mut m, "wm", &[k, 7], 3);
+        let einsum = EinSum::new("mk,kn->mn".parse().unwrap(), DatumType::F32);
+        let y = m.wire_node("matmul", einsum, &[y, wm]).unwrap()[0];
+        let bm = konst(&mut m, "bm", &[1, 7], 4);
+        let y = m.wire_node("bias", add(), &[y, bm]).unwrap()[0];
+        let softmax = Softmax { axes: tvec![1], quant_output_dt: None, kind: SoftmaxKind::Softmax };
+        let y = m.wire_node("softmax", softmax, &[y]).unwrap()[0];
+        m.select_output_outlets(&[y]).unwrap();
+
+        let graph = import::import(&m, &n).unwrap();
+        assert!(matches!(graph.steps[0], import::Step::Conv { relu: true, .. }), "{:#?}", graph.steps);
+        let inputs = vec![TensorSpec { name: "x".into(), dtype: DType::F32, item_shape: vec![3, 9, 11] }];
+        let model = gpu.load("ops", inputs, &m, graph, 0, Precision::Fp32).unwrap();
+        let input = values(3 * 3 * 9 * 11, 5);
+        let got =
+            model.run(&[Tensor::from_f32(vec![3, 3, 9, 11], &input).unwrap()]).unwrap()[0].to_f32().unwrap();
+
+        let plan = m.into_optimized().unwrap().into_runnable().unwrap();
+        let want =
+            plan.run(tvec![TTensor::from_shape(&[3, 3, 9, 11], &input).unwrap().into_tvalue()]).unwrap();
+        let want = want[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect::<Vec<_>>();
+        assert_eq!(got.len(), 3 * 7);
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() <= 1e-5, "output {i}: wgpu {a}, tract {b}");
         }
     }
 }
