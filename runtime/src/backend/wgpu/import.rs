@@ -71,6 +71,21 @@ pub(crate) struct Requant {
     /// Output range: 0..=255 for u8, -128..=127 for i8.
     pub(crate) lo: i32,
     pub(crate) hi: i32,
+    /// Fused prologue: the input arrives as fp32 and is quantised on load.
+    pub(crate) quantize_input: Option<Quantize>,
+    /// Fused epilogue: the requantised output is dequantised to fp32 (scale, zero point).
+    pub(crate) dequantize: Option<(f32, i32)>,
+    /// Fused epilogue after dequantising: an fp32 bias, stored after the int bias.
+    pub(crate) fp32_bias: bool,
+}
+
+/// Parameters of a QuantizeLinear: `clamp(round(x * scale) + zp, lo, hi)`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Quantize {
+    pub(crate) scale: f32,
+    pub(crate) zp: i32,
+    pub(crate) lo: i32,
+    pub(crate) hi: i32,
 }
 
 /// Constant data uploaded once at prepare.
@@ -104,8 +119,9 @@ pub(crate) enum Step {
         relu: bool,
         quant: Option<Requant>,
     },
-    /// 2-D max pool (any element kind).
-    MaxPool { x: ValueId, y: ValueId, win: Window },
+    /// 2-D max pool (any element kind), optionally followed by a fused 256-entry lookup
+    /// table (int8 values; `lut` indexes the constant).
+    MaxPool { x: ValueId, y: ValueId, win: Window, lut: Option<usize> },
     /// Element-wise op (see kernels/elementwise.wgsl); `aux` indexes a constant or is None.
     Elementwise { x: ValueId, y: ValueId, op: EltOp, aux: Option<usize> },
     /// Softmax over the last axis of `len` elements.
@@ -325,7 +341,17 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
                     ));
                 };
                 g.int8 = true;
-                Some(Requant { x_zp: xzp, w_zp: wzp, y_zp: yzp, mult: xs * ws / ys, lo, hi })
+                Some(Requant {
+                    x_zp: xzp,
+                    w_zp: wzp,
+                    y_zp: yzp,
+                    mult: xs * ws / ys,
+                    lo,
+                    hi,
+                    quantize_input: None,
+                    dequantize: None,
+                    fp32_bias: false,
+                })
             } else {
                 None
             };
@@ -403,7 +429,17 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
                     return Err(refuse(name, op, "only per-tensor constant scales and zero points"));
                 };
                 g.int8 = true;
-                Some(Requant { x_zp: xzp, w_zp: wzp, y_zp: yzp, mult: xs * ws / ys, lo, hi })
+                Some(Requant {
+                    x_zp: xzp,
+                    w_zp: wzp,
+                    y_zp: yzp,
+                    mult: xs * ws / ys,
+                    lo,
+                    hi,
+                    quantize_input: None,
+                    dequantize: None,
+                    fp32_bias: false,
+                })
             } else {
                 None
             };
@@ -453,7 +489,7 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
             }
             let x = input(0)?;
             let y = new_value(&mut g);
-            g.steps.push(Step::MaxPool { x, y, win });
+            g.steps.push(Step::MaxPool { x, y, win, lut: None });
             of.insert(out, y);
         } else if let Some(bin) = node.op_as::<TypedBinOp>() {
             let is_max = bin.0.downcast_ref::<Max>().is_some();
@@ -603,7 +639,118 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
         }
         g.outputs.push((v, dims));
     }
+    fuse_int8_edges(&mut g);
     Ok(g)
+}
+
+impl Step {
+    /// The activations the step reads.
+    fn reads(&self) -> Vec<ValueId> {
+        match self {
+            Step::Conv { x, .. }
+            | Step::MatMul { x, .. }
+            | Step::MaxPool { x, .. }
+            | Step::Elementwise { x, .. }
+            | Step::Softmax { x, .. } => vec![*x],
+        }
+    }
+}
+
+/// Folds the element-wise steps around int8 convolutions and matmuls into them, so the int8
+/// path costs no more dispatches than fp32: the input QuantizeLinear into the first conv's
+/// loads, a lookup table (tract's folded requantisation) into the pool before it, and
+/// DequantizeLinear plus an fp32 bias into the last matmul's epilogue. Each fold computes
+/// exactly what the two steps computed (same rounding, same clamping), and only happens
+/// when the intermediate has no other reader.
+fn fuse_int8_edges(g: &mut Graph) {
+    let outputs: Vec<ValueId> = g.outputs.iter().map(|(v, _)| *v).collect();
+    let readers = |g: &Graph, v: ValueId| {
+        g.steps.iter().filter(|s| s.reads().contains(&v)).count() + usize::from(outputs.contains(&v))
+    };
+    let writer = |g: &Graph, v: ValueId| {
+        g.steps.iter().position(|s| match s {
+            Step::Conv { y, .. }
+            | Step::MatMul { y, .. }
+            | Step::MaxPool { y, .. }
+            | Step::Elementwise { y, .. }
+            | Step::Softmax { y, .. } => *y == v,
+        })
+    };
+    let mut i = 0;
+    while i < g.steps.len() {
+        let Step::Elementwise { x, y, op, aux } = g.steps[i].clone() else {
+            i += 1;
+            continue;
+        };
+        let single = readers(g, x) == 1;
+        let fused = match op {
+            // Quantize feeding exactly one int8 conv or matmul: quantise on load.
+            EltOp::Quantize { scale, zp, lo, hi } if readers(g, y) == 1 && !outputs.contains(&y) => {
+                let consumer = g.steps.iter().position(|s| s.reads().contains(&y));
+                match consumer.map(|c| &mut g.steps[c]) {
+                    Some(
+                        Step::Conv { x: cx, quant: Some(q), .. } | Step::MatMul { x: cx, quant: Some(q), .. },
+                    ) if q.quantize_input.is_none() => {
+                        *cx = x;
+                        q.quantize_input = Some(Quantize { scale, zp, lo, hi });
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            EltOp::Lookup if single => match writer(g, x).map(|w| &mut g.steps[w]) {
+                Some(Step::MaxPool { y: py, lut: lut @ None, .. }) => {
+                    *py = y;
+                    *lut = aux;
+                    true
+                }
+                _ => false,
+            },
+            EltOp::Dequantize { scale, zp } if single => match writer(g, x).map(|w| &mut g.steps[w]) {
+                Some(
+                    Step::Conv { y: py, quant: Some(q), .. } | Step::MatMul { y: py, quant: Some(q), .. },
+                ) if q.dequantize.is_none() => {
+                    *py = y;
+                    q.dequantize = Some((scale, zp));
+                    true
+                }
+                _ => false,
+            },
+            EltOp::AddBroadcast { len } if single => {
+                let w = writer(g, x);
+                match (w.map(|w| g.steps[w].clone()), aux) {
+                    (Some(Step::MatMul { n, bias, quant: Some(q), .. }), Some(c))
+                        if n == len && q.dequantize.is_some() && !q.fp32_bias =>
+                    {
+                        if let (Data::I32(ints), Data::F32(floats)) = (&g.consts[bias], &g.consts[c]) {
+                            // Stored after the (block-padded) int bias, as f32 bits.
+                            let mut packed = ints.clone();
+                            let mut extra: Vec<i32> = floats.iter().map(|f| f.to_bits() as i32).collect();
+                            extra.resize(ints.len(), 0);
+                            packed.extend(extra);
+                            g.consts[bias] = Data::I32(packed);
+                            if let Some(Step::MatMul { y: py, quant: Some(q), .. }) =
+                                w.map(|w| &mut g.steps[w])
+                            {
+                                *py = y;
+                                q.fp32_bias = true;
+                            }
+                            true
+                        } else {
+                            false
+                        }
+                    }
+                    _ => false,
+                }
+            }
+            _ => false,
+        };
+        if fused {
+            g.steps.remove(i);
+        } else {
+            i += 1;
+        }
+    }
 }
 
 /// Lays weights out as the kernels read them: the output channels (or columns) in blocks

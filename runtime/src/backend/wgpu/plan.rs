@@ -10,7 +10,7 @@ use ::wgpu::{
 };
 use parking_lot::Mutex;
 
-use super::import::{Elem, EltOp, Graph, Requant, Step, Window};
+use super::import::{Elem, EltOp, Graph, Quantize, Requant, Step, Window};
 
 /// Invocations per workgroup in every kernel (`@workgroup_size(64)`).
 const WORKGROUP: u32 = 64;
@@ -118,7 +118,7 @@ impl Kernels {
             conv_q8: specialised(device, "conv_q8", include_str!("kernels/conv_q8.wgsl"), 3),
             matmul_f32: specialised(device, "matmul_f32", include_str!("kernels/matmul_f32.wgsl"), 3),
             matmul_q8: specialised(device, "matmul_q8", include_str!("kernels/matmul_q8.wgsl"), 3),
-            maxpool: kernel(device, "maxpool", include_str!("kernels/maxpool.wgsl"), 1),
+            maxpool: kernel(device, "maxpool", include_str!("kernels/maxpool.wgsl"), 2),
             elementwise: kernel(device, "elementwise", include_str!("kernels/elementwise.wgsl"), 2),
             softmax: kernel(device, "softmax", include_str!("kernels/softmax.wgsl"), 1),
             cache: Mutex::new(HashMap::new()),
@@ -165,6 +165,7 @@ impl Kernels {
                 match quant {
                     Some(q) => {
                         c.extend(requant_constants(q));
+                        c.push(("FP32_BIAS", f64::from(u8::from(q.fp32_bias))));
                         (&self.matmul_q8, c)
                     }
                     None => {
@@ -184,13 +185,25 @@ impl Kernels {
     }
 }
 
-fn requant_constants(q: &Requant) -> [(&'static str, f64); 5] {
-    [
+/// Requantisation constants, and those of the fused prologue and epilogues (neutral values
+/// when not fused: every override must have a value).
+fn requant_constants(q: &Requant) -> Vec<(&'static str, f64)> {
+    let qin = q.quantize_input.unwrap_or(Quantize { scale: 1.0, zp: 0, lo: 0, hi: 0 });
+    let (dq_scale, dq_zp) = q.dequantize.unwrap_or((1.0, 0));
+    vec![
         ("XZP", f64::from(q.x_zp)),
         ("YZP", f64::from(q.y_zp)),
         ("MULT", f64::from(q.mult)),
         ("LO", f64::from(q.lo)),
         ("HI", f64::from(q.hi)),
+        ("QIN", f64::from(u8::from(q.quantize_input.is_some()))),
+        ("QIN_SCALE", f64::from(qin.scale)),
+        ("QIN_ZP", f64::from(qin.zp)),
+        ("QIN_LO", f64::from(qin.lo)),
+        ("QIN_HI", f64::from(qin.hi)),
+        ("DEQ", f64::from(u8::from(q.dequantize.is_some()))),
+        ("DQ_SCALE", f64::from(dq_scale)),
+        ("DQ_ZP", f64::from(dq_zp)),
     ]
 }
 
@@ -306,11 +319,13 @@ impl Plan {
                         total,
                     );
                 }
-                Step::MaxPool { x, y, win } => {
+                Step::MaxPool { x, y, win, lut } => {
                     let total = batch * graph.values[*y].per_item;
                     let is_float = u32::from(graph.values[*x].elem == Elem::F32);
-                    let words = window_words(total, win, is_float);
-                    add(kernel, words, &[&values[*x], &values[*y]], total);
+                    let mut words = window_words(total, win, is_float);
+                    words.push(u32::from(lut.is_some()));
+                    let table = lut.map_or(&dummy, |t| &consts[t]);
+                    add(kernel, words, &[&values[*x], table, &values[*y]], total);
                 }
                 Step::Elementwise { x, y, op, aux } => {
                     let total = batch * graph.values[*y].per_item;

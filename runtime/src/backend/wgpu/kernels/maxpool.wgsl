@@ -1,17 +1,19 @@
 // 2-D max pooling over NCHW; works on the raw 32-bit words of either fp32 or integer
 // activations (`is_float` picks the comparison). Taps outside the image are skipped, which
-// is ONNX's -inf padding.
+// is ONNX's -inf padding. With `lut` set, an integer result goes through a 256-entry table
+// (tract's folded requantisation that followed the pool).
 
 struct Params {
     total: u32, c: u32, h: u32, w: u32,
     oh: u32, ow: u32, kh: u32, kw: u32,
     sh: u32, sw: u32, ph: u32, pw: u32,
-    dh: u32, dw: u32, is_float: u32, pad0: u32,
+    dh: u32, dw: u32, is_float: u32, lut: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<u32>;
-@group(0) @binding(2) var<storage, read_write> y: array<u32>;
+@group(0) @binding(2) var<storage, read> table: array<u32>;
+@group(0) @binding(3) var<storage, read_write> y: array<u32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
@@ -33,5 +35,11 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw
             best_i = max(best_i, bitcast<i32>(v));
         }
     }
-    if (p.is_float != 0u) { y[i] = bitcast<u32>(best_f); } else { y[i] = bitcast<u32>(best_i); }
+    if (p.is_float != 0u) {
+        y[i] = bitcast<u32>(best_f);
+    } else if (p.lut != 0u) {
+        y[i] = table[bitcast<u32>(best_i) & 255u];
+    } else {
+        y[i] = bitcast<u32>(best_i);
+    }
 }
