@@ -11,7 +11,7 @@ use tract_onnx::prelude::{DatumType, OutletId, TDim, Tensor, TypedFact, TypedMod
 use tract_onnx::tract_core::internal::DimLike;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec};
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PoolSpec};
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::konst::Const;
@@ -216,10 +216,8 @@ fn window(spec: &PoolSpec, input: &[usize], output: &[usize]) -> Option<Window> 
     if spec.data_format != DataFormat::NCHW || spec.kernel_shape.len() != 2 || input.len() != 3 {
         return None;
     }
-    if let PaddingSpec::ExplicitOnnxPool(_, _, true) = spec.padding {
-        // ceil mode: the output fact already has the extra row/column and the kernel skips
-        // out-of-image taps, which is what ceil mode means; nothing else to do.
-    }
+    // Ceil mode (`PaddingSpec::ExplicitOnnxPool(.., true)`) needs nothing more: the output fact already has
+    // the extra row or column, and the kernels skip taps outside the image.
     let strides = spec.strides.clone().unwrap_or_else(|| vec![1, 1].into());
     let dilations = spec.dilations.clone().unwrap_or_else(|| vec![1, 1].into());
     let pads = spec.padding.compute(&input[1..], &spec.kernel_shape, &dilations, &strides);

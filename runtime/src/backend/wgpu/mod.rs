@@ -141,13 +141,12 @@ impl WgpuBackend {
 ///
 /// Why all three: pipeline failures can come back as `Internal`, not only `Validation`.
 /// Scopes are per thread in wgpu, so a scope is pushed and popped within one call.
-struct Scope<'a> {
+struct Scope {
     guards: Vec<::wgpu::ErrorScopeGuard>,
-    _device: &'a ::wgpu::Device,
 }
 
-impl<'a> Scope<'a> {
-    fn push(device: &'a ::wgpu::Device) -> Scope<'a> {
+impl Scope {
+    fn push(device: &::wgpu::Device) -> Scope {
         let guards = [
             ::wgpu::ErrorFilter::Validation,
             ::wgpu::ErrorFilter::OutOfMemory,
@@ -156,7 +155,7 @@ impl<'a> Scope<'a> {
         .into_iter()
         .map(|f| device.push_error_scope(f))
         .collect();
-        Scope { guards, _device: device }
+        Scope { guards }
     }
 
     fn pop(mut self) -> Result<(), String> {
