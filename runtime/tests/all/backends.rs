@@ -239,6 +239,24 @@ fn wgpu_concurrent_runs_of_one_model_are_each_correct() {
     });
 }
 
+#[test]
+fn wgpu_batches_sharing_a_plan_give_the_same_items() {
+    let Some(gpu) = wgpu_backend() else { return };
+    let test = test_split();
+    for key in [ReferenceModel::EdgeInt8, ReferenceModel::CentralFp32] {
+        let model = gpu.prepare(key.key(), &model_bytes(key)).unwrap();
+        let run = |n: usize| {
+            model.run(&[reference::images_to_input(test.images(0..n)).unwrap()]).unwrap()[0].to_f32().unwrap()
+        };
+        // 9, 13 and 16 items share the plan for 16: the rows a smaller batch leaves behind
+        // hold the previous run's items and must not leak into the answer.
+        let sixteen = run(16);
+        assert_eq!(run(9), sixteen[..9 * 10], "{}", key.key());
+        assert_eq!(run(13), sixteen[..13 * 10], "{}", key.key());
+        assert_eq!(run(16), sixteen, "{}", key.key());
+    }
+}
+
 fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     assert_eq!(from.len(), to.len());
     let mut out = haystack.to_vec();

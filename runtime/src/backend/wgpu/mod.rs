@@ -352,12 +352,16 @@ impl fmt::Debug for WgpuModel {
     }
 }
 
-/// Distinct batch sizes whose plans are kept; beyond this the cache is cleared (a node
-/// batching requests sees few distinct sizes, a caller probing many should not grow memory).
-const PLAN_CACHE: usize = 16;
+/// Plans kept per model: sizes 1 to 8 and the powers of two up to 4,096 make 17, so a
+/// model never drops a plan unless the cap on chunk size changes that count.
+const PLAN_CACHE: usize = 24;
 
 impl WgpuModel {
+    /// The plan serving `batch` items: batches up to 8 get a plan of their own size,
+    /// larger ones share the plan of the next power of two. A node batching requests sees
+    /// every size up to its maximum; this keeps the plans (and their buffers) few.
     fn plan(&self, batch: usize) -> Result<Arc<Mutex<Plan>>, BackendError> {
+        let batch = if batch <= 8 { batch } else { batch.next_power_of_two().min(self.max_batch) };
         let mut plans = self.plans.lock();
         if let Some(p) = plans.get(&batch) {
             return Ok(p.clone());
@@ -382,7 +386,7 @@ impl WgpuModel {
         let plan = self.plan(batch)?;
         let plan = plan.lock();
         let scope = Scope::push(&self.gpu.device);
-        let result = plan.run(&self.gpu.device, &self.gpu.queue, inputs);
+        let result = plan.run(&self.gpu.device, &self.gpu.queue, inputs, batch);
         let scoped = scope.pop();
         self.gpu.healthy()?;
         scoped.map_err(run_err)?;

@@ -211,17 +211,23 @@ fn requant_constants(q: &Requant) -> Vec<(&'static str, f64)> {
 struct Dispatch {
     pipeline: ComputePipeline,
     bind_group: BindGroup,
-    groups: (u32, u32),
+    /// Invocations per batch item: a run of n items dispatches n times this many.
+    per_item: usize,
 }
 
-/// Everything one batch size needs on the device.
+/// Everything a run of up to `capacity` items needs on the device.
+///
+/// Every kernel works item by item (the batch is the outermost axis and no op mixes
+/// items), so a plan serves any batch up to its capacity: it writes, computes and reads
+/// back only the first n items; the rest of each buffer is left alone.
 pub(crate) struct Plan {
-    batch: usize,
+    capacity: usize,
     dispatches: Vec<Dispatch>,
     values: Vec<Buffer>,
+    /// Input values and their bytes per item.
     inputs: Vec<(usize, u64)>,
-    /// Output value, its offset in `readback` and its byte length.
-    outputs: Vec<(usize, u64, u64)>,
+    /// Output values and their bytes per item.
+    outputs: Vec<(usize, u64)>,
     readback: Buffer,
 }
 
@@ -245,7 +251,8 @@ fn window_words(total: usize, w: &Window, is_float: u32) -> Vec<u32> {
 }
 
 impl Plan {
-    /// Allocates activations for `batch` items and records the bind groups of every step.
+    /// Allocates activations for `batch` items (the capacity) and records the bind groups
+    /// of every step.
     pub(crate) fn new(
         device: &Device,
         kernels: &[Kernel],
@@ -293,10 +300,11 @@ impl Plan {
                     layout: &kernel.layout,
                     entries: &entries,
                 });
+                // Every step's invocation count is a whole multiple of the batch.
                 dispatches.push(Dispatch {
                     pipeline: kernel.pipeline.clone(),
                     bind_group,
-                    groups: groups(total),
+                    per_item: total / batch.max(1),
                 });
             };
         for (step, kernel) in graph.steps.iter().zip(kernels) {
@@ -347,39 +355,38 @@ impl Plan {
                 }
             }
         }
-        let inputs =
-            graph.inputs.iter().map(|&v| (v, (graph.values[v].per_item * batch * 4) as u64)).collect();
-        let mut offset = 0;
-        let outputs = graph
-            .outputs
-            .iter()
-            .map(|(v, _)| {
-                let len = (graph.values[*v].per_item * batch * 4) as u64;
-                let out = (*v, offset, len);
-                offset += len;
-                out
-            })
-            .collect();
+        let bytes = |v: usize| (graph.values[v].per_item * 4) as u64;
+        let inputs = graph.inputs.iter().map(|&v| (v, bytes(v))).collect();
+        let outputs: Vec<(usize, u64)> = graph.outputs.iter().map(|&(v, _)| (v, bytes(v))).collect();
         let readback = device.create_buffer(&::wgpu::BufferDescriptor {
             label: Some("readback"),
-            size: offset.max(4),
+            size: (outputs.iter().map(|o| o.1).sum::<u64>() * batch as u64).max(4),
             usage: BufferUsages::MAP_READ | BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Plan { batch, dispatches, values, inputs, outputs, readback }
+        Plan { capacity: batch, dispatches, values, inputs, outputs, readback }
     }
 
-    /// Writes `inputs` (little-endian f32 bytes, one slice per model input), runs every step
-    /// in one pass and one submission, and reads every output back with one map.
+    /// Writes `inputs` for `n` items (little-endian f32 bytes, one slice per model input),
+    /// runs every step in one pass and one submission, and reads every output back with
+    /// one map.
     pub(crate) fn run(
         &self,
         device: &Device,
         queue: &Queue,
         inputs: &[&[u8]],
+        n: usize,
     ) -> Result<Vec<Vec<u8>>, String> {
-        for (&(value, len), bytes) in self.inputs.iter().zip(inputs) {
-            if bytes.len() as u64 != len {
-                return Err(format!("batch {}: input of {} bytes, expected {len}", self.batch, bytes.len()));
+        if n == 0 || n > self.capacity {
+            return Err(format!("batch {n} does not fit a plan for {} items", self.capacity));
+        }
+        for (&(value, per_item), bytes) in self.inputs.iter().zip(inputs) {
+            if bytes.len() as u64 != per_item * n as u64 {
+                return Err(format!(
+                    "batch {n}: input of {} bytes, expected {}",
+                    bytes.len(),
+                    per_item * n as u64
+                ));
             }
             queue.write_buffer(&self.values[value], 0, bytes);
         }
@@ -393,14 +400,20 @@ impl Plan {
             for d in &self.dispatches {
                 pass.set_pipeline(&d.pipeline);
                 pass.set_bind_group(0, &d.bind_group, &[]);
-                pass.dispatch_workgroups(d.groups.0, d.groups.1, 1);
+                let (x, y) = groups(n * d.per_item);
+                pass.dispatch_workgroups(x, y, 1);
             }
         }
-        for &(value, offset, len) in &self.outputs {
+        let mut spans = Vec::with_capacity(self.outputs.len());
+        let mut offset = 0;
+        for &(value, per_item) in &self.outputs {
+            let len = per_item * n as u64;
             encoder.copy_buffer_to_buffer(&self.values[value], 0, &self.readback, offset, len);
+            spans.push((offset, len));
+            offset += len;
         }
         let submission = queue.submit([encoder.finish()]);
-        let slice = self.readback.slice(..);
+        let slice = self.readback.slice(..offset);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(::wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
@@ -425,9 +438,9 @@ impl Plan {
         }
         let result = {
             let view = slice.get_mapped_range().map_err(|e| format!("reading results back: {e}"))?;
-            self.outputs
+            spans
                 .iter()
-                .map(|&(_, offset, len)| view[offset as usize..(offset + len) as usize].to_vec())
+                .map(|&(offset, len)| view[offset as usize..(offset + len) as usize].to_vec())
                 .collect()
         };
         self.readback.unmap();
