@@ -12,8 +12,11 @@
 //! `backend.ratio_tract_over_ort.<key>.b<batch>`, plus the steps that moved tract:
 //! `backend.tract_norewrite.<key>.b1.median_us` (tract without the load-time graph
 //! rewrites) and `backend.ratio_int8_over_fp32.<backend>.b<batch>` (edge int8 over its fp32
-//! twin). There are no `backend.wgpu.*` figures yet: the wgpu backend is not in this build,
-//! and the bench says so. Without a peer venv the bench says how to make one and prints tract's figures.
+//! twin). The wgpu backend is measured the same way (`backend.wgpu.<key>.b<batch>.*` and
+//! `backend.ratio_int8_over_fp32.wgpu.b<batch>`) on whatever adapter the machine offers; the
+//! bench prints the adapter and says when it is a CPU one (lavapipe), whose figures are CPU
+//! figures, not GPU ones. Without an adapter it says so and skips them. Without a peer venv
+//! the bench says how to make one and prints tract's figures.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -23,7 +26,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use cascade_runtime::{
-    Backend, Digits, PreparedModel, ReferenceModel, Split, Tensor, TractBackend, reference,
+    Backend, Digits, PreparedModel, ReferenceModel, Split, Tensor, TractBackend, WgpuBackend, reference,
 };
 use serde_json::{Value, json};
 
@@ -126,10 +129,6 @@ fn push_times(figures: &mut Figures, runtime: &str, key: &str, batch: usize, sam
 pub fn run(models_dir: &Path, repo: &Path, budget: Budget) -> anyhow::Result<Figures> {
     let test = Digits::load_split(models_dir, Split::Test)
         .with_context(|| format!("loading the test split from {}", models_dir.display()))?;
-    eprintln!(
-        "wgpu: this build has no wgpu backend yet, so no backend.wgpu.* figures are printed \
-         (tract and onnxruntime only, both on the CPU)"
-    );
     let mut peer = Peer::start(repo)?;
     let mut figures = Figures::default();
     let mut tract_b: Vec<(ReferenceModel, usize, f64)> = Vec::new();
@@ -197,7 +196,56 @@ pub fn run(models_dir: &Path, repo: &Path, budget: Budget) -> anyhow::Result<Fig
             figures.push(format!("backend.ratio_int8_over_fp32.tract.b{batch}"), i8 / f32, "ratio");
         }
     }
+    run_wgpu(models_dir, &test, budget, &mut figures)?;
     Ok(figures)
+}
+
+/// The wgpu figures: every model at every batch, then int8 over fp32 per batch.
+fn run_wgpu(models_dir: &Path, test: &Digits, budget: Budget, figures: &mut Figures) -> anyhow::Result<()> {
+    let gpu = match WgpuBackend::shared() {
+        Ok(gpu) => gpu,
+        Err(e) => {
+            eprintln!("wgpu: {e}; no backend.wgpu.* figures");
+            return Ok(());
+        }
+    };
+    let adapter = gpu.adapter();
+    if adapter.is_cpu {
+        eprintln!(
+            "wgpu on {} via {}: a CPU adapter (lavapipe), so the backend.wgpu.* figures are CPU \
+             figures, not GPU ones",
+            adapter.name, adapter.api
+        );
+    } else {
+        eprintln!("wgpu on {} via {}", adapter.name, adapter.api);
+    }
+    let mut medians: Vec<(ReferenceModel, usize, f64)> = Vec::new();
+    for key in ReferenceModel::ALL {
+        let path = key.path(models_dir);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let model = gpu.prepare(key.key(), &bytes)?;
+        for batch in BATCHES {
+            let input = reference::images_to_input(test.images(0..batch.min(test.len())))?;
+            // Warm up (builds this batch's plan) and size the rounds.
+            time_runs(&*model, &input, 2)?;
+            let once = median(&mut time_runs(&*model, &input, 3)?);
+            let reps = ((budget.round_s * 1e6 / once.max(1.0)) as usize).clamp(2, 2000);
+            let mut samples = Vec::new();
+            for _ in 0..budget.rounds {
+                samples.extend(time_runs(&*model, &input, reps)?);
+            }
+            let us = push_times(figures, "wgpu", key.key(), batch, &mut samples);
+            medians.push((key, batch, us));
+            eprintln!("{:13} b{batch:<3} wgpu  {us:10.1} us  ({} samples)", key.key(), samples.len());
+        }
+    }
+    for batch in BATCHES {
+        let find = |m| medians.iter().find(|(k, b, _)| *k == m && *b == batch).map(|x| x.2);
+        if let (Some(i8), Some(f32)) = (find(ReferenceModel::EdgeInt8), find(ReferenceModel::EdgeFp32)) {
+            figures.push(format!("backend.ratio_int8_over_fp32.wgpu.b{batch}"), i8 / f32, "ratio");
+        }
+    }
+    Ok(())
 }
 
 /// Both runtimes got the same input: their logits must agree (int8 within a quantisation

@@ -40,6 +40,7 @@ fn summary(c: &ResolvedConfig) -> Result<String, std::fmt::Error> {
             m.bytes.len(),
             m.digest
         )?;
+        writeln!(out, "  {}", crate::backend_check::describe(name, m))?;
     }
     for (name, p) in &c.plugins {
         let pin = if p.spec.pinned.is_some() { "pinned" } else { "not pinned" };
@@ -106,6 +107,7 @@ mod tests {
         assert!(out.contains(&plugin_digest), "{out}");
         assert!(out.contains("route `r` -> plugin `p`: thresholds normal 0.8"), "{out}");
         assert!(out.contains("no upstream"), "{out}");
+        assert!(out.contains("  runs on tract, int8 (runs as int8)"), "{out}");
 
         std::fs::write(&cfg, text.replace("0.8", "8")).unwrap();
         let err = format!("{:#}", run(&cfg).unwrap_err());

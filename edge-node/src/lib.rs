@@ -13,6 +13,7 @@
 //! - [`serve`]: `edge-node serve`, the HTTP front door and the request path.
 //! - [`tiers_bench`]: `edge-node bench tiers`, the cost of an escalation on loopback.
 
+pub mod backend_check;
 pub mod bench_backends;
 pub mod bench_edge;
 pub mod bench_sandbox;

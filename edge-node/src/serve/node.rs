@@ -21,7 +21,7 @@ use cascade_runtime::{
     CacheKey, CacheStatus, Decision, DegradedReason, EscalationPolicy, FairShare, Lookup, Mode, ModeChange,
     ModeController, ModeSignals, ModelInfo, Outcome, PluginLimits, PluginOutcome, PolicyInput, Rejection,
     Request, RequestOutcome, Sandbox, SandboxConfig, Stage, Telemetry, Tensor, TractBackend, UNKNOWN_ROUTE,
-    UpstreamHealth, UpstreamView,
+    UpstreamHealth, UpstreamView, WgpuBackend,
 };
 use parking_lot::Mutex;
 use tracing::Instrument;
@@ -38,13 +38,15 @@ pub enum NodeError {
     /// The sandbox could not be created, or a model or plugin could not be loaded into it.
     #[error("sandbox: {0}")]
     Sandbox(#[from] cascade_runtime::LoadError),
-    /// A model asks for a backend this node cannot run and may not fall back to tract.
-    #[error("model {model}: backend {backend} is not available in this build and fallback_to_tract is false")]
+    /// A model asks for a backend that cannot run it here and may not fall back to tract.
+    #[error("model {model}: backend {backend} cannot run it ({why}) and fallback_to_tract is false")]
     Backend {
         /// Model name.
         model: String,
         /// The backend asked for.
         backend: String,
+        /// Why it cannot: no adapter, or an op its kernels do not cover.
+        why: String,
     },
     /// The telemetry registry could not be built.
     #[error("telemetry: {0}")]
@@ -251,23 +253,41 @@ impl Node {
             BatchSettings::new(usize::try_from(b.max_batch).unwrap_or(usize::MAX), b.max_delay, cores)
                 .calibrated(b.calibrate)
         });
-        let mut models = BTreeMap::new();
-        for (name, m) in &config.models {
-            if m.spec.backend == BackendKind::Wgpu {
-                if !m.spec.fallback_to_tract {
-                    return Err(NodeError::Backend { model: name.clone(), backend: "wgpu".into() });
-                }
-                // The wgpu backend is not wired into the node yet; the config allows tract.
-                tracing::warn!(model = %name, "wgpu backend not available in this build; running on tract");
-            }
-            let backend = tract.clone();
-            let backend: Arc<dyn Backend> = match &batching {
+        let batched = |backend: Arc<dyn Backend>| -> Arc<dyn Backend> {
+            match &batching {
                 Some(b) => {
                     Arc::new(BatchingBackend::new(backend, b.clone(), Some(telemetry.batch_observer())))
                 }
                 None => backend,
+            }
+        };
+        let mut models = BTreeMap::new();
+        for (name, m) in &config.models {
+            let digest = m.digest.to_string();
+            let prepared = if m.spec.backend == BackendKind::Wgpu {
+                // One device per process, opened by the first model that asks for it.
+                let attempt = WgpuBackend::shared()
+                    .map_err(cascade_runtime::LoadError::from)
+                    .and_then(|gpu| sandbox.add_model(name, &m.spec.path, &digest, &*batched(Arc::new(gpu))));
+                match attempt {
+                    Ok(prepared) => prepared,
+                    // Only the backend's refusals fall back: a bad file fails on tract too.
+                    Err(cascade_runtime::LoadError::Model(e)) if m.spec.fallback_to_tract => {
+                        tracing::warn!(model = %name, reason = %e, "wgpu cannot run the model; running on tract");
+                        sandbox.add_model(name, &m.spec.path, &digest, &*batched(tract.clone()))?
+                    }
+                    Err(cascade_runtime::LoadError::Model(e)) => {
+                        return Err(NodeError::Backend {
+                            model: name.clone(),
+                            backend: "wgpu".into(),
+                            why: e.to_string(),
+                        });
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                sandbox.add_model(name, &m.spec.path, &digest, &*batched(tract.clone()))?
             };
-            let prepared = sandbox.add_model(name, &m.spec.path, &m.digest.to_string(), &*backend)?;
             models.insert(name.clone(), prepared.info().clone());
         }
         for (name, p) in &config.plugins {

@@ -16,6 +16,7 @@ use crate::tensor::{DType, Tensor};
 pub(crate) mod cpu;
 pub(crate) mod tract;
 mod tract_pool;
+pub(crate) mod wgpu;
 
 /// Name, element type and per-item shape (without the batch dimension) of a model input
 /// or output.

@@ -150,7 +150,7 @@ fn dtype_of(dt: DatumType) -> Option<DType> {
     })
 }
 
-fn datum_of(dt: DType) -> DatumType {
+pub(crate) fn datum_of(dt: DType) -> DatumType {
     match dt {
         DType::F32 => DatumType::F32,
         DType::U8 => DatumType::U8,
@@ -162,7 +162,7 @@ fn datum_of(dt: DType) -> DatumType {
 
 /// How tract will compute a quantised graph: only per-tensor QOperator convolutions and
 /// matmuls run as int8; QDQ graphs and per-channel weights are lowered to fp32.
-fn precision_of(proto: &ModelProto) -> Precision {
+pub(crate) fn precision_of(proto: &ModelProto) -> Precision {
     let Some(graph) = proto.graph.as_ref() else { return Precision::Fp32 };
     let per_channel = |scale: &str| {
         graph.initializer.iter().find(|t| t.name == scale).is_some_and(|t| t.dims.iter().product::<i64>() > 1)
@@ -188,9 +188,75 @@ fn precision_of(proto: &ModelProto) -> Precision {
     }
 }
 
-fn tract_err(e: impl std::fmt::Debug) -> String {
+pub(crate) fn tract_err(e: impl std::fmt::Debug) -> String {
     // tract's Display shows only the outermost context; Debug shows the whole chain.
     format!("{e:?}").replace('\n', " ")
+}
+
+/// Parses `onnx` with tract's ONNX front end and refuses ops tract does not implement,
+/// naming the node and its ONNX op type (`backend` is who reports it).
+pub(crate) fn parse_onnx(
+    name: &str,
+    onnx: &[u8],
+    backend: &'static str,
+) -> Result<(ModelProto, InferenceModel), BackendError> {
+    let parse = |why: String| BackendError::Parse { model: name.to_owned(), why };
+    let framework = tract_onnx::onnx();
+    let proto = framework.proto_model_for_read(&mut &*onnx).map_err(|e| parse(tract_err(e)))?;
+    let model = framework.model_for_proto_model(&proto).map_err(|e| parse(tract_err(e)))?;
+
+    if let Some(node) = model.nodes().iter().find(|n| n.op_as::<UnimplementedOp>().is_some()) {
+        let op = proto.graph.as_ref().and_then(|g| g.node.iter().find(|p| p.name == node.name)).map_or_else(
+            || {
+                // tract names the op `Unimplemented(<onnx op type>)`.
+                let shown = node.op.name().to_string();
+                shown
+                    .strip_prefix("Unimplemented(")
+                    .and_then(|s| s.strip_suffix(')'))
+                    .map_or(shown.clone(), str::to_owned)
+            },
+            |p| p.op_type.clone(),
+        );
+        return Err(BackendError::UnsupportedOp {
+            model: name.to_owned(),
+            node: node.name.clone(),
+            op,
+            backend,
+        });
+    }
+
+    Ok((proto, model))
+}
+
+/// The inputs of a parsed model: each must have a known element type and a shape
+/// `[batch, fixed dims...]`.
+pub(crate) fn input_specs(name: &str, model: &InferenceModel) -> Result<Vec<TensorSpec>, BackendError> {
+    let unsupported = |why: String| BackendError::Unsupported { model: name.to_owned(), why };
+    let mut inputs = Vec::new();
+    for (ix, outlet) in model.input_outlets().map_err(|e| unsupported(tract_err(e)))?.iter().enumerate() {
+        let fact = model.input_fact(ix).map_err(|e| unsupported(tract_err(e)))?;
+        let input_name = model.node(outlet.node).name.clone();
+        let dt = fact
+            .datum_type
+            .concretize()
+            .and_then(dtype_of)
+            .ok_or_else(|| unsupported(format!("input {input_name} has an unsupported element type")))?;
+        let dims: Vec<_> = fact.shape.dims().collect();
+        let item_shape = dims
+            .iter()
+            .skip(1)
+            .map(|d| d.concretize().and_then(|d| d.to_usize().ok()))
+            .collect::<Option<Vec<usize>>>()
+            .filter(|_| !dims.is_empty())
+            .ok_or_else(|| {
+                unsupported(format!(
+                    "input {input_name} must be [batch, fixed dims...], the file says {:?}",
+                    fact.shape
+                ))
+            })?;
+        inputs.push(TensorSpec { name: input_name, dtype: dt, item_shape });
+    }
+    Ok(inputs)
 }
 
 impl Backend for TractBackend {
@@ -199,56 +265,9 @@ impl Backend for TractBackend {
     }
 
     fn prepare(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn PreparedModel>, BackendError> {
-        let parse = |why: String| BackendError::Parse { model: name.to_owned(), why };
-        let framework = tract_onnx::onnx();
-        let proto = framework.proto_model_for_read(&mut &*onnx).map_err(|e| parse(tract_err(e)))?;
-        let model = framework.model_for_proto_model(&proto).map_err(|e| parse(tract_err(e)))?;
-
-        if let Some(node) = model.nodes().iter().find(|n| n.op_as::<UnimplementedOp>().is_some()) {
-            let op =
-                proto.graph.as_ref().and_then(|g| g.node.iter().find(|p| p.name == node.name)).map_or_else(
-                    || {
-                        // tract names the op `Unimplemented(<onnx op type>)`.
-                        let shown = node.op.name().to_string();
-                        shown
-                            .strip_prefix("Unimplemented(")
-                            .and_then(|s| s.strip_suffix(')'))
-                            .map_or(shown.clone(), str::to_owned)
-                    },
-                    |p| p.op_type.clone(),
-                );
-            return Err(BackendError::UnsupportedOp {
-                model: name.to_owned(),
-                node: node.name.clone(),
-                op,
-                backend: "tract",
-            });
-        }
-
+        let (proto, model) = parse_onnx(name, onnx, "tract")?;
+        let inputs = input_specs(name, &model)?;
         let unsupported = |why: String| BackendError::Unsupported { model: name.to_owned(), why };
-        let mut inputs = Vec::new();
-        for (ix, outlet) in model.input_outlets().map_err(|e| unsupported(tract_err(e)))?.iter().enumerate() {
-            let fact = model.input_fact(ix).map_err(|e| unsupported(tract_err(e)))?;
-            let input_name = model.node(outlet.node).name.clone();
-            let dt =
-                fact.datum_type.concretize().and_then(dtype_of).ok_or_else(|| {
-                    unsupported(format!("input {input_name} has an unsupported element type"))
-                })?;
-            let dims: Vec<_> = fact.shape.dims().collect();
-            let item_shape = dims
-                .iter()
-                .skip(1)
-                .map(|d| d.concretize().and_then(|d| d.to_usize().ok()))
-                .collect::<Option<Vec<usize>>>()
-                .filter(|_| !dims.is_empty())
-                .ok_or_else(|| {
-                    unsupported(format!(
-                        "input {input_name} must be [batch, fixed dims...], the file says {:?}",
-                        fact.shape
-                    ))
-                })?;
-            inputs.push(TensorSpec { name: input_name, dtype: dt, item_shape });
-        }
 
         let prepared = TractModel {
             template: model,
@@ -284,7 +303,7 @@ impl Backend for TractBackend {
 }
 
 /// Multiply-accumulates of a (decluttered, batch 1) typed model, from tract's cost model.
-fn count_macs(model: &TypedModel) -> u64 {
+pub(crate) fn count_macs(model: &TypedModel) -> u64 {
     let mut total = 0u64;
     for node in model.nodes() {
         let Ok(inputs) = model.node_input_facts(node.id) else { continue };

@@ -2,19 +2,38 @@
 //!
 //! The reference is plain tract ([`TractBackend::without_rewrites`]): the graph as tract
 //! itself loads it. Every backend under test — tract with its load-time rewrites, and wgpu
-//! when it lands — must agree with it on the committed test split: fp32 logits within 1e-4
+//! (lavapipe on a machine without a GPU) — must agree with it on the committed test split: fp32 logits within 1e-4
 //! relative, int8 argmax on at least 99.9% of images; a batch of N must equal N single runs;
 //! bad inputs and broken files must give the documented errors.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use cascade_runtime::{
-    Backend, BackendError, Digits, PreparedModel, ReferenceModel, Split, Tensor, TractBackend, reference,
+    Backend, BackendError, Digits, PreparedModel, ReferenceModel, Split, Tensor, TractBackend, WgpuBackend,
+    reference,
 };
 
-/// Every backend the suite checks, with a label for messages.
+/// Every backend the suite checks.
 fn backends_under_test() -> Vec<Arc<dyn Backend>> {
-    vec![Arc::new(TractBackend::new())]
+    let mut all: Vec<Arc<dyn Backend>> = vec![Arc::new(TractBackend::new())];
+    if let Some(gpu) = wgpu_backend() {
+        all.push(Arc::new(gpu));
+    }
+    all
+}
+
+/// One wgpu backend (one device) shared by every test, or None when there is no adapter and
+/// `CI` is unset. With `CI` set, lavapipe is expected: no adapter fails the test.
+fn wgpu_backend() -> Option<WgpuBackend> {
+    static GPU: OnceLock<Result<WgpuBackend, String>> = OnceLock::new();
+    match GPU.get_or_init(|| WgpuBackend::new().map_err(|e| e.to_string())) {
+        Ok(gpu) => Some(gpu.clone()),
+        Err(why) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipping the wgpu part: {why} (CI is unset; with CI set this fails)");
+            None
+        }
+        Err(why) => panic!("CI is set, so the wgpu backend must run (lavapipe at least): {why}"),
+    }
 }
 
 fn model_bytes(key: ReferenceModel) -> Vec<u8> {
@@ -173,6 +192,68 @@ fn broken_files_are_refused_naming_model_and_op() {
             other => panic!("{name}: expected an unsupported op, got {other}"),
         }
         assert!(err.to_string().contains("uses op Rexu"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn wgpu_refuses_an_op_its_kernels_do_not_cover_naming_it() {
+    let Some(gpu) = wgpu_backend() else { return };
+    // Tanh is a real ONNX op that tract runs but no wgpu kernel covers; same length as Relu,
+    // so the protobuf stays valid.
+    let tanh = replace_all(&model_bytes(ReferenceModel::EdgeFp32), b"Relu", b"Tanh");
+    TractBackend::new().prepare("tanh", &tanh).unwrap();
+    let err = gpu.prepare("tanh", &tanh).unwrap_err();
+    match &err {
+        BackendError::UnsupportedOp { model, op, node, backend } => {
+            assert_eq!((model.as_str(), op.as_str(), *backend), ("tanh", "Tanh", "wgpu"), "{err}");
+            assert!(node.starts_with("relu"), "{err}");
+        }
+        other => panic!("expected an unsupported op, got {other}"),
+    }
+    assert!(err.to_string().contains("uses op Tanh, which the wgpu backend cannot run"), "{err}");
+}
+
+#[test]
+fn wgpu_concurrent_runs_of_one_model_are_each_correct() {
+    let Some(gpu) = wgpu_backend() else { return };
+    let test = test_split();
+    let bytes = model_bytes(ReferenceModel::EdgeFp32);
+    let model = gpu.prepare("edge", &bytes).unwrap();
+    let expected: Vec<Vec<f32>> = (0..4)
+        .map(|t| {
+            let input = reference::images_to_input(test.images(t * 5..t * 5 + 5)).unwrap();
+            model.run(&[input]).unwrap()[0].to_f32().unwrap()
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for (t, want) in expected.iter().enumerate() {
+            let (model, test) = (&model, &test);
+            s.spawn(move || {
+                // Same batch size on every thread: they share one plan and must take turns.
+                for _ in 0..20 {
+                    let input = reference::images_to_input(test.images(t * 5..t * 5 + 5)).unwrap();
+                    assert_eq!(&model.run(&[input]).unwrap()[0].to_f32().unwrap(), want, "thread {t}");
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn wgpu_batches_sharing_a_plan_give_the_same_items() {
+    let Some(gpu) = wgpu_backend() else { return };
+    let test = test_split();
+    for key in [ReferenceModel::EdgeInt8, ReferenceModel::CentralFp32] {
+        let model = gpu.prepare(key.key(), &model_bytes(key)).unwrap();
+        let run = |n: usize| {
+            model.run(&[reference::images_to_input(test.images(0..n)).unwrap()]).unwrap()[0].to_f32().unwrap()
+        };
+        // 9, 13 and 16 items share the plan for 16: the rows a smaller batch leaves behind
+        // hold the previous run's items and must not leak into the answer.
+        let sixteen = run(16);
+        assert_eq!(run(9), sixteen[..9 * 10], "{}", key.key());
+        assert_eq!(run(13), sixteen[..13 * 10], "{}", key.key());
+        assert_eq!(run(16), sixteen, "{}", key.key());
     }
 }
 
