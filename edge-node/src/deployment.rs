@@ -26,6 +26,7 @@ pub struct NodeToml {
     backend: String,
     plugin: PathBuf,
     plugin_sha256: Option<String>,
+    plugin_deadline_ms: Option<u64>,
     http: String,
     quic: Option<(String, PathBuf)>,
     upstream: Option<(String, PathBuf)>,
@@ -49,6 +50,7 @@ impl NodeToml {
             backend: "tract".into(),
             plugin: plugin.to_path_buf(),
             plugin_sha256: None,
+            plugin_deadline_ms: None,
             http: "127.0.0.1:0".into(),
             quic: None,
             upstream: None,
@@ -72,6 +74,12 @@ impl NodeToml {
     /// Pins the plugin's sha256.
     pub fn plugin_sha256(mut self, sha256: &str) -> Self {
         self.plugin_sha256 = Some(sha256.to_owned());
+        self
+    }
+
+    /// The plugin's per-request deadline (the node's default is 100 ms).
+    pub fn plugin_deadline_ms(mut self, ms: u64) -> Self {
+        self.plugin_deadline_ms = Some(ms);
         self
     }
 
@@ -166,6 +174,9 @@ impl NodeToml {
         );
         if let Some(sha) = &self.plugin_sha256 {
             let _ = writeln!(t, "sha256 = \"{sha}\"");
+        }
+        if let Some(ms) = self.plugin_deadline_ms {
+            let _ = writeln!(t, "deadline_ms = {ms}");
         }
         let _ = write!(
             t,
@@ -307,6 +318,7 @@ mod tests {
         let central = NodeToml::new(CENTRAL, &model, &plugin)
             .quic("127.0.0.1:4433", &certs)
             .batching(32, 2000, true)
+            .plugin_deadline_ms(1500)
             .route_in_flight(64)
             .fixed_mode();
         let edge = NodeToml::new("edge-a", &model, &plugin)

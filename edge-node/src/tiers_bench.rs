@@ -112,6 +112,8 @@ impl Deployment<'_> {
                 .http(format!("127.0.0.1:{http}"))
                 .quic(format!("127.0.0.1:{quic}"), self.certs)
                 .route_in_flight(CONCURRENT_ESCALATIONS as u32)
+                // 64 escalations queue for one device: give each the route's whole deadline.
+                .plugin_deadline_ms(1900)
                 .no_cache()
                 .fixed_mode();
         match batching {
