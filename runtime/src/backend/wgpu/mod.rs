@@ -123,10 +123,21 @@ impl WgpuBackend {
     pub fn shared() -> Result<WgpuBackend, BackendError> {
         static SHARED: std::sync::OnceLock<Result<WgpuBackend, String>> = std::sync::OnceLock::new();
         let opened = SHARED.get_or_init(|| {
-            WgpuBackend::new().map_err(|e| match e {
+            let opened = WgpuBackend::new().map_err(|e| match e {
                 BackendError::Device { why, .. } => why,
                 other => other.to_string(),
-            })
+            });
+            if let Ok(gpu) = &opened {
+                let a = gpu.adapter();
+                if a.is_cpu {
+                    // lavapipe and the like run the kernels correctly but far slower than
+                    // tract: worth knowing before reading a node's latencies.
+                    tracing::warn!(adapter = %a.name, "wgpu runs on a CPU adapter; models on wgpu will be slower than on tract");
+                } else {
+                    tracing::info!(adapter = %a.name, api = %a.api, "wgpu device opened");
+                }
+            }
+            opened
         });
         opened.clone().map_err(device_err)
     }
