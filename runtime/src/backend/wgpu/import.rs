@@ -220,6 +220,9 @@ fn window(spec: &PoolSpec, input: &[usize], output: &[usize]) -> Option<Window> 
     // the extra row or column, and the kernels skip taps outside the image.
     let strides = spec.strides.clone().unwrap_or_else(|| vec![1, 1].into());
     let dilations = spec.dilations.clone().unwrap_or_else(|| vec![1, 1].into());
+    if strides.len() != 2 || dilations.len() != 2 {
+        return None;
+    }
     let pads = spec.padding.compute(&input[1..], &spec.kernel_shape, &dilations, &strides);
     if output.len() != 3 || pads.len() != 2 {
         return None;
@@ -321,6 +324,9 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
                 return Err(refuse(name, "Conv", "weights must be constant"));
             };
             let bias_t = node.inputs.get(2).and_then(|o| konst(model, *o));
+            if node.inputs.len() > 2 && bias_t.is_none() {
+                return Err(refuse(name, "Conv", "bias must be constant"));
+            }
             let quant = if conv.q_params.is_some() {
                 let q = |ix| node.inputs.get(ix).copied();
                 let (Some(xzp), Some(xs), Some(wzp), Some(ws), Some(yzp), Some(ys), Some((lo, hi))) = (
@@ -450,7 +456,12 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
                     .filter(|v| v.len() == k * n)
                     .map(|v| Data::F32(if transposed { transpose(&v, n, k) } else { v })),
             };
-            let bias = match (&quant, node.inputs.get(2).and_then(|o| konst(model, *o))) {
+            let bias_t = node.inputs.get(2).and_then(|o| konst(model, *o));
+            // A float einsum has two operands; a quantised one has a constant bias third.
+            if (quant.is_none() && node.inputs.len() > 2) || (node.inputs.len() > 2 && bias_t.is_none()) {
+                return Err(refuse(name, op, "only constant weights and bias"));
+            }
+            let bias = match (&quant, bias_t) {
                 (Some(_), Some(b)) => ints(&b).map(|v| Data::I32(broadcast(v, n))),
                 (Some(_), None) => Some(Data::I32(vec![0; n])),
                 (None, _) => Some(Data::F32(vec![0.0; n])),
