@@ -98,7 +98,8 @@ pub(crate) enum Data {
 /// One kernel dispatch (per batch).
 #[derive(Debug, Clone)]
 pub(crate) enum Step {
-    /// 2-D convolution with bias (fp32 or int8), optionally fused Relu (fp32).
+    /// 2-D convolution with bias (fp32 or int8), optionally fused Relu (fp32) and a fused
+    /// unpadded max pool over its output (`pool`: the pool's window on the conv output).
     Conv {
         x: ValueId,
         y: ValueId,
@@ -107,6 +108,7 @@ pub(crate) enum Step {
         win: Window,
         relu: bool,
         quant: Option<Requant>,
+        pool: Option<Window>,
     },
     /// `[M, K] x [K, N] + bias` (fp32 or int8), optionally fused Relu (fp32).
     MatMul {
@@ -386,6 +388,7 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
                 win,
                 relu: false,
                 quant,
+                pool: None,
             };
             writer.insert(y, g.steps.len());
             g.steps.push(step);
@@ -649,7 +652,45 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
         g.outputs.push((v, dims));
     }
     fuse_int8_edges(&mut g);
+    fuse_pools(&mut g);
     Ok(g)
+}
+
+/// Folds each unpadded, undilated max pool that is the only reader of a convolution's output
+/// into the convolution: it computes the conv outputs of each pool window and keeps their
+/// max, so the full-size conv output is never written (one dispatch and one round trip
+/// through memory fewer). Exact: max is taken over the same values, after Relu or
+/// requantisation (both monotonic, and applied per value as before).
+fn fuse_pools(g: &mut Graph) {
+    let outputs: Vec<ValueId> = g.outputs.iter().map(|(v, _)| *v).collect();
+    let mut i = 0;
+    while i < g.steps.len() {
+        let Step::MaxPool { x, y, win, lut: None } = g.steps[i].clone() else {
+            i += 1;
+            continue;
+        };
+        let readers = g.steps.iter().filter(|s| s.reads().contains(&x)).count();
+        // Every window must lie inside the conv output (no padding, no ceil-mode overhang).
+        let inside = win.ph == 0
+            && win.pw == 0
+            && win.dh == 1
+            && win.dw == 1
+            && win.oh > 0
+            && win.ow > 0
+            && (win.oh - 1) * win.sh + win.kh <= win.h
+            && (win.ow - 1) * win.sw + win.kw <= win.w;
+        let conv = g.steps.iter().position(|s| matches!(s, Step::Conv { y: cy, pool: None, .. } if *cy == x));
+        match conv {
+            Some(c) if readers == 1 && inside && !outputs.contains(&x) => {
+                if let Step::Conv { y: cy, pool, .. } = &mut g.steps[c] {
+                    *cy = y;
+                    *pool = Some(win);
+                }
+                g.steps.remove(i);
+            }
+            _ => i += 1,
+        }
+    }
 }
 
 impl Step {
