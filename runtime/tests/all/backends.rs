@@ -9,8 +9,8 @@
 use std::sync::{Arc, OnceLock};
 
 use cascade_runtime::{
-    Backend, BackendError, Digits, PreparedModel, ReferenceModel, Split, Tensor, TractBackend, WgpuBackend,
-    reference,
+    Backend, BackendError, BackendKind, Digits, ModelConfig, ModelRegistry, Precision, PreparedModel,
+    ReferenceModel, Split, Tensor, TractBackend, WgpuBackend, file_sha256, reference,
 };
 
 /// Every backend the suite checks.
@@ -255,6 +255,38 @@ fn wgpu_batches_sharing_a_plan_give_the_same_items() {
         assert_eq!(run(13), sixteen[..13 * 10], "{}", key.key());
         assert_eq!(run(16), sixteen, "{}", key.key());
     }
+}
+
+#[test]
+fn registry_runs_wgpu_models_on_wgpu_and_falls_back_only_when_allowed() {
+    let Some(gpu) = wgpu_backend() else { return };
+    let reg = ModelRegistry::new(vec![Arc::new(TractBackend::new()), Arc::new(gpu)]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = |name: &str, bytes: &[u8], fallback_to_tract| {
+        let path = dir.path().join(format!("{name}.onnx"));
+        std::fs::write(&path, bytes).unwrap();
+        ModelConfig {
+            name: name.into(),
+            version: "1".into(),
+            sha256: file_sha256(&path).unwrap(),
+            path,
+            backend: BackendKind::Wgpu,
+            item_shape: Some(vec![1, 28, 28]),
+            fallback_to_tract,
+        }
+    };
+    let int8 = reg.load(&config("int8", &model_bytes(ReferenceModel::EdgeInt8), false)).unwrap();
+    assert_eq!((int8.backend, int8.model.info().precision), (BackendKind::Wgpu, Precision::Int8));
+    let tanh = replace_all(&model_bytes(ReferenceModel::EdgeFp32), b"Relu", b"Tanh");
+    let err = reg.load(&config("tanh", &tanh, false)).unwrap_err().to_string();
+    assert!(err.contains("uses op Tanh, which the wgpu backend cannot run"), "{err}");
+    let fallen = reg.load(&config("tanh", &tanh, true)).unwrap();
+    assert_eq!(fallen.backend, BackendKind::Tract);
+    assert!(
+        fallen.fallback_reason.as_deref().unwrap_or("").contains("uses op Tanh"),
+        "{:?}",
+        fallen.fallback_reason
+    );
 }
 
 fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {

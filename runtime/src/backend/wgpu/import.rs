@@ -98,7 +98,8 @@ pub(crate) enum Data {
 /// One kernel dispatch (per batch).
 #[derive(Debug, Clone)]
 pub(crate) enum Step {
-    /// 2-D convolution with bias (fp32 or int8), optionally fused Relu (fp32).
+    /// 2-D convolution with bias (fp32 or int8), optionally fused Relu (fp32) and a fused
+    /// unpadded max pool over its output (`pool`: the pool's window on the conv output).
     Conv {
         x: ValueId,
         y: ValueId,
@@ -107,6 +108,7 @@ pub(crate) enum Step {
         win: Window,
         relu: bool,
         quant: Option<Requant>,
+        pool: Option<Window>,
     },
     /// `[M, K] x [K, N] + bias` (fp32 or int8), optionally fused Relu (fp32).
     MatMul {
@@ -220,6 +222,9 @@ fn window(spec: &PoolSpec, input: &[usize], output: &[usize]) -> Option<Window> 
     // the extra row or column, and the kernels skip taps outside the image.
     let strides = spec.strides.clone().unwrap_or_else(|| vec![1, 1].into());
     let dilations = spec.dilations.clone().unwrap_or_else(|| vec![1, 1].into());
+    if strides.len() != 2 || dilations.len() != 2 {
+        return None;
+    }
     let pads = spec.padding.compute(&input[1..], &spec.kernel_shape, &dilations, &strides);
     if output.len() != 3 || pads.len() != 2 {
         return None;
@@ -321,6 +326,9 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
                 return Err(refuse(name, "Conv", "weights must be constant"));
             };
             let bias_t = node.inputs.get(2).and_then(|o| konst(model, *o));
+            if node.inputs.len() > 2 && bias_t.is_none() {
+                return Err(refuse(name, "Conv", "bias must be constant"));
+            }
             let quant = if conv.q_params.is_some() {
                 let q = |ix| node.inputs.get(ix).copied();
                 let (Some(xzp), Some(xs), Some(wzp), Some(ws), Some(yzp), Some(ys), Some((lo, hi))) = (
@@ -380,6 +388,7 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
                 win,
                 relu: false,
                 quant,
+                pool: None,
             };
             writer.insert(y, g.steps.len());
             g.steps.push(step);
@@ -450,7 +459,12 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
                     .filter(|v| v.len() == k * n)
                     .map(|v| Data::F32(if transposed { transpose(&v, n, k) } else { v })),
             };
-            let bias = match (&quant, node.inputs.get(2).and_then(|o| konst(model, *o))) {
+            let bias_t = node.inputs.get(2).and_then(|o| konst(model, *o));
+            // A float einsum has two operands; a quantised one has a constant bias third.
+            if (quant.is_none() && node.inputs.len() > 2) || (node.inputs.len() > 2 && bias_t.is_none()) {
+                return Err(refuse(name, op, "only constant weights and bias"));
+            }
+            let bias = match (&quant, bias_t) {
                 (Some(_), Some(b)) => ints(&b).map(|v| Data::I32(broadcast(v, n))),
                 (Some(_), None) => Some(Data::I32(vec![0; n])),
                 (None, _) => Some(Data::F32(vec![0.0; n])),
@@ -638,7 +652,45 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
         g.outputs.push((v, dims));
     }
     fuse_int8_edges(&mut g);
+    fuse_pools(&mut g);
     Ok(g)
+}
+
+/// Folds each unpadded, undilated max pool that is the only reader of a convolution's output
+/// into the convolution: it computes the conv outputs of each pool window and keeps their
+/// max, so the full-size conv output is never written (one dispatch and one round trip
+/// through memory fewer). Exact: max is taken over the same values, after Relu or
+/// requantisation (both monotonic, and applied per value as before).
+fn fuse_pools(g: &mut Graph) {
+    let outputs: Vec<ValueId> = g.outputs.iter().map(|(v, _)| *v).collect();
+    let mut i = 0;
+    while i < g.steps.len() {
+        let Step::MaxPool { x, y, win, lut: None } = g.steps[i].clone() else {
+            i += 1;
+            continue;
+        };
+        let readers = g.steps.iter().filter(|s| s.reads().contains(&x)).count();
+        // Every window must lie inside the conv output (no padding, no ceil-mode overhang).
+        let inside = win.ph == 0
+            && win.pw == 0
+            && win.dh == 1
+            && win.dw == 1
+            && win.oh > 0
+            && win.ow > 0
+            && (win.oh - 1) * win.sh + win.kh <= win.h
+            && (win.ow - 1) * win.sw + win.kw <= win.w;
+        let conv = g.steps.iter().position(|s| matches!(s, Step::Conv { y: cy, pool: None, .. } if *cy == x));
+        match conv {
+            Some(c) if readers == 1 && inside && !outputs.contains(&x) => {
+                if let Step::Conv { y: cy, pool, .. } = &mut g.steps[c] {
+                    *cy = y;
+                    *pool = Some(win);
+                }
+                g.steps.remove(i);
+            }
+            _ => i += 1,
+        }
+    }
 }
 
 impl Step {

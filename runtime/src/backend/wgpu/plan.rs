@@ -129,7 +129,10 @@ impl Kernels {
     /// first use; call inside an error scope), or the generic one.
     pub(crate) fn for_step(&self, device: &Device, step: &Step) -> Kernel {
         let (shader, constants) = match step {
-            Step::Conv { win, relu, quant, .. } => {
+            Step::Conv { win, relu, quant, pool, .. } => {
+                // Without a fused pool, a 1x1/s1 "pool" over the conv output.
+                let pw =
+                    pool.unwrap_or(Window { kh: 1, kw: 1, sh: 1, sw: 1, oh: win.oh, ow: win.ow, ..*win });
                 let mut c: Vec<(&'static str, f64)> = [
                     ("CI", win.ci),
                     ("H", win.h),
@@ -145,6 +148,12 @@ impl Kernels {
                     ("PW", win.pw),
                     ("DH", win.dh),
                     ("DW", win.dw),
+                    ("PKH", pw.kh),
+                    ("PKW", pw.kw),
+                    ("PSH", pw.sh),
+                    ("PSW", pw.sw),
+                    ("POH", pw.oh),
+                    ("POW", pw.ow),
                 ]
                 .into_iter()
                 .map(|(k, v)| (k, v as f64))
@@ -309,8 +318,9 @@ impl Plan {
             };
         for (step, kernel) in graph.steps.iter().zip(kernels) {
             match step {
-                Step::Conv { x, y, weights, bias, win, .. } => {
-                    let total = batch * win.co.div_ceil(4) * win.oh * win.ow;
+                Step::Conv { x, y, weights, bias, win, pool, .. } => {
+                    let (oh, ow) = pool.map_or((win.oh, win.ow), |p| (p.oh, p.ow));
+                    let total = batch * win.co.div_ceil(4) * oh * ow;
                     add(
                         kernel,
                         vec![u(total)],

@@ -2,8 +2,9 @@
 // block of four output channels, so each input value is loaded once per four MACs. The
 // geometry is fixed per layer (override constants), so the compiler unrolls the window
 // loops and folds the index arithmetic. Weights are packed [CO/4][CI][KH][KW] x vec4 (the
-// four channels of a block side by side, zero-padded), bias as vec4 per block. Bias and
-// Relu are fused here: a Conv+Relu pair costs one dispatch.
+// four channels of a block side by side, zero-padded), bias as vec4 per block. Bias, Relu
+// and an unpadded max pool that follows are fused here: Conv+Relu+Pool is one dispatch, and
+// the full-size conv output is never written.
 
 override CI: u32;
 override H: u32;
@@ -19,6 +20,14 @@ override PH: u32;
 override PW: u32;
 override DH: u32;
 override DW: u32;
+// A fused max pool over the conv output: window, stride, pooled size (1, 1, 1, 1, OH, OW
+// when there is none).
+override PKH: u32;
+override PKW: u32;
+override PSH: u32;
+override PSW: u32;
+override POH: u32;
+override POW: u32;
 override RELU: bool;
 
 struct Params { total: u32, pad0: u32, pad1: u32, pad2: u32 }
@@ -29,15 +38,8 @@ struct Params { total: u32, pad0: u32, pad1: u32, pad2: u32 }
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
-    let i = g.x + g.y * nw.x * 64u;
-    if (i >= p.total) { return; }
-    let blocks = (CO + 3u) / 4u;
-    let ox = i % OW;
-    let oy = (i / OW) % OH;
-    let ob = (i / (OW * OH)) % blocks;
-    let b = i / (OW * OH * blocks);
+/// The four channels of block `ob` at output pixel (oy, ox) of item `b`, after bias and Relu.
+fn conv_at(b: u32, ob: u32, oy: u32, ox: u32) -> vec4<f32> {
     var acc = bias[ob];
     for (var c = 0u; c < CI; c++) {
         let plane = (b * CI + c) * H;
@@ -55,9 +57,27 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw
         }
     }
     if (RELU) { acc = max(acc, vec4<f32>(0.0)); }
-    let out = ((b * CO + ob * 4u) * OH + oy) * OW + ox;
-    let plane_size = OH * OW;
+    return acc;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let i = g.x + g.y * nw.x * 64u;
+    if (i >= p.total) { return; }
+    let blocks = (CO + 3u) / 4u;
+    let px = i % POW;
+    let py = (i / POW) % POH;
+    let ob = (i / (POW * POH)) % blocks;
+    let b = i / (POW * POH * blocks);
+    var best = vec4<f32>(-3.402823e38);
+    for (var wy = 0u; wy < PKH; wy++) {
+        for (var wx = 0u; wx < PKW; wx++) {
+            best = max(best, conv_at(b, ob, py * PSH + wy, px * PSW + wx));
+        }
+    }
+    let out = ((b * CO + ob * 4u) * POH + py) * POW + px;
+    let plane_size = POH * POW;
     for (var j = 0u; j < 4u; j++) {
-        if (ob * 4u + j < CO) { y[out + j * plane_size] = acc[j]; }
+        if (ob * 4u + j < CO) { y[out + j * plane_size] = best[j]; }
     }
 }

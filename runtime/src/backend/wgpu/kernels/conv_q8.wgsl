@@ -20,6 +20,14 @@ override PH: u32;
 override PW: u32;
 override DH: u32;
 override DW: u32;
+// A fused max pool over the conv output: window, stride, pooled size (1, 1, 1, 1, OH, OW
+// when there is none).
+override PKH: u32;
+override PKW: u32;
+override PSH: u32;
+override PSW: u32;
+override POH: u32;
+override POW: u32;
 override XZP: i32;
 override YZP: i32;
 override MULT: f32;
@@ -58,15 +66,9 @@ fn store(at: u32, q: f32) {
     }
 }
 
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
-    let i = g.x + g.y * nw.x * 64u;
-    if (i >= p.total) { return; }
-    let blocks = (CO + 3u) / 4u;
-    let ox = i % OW;
-    let oy = (i / OW) % OH;
-    let ob = (i / (OW * OH)) % blocks;
-    let b = i / (OW * OH * blocks);
+/// The four channels of block `ob` at output pixel (oy, ox) of item `b`, requantised (as
+/// floats holding integers).
+fn conv_at(b: u32, ob: u32, oy: u32, ox: u32) -> vec4<f32> {
     var acc = bias[ob];
     for (var c = 0u; c < CI; c++) {
         let plane = (b * CI + c) * H;
@@ -83,10 +85,29 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw
             }
         }
     }
-    let q = clamp(round(vec4<f32>(acc) * MULT) + f32(YZP), vec4<f32>(f32(LO)), vec4<f32>(f32(HI)));
-    let out = ((b * CO + ob * 4u) * OH + oy) * OW + ox;
-    let plane_size = OH * OW;
+    return clamp(round(vec4<f32>(acc) * MULT) + f32(YZP), vec4<f32>(f32(LO)), vec4<f32>(f32(HI)));
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let i = g.x + g.y * nw.x * 64u;
+    if (i >= p.total) { return; }
+    let blocks = (CO + 3u) / 4u;
+    let px = i % POW;
+    let py = (i / POW) % POH;
+    let ob = (i / (POW * POH)) % blocks;
+    let b = i / (POW * POH * blocks);
+    // Max of requantised values: requantisation is monotonic, so this is the pool of the
+    // quantised conv output, exactly.
+    var best = vec4<f32>(-3.402823e38);
+    for (var wy = 0u; wy < PKH; wy++) {
+        for (var wx = 0u; wx < PKW; wx++) {
+            best = max(best, conv_at(b, ob, py * PSH + wy, px * PSW + wx));
+        }
+    }
+    let out = ((b * CO + ob * 4u) * POH + py) * POW + px;
+    let plane_size = POH * POW;
     for (var j = 0u; j < 4u; j++) {
-        if (ob * 4u + j < CO) { store(out + j * plane_size, q[j]); }
+        if (ob * 4u + j < CO) { store(out + j * plane_size, best[j]); }
     }
 }
