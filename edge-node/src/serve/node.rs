@@ -264,7 +264,11 @@ impl Node {
         let mut models = BTreeMap::new();
         for (name, m) in &config.models {
             let digest = m.digest.to_string();
-            let prepared = if m.spec.backend == BackendKind::Wgpu {
+            let software = crate::backend_check::prefer_tract_over_software_adapter(m);
+            if let Some(why) = &software {
+                tracing::warn!(model = %name, reason = %why, "running on tract, which is faster on a CPU (fallback_to_tract)");
+            }
+            let prepared = if m.spec.backend == BackendKind::Wgpu && software.is_none() {
                 // One device per process, opened by the first model that asks for it.
                 let attempt = WgpuBackend::shared()
                     .map_err(cascade_runtime::LoadError::from)
