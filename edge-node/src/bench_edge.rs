@@ -46,9 +46,12 @@ use crate::serve::Server;
 /// The rate at which the latency figures are taken: well under either server's limit.
 pub const MODERATE_RPS: f64 = 500.0;
 
-/// The rates tried, in requests per second.
-const LADDER: [f64; 11] =
-    [250.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0, 6000.0, 8000.0, 12000.0, 16000.0];
+/// The rates tried, in requests per second: steps of at most 25% from 2,000 rps up, where
+/// both servers reach their limits, so `max_rps` is not off by a coarse step.
+const LADDER: [f64; 19] = [
+    250.0, 500.0, 1000.0, 1500.0, 2000.0, 2500.0, 3000.0, 3500.0, 4000.0, 5000.0, 6000.0, 7000.0, 8000.0,
+    9000.0, 10000.0, 11000.0, 12000.0, 14000.0, 16000.0,
+];
 
 /// A rung passes with p99 under this.
 const P99_LIMIT_US: f64 = 5000.0;
