@@ -186,19 +186,78 @@ impl DirectConv {
 /// (`Scaler::new(scale, RoundingPolicy::Even) * acc`), for `|acc| < 2^24` and a positive
 /// finite `scale`: both have 24 significant bits, so their product is exact in f64 and
 /// rounding it is the only rounding, as in the fixed-point form. The unit tests check it
-/// against `Scaler`. Unlike the fixed-point form it vectorises: adding and subtracting
-/// 1.5 * 2^52 rounds any |x| < 2^51 to the nearest integer, ties to even (the default
-/// floating-point rounding), with no library call on baseline x86-64.
+/// against `Scaler`. Unlike the fixed-point form it vectorises: adding 1.5 * 2^52 rounds
+/// any |x| < 2^51 to the nearest integer, ties to even (the default floating-point
+/// rounding), and leaves that integer in the low bits of the sum, two's complement, for
+/// |x| < 2^31 — no library call, no saturating float-to-int conversion.
 #[inline(always)]
 fn requantize(acc: f32, scale: f32) -> i32 {
     const ROUND: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
     let x = f64::from(acc) * f64::from(scale);
-    ((x + ROUND) - ROUND) as i32
+    (x + ROUND).to_bits() as i32
 }
 
-/// Largest requantisation scale: keeps `acc * scale` (|acc| < 2^24) below 2^51, where
-/// [`requantize`] rounds exactly.
-const MAX_SCALE: f32 = 1_048_576.0;
+/// Largest requantisation scale: keeps |acc * scale| (|acc| < 2^24) below 2^30, so
+/// [`requantize`]'s result and the output zero point added to it fit an i32.
+const MAX_SCALE: f32 = 64.0;
+
+/// An int8 output element type.
+trait Quantized: Copy {
+    const MIN: i32;
+    const MAX: i32;
+    /// `v`, already clamped to `MIN..=MAX`.
+    fn from_clamped(v: i32) -> Self;
+}
+
+impl Quantized for u8 {
+    const MIN: i32 = 0;
+    const MAX: i32 = 255;
+    #[inline(always)]
+    fn from_clamped(v: i32) -> u8 {
+        v as u8
+    }
+}
+
+impl Quantized for i8 {
+    const MIN: i32 = -128;
+    const MAX: i32 = 127;
+    #[inline(always)]
+    fn from_clamped(v: i32) -> i8 {
+        v as i8
+    }
+}
+
+#[inline(always)]
+fn requantize_loop<T: Quantized>(acc: &[f32], scale: f32, y_zero: i32, out: &mut [T]) {
+    for (o, &a) in out.iter_mut().zip(acc) {
+        *o = T::from_clamped((requantize(a, scale) + y_zero).clamp(T::MIN, T::MAX));
+    }
+}
+
+/// Requantises every accumulator into `out`, with the widest vectors this CPU has (the
+/// baseline build has only two f64 lanes).
+fn requantize_all<T: Quantized>(acc: &[f32], scale: f32, y_zero: i32, out: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn avx512<T: Quantized>(acc: &[f32], scale: f32, y_zero: i32, out: &mut [T]) {
+            requantize_loop(acc, scale, y_zero, out);
+        }
+        #[target_feature(enable = "avx2")]
+        fn avx2<T: Quantized>(acc: &[f32], scale: f32, y_zero: i32, out: &mut [T]) {
+            requantize_loop(acc, scale, y_zero, out);
+        }
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            return unsafe { avx512(acc, scale, y_zero, out) };
+        }
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: as above.
+            return unsafe { avx2(acc, scale, y_zero, out) };
+        }
+    }
+    requantize_loop(acc, scale, y_zero, out);
+}
 
 fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
@@ -534,14 +593,15 @@ impl EvalOp for DirectConv {
             }
             other => bail!("DirectConv does not implement int8 input {other:?}"),
         }
-        let requant = |a: f32| requantize(a, rq.scale) + rq.y_zero;
         let mut out = match rq.output.unquantized() {
             DatumType::U8 => {
-                let data: Vec<u8> = acc.iter().map(|&a| requant(a).clamp(0, 255) as u8).collect();
+                let mut data = vec![0u8; acc.len()];
+                requantize_all(&acc, rq.scale, rq.y_zero, &mut data);
                 Tensor::from(ArrayD::from_shape_vec(IxDyn(&out_shape), data)?)
             }
             DatumType::I8 => {
-                let data: Vec<i8> = acc.iter().map(|&a| requant(a).clamp(-128, 127) as i8).collect();
+                let mut data = vec![0i8; acc.len()];
+                requantize_all(&acc, rq.scale, rq.y_zero, &mut data);
                 Tensor::from(ArrayD::from_shape_vec(IxDyn(&out_shape), data)?)
             }
             other => bail!("DirectConv does not implement int8 output {other:?}"),
