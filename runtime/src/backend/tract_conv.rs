@@ -330,20 +330,81 @@ fn convolve_avx512(
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    // 8 channels x 16 columns: eight zmm accumulators; per tap one row load, eight
-    // broadcast weights, eight FMAs.
+    // 16 columns x two blocks of 8 channels: sixteen zmm accumulators, enough independent
+    // FMAs in flight for two FMA pipes; per tap one row load and sixteen broadcast weights
+    // feed sixteen FMAs. An odd last block runs alone, with eight.
     let taps = g.taps();
     let (pw, plane_in) = (g.padded_w(), g.padded_h() * g.padded_w());
-    let plane_out = g.oh * g.ow;
-    for block in 0..g.blocks() {
-        let weights = &packed[block * taps * BLOCK..][..taps * BLOCK];
-        let oc0 = block * BLOCK;
+    let blocks = g.blocks();
+    #[inline(always)]
+    fn store(
+        g: &ConvGeometry,
+        acc: [__m512; BLOCK],
+        oc0: usize,
+        y: usize,
+        x0: usize,
+        relu: bool,
+        out: &mut [f32],
+    ) {
+        let plane_out = g.oh * g.ow;
+        let cols = TILE.min(g.ow - x0);
+        let mask: __mmask16 = if cols == TILE { !0 } else { (1u16 << cols) - 1 };
+        for (ob, a) in acc.into_iter().enumerate() {
+            let oc = oc0 + ob;
+            if oc >= g.cout {
+                break;
+            }
+            // SAFETY (both intrinsics): the caller is compiled with AVX-512F.
+            let a = if relu { unsafe { _mm512_max_ps(a, _mm512_setzero_ps()) } } else { a };
+            let dst = &mut out[oc * plane_out + y * g.ow + x0..][..cols];
+            // SAFETY: the mask writes exactly `cols` floats, the length of `dst`.
+            unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr(), mask, a) };
+        }
+    }
+    for first in (0..blocks - blocks % 2).step_by(2) {
+        let second = first + 1;
+        let weights_a = &packed[first * taps * BLOCK..][..taps * BLOCK];
+        let weights_b = &packed[second * taps * BLOCK..][..taps * BLOCK];
+        for y in 0..g.oh {
+            for tile in 0..g.tiles() {
+                let x0 = tile * TILE;
+                let mut acc_a = [_mm512_setzero_ps(); BLOCK];
+                let mut acc_b = [_mm512_setzero_ps(); BLOCK];
+                for ob in 0..BLOCK {
+                    acc_a[ob] = _mm512_set1_ps(bias[first * BLOCK + ob]);
+                    acc_b[ob] = _mm512_set1_ps(bias[second * BLOCK + ob]);
+                }
+                for ci in 0..g.cin {
+                    for ky in 0..g.kh {
+                        let row = &padded[ci * plane_in + (y + ky) * pw + x0..];
+                        let tap0 = (ci * g.kh + ky) * g.kw;
+                        for kx in 0..g.kw {
+                            let input = &row[kx..][..TILE];
+                            let w_a = &weights_a[(tap0 + kx) * BLOCK..][..BLOCK];
+                            let w_b = &weights_b[(tap0 + kx) * BLOCK..][..BLOCK];
+                            // SAFETY: `input` holds 16 floats.
+                            let v = unsafe { _mm512_loadu_ps(input.as_ptr()) };
+                            for ob in 0..BLOCK {
+                                acc_a[ob] = _mm512_fmadd_ps(_mm512_set1_ps(w_a[ob]), v, acc_a[ob]);
+                                acc_b[ob] = _mm512_fmadd_ps(_mm512_set1_ps(w_b[ob]), v, acc_b[ob]);
+                            }
+                        }
+                    }
+                }
+                store(g, acc_a, first * BLOCK, y, x0, relu, out);
+                store(g, acc_b, second * BLOCK, y, x0, relu, out);
+            }
+        }
+    }
+    if blocks % 2 == 1 {
+        let last = blocks - 1;
+        let weights = &packed[last * taps * BLOCK..][..taps * BLOCK];
         for y in 0..g.oh {
             for tile in 0..g.tiles() {
                 let x0 = tile * TILE;
                 let mut acc = [_mm512_setzero_ps(); BLOCK];
                 for (ob, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_set1_ps(bias[oc0 + ob]);
+                    *a = _mm512_set1_ps(bias[last * BLOCK + ob]);
                 }
                 for ci in 0..g.cin {
                     for ky in 0..g.kh {
@@ -354,24 +415,13 @@ fn convolve_avx512(
                             let w = &weights[(tap0 + kx) * BLOCK..][..BLOCK];
                             // SAFETY: `input` holds 16 floats.
                             let v = unsafe { _mm512_loadu_ps(input.as_ptr()) };
-                            for (a, &wv) in acc.iter_mut().zip(w) {
-                                *a = _mm512_fmadd_ps(_mm512_set1_ps(wv), v, *a);
+                            for ob in 0..BLOCK {
+                                acc[ob] = _mm512_fmadd_ps(_mm512_set1_ps(w[ob]), v, acc[ob]);
                             }
                         }
                     }
                 }
-                let cols = TILE.min(g.ow - x0);
-                let mask: __mmask16 = if cols == TILE { !0 } else { (1u16 << cols) - 1 };
-                for (ob, &a) in acc.iter().enumerate() {
-                    let oc = oc0 + ob;
-                    if oc >= g.cout {
-                        break;
-                    }
-                    let a = if relu { _mm512_max_ps(a, _mm512_setzero_ps()) } else { a };
-                    let dst = &mut out[oc * plane_out + y * g.ow + x0..][..cols];
-                    // SAFETY: the mask writes exactly `cols` floats, the length of `dst`.
-                    unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr(), mask, a) };
-                }
+                store(g, acc, last * BLOCK, y, x0, relu, out);
             }
         }
     }
