@@ -166,6 +166,10 @@ pub(crate) fn rewrite_convs(model: &mut TypedModel) -> tract_onnx::prelude::Trac
             op.relu = true;
             last = OutletId::new(relu, 0);
         }
+        if let Some(pool) = pool_2x2_after(model, last)? {
+            op.pool = true;
+            last = OutletId::new(pool, 0);
+        }
         let name = model.node(id).name.clone();
         let mut patch = TypedModelPatch::new(format!("direct conv {name}"));
         let input = patch.tap_model(model, model.node(id).inputs[0])?;
@@ -292,6 +296,33 @@ fn direct_conv_for(
         output: out_dt,
     };
     Ok(DirectConv::int8(geo, &weights_i32, k0.cast_to_scalar::<i32>()?, &bias_i32, x_range, requant))
+}
+
+/// The unpadded NCHW 2x2/s2 MaxPool that alone consumes `outlet`, if there is one.
+fn pool_2x2_after(model: &TypedModel, outlet: OutletId) -> tract_onnx::prelude::TractResult<Option<usize>> {
+    let successors = model.outlet_successors(outlet);
+    if successors.len() != 1 || model.output_outlets()?.contains(&outlet) {
+        return Ok(None);
+    }
+    let next = model.node(successors[0].node);
+    let Some(pool) = next.op_as::<MaxPool>() else { return Ok(None) };
+    let spec = &pool.pool_spec;
+    let unpadded = match &spec.padding {
+        PaddingSpec::Valid => true,
+        PaddingSpec::Explicit(before, after) => before.iter().chain(after).all(|&p| p == 0),
+        PaddingSpec::ExplicitOnnxPool(before, after, ceil) => {
+            !ceil && before.iter().chain(after).all(|&p| p == 0)
+        }
+        PaddingSpec::SameUpper | PaddingSpec::SameLower => false,
+    };
+    let strides = spec.strides.clone().unwrap_or_else(|| spec.kernel_shape.clone());
+    let plain = pool.with_index_outputs.is_none()
+        && spec.data_format == DataFormat::NCHW
+        && spec.kernel_shape[..] == [2, 2]
+        && strides[..] == [2, 2]
+        && spec.dilations.as_ref().is_none_or(|d| d.iter().all(|&d| d == 1))
+        && unpadded;
+    Ok(plain.then_some(next.id))
 }
 
 /// The Relu (`Max` with a constant zero) that alone consumes `outlet`, if there is one.
@@ -773,6 +804,21 @@ mod tests {
         cases
     }
 
+    fn pool_2x2(channels: usize) -> MaxPool {
+        MaxPool {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NCHW,
+                kernel_shape: [2, 2].into_iter().collect(),
+                padding: PaddingSpec::Valid,
+                dilations: None,
+                strides: Some([2, 2].into_iter().collect()),
+                input_channels: channels,
+                output_channels: channels,
+            },
+            with_index_outputs: None,
+        }
+    }
+
     fn conv_op(c: &Case, q_params: Option<DatumType>) -> Conv {
         Conv {
             pool_spec: PoolSpec {
@@ -798,7 +844,7 @@ mod tests {
     fn conv_before_after<T: tract_onnx::prelude::Datum + Copy>(
         mut model: TypedModel,
         input: TTensor,
-    ) -> (Vec<T>, Vec<T>, usize) {
+    ) -> (Vec<T>, Vec<T>, usize, TypedModel) {
         use tract_onnx::prelude::tvec;
         let run = |m: TypedModel| {
             let plan = m.into_optimized().unwrap().into_runnable().unwrap();
@@ -811,7 +857,7 @@ mod tests {
         };
         let before = run(model.clone());
         let rewritten = rewrite_convs(&mut model).unwrap();
-        (before, run(model), rewritten)
+        (before, run(model.clone()), rewritten, model)
     }
 
     #[test]
@@ -836,10 +882,15 @@ mod tests {
                     model.add_const("zero", TTensor::from_shape(&[1, 1, 1, 1], &[0f32]).unwrap()).unwrap();
                 out = model.wire_node("relu", max(), &[out[0], zero]).unwrap();
             }
+            // tract's own pool panics on an empty output, so the reference needs 2x2 at least.
+            let pool = ix % 3 != 1 && c.h + c.pad[0] + c.pad[2] > c.kh && c.w + c.pad[1] + c.pad[3] > c.kw;
+            if pool {
+                out = model.wire_node("pool", pool_2x2(c.cout), &out).unwrap();
+            }
             model.select_output_outlets(&out).unwrap();
             let xv: Vec<f32> = (0..shape.iter().product()).map(|_| rng.unit()).collect();
             let input = TTensor::from_shape(&shape, &xv).unwrap();
-            let (before, after, rewritten) = conv_before_after::<f32>(model.clone(), input);
+            let (before, after, rewritten, model) = conv_before_after::<f32>(model, input);
             assert_eq!(rewritten, 1, "{c:?}");
             assert_eq!(before.len(), after.len(), "{c:?}");
             for (a, b) in before.iter().zip(&after) {
@@ -848,6 +899,9 @@ mod tests {
             if relu {
                 assert!(after.iter().all(|&v| v >= 0.0), "{c:?}");
             }
+            let fused =
+                model.nodes().iter().filter_map(|n| n.op_as::<DirectConv>()).next().map(|c| (c.relu, c.pool));
+            assert_eq!(fused, Some((relu, pool)), "{c:?}");
         }
     }
 
@@ -855,7 +909,7 @@ mod tests {
     fn direct_int8_convolutions_are_bit_identical_to_tract() {
         use tract_onnx::tract_core::internal::{SpecialOps, TypedFact};
         let mut rng = Rng(11);
-        for c in cases() {
+        for (ix, c) in cases().into_iter().enumerate() {
             let mut model = TypedModel::default();
             let shape = [c.n, c.cin, c.h, c.w];
             let x = model.add_source("x", TypedFact::dt_shape(DatumType::U8, &shape[..])).unwrap();
@@ -884,12 +938,18 @@ mod tests {
             for (i, t) in consts.into_iter().enumerate() {
                 inputs.push(model.add_const(format!("c{i}"), t).unwrap());
             }
-            let out = model.wire_node("conv", conv_op(&c, Some(DatumType::U8)), &inputs).unwrap();
+            let mut out = model.wire_node("conv", conv_op(&c, Some(DatumType::U8)), &inputs).unwrap();
+            let pool = ix % 2 == 0 && c.h + c.pad[0] + c.pad[2] > c.kh && c.w + c.pad[1] + c.pad[3] > c.kw;
+            if pool {
+                out = model.wire_node("pool", pool_2x2(c.cout), &out).unwrap();
+            }
             model.select_output_outlets(&out).unwrap();
             let xv: Vec<u8> = (0..shape.iter().product()).map(|_| rng.next() as u8).collect();
             let input = TTensor::from_shape(&shape, &xv).unwrap();
-            let (before, after, rewritten) = conv_before_after::<u8>(model, input);
+            let (before, after, rewritten, model) = conv_before_after::<u8>(model, input);
             assert_eq!(rewritten, 1, "{c:?}");
+            let fused = model.nodes().iter().filter_map(|n| n.op_as::<DirectConv>()).next().map(|c| c.pool);
+            assert_eq!(fused, Some(pool), "{c:?}");
             assert_eq!(before, after, "{c:?}");
         }
     }
@@ -907,6 +967,10 @@ mod tests {
             // fp32 convolutions take their Relu along; int8 ones clamp in requantisation.
             let fp32 = key != ReferenceModel::EdgeInt8;
             assert!(direct.iter().all(|&relu| relu == fp32), "{}", key.key());
+            // Every 2x2 pool follows a convolution, and is fused into it.
+            let pooled =
+                model.nodes().iter().filter_map(|n| n.op_as::<DirectConv>()).filter(|c| c.pool).count();
+            assert_eq!((pooled, pools(&model)), (2, (vec![], 0)), "{}", key.key());
         }
     }
 }

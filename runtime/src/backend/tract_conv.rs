@@ -108,6 +108,10 @@ pub(crate) struct DirectConv {
     bias: Vec<f32>,
     /// Clamp negative outputs to zero (a fused Relu); fp32 only.
     pub(crate) relu: bool,
+    /// Max over each 2x2 window, stride 2, after the convolution (a fused MaxPool; odd
+    /// trailing rows and columns dropped). Exact: Relu and requantisation are
+    /// non-decreasing, so pooling before them equals pooling after.
+    pub(crate) pool: bool,
     /// Set for the int8 form.
     pub(crate) requant: Option<Requant>,
 }
@@ -118,7 +122,14 @@ impl DirectConv {
         if weights.len() != geo.cout * geo.taps() || bias.len() != geo.cout {
             return None;
         }
-        Some(DirectConv { geo, packed: pack(&geo, weights), bias: pad_bias(&geo, bias), relu, requant: None })
+        Some(DirectConv {
+            geo,
+            packed: pack(&geo, weights),
+            bias: pad_bias(&geo, bias),
+            relu,
+            pool: false,
+            requant: None,
+        })
     }
 
     /// An int8 convolution: `weights` are the stored integers (OIHW), `w_zero` their zero
@@ -152,13 +163,18 @@ impl DirectConv {
             packed: pack(&geo, &shifted),
             bias: pad_bias(&geo, &bias),
             relu: false,
+            pool: false,
             requant: Some(requant),
         })
     }
 
     /// Output shape for a batch of `n`.
     fn output_shape(&self, n: usize) -> [usize; 4] {
-        [n, self.geo.cout, self.geo.oh, self.geo.ow]
+        if self.pool {
+            [n, self.geo.cout, self.geo.oh / 2, self.geo.ow / 2]
+        } else {
+            [n, self.geo.cout, self.geo.oh, self.geo.ow]
+        }
     }
 
     /// Convolves a batch of images already converted to f32 (int8: minus the zero point)
@@ -280,6 +296,7 @@ impl PartialEq for DirectConv {
             && same_bits(&self.packed, &other.packed)
             && same_bits(&self.bias, &other.bias)
             && self.relu == other.relu
+            && self.pool == other.pool
             && self.requant == other.requant
     }
 }
@@ -582,7 +599,7 @@ impl Op for DirectConv {
     fn info(&self) -> TractResult<Vec<String>> {
         let g = &self.geo;
         Ok(vec![format!(
-            "{}->{} {}x{} on {}x{}, pad {},{}; relu: {}; int8: {}",
+            "{}->{} {}x{} on {}x{}, pad {},{}; relu: {}; pool: {}; int8: {}",
             g.cin,
             g.cout,
             g.kh,
@@ -592,6 +609,7 @@ impl Op for DirectConv {
             g.pad_top,
             g.pad_left,
             self.relu,
+            self.pool,
             self.requant.is_some()
         )])
     }
@@ -611,13 +629,16 @@ impl EvalOp for DirectConv {
         }
         let n = shape[0];
         let out_shape = self.output_shape(n);
-        let mut acc = vec![0f32; out_shape.iter().product()];
+        let mut acc = vec![0f32; n * g.cout * g.oh * g.ow];
         let plane = g.h * g.w;
+        let pooled = |acc: Vec<f32>| {
+            if self.pool { super::tract_pool::pool(&acc, &[n, g.cout, g.oh, g.ow]).0 } else { acc }
+        };
         let Some(rq) = &self.requant else {
             let x = input.try_as_plain_ram()?;
             let x = x.as_slice::<f32>()?;
             self.run(n, |p, dst| dst.copy_from_slice(&x[p * plane..][..plane]), &mut acc);
-            let out = Tensor::from(ArrayD::from_shape_vec(IxDyn(&out_shape), acc)?);
+            let out = Tensor::from(ArrayD::from_shape_vec(IxDyn(&out_shape), pooled(acc))?);
             return Ok(tvec!(out.into_tvalue()));
         };
         let x_zero = rq.x_zero;
@@ -643,6 +664,7 @@ impl EvalOp for DirectConv {
             }
             other => bail!("DirectConv does not implement int8 input {other:?}"),
         }
+        let acc = pooled(acc);
         let mut out = match rq.output.unquantized() {
             DatumType::U8 => {
                 let mut data = vec![0u8; acc.len()];
