@@ -170,9 +170,14 @@ pub(crate) fn rewrite_convs(model: &mut TypedModel) -> tract_onnx::prelude::Trac
             op.pool = true;
             last = OutletId::new(pool, 0);
         }
+        let mut source = model.node(id).inputs[0];
+        if let Some((quantize, scale, zero)) = quantize_before(model, source, &op)? {
+            op.quantize_input = Some((scale, zero));
+            source = model.node(quantize).inputs[0];
+        }
         let name = model.node(id).name.clone();
         let mut patch = TypedModelPatch::new(format!("direct conv {name}"));
-        let input = patch.tap_model(model, model.node(id).inputs[0])?;
+        let input = patch.tap_model(model, source)?;
         let wire = patch.wire_node(format!("{name}.direct"), op, &[input])?[0];
         patch.shunt_outside(model, last, wire)?;
         patch.apply(model)?;
@@ -296,6 +301,35 @@ fn direct_conv_for(
         output: out_dt,
     };
     Ok(DirectConv::int8(geo, &weights_i32, k0.cast_to_scalar::<i32>()?, &bias_i32, x_range, requant))
+}
+
+/// The f32-to-u8 QuantizeLinear producing `outlet` for an int8 `op` alone, if there is one:
+/// its node, scale and zero point. Fusing it saves a scalar pass over the input.
+fn quantize_before(
+    model: &TypedModel,
+    outlet: OutletId,
+    op: &DirectConv,
+) -> tract_onnx::prelude::TractResult<Option<(usize, f32, i32)>> {
+    use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
+    use tract_onnx::tract_core::ops::quant::QuantizeLinearU8;
+    if op.requant.is_none()
+        || model.outlet_successors(outlet).len() != 1
+        || model.output_outlets()?.contains(&outlet)
+    {
+        return Ok(None);
+    }
+    let node = model.node(outlet.node);
+    let Some(q) = node.op_as::<ElementWiseOp>().and_then(|e| e.0.downcast_ref::<QuantizeLinearU8>()) else {
+        return Ok(None);
+    };
+    let Some(&source) = node.inputs.first() else { return Ok(None) };
+    let fact = model.outlet_fact(source)?;
+    let same_shape = fact.shape == model.outlet_fact(outlet)?.shape;
+    Ok((fact.datum_type == DatumType::F32 && same_shape).then_some((
+        node.id,
+        q.scale,
+        i32::from(q.zero_point),
+    )))
 }
 
 /// The unpadded NCHW 2x2/s2 MaxPool that alone consumes `outlet`, if there is one.
@@ -967,10 +1001,34 @@ mod tests {
             // fp32 convolutions take their Relu along; int8 ones clamp in requantisation.
             let fp32 = key != ReferenceModel::EdgeInt8;
             assert!(direct.iter().all(|&relu| relu == fp32), "{}", key.key());
+            // The int8 model's input QuantizeLinear is fused into its first convolution.
+            let quantizing = model
+                .nodes()
+                .iter()
+                .filter_map(|n| n.op_as::<DirectConv>())
+                .filter(|c| c.quantize_input.is_some())
+                .count();
+            assert_eq!(quantizing, usize::from(!fp32), "{}", key.key());
             // Every 2x2 pool follows a convolution, and is fused into it.
             let pooled =
                 model.nodes().iter().filter_map(|n| n.op_as::<DirectConv>()).filter(|c| c.pool).count();
             assert_eq!((pooled, pools(&model)), (2, (vec![], 0)), "{}", key.key());
+        }
+    }
+
+    #[test]
+    fn the_int8_edge_model_gives_bit_identical_logits_with_and_without_rewrites() {
+        use crate::dataset::{Digits, Split};
+        use crate::reference::images_to_input;
+        let bytes = std::fs::read(ReferenceModel::EdgeInt8.path(&default_models_dir())).unwrap();
+        let fast = TractBackend::new().prepare("edge_int8", &bytes).unwrap();
+        let plain = TractBackend::without_rewrites().prepare("edge_int8", &bytes).unwrap();
+        let digits = Digits::load_split(&default_models_dir(), Split::Test).unwrap();
+        for start in (0..256).step_by(8) {
+            let input = images_to_input(digits.images(start..start + 8)).unwrap();
+            let a = fast.run(std::slice::from_ref(&input)).unwrap()[0].to_f32().unwrap();
+            let b = plain.run(&[input]).unwrap()[0].to_f32().unwrap();
+            assert_eq!(a, b, "images {start}..{}", start + 8);
         }
     }
 }

@@ -114,6 +114,10 @@ pub(crate) struct DirectConv {
     pub(crate) pool: bool,
     /// Set for the int8 form.
     pub(crate) requant: Option<Requant>,
+    /// int8 form only: the input arrives in f32 and is quantised to u8 on load, as the
+    /// QuantizeLinear it replaces did (`(scale, zero point)`, tract's convention: the value
+    /// is multiplied by `scale`).
+    pub(crate) quantize_input: Option<(f32, i32)>,
 }
 
 impl DirectConv {
@@ -129,6 +133,7 @@ impl DirectConv {
             relu,
             pool: false,
             requant: None,
+            quantize_input: None,
         })
     }
 
@@ -165,6 +170,7 @@ impl DirectConv {
             relu: false,
             pool: false,
             requant: Some(requant),
+            quantize_input: None,
         })
     }
 
@@ -216,6 +222,43 @@ fn requantize(acc: f32, scale: f32) -> i32 {
 /// Largest requantisation scale: keeps |acc * scale| (|acc| < 2^24) below 2^30, so
 /// [`requantize`]'s result and the output zero point added to it fit an i32.
 const MAX_SCALE: f32 = 64.0;
+
+/// What tract's QuantizeLinear (to u8) computes, minus the convolution's input zero point:
+/// `clamp(round_ties_even(x * scale) + zero, 0, 255) - x_zero`. Clamping in f32 before
+/// converting gives the same result for every finite and NaN input (NaN counts as 0, as
+/// tract's saturating cast makes it) and keeps the loop vectorised.
+#[inline(always)]
+fn quantize_loop(src: &[f32], scale: f32, zero: i32, x_zero: i32, dst: &mut [f32]) {
+    let (zero, x_zero) = (zero as f32, x_zero as f32);
+    for (d, &x) in dst.iter_mut().zip(src) {
+        let v = x * scale;
+        let r = if v.is_nan() { 0.0 } else { v.round_ties_even() };
+        *d = (r + zero).clamp(0.0, 255.0) - x_zero;
+    }
+}
+
+fn quantize_all(src: &[f32], scale: f32, zero: i32, x_zero: i32, dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn avx512(src: &[f32], scale: f32, zero: i32, x_zero: i32, dst: &mut [f32]) {
+            quantize_loop(src, scale, zero, x_zero, dst);
+        }
+        #[target_feature(enable = "avx2")]
+        fn avx2(src: &[f32], scale: f32, zero: i32, x_zero: i32, dst: &mut [f32]) {
+            quantize_loop(src, scale, zero, x_zero, dst);
+        }
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            return unsafe { avx512(src, scale, zero, x_zero, dst) };
+        }
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: as above.
+            return unsafe { avx2(src, scale, zero, x_zero, dst) };
+        }
+    }
+    quantize_loop(src, scale, zero, x_zero, dst);
+}
 
 /// An int8 output element type.
 trait Quantized: Copy {
@@ -297,6 +340,8 @@ impl PartialEq for DirectConv {
             && same_bits(&self.bias, &other.bias)
             && self.relu == other.relu
             && self.pool == other.pool
+            && self.quantize_input.map(|(s, z)| (s.to_bits(), z))
+                == other.quantize_input.map(|(s, z)| (s.to_bits(), z))
             && self.requant == other.requant
     }
 }
@@ -644,6 +689,16 @@ impl EvalOp for DirectConv {
         let x_zero = rq.x_zero;
         let x = input.try_as_plain_ram()?;
         match input.datum_type().unquantized() {
+            DatumType::F32 => {
+                let Some((scale, zero)) = self.quantize_input else {
+                    bail!("DirectConv int8 got an f32 input without quantisation parameters")
+                };
+                let x = x.as_slice::<f32>()?;
+                let load = |p: usize, dst: &mut [f32]| {
+                    quantize_all(&x[p * plane..][..plane], scale, zero, x_zero, dst);
+                };
+                self.run(n, load, &mut acc);
+            }
             DatumType::U8 => {
                 let x = x.as_slice::<u8>()?;
                 let load = |p: usize, dst: &mut [f32]| {
