@@ -438,12 +438,13 @@ fn convolve_avx512(
                 }
                 for ci in 0..g.cin {
                     for ky in 0..g.kh {
-                        let row = &padded[ci * plane_in + (y + ky) * pw + x0..];
+                        // Whole-row slices checked once, so the tap loop needs no checks.
+                        let row = &padded[ci * plane_in + (y + ky) * pw + x0..][..TILE + g.kw - 1];
                         let tap0 = (ci * g.kh + ky) * g.kw;
-                        for kx in 0..g.kw {
-                            let input = &row[kx..][..TILE];
-                            let w_a = &weights_a[(tap0 + kx) * BLOCK..][..BLOCK];
-                            let w_b = &weights_b[(tap0 + kx) * BLOCK..][..BLOCK];
+                        let row_a = &weights_a[tap0 * BLOCK..][..g.kw * BLOCK];
+                        let row_b = &weights_b[tap0 * BLOCK..][..g.kw * BLOCK];
+                        let taps_a = row_a.chunks_exact(BLOCK).zip(row_b.chunks_exact(BLOCK));
+                        for (input, (w_a, w_b)) in row.windows(TILE).zip(taps_a) {
                             // SAFETY: `input` holds 16 floats.
                             let v = unsafe { _mm512_loadu_ps(input.as_ptr()) };
                             for ob in 0..BLOCK {
@@ -470,11 +471,10 @@ fn convolve_avx512(
                 }
                 for ci in 0..g.cin {
                     for ky in 0..g.kh {
-                        let row = &padded[ci * plane_in + (y + ky) * pw + x0..];
+                        let row = &padded[ci * plane_in + (y + ky) * pw + x0..][..TILE + g.kw - 1];
                         let tap0 = (ci * g.kh + ky) * g.kw;
-                        for kx in 0..g.kw {
-                            let input = &row[kx..][..TILE];
-                            let w = &weights[(tap0 + kx) * BLOCK..][..BLOCK];
+                        let taps = weights[tap0 * BLOCK..][..g.kw * BLOCK].chunks_exact(BLOCK);
+                        for (input, w) in row.windows(TILE).zip(taps) {
                             // SAFETY: `input` holds 16 floats.
                             let v = unsafe { _mm512_loadu_ps(input.as_ptr()) };
                             for ob in 0..BLOCK {
