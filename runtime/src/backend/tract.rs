@@ -170,6 +170,12 @@ pub(crate) fn rewrite_convs(model: &mut TypedModel) -> tract_onnx::prelude::Trac
             op.pool = true;
             last = OutletId::new(pool, 0);
         }
+        if op.requant.as_ref().is_some_and(|rq| rq.output.unquantized() == DatumType::U8)
+            && let Some((lut, table)) = lookup_after(model, last)?
+        {
+            op.lookup = Some((table, model.outlet_fact(OutletId::new(lut, 0))?.datum_type));
+            last = OutletId::new(lut, 0);
+        }
         let mut source = model.node(id).inputs[0];
         if let Some((quantize, scale, zero)) = quantize_before(model, source, &op)? {
             op.quantize_input = Some((scale, zero));
@@ -330,6 +336,29 @@ fn quantize_before(
         q.scale,
         i32::from(q.zero_point),
     )))
+}
+
+/// The u8 LookupTable that alone consumes `outlet`, if there is one: its node and table.
+fn lookup_after(
+    model: &TypedModel,
+    outlet: OutletId,
+) -> tract_onnx::prelude::TractResult<Option<(usize, Vec<u8>)>> {
+    use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
+    use tract_onnx::tract_core::ops::quant::LookupTable;
+    let successors = model.outlet_successors(outlet);
+    if successors.len() != 1 || model.output_outlets()?.contains(&outlet) {
+        return Ok(None);
+    }
+    let next = model.node(successors[0].node);
+    let Some(lut) = next.op_as::<ElementWiseOp>().and_then(|e| e.0.downcast_ref::<LookupTable>()) else {
+        return Ok(None);
+    };
+    let out = model.outlet_fact(OutletId::new(next.id, 0))?;
+    let table = lut.table.table();
+    let fits = table.len() == 256
+        && out.datum_type.unquantized() == DatumType::U8
+        && model.outlet_fact(outlet)?.datum_type.unquantized() == DatumType::U8;
+    Ok(fits.then(|| (next.id, table.to_vec())))
 }
 
 /// The unpadded NCHW 2x2/s2 MaxPool that alone consumes `outlet`, if there is one.
@@ -1009,6 +1038,14 @@ mod tests {
                 .filter(|c| c.quantize_input.is_some())
                 .count();
             assert_eq!(quantizing, usize::from(!fp32), "{}", key.key());
+            // So is the table that requantises its last pool's output for the matmul.
+            let looking_up = model
+                .nodes()
+                .iter()
+                .filter_map(|n| n.op_as::<DirectConv>())
+                .filter(|c| c.lookup.is_some())
+                .count();
+            assert_eq!(looking_up, usize::from(!fp32), "{}", key.key());
             // Every 2x2 pool follows a convolution, and is fused into it.
             let pooled =
                 model.nodes().iter().filter_map(|n| n.op_as::<DirectConv>()).filter(|c| c.pool).count();

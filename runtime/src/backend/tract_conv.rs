@@ -118,6 +118,10 @@ pub(crate) struct DirectConv {
     /// QuantizeLinear it replaces did (`(scale, zero point)`, tract's convention: the value
     /// is multiplied by `scale`).
     pub(crate) quantize_input: Option<(f32, i32)>,
+    /// int8 form with a u8 output only: a 256-entry table applied to each output (the
+    /// LookupTable tract puts between a pool and the next layer to change the
+    /// quantisation), and the element type it outputs.
+    pub(crate) lookup: Option<(Vec<u8>, DatumType)>,
 }
 
 impl DirectConv {
@@ -134,6 +138,7 @@ impl DirectConv {
             pool: false,
             requant: None,
             quantize_input: None,
+            lookup: None,
         })
     }
 
@@ -171,7 +176,17 @@ impl DirectConv {
             pool: false,
             requant: Some(requant),
             quantize_input: None,
+            lookup: None,
         })
+    }
+
+    /// Element type of the output: f32, the requantised type, or the lookup's.
+    fn output_datum_type(&self) -> DatumType {
+        match (&self.requant, &self.lookup) {
+            (_, Some((_, dt))) => *dt,
+            (Some(rq), None) => rq.output,
+            (None, None) => DatumType::F32,
+        }
     }
 
     /// Output shape for a batch of `n`.
@@ -724,6 +739,11 @@ impl EvalOp for DirectConv {
             DatumType::U8 => {
                 let mut data = vec![0u8; acc.len()];
                 requantize_all(&acc, rq.scale, rq.y_zero, &mut data);
+                if let Some((table, _)) = &self.lookup {
+                    for v in &mut data {
+                        *v = table[usize::from(*v)];
+                    }
+                }
                 Tensor::from(ArrayD::from_shape_vec(IxDyn(&out_shape), data)?)
             }
             DatumType::I8 => {
@@ -733,10 +753,11 @@ impl EvalOp for DirectConv {
             }
             other => bail!("DirectConv does not implement int8 output {other:?}"),
         };
-        if out.datum_type() != rq.output {
-            // SAFETY: `rq.output` is a quantised view of the element type the data was built
-            // with (QU8 over u8, QI8 over i8).
-            unsafe { out.set_datum_type(rq.output) };
+        let dt = self.output_datum_type();
+        if out.datum_type() != dt {
+            // SAFETY: `dt` is a quantised view of the element type the data was built with
+            // (QU8 over u8, QI8 over i8).
+            unsafe { out.set_datum_type(dt) };
         }
         Ok(tvec!(out.into_tvalue()))
     }
@@ -749,7 +770,7 @@ impl TypedOp for DirectConv {
         if shape.len() != 4 {
             bail!("DirectConv needs an NCHW input, got shape {shape:?}");
         }
-        let dt = self.requant.as_ref().map_or(DatumType::F32, |rq| rq.output);
+        let dt = self.output_datum_type();
         Ok(tvec!(TypedFact::dt_shape(dt, &self.output_shape(shape[0])[..])))
     }
 
