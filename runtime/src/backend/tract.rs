@@ -689,7 +689,9 @@ impl PreparedModel for TractModel {
 ///
 /// Why: tract's per-item time grows with the batch once a convolution's im2col buffer falls
 /// out of cache (central_fp32: 171 µs per item at batch 8, 590 at batch 64), while a batch
-/// of N always equals N single runs, so chunking is exact.
+/// of N always equals N single runs, so chunking is exact. Measured before the direct
+/// convolution ([`rewrite_convs`]) replaced im2col on the reference models; whether chunks
+/// still pay with it has not been re-measured.
 const CHUNK: usize = 8;
 
 impl TractModel {

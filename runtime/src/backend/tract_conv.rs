@@ -6,8 +6,18 @@
 //! the int8 edge model slower than its fp32 twin. This op computes the convolution directly
 //! from a zero-padded copy of the input: for each output row and each block of output
 //! channels it keeps a tile of accumulators in registers and adds `weight * input row` once
-//! per kernel tap, a loop the compiler vectorises. Weights are packed at load in the order
-//! the loop reads them; bias and a following Relu are fused.
+//! per kernel tap: AVX-512 (16 accumulators: 16 columns x 2 blocks of 8 channels) or
+//! AVX2+FMA kernels chosen at run time, and a plain-Rust kernel everywhere else (baseline
+//! x86-64, aarch64). Weights are packed at load in the order the loop reads them.
+//!
+//! Fused, all exactly (see [`super::tract::rewrite_convs`]): the bias; a following Relu
+//! (fp32); a following 2x2/s2 MaxPool (Relu and requantisation are non-decreasing, so
+//! pooling the accumulators first is the same); for int8, the f32-to-u8 QuantizeLinear that
+//! feeds the convolution and a u8 LookupTable that follows it.
+//!
+//! Measured (`edge-node bench backends`, b1, shared 2-core Zen 5, same run as onnxruntime
+//! with one thread): edge_fp32 22 -> 7.0 us, edge_int8 35.5 -> 9.2 us, central_fp32
+//! 146 -> 75 us; tract/ort 0.62 / 0.43 / 1.41.
 //!
 //! Scope (anything else stays on tract's own op): NCHW with a batch axis, OIHW weights, one
 //! group, stride 1, no dilation, any zero padding, constant weights and bias; fp32, or the
