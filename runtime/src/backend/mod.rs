@@ -15,6 +15,7 @@ use crate::tensor::{DType, Tensor};
 
 pub(crate) mod cpu;
 pub(crate) mod tract;
+mod tract_conv;
 mod tract_pool;
 pub(crate) mod wgpu;
 

@@ -28,7 +28,8 @@ impl MaxPool2x2 {
     }
 }
 
-fn pool<T: Copy + PartialOrd + Default>(input: &[T], shape: &[usize]) -> (Vec<T>, Vec<usize>) {
+/// The 2x2/s2 max pool of an NCHW tensor of `shape`: the data and the output shape.
+pub(crate) fn pool<T: Copy + PartialOrd + Default>(input: &[T], shape: &[usize]) -> (Vec<T>, Vec<usize>) {
     let (h, w) = (shape[2], shape[3]);
     let (oh, ow) = (h / 2, w / 2);
     let planes = shape[0] * shape[1];
