@@ -133,7 +133,7 @@ impl NodeToml {
     }
 
     /// Batches model calls: up to `max_batch` rows, waiting at most `max_delay_us`; with
-    /// `calibrate`, only up to the batch size measured cheapest per row.
+    /// `calibrate`, only up to a batch size measured to pay for itself at load.
     pub fn batching(mut self, max_batch: u32, max_delay_us: u64, calibrate: bool) -> Self {
         self.batching = Some((max_batch, max_delay_us, calibrate));
         self

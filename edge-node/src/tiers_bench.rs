@@ -14,8 +14,8 @@
 //!   rounds so both see the same machine. Figures `tiers.central.batched_rps`,
 //!   `tiers.central.unbatched_rps` (medians over rounds) and their ratio
 //!   `tiers.central.batching_speedup`. A third central node runs the default,
-//!   `calibrate = true`, which batches a model only up to the size measured cheapest per
-//!   row at load: `tiers.central.calibrated_rps` and `tiers.central.calibrated_speedup`.
+//!   `calibrate = true`, which batches a model only up to a size measured at load to pay
+//!   for itself: `tiers.central.calibrated_rps` and `tiers.central.calibrated_speedup`.
 //! - **Central down.** A central and an edge process; HTTP clients send the test split to
 //!   the edge (threshold 0.9, about 6% escalated) while the central process is killed
 //!   halfway. Figures `tiers.edge_rps_when_central_down` (answered per second after the
@@ -89,7 +89,7 @@ enum Batching {
     Off,
     /// Up to 32 rows, whatever the model's cost per row (`calibrate = false`).
     Forced,
-    /// Up to the batch size measured cheapest per row at load (the default).
+    /// Up to a batch size measured to pay for itself at load (the default).
     Calibrated,
 }
 

@@ -37,8 +37,8 @@ pub struct BatchSettings {
     pub max_batch: usize,
     /// Worker threads per model, each running one batch at a time.
     pub workers: usize,
-    /// Measure each model at load and batch only up to the size that is cheapest per row
-    /// (see [`cheapest_batch`]); off, every model batches up to `max_batch`.
+    /// Measure each model at load and batch only up to a size that pays for the handoff to a
+    /// batching thread (see [`cheapest_batch`]); off, every model batches up to `max_batch`.
     pub calibrate: bool,
     delay_us: Arc<AtomicU64>,
 }
@@ -173,21 +173,27 @@ impl std::fmt::Debug for BatchedModel {
 
 impl BatchedModel {
     /// Starts `settings.workers` threads that run `model` in batches (none when calibration
-    /// finds that batch 1 is cheapest: then `run` goes straight to the model).
+    /// finds that batching does not pay: then `run` goes straight to the model).
     pub fn new(
         model: Arc<dyn PreparedModel>,
         settings: BatchSettings,
         observer: Option<BatchObserver>,
     ) -> Result<BatchedModel, BackendError> {
         let max_batch = if settings.calibrate && settings.max_batch > 1 {
-            let (best, table) = cheapest_batch(&*model, settings.max_batch)?;
+            let handoff = handoff_us();
+            let (best, table) = cheapest_batch(&*model, settings.max_batch, handoff)?;
             let table: Vec<String> = table.iter().map(|(b, us)| format!("b{b} {us:.1} us/row")).collect();
             tracing::info!(
                 model = %model.info().name,
                 batch = best,
                 measured = %table.join(", "),
+                handoff_us = format!("{handoff:.1}"),
                 "batching calibrated: {}",
-                if best == 1 { "batch 1 is cheapest per row, batching off" } else { "batching on" }
+                if best == 1 {
+                    "no batch saves a row more than the handoff to a batching thread costs, batching off"
+                } else {
+                    "batching on"
+                }
             );
             best
         } else {
@@ -385,10 +391,14 @@ impl Shared {
 /// CPU a model's cost per row can instead grow with the batch (bigger im2col buffers fall
 /// out of cache), and waiting to fill a batch would only add latency. A bigger size is
 /// chosen only if it is at least 10% cheaper per row than the best smaller one, so noise
-/// does not turn batching on.
+/// does not turn batching on, and if it saves each row more than handing a call to a
+/// batching thread and back costs (`handoff_us`, measured by [`handoff_us`]): on tract the
+/// central model is 11% cheaper per row at batch 4, 9 µs, less than the two thread wake-ups
+/// a batched call pays, and batching it lost 8% of the central tier's rate.
 pub(crate) fn cheapest_batch(
     model: &dyn PreparedModel,
     max_batch: usize,
+    handoff_us: f64,
 ) -> Result<(usize, Vec<(usize, f64)>), BackendError> {
     let mut sizes = vec![1];
     while let Some(&last) = sizes.last().filter(|&&b| b < max_batch) {
@@ -419,13 +429,42 @@ pub(crate) fn cheapest_batch(
         }
         table.push((batch, best));
     }
+    let single = table[0].1;
     let mut chosen = table[0];
     for &(batch, cost) in &table[1..] {
-        if cost < 0.9 * chosen.1 {
+        if cost < 0.9 * chosen.1 && single - cost > handoff_us {
             chosen = (batch, cost);
         }
     }
     Ok((chosen.0, table))
+}
+
+/// What handing a call to another thread and getting the answer back costs here, in µs: the
+/// median of 200 round trips through a channel pair, as a batched call makes them.
+pub(crate) fn handoff_us() -> f64 {
+    let (to_worker, requests) = mpsc::sync_channel::<Instant>(1);
+    let (to_caller, answers) = mpsc::sync_channel::<Instant>(1);
+    let echo = std::thread::spawn(move || {
+        while let Ok(t) = requests.recv() {
+            if to_caller.send(t).is_err() {
+                return;
+            }
+        }
+    });
+    let mut samples = Vec::with_capacity(200);
+    for _ in 0..220 {
+        let t = Instant::now();
+        if to_worker.send(t).is_err() || answers.recv().is_err() {
+            break;
+        }
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(to_worker);
+    let _ = echo.join();
+    // The first round trips start the thread; the median is what steady calls pay.
+    let mut steady: Vec<f64> = samples.into_iter().skip(20).collect();
+    steady.sort_by(f64::total_cmp);
+    steady.get(steady.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Stacks every caller's inputs along the batch dimension, input by input.
@@ -529,11 +568,15 @@ mod tests {
 
     #[test]
     fn calibration_measures_every_size_and_never_picks_a_dearer_one() {
-        let (best, table) = cheapest_batch(&*edge_model(), 8).unwrap();
+        let (best, table) = cheapest_batch(&*edge_model(), 8, 0.0).unwrap();
         assert_eq!(table.iter().map(|(b, _)| *b).collect::<Vec<_>>(), vec![1, 2, 4, 8]);
         let cost = |b: usize| table.iter().find(|(s, _)| *s == b).unwrap().1;
         assert!(table.iter().all(|(_, us)| us.is_finite() && *us > 0.0), "{table:?}");
         assert!(cost(best) <= cost(1), "chose b{best} though b1 is cheaper: {table:?}");
+        // A handoff dearer than any saving keeps the model unbatched.
+        assert_eq!(cheapest_batch(&*edge_model(), 8, 1e9).unwrap().0, 1);
+        let handoff = handoff_us();
+        assert!(handoff > 0.0 && handoff < 10_000.0, "{handoff}");
         let batched = BatchedModel::new(
             edge_model(),
             BatchSettings::new(8, Duration::from_millis(1), 1).calibrated(true),

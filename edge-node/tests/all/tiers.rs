@@ -62,8 +62,8 @@ impl Drop for NodeProcess {
 /// A central node that batches, listening for QUIC on `quic` (port 0: any).
 fn batching_central(quic: &str) -> String {
     let config = central_toml().replace("quic = \"127.0.0.1:0\"", &format!("quic = \"{quic}\""));
-    // Calibration would turn batching off for the central model on a CPU (batch 1 is its
-    // cheapest per row): these tests are about the batching path, so it is forced on.
+    // Calibration turns batching off for the central model on a CPU (no batch saves a row
+    // more than the handoff costs): these tests are about the batching path, so it is forced.
     format!("{config}\n[batching]\nmax_batch = 16\nmax_delay_us = 20000\ncalibrate = false\n")
 }
 

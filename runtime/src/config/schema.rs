@@ -523,9 +523,9 @@ pub struct BatchingConfig {
     #[serde(default = "default_max_delay_us")]
     pub max_delay_us: u64,
     /// `calibrate = true`: at load, time each model at batch 1, 2, 4, ... `max_batch` and
-    /// batch it only up to the size that is cheapest per request; a model for which batch 1
-    /// is cheapest (common on CPUs) is not batched at all. `false` batches every model up to
-    /// `max_batch`. Default `true`.
+    /// batch it only up to a size that is cheaper per request by more than handing the call
+    /// to a batching thread costs; a model no size saves that much on (common on CPUs) is
+    /// not batched at all. `false` batches every model up to `max_batch`. Default `true`.
     #[serde(default = "default_true")]
     pub calibrate: bool,
 }
