@@ -43,6 +43,7 @@ pub mod config;
 mod dataset;
 mod fair_share;
 pub mod guest_build;
+pub mod kserve_json;
 mod modes;
 mod policy;
 pub mod protocol;

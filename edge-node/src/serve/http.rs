@@ -11,7 +11,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use cascade_runtime::{DType, ModelInfo, Stage, Tensor, TensorSpec, element_count};
+use cascade_runtime::kserve_json::{Numbers, TensorFields, decode_tensor, tensor_values};
+use cascade_runtime::{ModelInfo, Stage, Tensor, TensorSpec};
 use serde_json::{Map, Value, json};
 
 use super::node::{CurrentNode, Reply, ServeError};
@@ -145,7 +146,12 @@ async fn infer(State(current): State<CurrentNode>, Path(route): Path<String>, bo
     let result = node.infer(&route, request.inputs, request.parameters).await;
     let t = Instant::now();
     let response = match result {
-        Ok(reply) => axum::Json(response_json(&route, request.id, &reply)).into_response(),
+        Ok(reply) => match response_json(&route, request.id, &reply) {
+            Ok(body) => axum::Json(body).into_response(),
+            Err(why) => {
+                error(500, format!("route `{route}`: the answer cannot be sent as JSON: {why}"), None)
+            }
+        },
         Err(e) => serve_error(&e),
     };
     node.telemetry().stage(Stage::Response, t.elapsed());
@@ -173,7 +179,7 @@ pub fn parse_request(body: &[u8]) -> Result<InferRequest, String> {
     if let Ok(wire) = serde_json::from_slice::<WireRequest>(body) {
         return build_request(
             wire.id.as_ref(),
-            wire.inputs.iter().map(TensorFields::from),
+            wire.inputs.iter().map(wire_fields),
             wire.parameters.as_ref(),
         );
     }
@@ -186,16 +192,7 @@ pub fn parse_request(body: &[u8]) -> Result<InferRequest, String> {
         .enumerate()
         .map(|(i, t)| {
             let t = t.as_object().ok_or_else(|| format!("inputs[{i}]: expected an object"))?;
-            let mut data = Numbers::default();
-            if let Some(d) = t.get("data") {
-                data.flatten_value(d, 0);
-            }
-            Ok(TensorFields {
-                name: t.get("name"),
-                shape: t.get("shape"),
-                datatype: t.get("datatype"),
-                data: t.get("data").map(|_| data),
-            })
+            Ok(TensorFields::from_object(t))
         })
         .collect::<Result<Vec<_>, String>>()?;
     build_request(obj.get("id"), tensors.into_iter(), obj.get("parameters"))
@@ -223,22 +220,12 @@ struct WireTensor {
     data: Option<Numbers>,
 }
 
-/// One input tensor's fields, from either path.
-struct TensorFields<'a> {
-    name: Option<&'a Value>,
-    shape: Option<&'a Value>,
-    datatype: Option<&'a Value>,
-    data: Option<Numbers>,
-}
-
-impl<'a> From<&'a WireTensor> for TensorFields<'a> {
-    fn from(t: &'a WireTensor) -> Self {
-        TensorFields {
-            name: t.name.as_ref(),
-            shape: t.shape.as_ref(),
-            datatype: t.datatype.as_ref(),
-            data: t.data.clone(),
-        }
+fn wire_fields(t: &WireTensor) -> TensorFields<'_> {
+    TensorFields {
+        name: t.name.as_ref(),
+        shape: t.shape.as_ref(),
+        datatype: t.datatype.as_ref(),
+        data: t.data.clone(),
     }
 }
 
@@ -255,7 +242,8 @@ fn build_request<'a>(
     if inputs.len() == 0 {
         return Err("inputs: expected at least one tensor".into());
     }
-    let inputs = inputs.enumerate().map(|(i, t)| parse_tensor(i, t)).collect::<Result<Vec<_>, _>>()?;
+    let inputs =
+        inputs.enumerate().map(|(i, t)| decode_tensor("inputs", i, t)).collect::<Result<Vec<_>, _>>()?;
     let parameters = match parameters {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Object(m)) => m
@@ -267,244 +255,16 @@ fn build_request<'a>(
     Ok(InferRequest { id, inputs, parameters })
 }
 
-fn parse_tensor(i: usize, t: TensorFields<'_>) -> Result<(String, Tensor), String> {
-    let f = |field: &str| format!("inputs[{i}].{field}");
-    let name = t.name.and_then(Value::as_str).ok_or_else(|| format!("{}: expected a string", f("name")))?;
-    let shape = t
-        .shape
-        .and_then(Value::as_array)
-        .ok_or_else(|| format!("{}: expected an array of dimensions", f("shape")))?
-        .iter()
-        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
-        .collect::<Option<Vec<usize>>>()
-        .ok_or_else(|| format!("{}: expected non-negative integers", f("shape")))?;
-    let datatype = t
-        .datatype
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("{}: expected a string such as \"UINT8\"", f("datatype")))?;
-    let dtype = DType::from_kserve_name(datatype).ok_or_else(|| {
-        format!("{}: unsupported `{datatype}`; expected FP32, UINT8, INT8, INT32 or INT64", f("datatype"))
-    })?;
-    let data = t.data.ok_or_else(|| format!("{}: missing", f("data")))?;
-    if let Some(problem) = data.problem {
-        return Err(format!("{}: {problem}", f("data")));
-    }
-    let count = element_count(&shape).ok_or_else(|| format!("{}: too many elements", f("shape")))?;
-    if data.values.len() != count {
-        return Err(format!(
-            "{}: {} values for shape {shape:?} ({count} elements)",
-            f("data"),
-            data.values.len()
-        ));
-    }
-    let mut bytes = Vec::with_capacity(count * dtype.size());
-    for (j, v) in data.values.iter().enumerate() {
-        let bad = || format!("{}[{j}]: {v} is not a valid {datatype}", f("data"));
-        match dtype {
-            DType::F32 => bytes.extend_from_slice(&(v.as_f64() as f32).to_le_bytes()),
-            DType::U8 => bytes.push(v.as_u64().and_then(|x| u8::try_from(x).ok()).ok_or_else(bad)?),
-            DType::I8 => bytes.extend_from_slice(
-                &v.as_i64().and_then(|x| i8::try_from(x).ok()).ok_or_else(bad)?.to_le_bytes(),
-            ),
-            DType::I32 => bytes.extend_from_slice(
-                &v.as_i64().and_then(|x| i32::try_from(x).ok()).ok_or_else(bad)?.to_le_bytes(),
-            ),
-            DType::I64 => bytes.extend_from_slice(&v.as_i64().ok_or_else(bad)?.to_le_bytes()),
-        }
-    }
-    let tensor = Tensor::new(dtype, shape, bytes).map_err(|e| format!("inputs[{i}]: {e}"))?;
-    Ok((name.to_owned(), tensor))
-}
-
-/// Deepest nesting of a tensor's `data` arrays accepted.
-const MAX_DATA_DEPTH: usize = 32;
-
-/// A JSON number as the parser saw it: integers stay exact.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Num {
-    U(u64),
-    I(i64),
-    F(f64),
-}
-
-impl Num {
-    fn as_f64(self) -> f64 {
-        match self {
-            Num::U(u) => u as f64,
-            Num::I(i) => i as f64,
-            Num::F(f) => f,
-        }
-    }
-
-    /// Integers only, as `serde_json::Value::as_u64` reads them.
-    fn as_u64(self) -> Option<u64> {
-        match self {
-            Num::U(u) => Some(u),
-            Num::I(i) => u64::try_from(i).ok(),
-            Num::F(_) => None,
-        }
-    }
-
-    fn as_i64(self) -> Option<i64> {
-        match self {
-            Num::U(u) => i64::try_from(u).ok(),
-            Num::I(i) => Some(i),
-            Num::F(_) => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Num {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Num::U(u) => write!(f, "{u}"),
-            Num::I(i) => write!(f, "{i}"),
-            Num::F(x) => write!(f, "{x}"),
-        }
-    }
-}
-
-/// A tensor's `data`, flat or nested (row-major), flattened; the first problem found (a
-/// non-number, too deep a nesting) is kept for the error message instead of failing the
-/// parse, so the message can name the field.
-#[derive(Debug, Clone, Default)]
-struct Numbers {
-    values: Vec<Num>,
-    problem: Option<String>,
-}
-
-impl Numbers {
-    fn note(&mut self, problem: impl FnOnce() -> String) {
-        if self.problem.is_none() {
-            self.problem = Some(problem());
-        }
-    }
-
-    fn flatten_value(&mut self, v: &Value, depth: usize) {
-        match v {
-            Value::Array(items) if depth < MAX_DATA_DEPTH => {
-                items.iter().for_each(|x| self.flatten_value(x, depth + 1))
-            }
-            Value::Array(_) => self.note(|| "nested too deeply".into()),
-            Value::Number(n) => {
-                let num = n
-                    .as_u64()
-                    .map(Num::U)
-                    .or_else(|| n.as_i64().map(Num::I))
-                    .or_else(|| n.as_f64().map(Num::F));
-                match num {
-                    Some(num) => self.values.push(num),
-                    None => self.note(|| format!("{n} is not a number this node reads")),
-                }
-            }
-            other => self.note(|| format!("expected numbers, found {other}")),
-        }
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Numbers {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut numbers = Numbers::default();
-        serde::de::DeserializeSeed::deserialize(Flatten { out: &mut numbers, depth: 0 }, deserializer)?;
-        Ok(numbers)
-    }
-}
-
-/// Appends the numbers of one JSON value (recursing into arrays) to `out`.
-struct Flatten<'a> {
-    out: &'a mut Numbers,
-    depth: usize,
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for Flatten<'_> {
-    type Value = ();
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Flatten<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("numbers, or arrays of numbers")
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
-        self.out.values.push(Num::U(v));
-        Ok(())
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
-        self.out.values.push(Num::I(v));
-        Ok(())
-    }
-
-    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
-        self.out.values.push(Num::F(v));
-        Ok(())
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        if self.depth >= MAX_DATA_DEPTH {
-            self.out.note(|| "nested too deeply".into());
-            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-            return Ok(());
-        }
-        let (out, depth) = (self.out, self.depth + 1);
-        while seq.next_element_seed(Flatten { out: &mut *out, depth })?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        self.out.note(|| "expected numbers, found an object".into());
-        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<(), E> {
-        self.out.note(|| format!("expected numbers, found {}", Value::String(v.to_owned())));
-        Ok(())
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
-        self.out.note(|| format!("expected numbers, found {v}"));
-        Ok(())
-    }
-
-    fn visit_unit<E>(self) -> Result<(), E> {
-        self.out.note(|| "expected numbers, found null".into());
-        Ok(())
-    }
-}
-
-fn tensor_values(t: &Tensor) -> Vec<Value> {
-    let d = t.data();
-    match t.dtype() {
-        DType::F32 => {
-            d.chunks_exact(4).map(|c| json!(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect()
-        }
-        DType::U8 => d.iter().map(|b| json!(b)).collect(),
-        DType::I8 => d.iter().map(|b| json!(*b as i8)).collect(),
-        DType::I32 => {
-            d.chunks_exact(4).map(|c| json!(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect()
-        }
-        DType::I64 => d
-            .chunks_exact(8)
-            .map(|c| json!(i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])))
-            .collect(),
-    }
-}
-
-fn response_json(route: &str, id: Option<String>, reply: &Reply) -> Value {
-    let outputs: Vec<Value> = reply
+/// The response body; an output JSON cannot carry (a NaN) is an error naming it.
+fn response_json(route: &str, id: Option<String>, reply: &Reply) -> Result<Value, String> {
+    let outputs = reply
         .outputs
         .iter()
         .map(|(name, t)| {
-            json!({ "name": name, "datatype": t.dtype().kserve_name(), "shape": t.shape(), "data": tensor_values(t) })
+            let data = tensor_values(t).map_err(|why| format!("output `{name}`: {why}"))?;
+            Ok(json!({ "name": name, "datatype": t.dtype().kserve_name(), "shape": t.shape(), "data": data }))
         })
-        .collect();
+        .collect::<Result<Vec<Value>, String>>()?;
     let mut parameters = Map::new();
     parameters.insert("confidence".into(), json!(reply.confidence));
     parameters.insert("tier".into(), json!(reply.tier));
@@ -524,7 +284,7 @@ fn response_json(route: &str, id: Option<String>, reply: &Reply) -> Value {
     if let (Some(id), Some(obj)) = (id, out.as_object_mut()) {
         obj.insert("id".into(), json!(id));
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -621,6 +381,8 @@ mod tests {
     #[test]
     fn outputs_round_trip_to_json_numbers() {
         let t = Tensor::from_f32(vec![1, 2], &[0.25, 0.75]).unwrap();
-        assert_eq!(tensor_values(&t), vec![json!(0.25), json!(0.75)]);
+        assert_eq!(tensor_values(&t).unwrap(), vec![json!(0.25), json!(0.75)]);
+        let nan = Tensor::from_f32(vec![1], &[f32::NAN]).unwrap();
+        assert!(tensor_values(&nan).unwrap_err().contains("element 0 is NaN"));
     }
 }

@@ -38,8 +38,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::protocol::{EscalationAnswer, EscalationRequest, MAX_DIMS, MAX_TENSORS, NamedTensor};
-use crate::tensor::{DType, Tensor, element_count};
+use crate::kserve_json::{self, TensorFields, tensor_values};
+use crate::protocol::{EscalationAnswer, EscalationRequest, MAX_TENSORS, NamedTensor};
+use crate::tensor::DType;
 use crate::transport::time_left;
 
 /// Largest response body accepted, in bytes: as large as a tier protocol frame may be.
@@ -267,32 +268,6 @@ fn encode_request(request: &EscalationRequest) -> Result<Vec<u8>, KserveError> {
     serde_json::to_vec(&body).map_err(|e| KserveError::Encode(e.to_string()))
 }
 
-/// A tensor's elements as JSON numbers; JSON has no NaN or infinity.
-fn tensor_values(t: &Tensor) -> Result<Vec<Value>, String> {
-    let d = t.data();
-    Ok(match t.dtype() {
-        DType::F32 => {
-            let mut out = Vec::with_capacity(d.len() / 4);
-            for (i, c) in d.chunks_exact(4).enumerate() {
-                let x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                let n = serde_json::Number::from_f64(f64::from(x))
-                    .ok_or_else(|| format!("element {i} is {x}, which JSON cannot carry"))?;
-                out.push(Value::Number(n));
-            }
-            out
-        }
-        DType::U8 => d.iter().map(|b| json!(b)).collect(),
-        DType::I8 => d.iter().map(|b| json!(*b as i8)).collect(),
-        DType::I32 => {
-            d.chunks_exact(4).map(|c| json!(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect()
-        }
-        DType::I64 => d
-            .chunks_exact(8)
-            .map(|c| json!(i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])))
-            .collect(),
-    })
-}
-
 /// Reads a 2xx body as the answer to request `id` for `model`. See the module doc.
 fn decode_response(body: &[u8], id: u64, model: &str) -> Result<EscalationAnswer, KserveError> {
     let bad = |m: String| KserveError::Response(m);
@@ -320,7 +295,7 @@ fn decode_response(body: &[u8], id: u64, model: &str) -> Result<EscalationAnswer
     let outputs = outputs
         .iter()
         .enumerate()
-        .map(|(i, t)| decode_tensor(i, t).map_err(bad))
+        .map(|(i, t)| decode_output(i, t).map_err(bad))
         .collect::<Result<Vec<NamedTensor>, KserveError>>()?;
     let (confidence, label) = classify(&outputs);
     let model_version = match obj.get("model_version").and_then(Value::as_str) {
@@ -330,72 +305,10 @@ fn decode_response(body: &[u8], id: u64, model: &str) -> Result<EscalationAnswer
     Ok(EscalationAnswer { id, outputs, confidence, label, model_version, timings: Vec::new() })
 }
 
-fn decode_tensor(i: usize, t: &Value) -> Result<NamedTensor, String> {
-    let f = |field: &str| format!("outputs[{i}].{field}");
+fn decode_output(i: usize, t: &Value) -> Result<NamedTensor, String> {
     let t = t.as_object().ok_or_else(|| format!("outputs[{i}]: expected an object"))?;
-    let name =
-        t.get("name").and_then(Value::as_str).ok_or_else(|| format!("{}: expected a string", f("name")))?;
-    let datatype = t
-        .get("datatype")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("{}: expected a string such as \"FP32\"", f("datatype")))?;
-    let dtype = DType::from_kserve_name(datatype).ok_or_else(|| {
-        format!(
-            "{}: unknown datatype `{datatype}`; this node takes FP32, UINT8, INT8, INT32 or INT64",
-            f("datatype")
-        )
-    })?;
-    let shape = t
-        .get("shape")
-        .and_then(Value::as_array)
-        .ok_or_else(|| format!("{}: expected an array of dimensions", f("shape")))?;
-    if shape.len() > MAX_DIMS {
-        return Err(format!("{}: {} dimensions, more than {MAX_DIMS}", f("shape"), shape.len()));
-    }
-    let shape = shape
-        .iter()
-        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
-        .collect::<Option<Vec<usize>>>()
-        .ok_or_else(|| format!("{}: expected non-negative integers", f("shape")))?;
-    let count = element_count(&shape).ok_or_else(|| format!("{}: {shape:?} is too large", f("shape")))?;
-    let data = t
-        .get("data")
-        .ok_or_else(|| format!("{}: missing (binary tensor data is not supported)", f("data")))?;
-    let mut flat = Vec::new();
-    flatten(data, &mut flat, 0).map_err(|why| format!("{}: {why}", f("data")))?;
-    if flat.len() != count {
-        return Err(format!("{}: {} values for shape {shape:?}, which holds {count}", f("data"), flat.len()));
-    }
-    let mut bytes = Vec::with_capacity(count * dtype.size());
-    for (j, v) in flat.iter().enumerate() {
-        let wrong = || format!("{}[{j}]: {v} is not a valid {datatype}", f("data"));
-        match dtype {
-            DType::F32 => bytes.extend_from_slice(&(v.as_f64().ok_or_else(wrong)? as f32).to_le_bytes()),
-            DType::U8 => bytes.push(v.as_u64().and_then(|x| u8::try_from(x).ok()).ok_or_else(wrong)?),
-            DType::I8 => bytes.extend_from_slice(
-                &v.as_i64().and_then(|x| i8::try_from(x).ok()).ok_or_else(wrong)?.to_le_bytes(),
-            ),
-            DType::I32 => bytes.extend_from_slice(
-                &v.as_i64().and_then(|x| i32::try_from(x).ok()).ok_or_else(wrong)?.to_le_bytes(),
-            ),
-            DType::I64 => bytes.extend_from_slice(&v.as_i64().ok_or_else(wrong)?.to_le_bytes()),
-        }
-    }
-    let tensor = Tensor::new(dtype, shape, bytes).map_err(|e| format!("outputs[{i}]: {e}"))?;
-    Ok(NamedTensor { name: name.to_owned(), tensor })
-}
-
-/// Flattens a flat or nested array of numbers (row-major), refusing deep nesting.
-fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>, depth: usize) -> Result<(), String> {
-    match v {
-        Value::Array(items) if depth <= MAX_DIMS => items.iter().try_for_each(|x| flatten(x, out, depth + 1)),
-        Value::Array(_) => Err("nested too deeply".into()),
-        Value::Number(_) => {
-            out.push(v);
-            Ok(())
-        }
-        other => Err(format!("expected numbers, found {other}")),
-    }
+    let (name, tensor) = kserve_json::decode_tensor("outputs", i, TensorFields::from_object(t))?;
+    Ok(NamedTensor { name, tensor })
 }
 
 /// Confidence and label under the module doc's rule.
@@ -421,6 +334,7 @@ fn classify(outputs: &[NamedTensor]) -> (f32, Option<u32>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tensor::Tensor;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
