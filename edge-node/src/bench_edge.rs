@@ -5,10 +5,12 @@
 //! `cache_ttl_s = 0` so the cache never answers (the inputs also cycle through 2000 distinct
 //! test images, so no two identical requests are in flight together and none coalesce).
 //!
-//! The load generator is open-loop: a dispatcher thread sends request `k` at `t0 + k / rate`
-//! whatever the earlier ones are doing, and each latency runs from that scheduled time to the
-//! last byte of the answer, so queueing shows up instead of slowing the sender down
-//! (coordinated omission). Requests go over reqwest's keep-alive pool on loopback.
+//! The load generator ([`crate::loadgen`]) is open-loop: request `k` is released at
+//! `t0 + k / rate` whatever the earlier ones are doing, and each latency runs from that
+//! scheduled time to the last byte of the answer, so queueing shows up instead of slowing the
+//! sender down (coordinated omission). Requests are encoded once and written as bytes over
+//! [`CONNECTIONS`] keep-alive connections on loopback, so the generator takes as little of the
+//! machine as it can from the server it measures.
 //!
 //! Figures, for locally answered requests:
 //! - `edge.local.p50_us`, `edge.local.p99_us`: at the moderate rate ([`MODERATE_RPS`]);
@@ -24,7 +26,9 @@
 //!
 //! The generator runs in this process and shares the machine's cores with the server under
 //! test, so on a small machine both max rates are partly the generator's limit; and the
-//! overhead figure includes the client's own HTTP work (reqwest), not only the node's.
+//! overhead figure includes the client's own share of each round trip (a blocking socket
+//! write and read, the loopback TCP stack), not only the node's. `edge.http_floor_us.p50`
+//! measures that share with an empty `GET /v2/health/live`.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -41,6 +45,7 @@ use serde_json::json;
 
 use crate::deployment::NodeToml;
 use crate::figures::{Figures, median, percentile};
+use crate::loadgen::{self, Conn, Load};
 use crate::serve::Server;
 
 /// The rate at which the latency figures are taken: well under either server's limit.
@@ -61,6 +66,13 @@ const BODIES: usize = 2000;
 
 /// How long each client request may take before it counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Keep-alive connections the generator drives each server over: the most requests it has
+/// in flight at once (at 16,000 rps and 1 ms each, 16 are).
+const CONNECTIONS: usize = 32;
+
+/// The inference path on both servers.
+const INFER_PATH: &str = "/v2/models/digits/infer";
 
 /// What one rung of the ladder measured.
 struct Rung {
@@ -89,9 +101,24 @@ struct Ladder {
 /// One server under test, as the generator sees it.
 struct Target<'a> {
     name: &'a str,
-    url: String,
-    /// For our node: a reply must say it was answered here, computed (not from the cache).
-    check_local: bool,
+    addr: SocketAddr,
+    /// Every request body, encoded for this server.
+    requests: Arc<Vec<Vec<u8>>>,
+    /// Whether a reply body counts: for our node, it must say it was answered here and
+    /// computed (not from the cache).
+    accept: fn(&[u8]) -> bool,
+}
+
+impl<'a> Target<'a> {
+    fn new(name: &'a str, addr: SocketAddr, bodies: &[Vec<u8>], accept: fn(&[u8]) -> bool) -> Target<'a> {
+        let requests = bodies.iter().map(|b| loadgen::post_json(addr, INFER_PATH, b)).collect();
+        Target { name, addr, requests: Arc::new(requests), accept }
+    }
+}
+
+/// Our node's replies count when answered locally and computed, not cached.
+fn answered_locally(body: &[u8]) -> bool {
+    contains(body, b"\"escalated\":false") && contains(body, b"\"cache\":\"miss\"")
 }
 
 /// Runs the suite. `repo` holds `tools/kserve_peer.py` and `target/peer-venv`.
@@ -116,52 +143,25 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, repo: &Path, quick: bool) -> 
             serde_json::to_vec(&body).context("encoding a request body")
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let bodies = Arc::new(bodies);
 
-    // The node and the load generator get runtimes of their own, so the generator's
-    // dispatcher thread can spawn onto the client runtime while the node serves.
+    // The node gets a runtime of its own; the generator runs on threads of its own.
     let server_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let client = reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .pool_max_idle_per_host(1024)
-        .build()
-        .context("building the http client")?;
-
     let server = server_rt.block_on(Server::start(config))?;
-    let ours = Target {
-        name: "edge node",
-        url: format!("http://{}/v2/models/digits/infer", server.http_addr()),
-        check_local: true,
-    };
-    let first = client_rt.block_on(async {
-        let r = client.post(&ours.url).body(bodies[0].clone()).send().await?;
-        anyhow::Ok((r.status(), r.json::<serde_json::Value>().await?))
-    })?;
-    let params = &first.1["parameters"];
-    if !first.0.is_success() || params["escalated"] != json!(false) || params["cache"] != json!("miss") {
-        bail!("the node did not answer locally: {} {}", first.0, first.1);
+    let ours = Target::new("edge node", server.http_addr(), &bodies, answered_locally);
+    let (status, body) = Conn::connect(ours.addr)?.round_trip(&ours.requests[0]).map(|(s, b)| (s, b.to_vec()))?;
+    if status != 200 || !answered_locally(&body) {
+        bail!("the node did not answer locally: {status} {}", String::from_utf8_lossy(&body));
     }
 
     let mut figures = Figures::default();
-    let overhead = measure_overhead(
-        &client_rt,
-        &client,
-        &ours,
-        &bodies,
-        &test,
-        &model,
-        &wasm,
-        &built.sha256,
-        overhead_samples,
-    )?;
+    let overhead = measure_overhead(&ours, &test, &model, &wasm, &built.sha256, overhead_samples)?;
     figures.push("edge.overhead_us.p50", overhead.0 - overhead.1, "us");
     figures.push("edge.http_sequential_us.p50", overhead.0, "us");
     figures.push("edge.sandbox_direct_us.p50", overhead.1, "us");
     figures.push("edge.http_floor_us.p50", overhead.2, "us");
     figures.push("edge.overhead_beyond_http_floor_us.p50", overhead.0 - overhead.1 - overhead.2, "us");
 
-    let mut ladder = drive_ladder(&client_rt, &client, &ours, &bodies, step)?;
+    let mut ladder = drive_ladder(&ours, step)?;
     if let Some(m) = ladder.moderate.as_mut() {
         figures.push("edge.local.p50_us", m.p(0.5), "us");
         figures.push("edge.local.p99_us", m.p(0.99), "us");
@@ -176,13 +176,9 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, repo: &Path, quick: bool) -> 
     match Peer::start(repo, &model)? {
         None => {}
         Some(peer) => {
-            let target = Target {
-                name: "python onnxruntime peer",
-                url: format!("http://{}/v2/models/digits/infer", peer.addr),
-                check_local: false,
-            };
-            peer.wait_ready(&client_rt, &client)?;
-            let mut theirs = drive_ladder(&client_rt, &client, &target, &bodies, step)?;
+            peer.wait_ready()?;
+            let target = Target::new("python onnxruntime peer", peer.addr, &bodies, |_| true);
+            let mut theirs = drive_ladder(&target, step)?;
             if let Some(m) = theirs.moderate.as_mut() {
                 figures.push("edge.peer.p50_us", m.p(0.5), "us");
                 figures.push("edge.peer.p99_us", m.p(0.99), "us");
@@ -208,12 +204,8 @@ fn node_config(model: &Path, plugin: &Path) -> NodeToml {
 /// sandbox, and of an empty `GET /v2/health/live` over the same connection (the cost of the
 /// client, the loopback round trip and hyper, with no node work), interleaved so that none
 /// always runs on the warmer cache.
-#[allow(clippy::too_many_arguments)]
 fn measure_overhead(
-    client_rt: &tokio::runtime::Runtime,
-    client: &reqwest::Client,
     target: &Target<'_>,
-    bodies: &Arc<Vec<Vec<u8>>>,
     test: &Digits,
     model: &Path,
     wasm: &Path,
@@ -233,27 +225,18 @@ fn measure_overhead(
         logging: true,
         limits: PluginLimits { deadline: Duration::from_millis(1000), ..PluginLimits::default() },
     })?;
-    let n = bodies.len();
+    let n = target.requests.len();
     let requests = crate::bench_sandbox::digit_requests(test, n)?;
-    let http = |i: usize| -> anyhow::Result<f64> {
-        let body = bodies[i].clone();
+    let mut conn = Conn::connect(target.addr)?;
+    let live = loadgen::get(target.addr, "/v2/health/live");
+    let mut timed = |request: &[u8]| -> anyhow::Result<f64> {
         let start = Instant::now();
-        client_rt.block_on(async {
-            let r = client.post(&target.url).body(body).send().await?.error_for_status()?;
-            std::hint::black_box(r.bytes().await?);
-            anyhow::Ok(())
-        })?;
-        Ok(start.elapsed().as_secs_f64() * 1e6)
-    };
-    let live = target.url.replace("/v2/models/digits/infer", "/v2/health/live");
-    let floor = || -> anyhow::Result<f64> {
-        let start = Instant::now();
-        client_rt.block_on(async {
-            let r = client.get(&live).send().await?.error_for_status()?;
-            std::hint::black_box(r.bytes().await?);
-            anyhow::Ok(())
-        })?;
-        Ok(start.elapsed().as_secs_f64() * 1e6)
+        let (status, body) = conn.round_trip(request)?;
+        let elapsed = start.elapsed().as_secs_f64() * 1e6;
+        if status != 200 {
+            bail!("HTTP {status}: {}", String::from_utf8_lossy(body));
+        }
+        Ok(elapsed)
     };
     let direct = |i: usize| -> anyhow::Result<f64> {
         let start = Instant::now();
@@ -262,9 +245,9 @@ fn measure_overhead(
     };
     eprintln!("overhead: warming up, then {samples} requests each way ...");
     for i in 0..200 {
-        http(i % n)?;
+        timed(&target.requests[i % n])?;
         direct(i % n)?;
-        floor()?;
+        timed(&live)?;
     }
     let (mut hs, mut ds, mut fs) =
         (Vec::with_capacity(samples), Vec::with_capacity(samples), Vec::with_capacity(samples));
@@ -272,18 +255,18 @@ fn measure_overhead(
         let i = k % n;
         match k % 3 {
             0 => {
-                hs.push(http(i)?);
+                hs.push(timed(&target.requests[i])?);
                 ds.push(direct(i)?);
-                fs.push(floor()?);
+                fs.push(timed(&live)?);
             }
             1 => {
                 ds.push(direct(i)?);
-                fs.push(floor()?);
-                hs.push(http(i)?);
+                fs.push(timed(&live)?);
+                hs.push(timed(&target.requests[i])?);
             }
             _ => {
-                fs.push(floor()?);
-                hs.push(http(i)?);
+                fs.push(timed(&live)?);
+                hs.push(timed(&target.requests[i])?);
                 ds.push(direct(i)?);
             }
         }
@@ -292,18 +275,12 @@ fn measure_overhead(
 }
 
 /// Drives `target` up the ladder: every rung up to the moderate rate, then on until one fails.
-fn drive_ladder(
-    client_rt: &tokio::runtime::Runtime,
-    client: &reqwest::Client,
-    target: &Target<'_>,
-    bodies: &Arc<Vec<Vec<u8>>>,
-    step: Duration,
-) -> anyhow::Result<Ladder> {
+fn drive_ladder(target: &Target<'_>, step: Duration) -> anyhow::Result<Ladder> {
     let mut ladder = Ladder { moderate: None, max_rps: 0.0, top_passed: false };
-    // Warm the connection pool and both sides' caches at the lowest rate first.
-    drive(client_rt, client, target, bodies, LADDER[0], Duration::from_millis(500));
+    // Warm the connections and both sides' caches at the lowest rate first.
+    drive(target, LADDER[0], Duration::from_millis(500))?;
     for (n, &rate) in LADDER.iter().enumerate() {
-        let mut rung = drive(client_rt, client, target, bodies, rate, step);
+        let mut rung = drive(target, rate, step)?;
         let passes = rung.passes();
         let (p50, p99) = (rung.p(0.5), rung.p(0.99));
         eprintln!(
@@ -329,55 +306,21 @@ fn drive_ladder(
 
 /// One rung: `rate × duration` requests sent on schedule, then every answer awaited (each
 /// bounded by [`REQUEST_TIMEOUT`]).
-fn drive(
-    client_rt: &tokio::runtime::Runtime,
-    client: &reqwest::Client,
-    target: &Target<'_>,
-    bodies: &Arc<Vec<Vec<u8>>>,
-    rate: f64,
-    duration: Duration,
-) -> Rung {
-    let count = ((rate * duration.as_secs_f64()).round() as usize).max(1);
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let mut tasks = Vec::with_capacity(count);
-    let t0 = Instant::now() + Duration::from_millis(5);
-    for k in 0..count {
-        let at = t0 + interval.mul_f64(k as f64);
-        // A thread sleep wakes within tens of microseconds, unlike tokio's 1 ms timer wheel.
-        let now = Instant::now();
-        if at > now {
-            std::thread::sleep(at - now);
-        }
-        let client = client.clone();
-        let url = target.url.clone();
-        let body = bodies[k % bodies.len()].clone();
-        let check_local = target.check_local;
-        tasks.push(client_rt.spawn(async move {
-            let r =
-                client.post(&url).header("content-type", "application/json").body(body).send().await.ok()?;
-            if !r.status().is_success() {
-                return None;
-            }
-            let bytes = r.bytes().await.ok()?;
-            let latency = at.elapsed().as_secs_f64() * 1e6;
-            if check_local
-                && !(contains(&bytes, b"\"escalated\":false") && contains(&bytes, b"\"cache\":\"miss\""))
-            {
-                return None;
-            }
-            Some(latency)
-        }));
+fn drive(target: &Target<'_>, rate: f64, duration: Duration) -> anyhow::Result<Rung> {
+    let measured = loadgen::drive(&Load {
+        addr: target.addr,
+        requests: &target.requests,
+        rate,
+        duration,
+        connections: CONNECTIONS,
+        timeout: REQUEST_TIMEOUT,
+        accept: target.accept,
+    })
+    .with_context(|| format!("driving the {} at {rate} rps", target.name))?;
+    if let Some(e) = &measured.first_error {
+        eprintln!("{}: {rate} rps: {} errors, the first: {e}", target.name, measured.errors);
     }
-    let mut rung = Rung { rate, latencies_us: Vec::with_capacity(count), errors: 0 };
-    client_rt.block_on(async {
-        for task in tasks {
-            match task.await {
-                Ok(Some(latency)) => rung.latencies_us.push(latency),
-                _ => rung.errors += 1,
-            }
-        }
-    });
-    rung
+    Ok(Rung { rate, latencies_us: measured.latencies_us, errors: measured.errors })
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -417,18 +360,12 @@ impl Peer {
     }
 
     /// Polls `/v2/health/ready` for up to 30 s.
-    fn wait_ready(
-        &self,
-        client_rt: &tokio::runtime::Runtime,
-        client: &reqwest::Client,
-    ) -> anyhow::Result<()> {
-        let url = format!("http://{}/v2/health/ready", self.addr);
+    fn wait_ready(&self) -> anyhow::Result<()> {
+        let ready = loadgen::get(self.addr, "/v2/health/ready");
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            let ok = client_rt
-                .block_on(async { client.get(&url).send().await })
-                .is_ok_and(|r| r.status().is_success());
-            if ok {
+            let ok = Conn::connect(self.addr).and_then(|mut c| Ok(c.round_trip(&ready)?.0 == 200));
+            if ok.unwrap_or(false) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));

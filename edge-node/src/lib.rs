@@ -10,6 +10,7 @@
 //! - [`certs_cmd`]: `edge-node certs init|issue`, certificates for mutual TLS between tiers.
 //! - [`deployment`]: node configs and `serve` processes on loopback, for the demo and benches.
 //! - [`figures`]: figures printed as `../shared/BENCH.md` asks.
+//! - [`loadgen`]: the benchmarks' lean HTTP/1.1 client and open-loop load generator.
 //! - [`serve`]: `edge-node serve`, the HTTP front door and the request path.
 //! - [`tiers_bench`]: `edge-node bench tiers`, the cost of an escalation on loopback.
 
@@ -22,6 +23,7 @@ pub mod check_cmd;
 pub mod demo;
 pub mod deployment;
 pub mod figures;
+pub mod loadgen;
 pub mod plugin_cmd;
 pub mod serve;
 pub mod tiers_bench;
