@@ -15,7 +15,8 @@
 //! Figures, for locally answered requests:
 //! - `edge.local.p50_us`, `edge.local.p99_us`: at the moderate rate ([`MODERATE_RPS`]);
 //! - `edge.local.max_rps`: the highest rung of the rate ladder with p99 under 5 ms and no
-//!   error (the ladder stops at the first rung above the moderate rate that fails);
+//!   error (a rung above the moderate rate that fails is run again, and the ladder stops at
+//!   the first that fails twice running);
 //! - `edge.overhead_us.p50`: one request at a time over HTTP minus the same request handed
 //!   straight to an in-process sandbox holding the same plugin and model, alternated in the
 //!   same run; the difference of the medians is what HTTP, admission, cache and policy add;
@@ -53,9 +54,10 @@ pub const MODERATE_RPS: f64 = 500.0;
 
 /// The rates tried, in requests per second: steps of at most 25% from 2,000 rps up, where
 /// both servers reach their limits, so `max_rps` is not off by a coarse step.
-const LADDER: [f64; 19] = [
+const LADDER: [f64; 25] = [
     250.0, 500.0, 1000.0, 1500.0, 2000.0, 2500.0, 3000.0, 3500.0, 4000.0, 5000.0, 6000.0, 7000.0, 8000.0,
-    9000.0, 10000.0, 11000.0, 12000.0, 14000.0, 16000.0,
+    9000.0, 10000.0, 11000.0, 12000.0, 14000.0, 16000.0, 18000.0, 20000.0, 22000.0, 25000.0, 28000.0,
+    32000.0,
 ];
 
 /// A rung passes with p99 under this.
@@ -148,7 +150,8 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, repo: &Path, quick: bool) -> 
     let server_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let server = server_rt.block_on(Server::start(config))?;
     let ours = Target::new("edge node", server.http_addr(), &bodies, answered_locally);
-    let (status, body) = Conn::connect(ours.addr)?.round_trip(&ours.requests[0]).map(|(s, b)| (s, b.to_vec()))?;
+    let (status, body) =
+        Conn::connect(ours.addr)?.round_trip(&ours.requests[0]).map(|(s, b)| (s, b.to_vec()))?;
     if status != 200 || !answered_locally(&body) {
         bail!("the node did not answer locally: {status} {}", String::from_utf8_lossy(&body));
     }
@@ -281,6 +284,16 @@ fn drive_ladder(target: &Target<'_>, step: Duration) -> anyhow::Result<Ladder> {
     drive(target, LADDER[0], Duration::from_millis(500))?;
     for (n, &rate) in LADDER.iter().enumerate() {
         let mut rung = drive(target, rate, step)?;
+        if !rung.passes() && rate > MODERATE_RPS {
+            // This machine is shared: one stall elsewhere can push a rung's p99 over the
+            // limit. A rate fails only when it fails twice running.
+            let (p99, errors) = (rung.p(0.99), rung.errors);
+            eprintln!(
+                "{}: {rate} rps: p99 {p99:.0} us, {errors} errors; trying this rate again",
+                target.name
+            );
+            rung = drive(target, rate, step)?;
+        }
         let passes = rung.passes();
         let (p50, p99) = (rung.p(0.5), rung.p(0.99));
         eprintln!(

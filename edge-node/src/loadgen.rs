@@ -197,7 +197,8 @@ pub fn drive(load: &Load<'_>) -> anyhow::Result<Measured> {
                 let tasks: Vec<_> = conns
                     .into_iter()
                     .map(|stream| {
-                        let worker = Worker { addr, stream: Some(stream), buf: Vec::with_capacity(16 * 1024) };
+                        let worker =
+                            Worker { addr, stream: Some(stream), buf: Vec::with_capacity(16 * 1024) };
                         tokio::spawn(worker.run(queue.clone(), requests.clone(), timeout, accept))
                     })
                     .collect();

@@ -134,6 +134,9 @@ async fn rate_limited_429_queue_full_503_and_plugin_timeout_500() {
     let slow = tokio::spawn(async move { post(&c2, addr, "hostile", &slow_body).await });
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let full = post(&c, addr, "hostile", &looping("ok")).await;
+    // Answered while the plugin still loops: a plugin that runs to its deadline holds its
+    // own request, not the node.
+    assert!(!slow.is_finished(), "the node answered nothing while a plugin looped");
     assert_eq!(full.status, 503, "{}", full.body);
     assert_eq!(full.retry_after, Some(1));
     assert!(full.body["error"].as_str().unwrap().contains("queue is full"));
