@@ -1,7 +1,7 @@
 //! `edge-node bench edge`: a whole edge node over HTTP, under open-loop load.
 //!
-//! Starts a node in-process (no upstream) with the reference `edge_int8` model and the
-//! `examples/mnist-classifier` plugin, threshold 0 so every request is answered locally, and
+//! Starts a node as an `edge-node serve` process (no upstream) with the reference `edge_int8`
+//! model and the `examples/mnist-classifier` plugin, threshold 0 so every request is answered locally, and
 //! `cache_ttl_s = 0` so the cache never answers (the inputs also cycle through 2000 distinct
 //! test images, so no two identical requests are in flight together and none coalesce).
 //!
@@ -23,7 +23,11 @@
 //! - with the peer (`tools/kserve_peer.py`: onnxruntime, one thread, behind starlette on
 //!   uvicorn, same KServe v2 JSON) driven by the same generator and ladder:
 //!   `edge.peer.p50_us`, `edge.peer.p99_us`, `edge.peer.max_rps` and
-//!   `edge.speedup_vs_python_ort.max_rps` (ours / peer).
+//!   `edge.speedup_vs_python_ort.max_rps` (ours / peer);
+//! - CPU time per request, both servers at the same rate ([`CPU_RPS`]), from each process's
+//!   user + system time in `/proc` (Linux): `edge.local.cpu_us_per_request`,
+//!   `edge.peer.cpu_us_per_request` and `edge.ratio_ours_over_python_ort.cpu_us_per_request`.
+//!   Unlike `max_rps`, this does not depend on how many cores each server gets to use.
 //!
 //! The generator runs in this process and shares the machine's cores with the server under
 //! test, so on a small machine both max rates are partly the generator's limit; and the
@@ -40,14 +44,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use cascade_runtime::guest_build::sha256_hex;
 use cascade_runtime::{
-    Digits, PluginLimits, PluginSpec, ReferenceModel, Sandbox, SandboxConfig, Split, TractBackend, config,
+    Digits, PluginLimits, PluginSpec, ReferenceModel, Sandbox, SandboxConfig, Split, TractBackend,
 };
 use serde_json::json;
 
 use crate::deployment::NodeToml;
+use crate::deployment::{NodeProcess, free_tcp_port};
 use crate::figures::{Figures, median, percentile};
 use crate::loadgen::{self, Conn, Load};
-use crate::serve::Server;
 
 /// The rate at which the latency figures are taken: well under either server's limit.
 pub const MODERATE_RPS: f64 = 500.0;
@@ -59,6 +63,10 @@ const LADDER: [f64; 25] = [
     9000.0, 10000.0, 11000.0, 12000.0, 14000.0, 16000.0, 18000.0, 20000.0, 22000.0, 25000.0, 28000.0,
     32000.0,
 ];
+
+/// The rate at which both servers' CPU time per request is taken: a rung of the ladder
+/// that both pass here.
+pub const CPU_RPS: f64 = 5000.0;
 
 /// A rung passes with p99 under this.
 const P99_LIMIT_US: f64 = 5000.0;
@@ -81,6 +89,8 @@ struct Rung {
     rate: f64,
     latencies_us: Vec<f64>,
     errors: usize,
+    /// The server process's CPU time over the rung, where `/proc` tells.
+    cpu: Option<Duration>,
 }
 
 impl Rung {
@@ -98,12 +108,16 @@ struct Ladder {
     moderate: Option<Rung>,
     max_rps: f64,
     top_passed: bool,
+    /// CPU time per answered request at [`CPU_RPS`], in microseconds.
+    cpu_us_per_request: Option<f64>,
 }
 
 /// One server under test, as the generator sees it.
 struct Target<'a> {
     name: &'a str,
     addr: SocketAddr,
+    /// The server's process id.
+    pid: u32,
     /// Every request body, encoded for this server.
     requests: Arc<Vec<Vec<u8>>>,
     /// Whether a reply body counts: for our node, it must say it was answered here and
@@ -112,9 +126,15 @@ struct Target<'a> {
 }
 
 impl<'a> Target<'a> {
-    fn new(name: &'a str, addr: SocketAddr, bodies: &[Vec<u8>], accept: fn(&[u8]) -> bool) -> Target<'a> {
+    fn new(
+        name: &'a str,
+        addr: SocketAddr,
+        pid: u32,
+        bodies: &[Vec<u8>],
+        accept: fn(&[u8]) -> bool,
+    ) -> Target<'a> {
         let requests = bodies.iter().map(|b| loadgen::post_json(addr, INFER_PATH, b)).collect();
-        Target { name, addr, requests: Arc::new(requests), accept }
+        Target { name, addr, pid, requests: Arc::new(requests), accept }
     }
 }
 
@@ -133,8 +153,8 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, repo: &Path, quick: bool) -> 
     let wasm = dir.path().join("mnist-classifier.wasm");
     let built = crate::plugin_cmd::build(plugin_crate, &wasm, None)?;
     let model = ReferenceModel::EdgeInt8.path(models_dir);
-    let config_file = node_config(&model, &wasm).write(dir.path())?;
-    let config = config::load(&config_file)?.resolve()?;
+    let port = free_tcp_port()?;
+    let config_file = node_config(&model, &wasm).http(format!("127.0.0.1:{port}")).write(dir.path())?;
 
     let bodies = (0..BODIES.min(test.len()))
         .map(|i| {
@@ -146,10 +166,14 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, repo: &Path, quick: bool) -> 
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    // The node gets a runtime of its own; the generator runs on threads of its own.
-    let server_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let server = server_rt.block_on(Server::start(config))?;
-    let ours = Target::new("edge node", server.http_addr(), &bodies, answered_locally);
+    // The node runs as its own process, as the peer does, so that each one's CPU time is
+    // its own and the generator's threads are in neither.
+    let mut node = NodeProcess::start("bench-edge", &config_file, dir.path())?;
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    if let Err(e) = wait_ready(addr, "edge node", || node.exited()) {
+        bail!("{e:#}; its log ends:\n{}", node.log_tail());
+    }
+    let ours = Target::new("edge node", addr, node.id(), &bodies, answered_locally);
     let (status, body) =
         Conn::connect(ours.addr)?.round_trip(&ours.requests[0]).map(|(s, b)| (s, b.to_vec()))?;
     if status != 200 || !answered_locally(&body) {
@@ -173,20 +197,29 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, repo: &Path, quick: bool) -> 
     if ladder.top_passed {
         eprintln!("note: the node passed the ladder's top rung; edge.local.max_rps is a lower bound");
     }
-    server_rt.block_on(server.shutdown())?;
-    drop(server_rt);
+    if let Some(cpu) = ladder.cpu_us_per_request {
+        figures.push("edge.local.cpu_us_per_request", cpu, "us");
+    }
+    node.kill();
 
     match Peer::start(repo, &model)? {
         None => {}
-        Some(peer) => {
-            peer.wait_ready()?;
-            let target = Target::new("python onnxruntime peer", peer.addr, &bodies, |_| true);
+        Some(mut peer) => {
+            wait_ready(peer.addr, "python peer", || peer.child.try_wait().ok().flatten())?;
+            let target =
+                Target::new("python onnxruntime peer", peer.addr, peer.child.id(), &bodies, |_| true);
             let mut theirs = drive_ladder(&target, step)?;
             if let Some(m) = theirs.moderate.as_mut() {
                 figures.push("edge.peer.p50_us", m.p(0.5), "us");
                 figures.push("edge.peer.p99_us", m.p(0.99), "us");
             }
             figures.push("edge.peer.max_rps", theirs.max_rps, "items_per_s");
+            if let Some(cpu) = theirs.cpu_us_per_request {
+                figures.push("edge.peer.cpu_us_per_request", cpu, "us");
+                if let Some(ours) = ladder.cpu_us_per_request {
+                    figures.push("edge.ratio_ours_over_python_ort.cpu_us_per_request", ours / cpu, "ratio");
+                }
+            }
             if theirs.max_rps > 0.0 {
                 figures.push("edge.speedup_vs_python_ort.max_rps", ladder.max_rps / theirs.max_rps, "ratio");
             } else {
@@ -279,7 +312,7 @@ fn measure_overhead(
 
 /// Drives `target` up the ladder: every rung up to the moderate rate, then on until one fails.
 fn drive_ladder(target: &Target<'_>, step: Duration) -> anyhow::Result<Ladder> {
-    let mut ladder = Ladder { moderate: None, max_rps: 0.0, top_passed: false };
+    let mut ladder = Ladder { moderate: None, max_rps: 0.0, top_passed: false, cpu_us_per_request: None };
     // Warm the connections and both sides' caches at the lowest rate first.
     drive(target, LADDER[0], Duration::from_millis(500))?;
     for (n, &rate) in LADDER.iter().enumerate() {
@@ -307,6 +340,10 @@ fn drive_ladder(target: &Target<'_>, step: Duration) -> anyhow::Result<Ladder> {
             ladder.max_rps = rung.rate;
             ladder.top_passed = n + 1 == LADDER.len();
         }
+        if rate == CPU_RPS && passes {
+            ladder.cpu_us_per_request =
+                rung.cpu.map(|cpu| cpu.as_secs_f64() * 1e6 / rung.latencies_us.len().max(1) as f64);
+        }
         if rate == MODERATE_RPS {
             ladder.moderate = Some(rung);
         }
@@ -320,6 +357,7 @@ fn drive_ladder(target: &Target<'_>, step: Duration) -> anyhow::Result<Ladder> {
 /// One rung: `rate × duration` requests sent on schedule, then every answer awaited (each
 /// bounded by [`REQUEST_TIMEOUT`]).
 fn drive(target: &Target<'_>, rate: f64, duration: Duration) -> anyhow::Result<Rung> {
+    let cpu_before = process_cpu_time(target.pid);
     let measured = loadgen::drive(&Load {
         addr: target.addr,
         requests: &target.requests,
@@ -333,11 +371,64 @@ fn drive(target: &Target<'_>, rate: f64, duration: Duration) -> anyhow::Result<R
     if let Some(e) = &measured.first_error {
         eprintln!("{}: {rate} rps: {} errors, the first: {e}", target.name, measured.errors);
     }
-    Ok(Rung { rate, latencies_us: measured.latencies_us, errors: measured.errors })
+    let cpu =
+        process_cpu_time(target.pid).zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
+    Ok(Rung { rate, latencies_us: measured.latencies_us, errors: measured.errors, cpu })
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Polls `GET /v2/health/ready` until it answers 200, for up to 60 s, or until `exited`
+/// says the server's process ended.
+fn wait_ready<T: std::fmt::Debug>(
+    addr: SocketAddr,
+    name: &str,
+    mut exited: impl FnMut() -> Option<T>,
+) -> anyhow::Result<()> {
+    let ready = loadgen::get(addr, "/v2/health/ready");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Some(status) = exited() {
+            bail!("the {name} exited ({status:?}) before it was ready");
+        }
+        if Conn::connect(addr).and_then(|mut c| Ok(c.round_trip(&ready)?.0 == 200)).unwrap_or(false) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("the {name} was not ready on {addr} within 60 s")
+}
+
+/// User + system CPU time of process `pid` so far, all its threads (exited ones too), from
+/// `/proc/{pid}/stat`; `None` where there is no such file (not Linux).
+fn process_cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu_ticks(&stat).map(|ticks| Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second()))
+}
+
+/// `utime + stime` from a `/proc/{pid}/stat` line, in clock ticks. Fields 14 and 15 count
+/// from the process name, which is in parentheses and may itself hold spaces or `)`.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // `after_name` starts at field 3 (the state).
+    let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
+    let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf reads a system constant; it has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if ticks > 0 {
+            return ticks as f64;
+        }
+    }
+    100.0
 }
 
 /// The Python peer process; killed when dropped.
@@ -371,20 +462,6 @@ impl Peer {
             .with_context(|| format!("starting the python peer with {}", python.display()))?;
         Ok(Some(Peer { child, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)) }))
     }
-
-    /// Polls `/v2/health/ready` for up to 30 s.
-    fn wait_ready(&self) -> anyhow::Result<()> {
-        let ready = loadgen::get(self.addr, "/v2/health/ready");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let ok = Conn::connect(self.addr).and_then(|mut c| Ok(c.round_trip(&ready)?.0 == 200));
-            if ok.unwrap_or(false) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!("the python peer was not ready on {} within 30 s", self.addr)
-    }
 }
 
 impl Drop for Peer {
@@ -397,18 +474,19 @@ impl Drop for Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cascade_runtime::config;
 
     #[test]
     fn a_rung_passes_only_without_errors_and_with_p99_under_the_limit() {
         let fast = || (1..=100).map(|i| i as f64 * 10.0).collect::<Vec<_>>();
-        assert!(Rung { rate: 1.0, latencies_us: fast(), errors: 0 }.passes());
-        assert!(!Rung { rate: 1.0, latencies_us: fast(), errors: 1 }.passes());
-        assert!(!Rung { rate: 1.0, latencies_us: Vec::new(), errors: 0 }.passes());
+        assert!(Rung { rate: 1.0, latencies_us: fast(), errors: 0, cpu: None }.passes());
+        assert!(!Rung { rate: 1.0, latencies_us: fast(), errors: 1, cpu: None }.passes());
+        assert!(!Rung { rate: 1.0, latencies_us: Vec::new(), errors: 0, cpu: None }.passes());
         // 2 of 100 answers over the limit put the p99 over it.
         let mut slow = fast();
         slow[98] = P99_LIMIT_US + 1.0;
         slow[99] = P99_LIMIT_US + 1.0;
-        assert!(!Rung { rate: 1.0, latencies_us: slow, errors: 0 }.passes());
+        assert!(!Rung { rate: 1.0, latencies_us: slow, errors: 0, cpu: None }.passes());
     }
 
     /// The benchmark's premise: no upstream, every answer local, no cache.
@@ -427,6 +505,15 @@ mod tests {
         assert_eq!(route.cache_ttl, Duration::ZERO);
         assert_eq!(route.thresholds, [0.0; 3]);
         assert!(route.rate_limit.is_none());
+    }
+
+    #[test]
+    fn cpu_ticks_are_read_past_a_process_name_with_spaces_and_parentheses() {
+        let stat = "4242 (a (weird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 731 269 0 0 20 0 3 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(1000));
+        assert_eq!(parse_cpu_ticks("4242 (short) S 1"), None);
+        let own = process_cpu_time(std::process::id());
+        assert!(cfg!(not(target_os = "linux")) || own.is_some());
     }
 
     #[test]

@@ -285,6 +285,16 @@ impl NodeProcess {
         bail!("the {} node was not ready after 60 s:\n{}", self.name, self.log_tail())
     }
 
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How the process ended, if it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Kills the process at once (SIGKILL: no draining), as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
