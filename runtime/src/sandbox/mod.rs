@@ -1,8 +1,8 @@
 //! The wasmtime sandbox that runs guest plugins, one fresh isolated instance per request.
 //!
 //! A [`Sandbox`] owns one wasmtime engine (component model, pooling allocator,
-//! copy-on-write memory images, epoch interruption with one ticker thread), the node's
-//! pinned models, and the loaded plugins. Loading a plugin checks its sha256 and the
+//! copy-on-write memory images, epoch interruption with one ticker thread that parks while
+//! no guest runs), the node's pinned models, and the loaded plugins. Loading a plugin checks its sha256 and the
 //! digests of the models it may call, compiles it once and pre-links it (`InstancePre`).
 //! Each request then gets its own store and instance from the pool, so nothing a guest does
 //! survives the request and nothing it does can reach another request.
@@ -36,15 +36,15 @@ mod config;
 mod error;
 mod inference;
 mod logging;
+mod ticker;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
@@ -53,6 +53,7 @@ use wasmtime::{
 use self::bindings::cascade::plugin::types as wit;
 use self::bindings::{Plugin, PluginPre};
 pub use self::error::{ErrorKind, GuestError, LoadError, RequestError};
+use self::ticker::{Alive, EpochTicker};
 use crate::backend::{Backend, PreparedModel};
 use crate::guest_build::sha256_hex;
 use crate::tensor::{DType, Tensor};
@@ -286,17 +287,7 @@ struct Inner {
     versions: AtomicU64,
     ok: AtomicU64,
     errors: [AtomicU64; ErrorKind::ALL.len()],
-    ticker: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some((stop, handle)) = self.ticker.get_mut().take() {
-            stop.store(true, Ordering::Relaxed);
-            // The ticker wakes every tick, so this returns within one tick.
-            let _ = handle.join();
-        }
-    }
+    ticker: EpochTicker,
 }
 
 /// Runs guest plugins in isolated wasmtime instances. Cheap to clone and share across
@@ -349,19 +340,8 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(engine_err)?;
 
-        let stop = Arc::new(AtomicBool::new(false));
-        let ticker = {
-            let (engine, stop, tick) = (engine.clone(), stop.clone(), config.epoch_tick);
-            std::thread::Builder::new()
-                .name("sandbox-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(tick);
-                        engine.increment_epoch();
-                    }
-                })
-                .map_err(|e| LoadError::Engine(format!("cannot start the epoch ticker: {e}")))?
-        };
+        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)
+            .map_err(|e| LoadError::Engine(format!("cannot start the epoch ticker: {e}")))?;
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 engine,
@@ -372,7 +352,7 @@ impl Sandbox {
                 versions: AtomicU64::new(0),
                 ok: AtomicU64::new(0),
                 errors: Default::default(),
-                ticker: Mutex::new(Some((stop, ticker))),
+                ticker,
             }),
         })
     }
@@ -485,6 +465,8 @@ impl Sandbox {
             .ok_or_else(|| RequestError::UnknownPlugin { plugin: name.to_string() })?;
         let state =
             HostState { plugin: plugin.clone(), memory_denied: false, violation: None, last_error_log: None };
+        // Before the deadline is set: the ticker must be awake while this guest lives.
+        let alive = self.inner.ticker.alive();
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         let tick = self.inner.config.epoch_tick.as_nanos().max(1);
@@ -496,7 +478,7 @@ impl Sandbox {
             Ok(b) => b,
             Err(e) => return Err(classify(&plugin, store.data(), e, true)),
         };
-        Ok(PluginInstance { sandbox: self.clone(), store, bindings })
+        Ok(PluginInstance { sandbox: self.clone(), store, bindings, _alive: alive })
     }
 
     /// Handles one request on a fresh instance of plugin `name`.
@@ -528,6 +510,7 @@ pub struct PluginInstance {
     sandbox: Sandbox,
     store: Store<HostState>,
     bindings: Plugin,
+    _alive: Alive,
 }
 
 impl std::fmt::Debug for PluginInstance {
