@@ -9,7 +9,10 @@
 //!
 //! Each caller blocks in `run` (the sandbox calls models from blocking threads, never from
 //! the async runtime). A caller is always answered: with its rows, with the batch's error,
-//! or, if the queue is full, at once with an error saying so. A batch of N equals N single
+//! or, if [`BatchSettings::max_waiting`] callers already wait, at once with an error saying
+//! so. A node sets that bound to its admission limit: each admitted request is one
+//! single-threaded guest, which waits on at most one model call at a time, so an admitted
+//! request never finds the queue full. A batch of N equals N single
 //! runs for every backend (the conformance suite checks it), so batching changes no answer beyond
 //! the rounding of the backend's batched kernels.
 //!
@@ -27,7 +30,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::backend::{Backend, BackendError, BackendKind, ModelInfo, PreparedModel, check_inputs};
 use crate::tensor::Tensor;
 
-/// How many rows may wait, in multiples of `max_batch`, before callers are refused at once.
+/// Callers that may wait by default, in multiples of `max_batch`, before more are refused.
 const QUEUE_BATCHES: usize = 16;
 
 /// Batching parameters shared by every model of a [`BatchingBackend`].
@@ -40,6 +43,9 @@ pub struct BatchSettings {
     /// Measure each model at load and batch only up to a size that pays for the handoff to a
     /// batching thread (see [`cheapest_batch`]); off, every model batches up to `max_batch`.
     pub calibrate: bool,
+    /// Most callers waiting for a batch at once; more are refused at once. Default
+    /// `16 × max_batch`.
+    pub max_waiting: usize,
     delay_us: Arc<AtomicU64>,
 }
 
@@ -51,6 +57,7 @@ impl BatchSettings {
             max_batch: max_batch.max(1),
             workers: workers.max(1),
             calibrate: false,
+            max_waiting: max_batch.max(1).saturating_mul(QUEUE_BATCHES),
             delay_us: Arc::new(AtomicU64::new(duration_us(max_delay))),
         }
     }
@@ -58,6 +65,12 @@ impl BatchSettings {
     /// Turns load-time calibration on or off.
     pub fn calibrated(mut self, calibrate: bool) -> BatchSettings {
         self.calibrate = calibrate;
+        self
+    }
+
+    /// At most `callers` wait for a batch at once (at least one).
+    pub fn max_waiting(mut self, callers: usize) -> BatchSettings {
+        self.max_waiting = callers.max(1);
         self
     }
 
@@ -227,6 +240,11 @@ impl BatchedModel {
         self.shared.max_batch
     }
 
+    /// Callers waiting for a batch now.
+    pub fn waiting(&self) -> usize {
+        self.shared.queue.lock().waiting.len()
+    }
+
     /// What the batcher has done so far.
     pub fn stats(&self) -> BatchStats {
         *self.shared.stats.lock()
@@ -256,13 +274,13 @@ impl PreparedModel for BatchedModel {
         let (reply, answer) = mpsc::sync_channel(1);
         {
             let mut queue = shared.queue.lock();
-            let limit = shared.max_batch * QUEUE_BATCHES;
-            if queue.rows + rows > limit {
+            let limit = shared.settings.max_waiting;
+            if queue.waiting.len() >= limit {
                 drop(queue);
                 shared.stats.lock().refused += 1;
                 return Err(BackendError::Run {
                     model: shared.model.info().name.clone(),
-                    why: format!("batch queue full ({limit} rows waiting)"),
+                    why: format!("batch queue full ({limit} callers waiting)"),
                 });
             }
             queue.rows += rows;
@@ -550,6 +568,35 @@ mod tests {
         assert_eq!(stats.rows, n as u64);
         assert!(stats.largest > 1, "48 concurrent callers never shared a batch: {stats:?}");
         assert!(stats.largest <= 16, "a batch exceeded max_batch: {stats:?}");
+    }
+
+    /// Beyond `max_waiting`, a caller is refused at once, saying why; those waiting are
+    /// still answered.
+    #[test]
+    fn a_full_queue_refuses_at_once_and_still_answers_the_waiting() {
+        let settings = BatchSettings::new(16, Duration::from_secs(2), 1).max_waiting(2);
+        let batched = Arc::new(BatchedModel::new(edge_model(), settings, None).unwrap());
+        let input = Tensor::from_f32(vec![1, 1, 28, 28], &[0.0; 784]).unwrap();
+        std::thread::scope(|s| {
+            let waiting: Vec<_> = (0..2)
+                .map(|_| {
+                    let (batched, input) = (batched.clone(), input.clone());
+                    s.spawn(move || batched.run(&[input]))
+                })
+                .collect();
+            let start = Instant::now();
+            while batched.waiting() < 2 {
+                assert!(start.elapsed() < Duration::from_secs(10), "the callers never queued");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let refused = batched.run(&[input.clone()]).unwrap_err().to_string();
+            assert!(refused.contains("batch queue full (2 callers waiting)"), "{refused}");
+            for w in waiting {
+                assert_eq!(w.join().unwrap().unwrap()[0].shape(), &[1, 10]);
+            }
+        });
+        let stats = batched.stats();
+        assert_eq!((stats.refused, stats.rows, stats.batches), (1, 2, 1));
     }
 
     #[test]

@@ -269,11 +269,16 @@ impl Node {
         };
         let tract: Arc<dyn Backend> = Arc::new(TractBackend::new());
         // One pool of batching threads per model; each runs one batch at a time, so as many
-        // as there are cores keep them all busy.
+        // as there are cores keep them all busy. Every admitted request may wait on a model
+        // at once, so the queue holds them all: the batcher never refuses an admitted one.
         let batching = settings.batching.map(|b| {
             let cores = std::thread::available_parallelism().map_or(1, usize::from);
-            BatchSettings::new(usize::try_from(b.max_batch).unwrap_or(usize::MAX), b.max_delay, cores)
-                .calibrated(b.calibrate)
+            let admitted = usize::try_from(settings.max_in_flight).unwrap_or(usize::MAX);
+            let batch =
+                BatchSettings::new(usize::try_from(b.max_batch).unwrap_or(usize::MAX), b.max_delay, cores)
+                    .calibrated(b.calibrate);
+            let max_waiting = batch.max_waiting.max(admitted);
+            batch.max_waiting(max_waiting)
         });
         let batched = |backend: Arc<dyn Backend>| -> Arc<dyn Backend> {
             match &batching {
