@@ -589,7 +589,7 @@ mod tests {
                 assert!(start.elapsed() < Duration::from_secs(10), "the callers never queued");
                 std::thread::sleep(Duration::from_millis(1));
             }
-            let refused = batched.run(&[input.clone()]).unwrap_err().to_string();
+            let refused = batched.run(std::slice::from_ref(&input)).unwrap_err().to_string();
             assert!(refused.contains("batch queue full (2 callers waiting)"), "{refused}");
             for w in waiting {
                 assert_eq!(w.join().unwrap().unwrap()[0].shape(), &[1, 10]);
