@@ -4,6 +4,10 @@
 //! A tensor is `{"name", "datatype", "shape", "data"}`, `data` flat or nested row-major.
 //! Numbers are read straight into a flat list ([`Numbers`]), never into a `serde_json::Value`
 //! per element. Every error names the field, such as `inputs[0].data[3]`.
+//!
+//! With the binary tensor data extension (KServe's and Triton's clients use it by default),
+//! a tensor's elements are not in `data` but raw, little-endian and row-major, after the
+//! JSON, as [`Tensor::data`] holds them; [`TensorFields::binary`] carries them in.
 
 use serde_json::{Value, json};
 
@@ -21,6 +25,8 @@ pub struct TensorFields<'a> {
     pub datatype: Option<&'a Value>,
     /// `data`, flattened.
     pub data: Option<Numbers>,
+    /// The tensor's raw bytes, when they came after the JSON (`parameters.binary_data_size`).
+    pub binary: Option<&'a [u8]>,
 }
 
 impl<'a> TensorFields<'a> {
@@ -31,7 +37,13 @@ impl<'a> TensorFields<'a> {
             numbers.flatten_value(d, 0);
             numbers
         });
-        TensorFields { name: t.get("name"), shape: t.get("shape"), datatype: t.get("datatype"), data }
+        TensorFields {
+            name: t.get("name"),
+            shape: t.get("shape"),
+            datatype: t.get("datatype"),
+            data,
+            binary: None,
+        }
     }
 }
 
@@ -62,11 +74,27 @@ pub fn decode_tensor(section: &str, i: usize, t: TensorFields<'_>) -> Result<(St
             f("datatype")
         )
     })?;
+    let count = element_count(&shape).ok_or_else(|| format!("{}: too many elements", f("shape")))?;
+    if let Some(raw) = t.binary {
+        if t.data.is_some() {
+            return Err(format!("{}: given as well as binary data; send one or the other", f("data")));
+        }
+        let expected =
+            count.checked_mul(dtype.size()).ok_or_else(|| format!("{}: too many elements", f("shape")))?;
+        if raw.len() != expected {
+            return Err(format!(
+                "{}: {} bytes, but shape {shape:?} of {datatype} needs {expected}",
+                f("parameters.binary_data_size"),
+                raw.len()
+            ));
+        }
+        let tensor = Tensor::new(dtype, shape, raw.to_vec()).map_err(|e| format!("{section}[{i}]: {e}"))?;
+        return Ok((name.to_owned(), tensor));
+    }
     let data = t.data.ok_or_else(|| format!("{}: missing", f("data")))?;
     if let Some(problem) = data.problem {
         return Err(format!("{}: {problem}", f("data")));
     }
-    let count = element_count(&shape).ok_or_else(|| format!("{}: too many elements", f("shape")))?;
     if data.values.len() != count {
         return Err(format!(
             "{}: {} values for shape {shape:?} ({count} elements)",

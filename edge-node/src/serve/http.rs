@@ -2,13 +2,21 @@
 //!
 //! Errors are `{"error": "..."}` with the status [`ServeError::status`] gives, and
 //! `Retry-After` when admission refused the request.
+//!
+//! Besides JSON tensors, `infer` speaks the protocol's binary tensor data extension, which
+//! KServe's and Triton's client libraries use by default: the request's first
+//! `Inference-Header-Content-Length` bytes are the JSON, and each input with
+//! `parameters.binary_data_size` takes that many raw bytes from what follows, in order.
+//! Outputs asked for with `parameters.binary_data` (or all of them, with the request's
+//! `parameters.binary_data_output`) come back the same way. The request's `outputs` list,
+//! if any, picks which outputs are returned.
 
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cascade_runtime::kserve_json::{Numbers, TensorFields, decode_tensor, tensor_values};
@@ -44,13 +52,14 @@ fn serve_error(e: &ServeError) -> Response {
     error(e.status(), e.to_string(), e.retry_after_secs())
 }
 
-async fn live() -> StatusCode {
-    StatusCode::OK
+/// The status says it; the body says it too, for clients that read it (KServe's).
+async fn live() -> Response {
+    axum::Json(json!({ "live": true })).into_response()
 }
 
 /// Ready once the node exists: models are prepared and plugins loaded before it is built.
-async fn ready() -> StatusCode {
-    StatusCode::OK
+async fn ready() -> Response {
+    axum::Json(json!({ "ready": true })).into_response()
 }
 
 async fn server_metadata(State(current): State<CurrentNode>) -> Response {
@@ -118,7 +127,7 @@ async fn model_metadata(State(current): State<CurrentNode>, Path(route): Path<St
 async fn model_ready(State(current): State<CurrentNode>, Path(route): Path<String>) -> Response {
     let node = current.get();
     match node.route(&route) {
-        Some(_) => StatusCode::OK.into_response(),
+        Some(_) => axum::Json(json!({ "name": route, "ready": true })).into_response(),
         None => serve_error(&ServeError::UnknownRoute(route)),
     }
 }
@@ -134,28 +143,39 @@ async fn metrics(State(current): State<CurrentNode>) -> Response {
     }
 }
 
-async fn infer(State(current): State<CurrentNode>, Path(route): Path<String>, body: Bytes) -> Response {
+/// The binary tensor data extension's header: how many bytes of the body are JSON.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+async fn infer(
+    State(current): State<CurrentNode>,
+    Path(route): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let node = current.get();
     if node.route(&route).is_none() {
         return serve_error(&ServeError::UnknownRoute(route));
     }
-    let request = match parse_request(&body) {
+    let request = match json_length(&headers).and_then(|n| parse_request(&body, n)) {
         Ok(r) => r,
         Err(message) => return error(400, message, None),
     };
     let result = node.infer(&route, request.inputs, request.parameters).await;
     let t = Instant::now();
     let response = match result {
-        Ok(reply) => match response_json(&route, request.id, &reply) {
-            Ok(body) => axum::Json(body).into_response(),
-            Err(why) => {
-                error(500, format!("route `{route}`: the answer cannot be sent as JSON: {why}"), None)
-            }
-        },
+        Ok(reply) => encode_response(&route, request.id, &request.outputs, &reply)
+            .unwrap_or_else(|(status, message)| error(status, message, None)),
         Err(e) => serve_error(&e),
     };
     node.telemetry().stage(Stage::Response, t.elapsed());
     response
+}
+
+/// `Inference-Header-Content-Length`, if sent.
+fn json_length(headers: &HeaderMap) -> Result<Option<usize>, String> {
+    let Some(v) = headers.get(HEADER_LENGTH) else { return Ok(None) };
+    let n = v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok());
+    n.map(Some).ok_or_else(|| format!("{HEADER_LENGTH}: expected a byte count, got {v:?}"))
 }
 
 /// A parsed inference request.
@@ -165,25 +185,54 @@ pub struct InferRequest {
     pub id: Option<String>,
     /// Named input tensors.
     pub inputs: Vec<(String, Tensor)>,
-    /// String-valued parameters.
+    /// String-valued parameters, for the plugin (the binary extension's are not passed on).
     pub parameters: Vec<(String, String)>,
+    /// Which outputs to return, and how.
+    pub outputs: OutputChoice,
 }
 
-/// Parses a KServe v2 JSON inference request; errors name the offending field.
+/// The outputs a request asked for.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct OutputChoice {
+    /// By name, each as binary data or not, in the order asked; empty: every output.
+    pub requested: Vec<(String, bool)>,
+    /// Whether outputs not named (all of them, when none is) go as binary data.
+    pub binary: bool,
+}
+
+/// Parses a KServe v2 inference request; errors name the offending field. `json_length`
+/// is the binary extension's `Inference-Header-Content-Length`: the body's first bytes are
+/// the JSON, the rest the inputs' raw data.
 ///
 /// Well-formed requests take a typed path that reads each tensor's `data` straight into a
 /// flat list of numbers instead of a `serde_json::Value` per element (an allocation and a
 /// match for each of 784 pixels). Anything the typed path refuses is parsed
 /// again as a `Value`, which finds the offending field for the error message.
-pub fn parse_request(body: &[u8]) -> Result<InferRequest, String> {
-    if let Ok(wire) = serde_json::from_slice::<WireRequest>(body) {
+pub fn parse_request(body: &[u8], json_length: Option<usize>) -> Result<InferRequest, String> {
+    let (json, binary) = match json_length {
+        Some(n) if n > body.len() => {
+            return Err(format!("{HEADER_LENGTH}: {n} bytes, but the body has only {}", body.len()));
+        }
+        Some(n) => body.split_at(n),
+        None => (body, &[][..]),
+    };
+    if let Ok(wire) = serde_json::from_slice::<WireRequest>(json) {
         return build_request(
             wire.id.as_ref(),
-            wire.inputs.iter().map(wire_fields),
+            wire.inputs.iter().map(|t| (wire_fields(t), t.parameters.as_ref())),
             wire.parameters.as_ref(),
+            wire.outputs.as_ref(),
+            binary,
         );
     }
-    let value: Value = serde_json::from_slice(body).map_err(|e| format!("body is not valid JSON: {e}"))?;
+    let value: Value = serde_json::from_slice(json).map_err(|e| {
+        let hint = if json_length.is_none() && json.contains(&0) {
+            format!(" (binary data? then send the JSON's length in {HEADER_LENGTH})")
+        } else {
+            String::new()
+        };
+        format!("body is not valid JSON: {e}{hint}")
+    })?;
     let obj = value.as_object().ok_or("body: expected a JSON object")?;
     let inputs = obj.get("inputs").ok_or("inputs: missing")?;
     let inputs = inputs.as_array().ok_or("inputs: expected an array of tensors")?;
@@ -192,10 +241,10 @@ pub fn parse_request(body: &[u8]) -> Result<InferRequest, String> {
         .enumerate()
         .map(|(i, t)| {
             let t = t.as_object().ok_or_else(|| format!("inputs[{i}]: expected an object"))?;
-            Ok(TensorFields::from_object(t))
+            Ok((TensorFields::from_object(t), t.get("parameters")))
         })
         .collect::<Result<Vec<_>, String>>()?;
-    build_request(obj.get("id"), tensors.into_iter(), obj.get("parameters"))
+    build_request(obj.get("id"), tensors.into_iter(), obj.get("parameters"), obj.get("outputs"), binary)
 }
 
 /// A request as the typed path reads it; `data` arrays never become `Value`s.
@@ -206,6 +255,8 @@ struct WireRequest {
     inputs: Vec<WireTensor>,
     #[serde(default)]
     parameters: Option<Value>,
+    #[serde(default)]
+    outputs: Option<Value>,
 }
 
 #[derive(serde::Deserialize)]
@@ -218,6 +269,8 @@ struct WireTensor {
     datatype: Option<Value>,
     #[serde(default)]
     data: Option<Numbers>,
+    #[serde(default)]
+    parameters: Option<Value>,
 }
 
 fn wire_fields(t: &WireTensor) -> TensorFields<'_> {
@@ -226,13 +279,19 @@ fn wire_fields(t: &WireTensor) -> TensorFields<'_> {
         shape: t.shape.as_ref(),
         datatype: t.datatype.as_ref(),
         data: t.data.clone(),
+        binary: None,
     }
 }
 
+/// The request-level parameter asking for every output as binary data.
+const BINARY_OUTPUT: &str = "binary_data_output";
+
 fn build_request<'a>(
     id: Option<&Value>,
-    inputs: impl ExactSizeIterator<Item = TensorFields<'a>>,
+    inputs: impl ExactSizeIterator<Item = (TensorFields<'a>, Option<&'a Value>)>,
     parameters: Option<&Value>,
+    outputs: Option<&Value>,
+    binary: &'a [u8],
 ) -> Result<InferRequest, String> {
     let id = match id {
         None | Some(Value::Null) => None,
@@ -242,29 +301,153 @@ fn build_request<'a>(
     if inputs.len() == 0 {
         return Err("inputs: expected at least one tensor".into());
     }
-    let inputs =
-        inputs.enumerate().map(|(i, t)| decode_tensor("inputs", i, t)).collect::<Result<Vec<_>, _>>()?;
+    let mut rest = binary;
+    let mut tensors = Vec::with_capacity(inputs.len());
+    for (i, (mut t, params)) in inputs.enumerate() {
+        if let Some(size) = binary_data_size(i, params)? {
+            if size > rest.len() {
+                let hint = if binary.is_empty() {
+                    format!(" (send the JSON's length in {HEADER_LENGTH}, then the data)")
+                } else {
+                    String::new()
+                };
+                return Err(format!(
+                    "inputs[{i}].parameters.binary_data_size: {size} bytes, but {} are left after the JSON{hint}",
+                    rest.len()
+                ));
+            }
+            let (mine, after) = rest.split_at(size);
+            t.binary = Some(mine);
+            rest = after;
+        }
+        tensors.push(decode_tensor("inputs", i, t)?);
+    }
+    if !rest.is_empty() {
+        return Err(format!(
+            "body: {} bytes after the JSON are no input's binary data (inputs' binary_data_size add up to {})",
+            rest.len(),
+            binary.len() - rest.len()
+        ));
+    }
+    let binary_default = match parameters.and_then(|p| p.get(BINARY_OUTPUT)) {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(format!("parameters.{BINARY_OUTPUT}: expected true or false")),
+    };
     let parameters = match parameters {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Object(m)) => m
             .iter()
+            .filter(|(k, _)| k.as_str() != BINARY_OUTPUT)
             .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
             .collect(),
         Some(_) => return Err("parameters: expected an object".into()),
     };
-    Ok(InferRequest { id, inputs, parameters })
+    let outputs = output_choice(outputs, binary_default)?;
+    Ok(InferRequest { id, inputs: tensors, parameters, outputs })
 }
 
-/// The response body; an output JSON cannot carry (a NaN) is an error naming it.
-fn response_json(route: &str, id: Option<String>, reply: &Reply) -> Result<Value, String> {
-    let outputs = reply
-        .outputs
+/// An input's `parameters.binary_data_size`, if it has one.
+fn binary_data_size(i: usize, parameters: Option<&Value>) -> Result<Option<usize>, String> {
+    let size = match parameters {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(p)) => p.get("binary_data_size"),
+        Some(_) => return Err(format!("inputs[{i}].parameters: expected an object")),
+    };
+    match size {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().and_then(|n| usize::try_from(n).ok()).map(Some).ok_or_else(|| {
+            format!("inputs[{i}].parameters.binary_data_size: expected a byte count, got {v}")
+        }),
+    }
+}
+
+/// The request's `outputs`: names, and whether each goes as binary data.
+fn output_choice(outputs: Option<&Value>, binary: bool) -> Result<OutputChoice, String> {
+    let requested = match outputs {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let name = o
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| format!("outputs[{i}].name: expected a string"))?;
+                let as_binary = match o.get("parameters").and_then(|p| p.get("binary_data")) {
+                    None | Some(Value::Null) => binary,
+                    Some(Value::Bool(b)) => *b,
+                    Some(_) => {
+                        return Err(format!("outputs[{i}].parameters.binary_data: expected true or false"));
+                    }
+                };
+                Ok((name.to_owned(), as_binary))
+            })
+            .collect::<Result<_, String>>()?,
+        Some(_) => return Err("outputs: expected an array of {\"name\": ...} objects".into()),
+    };
+    Ok(OutputChoice { requested, binary })
+}
+
+/// The answer, as JSON or, when any output goes as binary data, as JSON followed by the
+/// raw bytes. An error is a status and a message.
+fn encode_response(
+    route: &str,
+    id: Option<String>,
+    choice: &OutputChoice,
+    reply: &Reply,
+) -> Result<Response, (u16, String)> {
+    let selected: Vec<(&str, &Tensor, bool)> = if choice.requested.is_empty() {
+        reply.outputs.iter().map(|(n, t)| (n.as_str(), t, choice.binary)).collect()
+    } else {
+        let mut selected = Vec::with_capacity(choice.requested.len());
+        for (i, (name, binary)) in choice.requested.iter().enumerate() {
+            let Some((n, t)) = reply.outputs.iter().find(|(n, _)| n == name) else {
+                let known: Vec<&str> = reply.outputs.iter().map(|(n, _)| n.as_str()).collect();
+                return Err((
+                    400,
+                    format!(
+                        "outputs[{i}].name: route `{route}` has no output `{name}`; it answers with {known:?}"
+                    ),
+                ));
+            };
+            selected.push((n.as_str(), t, *binary));
+        }
+        selected
+    };
+    let mut raw = Vec::new();
+    let outputs = selected
         .iter()
-        .map(|(name, t)| {
-            let data = tensor_values(t).map_err(|why| format!("output `{name}`: {why}"))?;
-            Ok(json!({ "name": name, "datatype": t.dtype().kserve_name(), "shape": t.shape(), "data": data }))
+        .map(|&(name, t, binary)| {
+            let mut out = json!({ "name": name, "datatype": t.dtype().kserve_name(), "shape": t.shape() });
+            if binary {
+                out["parameters"] = json!({ "binary_data_size": t.data().len() });
+                raw.extend_from_slice(t.data());
+            } else {
+                let data = tensor_values(t).map_err(|why| {
+                    (500, format!("route `{route}`: output `{name}` cannot be sent as JSON: {why}"))
+                })?;
+                out["data"] = Value::Array(data);
+            }
+            Ok(out)
         })
-        .collect::<Result<Vec<Value>, String>>()?;
+        .collect::<Result<Vec<Value>, (u16, String)>>()?;
+    let body = response_json(route, id, outputs, reply);
+    if !selected.iter().any(|&(_, _, binary)| binary) {
+        return Ok(axum::Json(body).into_response());
+    }
+    let mut bytes = serde_json::to_vec(&body).map_err(|e| (500, format!("encoding the answer: {e}")))?;
+    let json_length = bytes.len();
+    bytes.extend_from_slice(&raw);
+    let mut response = bytes.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(HEADER_LENGTH, HeaderValue::from(json_length));
+    Ok(response)
+}
+
+/// The response's JSON: its outputs as given, and the answer's parameters.
+fn response_json(route: &str, id: Option<String>, outputs: Vec<Value>, reply: &Reply) -> Value {
     let mut parameters = Map::new();
     parameters.insert("confidence".into(), json!(reply.confidence));
     parameters.insert("tier".into(), json!(reply.tier));
@@ -284,7 +467,7 @@ fn response_json(route: &str, id: Option<String>, reply: &Reply) -> Result<Value
     if let (Some(id), Some(obj)) = (id, out.as_object_mut()) {
         obj.insert("id".into(), json!(id));
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -295,8 +478,8 @@ mod tests {
     fn nested_and_flat_data_parse_the_same() {
         let flat = br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"UINT8","data":[1,2,3,4]}]}"#;
         let nested = br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"UINT8","data":[[1,2],[3,4]]}]}"#;
-        let a = parse_request(flat).unwrap();
-        let b = parse_request(nested).unwrap();
+        let a = parse_request(flat, None).unwrap();
+        let b = parse_request(nested, None).unwrap();
         assert_eq!(a.inputs, b.inputs);
         assert_eq!(a.inputs[0].1.data(), &[1, 2, 3, 4]);
     }
@@ -310,14 +493,14 @@ mod tests {
             br#"{"inputs":[{"name":"x","shape":[1],"datatype":"UINT8","data":[255]}],"outputs":[{"name":"p"}]}"#,
         ];
         for body in bodies {
-            let typed = parse_request(body).unwrap();
+            let typed = parse_request(body, None).unwrap();
             let wire: WireRequest = serde_json::from_slice(body).unwrap();
             assert!(!wire.inputs.is_empty());
             // The Value path, forced by a body the typed path refuses (a duplicate key).
             let text = std::str::from_utf8(body).unwrap();
             let forced = format!("{{\"inputs\": 1, {}", &text[1..]);
             assert!(serde_json::from_str::<WireRequest>(&forced).is_err());
-            let reparsed = parse_request(forced.as_bytes()).unwrap();
+            let reparsed = parse_request(forced.as_bytes(), None).unwrap();
             assert_eq!(
                 (typed.id, typed.inputs, typed.parameters),
                 (reparsed.id, reparsed.inputs, reparsed.parameters)
@@ -338,7 +521,7 @@ mod tests {
         for (data, expected) in cases {
             let body =
                 format!(r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"UINT8","data":{data}}}]}}"#);
-            let e = parse_request(body.as_bytes()).unwrap_err();
+            let e = parse_request(body.as_bytes(), None).unwrap_err();
             assert!(e.starts_with("inputs[0].data") && e.contains(expected), "{data}: {e}");
         }
     }
@@ -347,14 +530,14 @@ mod tests {
         /// Whatever the bytes, the parser answers with a request or an error, never a panic.
         #[test]
         fn arbitrary_bodies_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
-            let _ = parse_request(&body);
+            let _ = parse_request(&body, None);
         }
 
         /// Well-formed requests come back with exactly the values sent.
         #[test]
         fn well_formed_requests_round_trip(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..64)) {
             let body = json!({ "inputs": [{ "name": "x", "shape": [data.len()], "datatype": "UINT8", "data": data }] });
-            let parsed = parse_request(&serde_json::to_vec(&body).unwrap()).unwrap();
+            let parsed = parse_request(&serde_json::to_vec(&body).unwrap(), None).unwrap();
             proptest::prop_assert_eq!(parsed.inputs[0].1.data(), &data[..]);
         }
     }
@@ -373,8 +556,89 @@ mod tests {
             ),
         ];
         for (body, field) in cases {
-            let e = parse_request(body).unwrap_err();
+            let e = parse_request(body, None).unwrap_err();
             assert!(e.contains(field), "{e:?} should name {field}");
+        }
+    }
+
+    /// A JSON header, then the raw bytes of the inputs that say how many they take.
+    fn binary_body(json: &Value, raw: &[u8]) -> (Vec<u8>, usize) {
+        let mut body = serde_json::to_vec(json).unwrap();
+        let n = body.len();
+        body.extend_from_slice(raw);
+        (body, n)
+    }
+
+    #[test]
+    fn binary_inputs_are_read_after_the_json_in_order() {
+        let floats: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let json = json!({
+            "inputs": [
+                { "name": "a", "shape": [2], "datatype": "FP32", "parameters": { "binary_data_size": 8 } },
+                { "name": "b", "shape": [3], "datatype": "UINT8", "data": [7, 8, 9] },
+                { "name": "c", "shape": [1, 3], "datatype": "INT8", "parameters": { "binary_data_size": 3 } },
+            ],
+            "parameters": { "binary_data_output": true, "k": "v" },
+            "outputs": [{ "name": "p" }, { "name": "q", "parameters": { "binary_data": false } }],
+        });
+        let raw = [&floats[..], &[0xff, 0x01, 0x80]].concat();
+        let (body, n) = binary_body(&json, &raw);
+        for body in [body.clone(), [&body[..n], b" ", &body[n..]].concat()] {
+            let r = parse_request(&body, Some(body.len() - raw.len())).unwrap();
+            assert_eq!(r.inputs[0].1, Tensor::from_f32(vec![2], &[1.5, -2.0]).unwrap());
+            assert_eq!(r.inputs[1].1.data(), &[7, 8, 9]);
+            assert_eq!((r.inputs[2].1.shape(), r.inputs[2].1.data()), (&[1, 3][..], &[0xff, 0x01, 0x80][..]));
+            // The extension's own parameter is not the plugin's.
+            assert_eq!(r.parameters, vec![("k".to_string(), "v".to_string())]);
+            let expected = vec![("p".to_string(), true), ("q".to_string(), false)];
+            assert_eq!(r.outputs, OutputChoice { requested: expected, binary: true });
+        }
+    }
+
+    #[test]
+    fn binary_framing_errors_name_what_is_wrong() {
+        let tensor = |size: Value| json!({ "inputs": [{ "name": "a", "shape": [2], "datatype": "FP32", "parameters": { "binary_data_size": size } }] });
+        let cases: [(Vec<u8>, Option<usize>, &str); 7] = [
+            (binary_body(&tensor(json!(8)), &[0; 4]).0, Some(binary_body(&tensor(json!(8)), &[]).1), "but 4 are left"),
+            (binary_body(&tensor(json!(4)), &[0; 4]).0, Some(binary_body(&tensor(json!(4)), &[]).1), "needs 8"),
+            (binary_body(&tensor(json!(8)), &[0; 12]).0, Some(binary_body(&tensor(json!(8)), &[]).1), "4 bytes after the JSON"),
+            (binary_body(&tensor(json!(-1)), &[]).0, None, "binary_data_size: expected a byte count"),
+            (binary_body(&tensor(json!(8)), &[]).0, None, "Inference-Header-Content-Length"),
+            (b"{}".to_vec(), Some(3), "the body has only 2"),
+            (
+                serde_json::to_vec(&json!({ "inputs": [{ "name": "a", "shape": [1], "datatype": "UINT8", "data": [1], "parameters": { "binary_data_size": 1 } }] })).unwrap()
+                    .into_iter().chain([1]).collect(),
+                None,
+                "body is not valid JSON",
+            ),
+        ];
+        for (body, n, expected) in cases {
+            let e = parse_request(&body, n).unwrap_err();
+            assert!(e.to_lowercase().contains(&expected.to_lowercase()), "{e:?} should say {expected:?}");
+        }
+        let both = json!({ "inputs": [{ "name": "a", "shape": [1], "datatype": "UINT8", "data": [1], "parameters": { "binary_data_size": 1 } }] });
+        let (body, n) = binary_body(&both, &[1]);
+        assert!(
+            parse_request(&body, Some(n))
+                .unwrap_err()
+                .contains("inputs[0].data: given as well as binary data")
+        );
+        let bad_choice = json!({ "inputs": [{ "name": "a", "shape": [1], "datatype": "UINT8", "data": [1] }], "outputs": [{ "name": 3 }] });
+        assert!(
+            parse_request(&serde_json::to_vec(&bad_choice).unwrap(), None)
+                .unwrap_err()
+                .contains("outputs[0].name")
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes and the header length, an answer or an error, never a panic.
+        #[test]
+        fn arbitrary_binary_bodies_never_panic(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            n in 0usize..300,
+        ) {
+            let _ = parse_request(&body, Some(n));
         }
     }
 

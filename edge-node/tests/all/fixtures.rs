@@ -2,7 +2,8 @@
 //! node configs, and an HTTP client.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use cascade_runtime::config::{self, ResolvedConfig};
@@ -274,5 +275,28 @@ pub(crate) fn assert_close(a: &[f32], b: &[f32]) {
     assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(b) {
         assert!((x - y).abs() < 1e-4, "{a:?} vs {b:?}");
+    }
+}
+
+/// The repository's root.
+pub(crate) fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The venv's python if it can run the server; otherwise why not.
+pub(crate) fn kserve_python() -> Result<PathBuf, String> {
+    let python = repo().join("target/peer-venv/bin/python");
+    if !python.exists() {
+        return Err(format!("{} is missing; run tools/setup.sh", python.display()));
+    }
+    let probe = Command::new(&python).args(["-c", "import kserve, onnxruntime"]).output();
+    match probe {
+        Ok(out) if out.status.success() => Ok(python),
+        Ok(out) => Err(format!(
+            "{} cannot import kserve and onnxruntime ({}); run tools/setup.sh",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("cannot run {}: {e}", python.display())),
     }
 }

@@ -12,30 +12,9 @@ use edge_node::serve::Server;
 use serde_json::json;
 
 use crate::fixtures::{
-    client, digits, edge_toml, get_text, hard_images, image_body, metric, output_values, post, resolve,
+    client, digits, edge_toml, get_text, hard_images, image_body, kserve_python, metric, output_values, post,
+    repo, resolve,
 };
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The venv's python if it can run the server; otherwise why not.
-fn kserve_python() -> Result<PathBuf, String> {
-    let python = repo().join("target/peer-venv/bin/python");
-    if !python.exists() {
-        return Err(format!("{} is missing; run tools/setup.sh", python.display()));
-    }
-    let probe = Command::new(&python).args(["-c", "import kserve, onnxruntime"]).output();
-    match probe {
-        Ok(out) if out.status.success() => Ok(python),
-        Ok(out) => Err(format!(
-            "{} cannot import kserve and onnxruntime ({}); run tools/setup.sh",
-            python.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(e) => Err(format!("cannot run {}: {e}", python.display())),
-    }
-}
 
 /// A KServe model server serving the central model as `central`, killed on drop.
 struct KserveServer {

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod fixtures;
+mod kserve_clients;
 mod kserve_upstream;
 mod serve;
 mod tiers;
