@@ -20,6 +20,8 @@
 //! - `edge.overhead_us.p50`: one request at a time over HTTP minus the same request handed
 //!   straight to an in-process sandbox holding the same plugin and model, alternated in the
 //!   same run; the difference of the medians is what HTTP, admission, cache and policy add;
+//!   `edge.binary.overhead_us.p50` is the same with the image as binary tensor data (the
+//!   extension KServe's clients use by default) instead of 784 JSON numbers;
 //! - with the peer (`tools/kserve_peer.py`: onnxruntime, one thread, behind starlette on
 //!   uvicorn, same KServe v2 JSON) driven by the same generator and ladder:
 //!   `edge.peer.p50_us`, `edge.peer.p99_us`, `edge.peer.max_rps` and
@@ -182,11 +184,16 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, repo: &Path, quick: bool) -> 
 
     let mut figures = Figures::default();
     let overhead = measure_overhead(&ours, &test, &model, &wasm, &built.sha256, overhead_samples)?;
-    figures.push("edge.overhead_us.p50", overhead.0 - overhead.1, "us");
-    figures.push("edge.http_sequential_us.p50", overhead.0, "us");
-    figures.push("edge.sandbox_direct_us.p50", overhead.1, "us");
-    figures.push("edge.http_floor_us.p50", overhead.2, "us");
-    figures.push("edge.overhead_beyond_http_floor_us.p50", overhead.0 - overhead.1 - overhead.2, "us");
+    figures.push("edge.overhead_us.p50", overhead.http - overhead.direct, "us");
+    figures.push("edge.http_sequential_us.p50", overhead.http, "us");
+    figures.push("edge.sandbox_direct_us.p50", overhead.direct, "us");
+    figures.push("edge.http_floor_us.p50", overhead.floor, "us");
+    figures.push(
+        "edge.overhead_beyond_http_floor_us.p50",
+        overhead.http - overhead.direct - overhead.floor,
+        "us",
+    );
+    figures.push("edge.binary.overhead_us.p50", overhead.http_binary - overhead.direct, "us");
 
     let mut ladder = drive_ladder(&ours, step)?;
     if let Some(m) = ladder.moderate.as_mut() {
@@ -236,10 +243,23 @@ fn node_config(model: &Path, plugin: &Path) -> NodeToml {
     NodeToml::new("bench-edge", model, plugin).no_cache().fixed_mode()
 }
 
-/// Medians of one request at a time over HTTP, of the same request handed to an in-process
-/// sandbox, and of an empty `GET /v2/health/live` over the same connection (the cost of the
-/// client, the loopback round trip and hyper, with no node work), interleaved so that none
-/// always runs on the warmer cache.
+/// Medians of one request at a time, in microseconds (see [`measure_overhead`]).
+struct Sequential {
+    /// Over HTTP, JSON tensors.
+    http: f64,
+    /// Over HTTP, the same image as binary tensor data.
+    http_binary: f64,
+    /// Handed straight to an in-process sandbox.
+    direct: f64,
+    /// An empty `GET /v2/health/live`.
+    floor: f64,
+}
+
+/// Medians of one request at a time over HTTP (with JSON tensors, and with the binary
+/// extension), of the same request handed to an in-process sandbox, and of an empty
+/// `GET /v2/health/live` over the same connection (the cost of the client, the loopback round
+/// trip and hyper, with no node work), taken in turn so that none always runs on the warmer
+/// cache.
 fn measure_overhead(
     target: &Target<'_>,
     test: &Digits,
@@ -247,7 +267,7 @@ fn measure_overhead(
     wasm: &Path,
     plugin_sha: &str,
     samples: usize,
-) -> anyhow::Result<(f64, f64, f64)> {
+) -> anyhow::Result<Sequential> {
     let sandbox = Sandbox::new(SandboxConfig::default())?;
     let model_sha =
         sha256_hex(&std::fs::read(model).with_context(|| format!("reading {}", model.display()))?);
@@ -263,6 +283,15 @@ fn measure_overhead(
     })?;
     let n = target.requests.len();
     let requests = crate::bench_sandbox::digit_requests(test, n)?;
+    let binary: Vec<Vec<u8>> = (0..n)
+        .map(|i| -> anyhow::Result<Vec<u8>> {
+            let header = json!({
+                "id": format!("img-{i}"),
+                "inputs": [{ "name": "image", "shape": [28, 28], "datatype": "UINT8", "parameters": { "binary_data_size": 784 } }]
+            });
+            Ok(loadgen::post_binary(target.addr, INFER_PATH, &serde_json::to_vec(&header)?, test.image(i)))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let mut conn = Conn::connect(target.addr)?;
     let live = loadgen::get(target.addr, "/v2/health/live");
     let mut timed = |request: &[u8]| -> anyhow::Result<f64> {
@@ -280,34 +309,30 @@ fn measure_overhead(
         Ok(start.elapsed().as_secs_f64() * 1e6)
     };
     eprintln!("overhead: warming up, then {samples} requests each way ...");
-    for i in 0..200 {
-        timed(&target.requests[i % n])?;
-        direct(i % n)?;
-        timed(&live)?;
-    }
-    let (mut hs, mut ds, mut fs) =
-        (Vec::with_capacity(samples), Vec::with_capacity(samples), Vec::with_capacity(samples));
-    for k in 0..samples {
+    let mut samples_of = [const { Vec::new() }; 4];
+    for k in 0..200 + samples {
         let i = k % n;
-        match k % 3 {
-            0 => {
-                hs.push(timed(&target.requests[i])?);
-                ds.push(direct(i)?);
-                fs.push(timed(&live)?);
-            }
-            1 => {
-                ds.push(direct(i)?);
-                fs.push(timed(&live)?);
-                hs.push(timed(&target.requests[i])?);
-            }
-            _ => {
-                fs.push(timed(&live)?);
-                hs.push(timed(&target.requests[i])?);
-                ds.push(direct(i)?);
+        // Each of the four starts a round in turn.
+        for j in 0..4 {
+            let way = (k + j) % 4;
+            let us = match way {
+                0 => timed(&target.requests[i])?,
+                1 => timed(&binary[i])?,
+                2 => direct(i)?,
+                _ => timed(&live)?,
+            };
+            if k >= 200 {
+                samples_of[way].push(us);
             }
         }
     }
-    Ok((median(&mut hs), median(&mut ds), median(&mut fs)))
+    let [mut http, mut http_binary, mut direct, mut floor] = samples_of;
+    Ok(Sequential {
+        http: median(&mut http),
+        http_binary: median(&mut http_binary),
+        direct: median(&mut direct),
+        floor: median(&mut floor),
+    })
 }
 
 /// Drives `target` up the ladder: every rung up to the moderate rate, then on until one fails.

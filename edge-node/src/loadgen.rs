@@ -39,6 +39,21 @@ pub fn post_json(addr: SocketAddr, path: &str, body: &[u8]) -> Vec<u8> {
     request
 }
 
+/// A `POST` with the binary tensor data extension: the JSON `header`, then `raw` (the
+/// header's inputs' bytes), and `Inference-Header-Content-Length` saying where one ends.
+pub fn post_binary(addr: SocketAddr, path: &str, header: &[u8], raw: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/octet-stream\r\n\
+         inference-header-content-length: {}\r\ncontent-length: {}\r\n\r\n",
+        header.len(),
+        header.len() + raw.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(header);
+    request.extend_from_slice(raw);
+    request
+}
+
 /// A `GET`, encoded once.
 pub fn get(addr: SocketAddr, path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n\r\n").into_bytes()
