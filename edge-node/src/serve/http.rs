@@ -162,11 +162,13 @@ async fn infer(
     };
     let result = node.infer(&route, request.inputs, request.parameters).await;
     let t = Instant::now();
+    let span = tracing::debug_span!("response", route = %route).entered();
     let response = match result {
         Ok(reply) => encode_response(&route, request.id, &request.outputs, &reply)
             .unwrap_or_else(|(status, message)| error(status, message, None)),
         Err(e) => serve_error(&e),
     };
+    drop(span);
     node.telemetry().stage(Stage::Response, t.elapsed());
     response
 }

@@ -618,7 +618,8 @@ impl Node {
         } else {
             let node = self.clone();
             tokio::task::spawn_blocking(move || {
-                let outcome = node.sandbox.handle(&plugin, &request);
+                let (outcome, inference) = node.sandbox.handle_timed(&plugin, &request);
+                node.record_inference(inference);
                 (outcome, request)
             })
             .instrument(span)
@@ -663,9 +664,13 @@ impl Node {
             upstream,
             deadline,
         };
-        let decision = self.policy.lock().decide(&input, Instant::now());
+        let decision = {
+            let _span = tracing::debug_span!("policy").entered();
+            let decision = self.policy.lock().decide(&input, Instant::now());
+            tracing::debug!(?decision, "decided");
+            decision
+        };
         self.telemetry.stage(Stage::Policy, t.elapsed());
-        tracing::debug!(?decision, "policy");
 
         let local_reply = |degraded: Option<Degraded>| {
             local.clone().map(|a| Reply {
@@ -713,9 +718,18 @@ impl Node {
     /// `handoff_us` in the node's log).
     fn run_sandbox(&self, plugin: &str, request: &Request) -> Result<Outcome, cascade_runtime::RequestError> {
         let spare_workers = tokio::runtime::Handle::current().metrics().num_workers().saturating_sub(1);
-        match InlineSlot::take(spare_workers) {
-            Some(_slot) => self.sandbox.handle(plugin, request),
-            None => tokio::task::block_in_place(|| self.sandbox.handle(plugin, request)),
+        let (outcome, inference) = match InlineSlot::take(spare_workers) {
+            Some(_slot) => self.sandbox.handle_timed(plugin, request),
+            None => tokio::task::block_in_place(|| self.sandbox.handle_timed(plugin, request)),
+        };
+        self.record_inference(inference);
+        outcome
+    }
+
+    /// The plugin's model calls, inside its sandbox stage (none if it made none).
+    fn record_inference(&self, took: Duration) {
+        if !took.is_zero() {
+            self.telemetry.stage(Stage::Inference, took);
         }
     }
 

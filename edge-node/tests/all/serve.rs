@@ -55,6 +55,14 @@ async fn local_answer_then_cache_hit() {
     let (status, metrics) = get_text(&c, addr, "/metrics").await;
     assert_eq!(status, 200);
     assert_eq!(metric(&metrics, "cascade_cache_total{", &["status=\"hit\""]), Some(1.0));
+    // Every handoff is timed: one computed answer (its model call inside the sandbox, its
+    // policy decision), two responses.
+    let stage =
+        |name: &str| metric(&metrics, "cascade_stage_seconds_count{", &[&format!("stage=\"{name}\"")]);
+    assert_eq!(
+        ["sandbox", "inference", "policy", "response"].map(stage),
+        [Some(1.0), Some(1.0), Some(1.0), Some(2.0)]
+    );
     assert_eq!(
         metric(
             &metrics,

@@ -74,7 +74,11 @@ impl Host for HostState {
             self.violation = Some(Violation::ModelNotAllowed(model.clone()));
             return Err(wasmtime::Error::msg(format!("model {model} is not on the allowlist")));
         };
+        let span = tracing::debug_span!("inference", model = %model).entered();
+        let started = std::time::Instant::now();
         let result = run(prepared, inputs);
+        self.inference += started.elapsed();
+        drop(span);
         if let Err(WitError::InvalidTensor(why)) = &result
             && self.violation.is_none()
         {

@@ -213,6 +213,8 @@ pub(crate) struct HostState {
     memory_denied: bool,
     violation: Option<Violation>,
     last_error_log: Option<String>,
+    /// Time spent in model calls so far.
+    inference: Duration,
 }
 
 impl ResourceLimiter for HostState {
@@ -463,8 +465,13 @@ impl Sandbox {
             .get(name)
             .cloned()
             .ok_or_else(|| RequestError::UnknownPlugin { plugin: name.to_string() })?;
-        let state =
-            HostState { plugin: plugin.clone(), memory_denied: false, violation: None, last_error_log: None };
+        let state = HostState {
+            plugin: plugin.clone(),
+            memory_denied: false,
+            violation: None,
+            last_error_log: None,
+            inference: Duration::ZERO,
+        };
         // Before the deadline is set: the ticker must be awake while this guest lives.
         let alive = self.inner.ticker.alive();
         let mut store = Store::new(&self.inner.engine, state);
@@ -483,7 +490,15 @@ impl Sandbox {
 
     /// Handles one request on a fresh instance of plugin `name`.
     pub fn handle(&self, name: &str, request: &Request) -> Result<Outcome, RequestError> {
-        self.instantiate(name)?.call(request)
+        self.handle_timed(name, request).0
+    }
+
+    /// [`Sandbox::handle`], and how long the plugin's model calls took together.
+    pub fn handle_timed(&self, name: &str, request: &Request) -> (Result<Outcome, RequestError>, Duration) {
+        match self.instantiate(name) {
+            Ok(instance) => instance.call_timed(request),
+            Err(e) => (Err(e), Duration::ZERO),
+        }
     }
 
     /// Counters of outcomes and errors by kind.
@@ -523,10 +538,15 @@ impl std::fmt::Debug for PluginInstance {
 impl PluginInstance {
     /// Runs the plugin's `handle` on `request` and checks its outcome. Consumes the instance:
     /// its memory goes back to the pool.
-    pub fn call(mut self, request: &Request) -> Result<Outcome, RequestError> {
+    pub fn call(self, request: &Request) -> Result<Outcome, RequestError> {
+        self.call_timed(request).0
+    }
+
+    /// [`PluginInstance::call`], and how long the plugin's model calls took together.
+    pub fn call_timed(mut self, request: &Request) -> (Result<Outcome, RequestError>, Duration) {
         let result = self.call_inner(request);
         self.sandbox.count(result.as_ref().map(|_| ()).map_err(RequestError::kind));
-        result
+        (result, self.store.data().inference)
     }
 
     fn call_inner(&mut self, request: &Request) -> Result<Outcome, RequestError> {
