@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cascade_runtime::config::{ResolvedConfig, RouteSettings, TensorDecl, UpstreamKind};
@@ -186,28 +186,6 @@ fn weigh(reply: &Reply) -> usize {
 /// back, the next identical request should escalate again.
 fn cacheable(reply: &Reply) -> bool {
     reply.degraded.is_none()
-}
-
-/// Plugins running right on a runtime worker in this process (see [`Node::run_sandbox`]).
-static INLINE_SANDBOXES: AtomicUsize = AtomicUsize::new(0);
-
-/// A place to run a plugin on a runtime worker; given back when dropped.
-struct InlineSlot;
-
-impl InlineSlot {
-    /// Takes a place if fewer than `limit` are taken.
-    fn take(limit: usize) -> Option<InlineSlot> {
-        INLINE_SANDBOXES
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
-            .ok()
-            .map(|_| InlineSlot)
-    }
-}
-
-impl Drop for InlineSlot {
-    fn drop(&mut self) {
-        INLINE_SANDBOXES.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// A serving node: everything a request needs, shared by the HTTP and QUIC listeners.
@@ -708,20 +686,16 @@ impl Node {
     /// Runs a plugin from a worker of a multi-threaded runtime without stalling the
     /// runtime's other tasks for as long as the plugin may run (up to its deadline).
     ///
-    /// The cheapest way is right here, on this worker: no thread hands anything to another.
-    /// That is safe while another worker stays free to run the listeners, timers and
-    /// other requests, so at most `workers - 1` plugins run this way at once ([`InlineSlot`]).
-    /// Beyond that, `block_in_place` runs the plugin here too but first hands this worker's
-    /// other tasks to a fresh thread: one thread wake-up per request (about 12 µs off the
-    /// sequential request's 90 here, in `edge-node bench edge`). A round trip to the
-    /// blocking pool would cost two (the batcher's calibration measures that round trip:
-    /// `handoff_us` in the node's log).
+    /// `block_in_place` runs it right here, after handing this worker's other tasks, and its
+    /// turn at the I/O driver, to another thread: one thread wake-up per request. Running
+    /// the plugin here without the handoff saves about 12 µs of the ~90 µs sequential
+    /// request (`edge-node bench edge`), but tokio does not wake another worker to take over
+    /// the driver, so a plugin looping to its deadline stalled every connection until then
+    /// (the hostile-plugin serve test caught it). A round trip to the blocking pool would
+    /// cost two wake-ups (the batcher's calibration measures that round trip: `handoff_us`
+    /// in the node's log).
     fn run_sandbox(&self, plugin: &str, request: &Request) -> Result<Outcome, cascade_runtime::RequestError> {
-        let spare_workers = tokio::runtime::Handle::current().metrics().num_workers().saturating_sub(1);
-        let (outcome, inference) = match InlineSlot::take(spare_workers) {
-            Some(_slot) => self.sandbox.handle_timed(plugin, request),
-            None => tokio::task::block_in_place(|| self.sandbox.handle_timed(plugin, request)),
-        };
+        let (outcome, inference) = tokio::task::block_in_place(|| self.sandbox.handle_timed(plugin, request));
         self.record_inference(inference);
         outcome
     }

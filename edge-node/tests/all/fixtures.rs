@@ -145,7 +145,7 @@ model = "edge"
 [plugins.hostile]
 path = "{hostile}"
 models = ["edge"]
-deadline_ms = 300
+deadline_ms = 1000
 
 [routes.digits]
 plugin = "mnist"

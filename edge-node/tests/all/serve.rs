@@ -130,7 +130,7 @@ async fn rate_limited_429_queue_full_503_and_plugin_timeout_500() {
     assert!(limited.body["error"].as_str().unwrap().contains("rate limit"));
 
     // `hostile` has one slot and no queue; its `loop` mode holds the slot until the plugin's
-    // 300 ms deadline interrupts it.
+    // 1 s deadline interrupts it.
     let looping = |mode: &str| {
         serde_json::to_vec(&json!({
             "inputs": [{ "name": "x", "shape": [1], "datatype": "UINT8", "data": [0] }],
