@@ -9,7 +9,7 @@ use edge_node::serve::Server;
 use serde_json::{Value, json};
 
 use crate::fixtures::{
-    assert_close, client, digits, edge_toml, get_text, kserve_python, probabilities, repo, resolve,
+    assert_close, client, digits, edge_toml, get_text, kserve_python_or_skip, probabilities, repo, resolve,
 };
 
 /// A POST with the binary extension's header, answered as (status, headers, body bytes).
@@ -114,14 +114,7 @@ async fn binary_tensor_data_in_and_out() {
 /// binary tensors, with JSON tensors, and with one output asked for by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kserve_python_client_works_unchanged() {
-    let python = match kserve_python() {
-        Ok(p) => p,
-        Err(why) if std::env::var_os("CI").is_some() => panic!("CI needs the KServe venv: {why}"),
-        Err(why) => {
-            eprintln!("skipping the KServe client test: {why}");
-            return;
-        }
-    };
+    let Some(python) = kserve_python_or_skip("the KServe client test") else { return };
     let server = Server::start(resolve("client.toml", &edge_toml(0.0, "", None))).await.unwrap();
     let addr = server.http_addr();
     let image = 7;

@@ -12,8 +12,8 @@ use edge_node::serve::Server;
 use serde_json::json;
 
 use crate::fixtures::{
-    client, digits, edge_toml, get_text, hard_images, image_body, kserve_python, metric, output_values, post,
-    repo, resolve,
+    client, digits, edge_toml, get_text, hard_images, image_body, kserve_python_or_skip, metric,
+    output_values, post, repo, resolve,
 };
 
 /// A KServe model server serving the central model as `central`, killed on drop.
@@ -110,14 +110,7 @@ fn argmax(v: &[f32]) -> usize {
 /// locally, degraded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn escalates_to_a_real_kserve_server_and_degrades_when_it_dies() {
-    let python = match kserve_python() {
-        Ok(p) => p,
-        Err(why) if std::env::var_os("CI").is_some() => panic!("CI needs the KServe venv: {why}"),
-        Err(why) => {
-            eprintln!("skipping the KServe upstream test: {why}");
-            return;
-        }
-    };
+    let Some(python) = kserve_python_or_skip("the KServe upstream test") else { return };
     let hard = hard_images(12, 0.85);
     let expected = central_logits(&hard);
     let mut kserve = KserveServer::start(&python).await;
