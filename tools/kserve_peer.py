@@ -2,15 +2,19 @@
 """The Python peer for `edge-node bench edge`: a model served by onnxruntime behind a
 Python ASGI server (starlette on uvicorn), speaking the same KServe v2 JSON as the edge node.
 
-    kserve_peer.py MODEL.onnx PORT
+    kserve_peer.py MODEL.onnx PORT [--exit-with-parent]
 
 Binds 127.0.0.1 only. `POST /v2/models/digits/infer` takes one UINT8 [28, 28] image (the
 node's request body) and answers the softmax of the logits as `probabilities` FP32 [1, 10],
 as the mnist-classifier plugin does. `GET /v2/health/ready` answers 200 once the model is
 loaded. onnxruntime runs on one thread, like the node's tract backend per request.
+With `--exit-with-parent` the server exits once its standard input closes, as it does when
+the bench that started it (holding the pipe's other end) ends, however it ends.
 """
 
+import os
 import sys
+import threading
 
 import numpy as np
 import onnxruntime as ort
@@ -75,11 +79,22 @@ def make_app(model_path: str) -> Starlette:
 
 
 def main() -> None:
-    if len(sys.argv) != 3:
-        sys.exit("usage: kserve_peer.py MODEL.onnx PORT")
-    app = make_app(sys.argv[1])
+    args = sys.argv[1:]
+    exit_with_parent = "--exit-with-parent" in args
+    args = [a for a in args if a != "--exit-with-parent"]
+    if len(args) != 2:
+        sys.exit("usage: kserve_peer.py MODEL.onnx PORT [--exit-with-parent]")
+    if exit_with_parent:
+        threading.Thread(target=exit_when_stdin_closes, daemon=True).start()
+    app = make_app(args[0])
     # One process, one event loop: the usual single-worker deployment of such a server.
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", access_log=False)
+    uvicorn.run(app, host="127.0.0.1", port=int(args[1]), log_level="warning", access_log=False)
+
+
+def exit_when_stdin_closes():
+    while sys.stdin.buffer.read(256):
+        pass
+    os._exit(0)
 
 
 if __name__ == "__main__":

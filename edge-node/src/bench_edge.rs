@@ -481,7 +481,9 @@ impl Peer {
             .arg(repo.join("tools/kserve_peer.py"))
             .arg(model)
             .arg(port.to_string())
-            .stdin(Stdio::null())
+            // It exits when this process, holding the pipe's other end, ends (even killed).
+            .arg("--exit-with-parent")
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
             .with_context(|| format!("starting the python peer with {}", python.display()))?;

@@ -253,15 +253,18 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts this program's `serve` on `config`, logging to `{dir}/{name}.log`.
+    /// Starts this program's `serve` on `config`, logging to `{dir}/{name}.log`. The node's
+    /// standard input is a pipe this process holds: however this process ends, even killed,
+    /// the node sees the pipe close and shuts down (`serve --exit-with-parent`).
     pub fn start(name: &str, config: &Path, dir: &Path) -> anyhow::Result<NodeProcess> {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(std::env::current_exe().context("cannot find this program's path")?)
             .arg("serve")
+            .arg("--exit-with-parent")
             .arg("--config")
             .arg(config)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()

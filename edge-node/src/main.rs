@@ -62,6 +62,11 @@ enum Command {
         /// The node's TOML config.
         #[arg(long)]
         config: PathBuf,
+        /// Shut down (draining) once standard input closes: for a program that starts this
+        /// node as its child (the demo, the benches) and holds the other end of the pipe,
+        /// so the node never outlives it, however it ends.
+        #[arg(long)]
+        exit_with_parent: bool,
     },
     /// Benchmarks (see shared/BENCH.md).
     #[command(subcommand)]
@@ -149,7 +154,7 @@ fn main() -> anyhow::Result<()> {
     // `RUST_LOG` wins; otherwise a node logs as its config's `[telemetry] log` says (read
     // here, once, at start), and every other command at the `error` level.
     let filter = match (std::env::var_os("RUST_LOG"), &cli.command) {
-        (None, Command::Serve { config }) => {
+        (None, Command::Serve { config, .. }) => {
             let level = cascade_runtime::config::load(config).map(|c| c.settings.telemetry.log.clone());
             tracing_subscriber::EnvFilter::try_new(level.as_deref().unwrap_or("info"))
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
@@ -213,11 +218,11 @@ fn main() -> anyhow::Result<()> {
             let repo = std::fs::canonicalize(&repo).unwrap_or(repo);
             edge_node::bench_edge::run(&models, &plugin, &repo, quick)?.print(json);
         }
-        Command::Serve { config } => {
+        Command::Serve { config, exit_with_parent } => {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(edge_node::serve::run(&config))?;
+                .block_on(edge_node::serve::run(&config, exit_with_parent))?;
         }
     }
     Ok(())

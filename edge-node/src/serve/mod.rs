@@ -155,7 +155,8 @@ pub(crate) async fn reload(current: &CurrentNode, config: ResolvedConfig) -> any
 
 /// `edge-node serve --config F`: serves until SIGTERM or ctrl-c, then drains. SIGHUP reloads
 /// the config file; a config that fails to load is logged and the node keeps serving.
-pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+/// With `exit_with_parent`, the node also shuts down once its standard input closes.
+pub async fn run(config_path: &Path, exit_with_parent: bool) -> anyhow::Result<()> {
     let config = config::load(config_path)?.resolve()?;
     let server = Server::start(config).await?;
     println!("serving http on {}", server.http_addr());
@@ -167,9 +168,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    let parent_gone = parent_gone(exit_with_parent);
+    tokio::pin!(parent_gone);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            () = &mut parent_gone => {
+                tracing::info!("standard input closed: the parent that started this node is gone");
+                break;
+            }
             () = hangup() => {
                 let loaded = config::load(config_path).and_then(|c| c.resolve());
                 match loaded {
@@ -185,6 +192,33 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down: draining requests in flight");
     server.shutdown().await
+}
+
+/// Resolves once standard input reaches its end (the process holding the pipe's other end
+/// closed it or exited); never, unless `watch`.
+async fn parent_gone(watch: bool) {
+    if !watch {
+        return std::future::pending().await;
+    }
+    let (eof, closed) = oneshot::channel::<()>();
+    // A plain thread, not the blocking pool: the runtime waits for its blocking tasks when
+    // it shuts down, and this read returns only when the parent goes.
+    let spawned = std::thread::Builder::new().name("parent-watch".into()).spawn(move || {
+        use std::io::Read;
+        let mut sink = [0u8; 256];
+        let mut stdin = std::io::stdin().lock();
+        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        let _ = eof.send(());
+    });
+    match spawned {
+        Ok(_) => {
+            let _ = closed.await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch standard input; the node may outlive its parent");
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Resolves on each SIGHUP (never on platforms without it).

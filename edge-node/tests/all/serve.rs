@@ -157,6 +157,46 @@ async fn rate_limited_429_queue_full_503_and_plugin_timeout_500() {
     server.shutdown().await.unwrap();
 }
 
+/// `serve --exit-with-parent` shuts down, cleanly, once the pipe on its standard input
+/// closes, as it does when the process that started it dies; without the flag it serves on.
+#[test]
+fn a_node_started_with_exit_with_parent_ends_when_its_stdin_closes() {
+    let config = write_config("parent.toml", &edge_toml(0.0, "", None));
+    let spawn = |flag: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_edge-node"));
+        command.args(["serve", "--config"]).arg(&config);
+        if flag {
+            command.arg("--exit-with-parent");
+        }
+        let mut child =
+            command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let serving =
+            BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l.starts_with("serving http on"));
+        assert!(serving, "the node never said it was serving");
+        child
+    };
+    let exited_within = |child: &mut Child, limit: std::time::Duration| {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    };
+    let mut watched = spawn(true);
+    let mut unwatched = spawn(false);
+    drop(watched.stdin.take());
+    drop(unwatched.stdin.take());
+    let status = exited_within(&mut watched, std::time::Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "the node outlived its stdin: {status:?}");
+    assert_eq!(exited_within(&mut unwatched, std::time::Duration::from_millis(500)), None);
+    unwatched.kill().unwrap();
+    unwatched.wait().unwrap();
+}
+
 /// A central node as a separate process, printing where it listens.
 struct CentralProcess {
     child: Child,
