@@ -6,11 +6,6 @@ use clap::{Parser, Subcommand};
 
 use edge_node::{bench_backends, certs_cmd, demo, tiers_bench};
 
-/// A request allocates and frees many short-lived buffers of every size (JSON, tensors,
-/// HTTP), across threads; glibc's allocator spent 7.5% of a serving node's CPU on them.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "edge-node", version, about = "Cascade: a CDN for inference")]
 struct Cli {
