@@ -227,9 +227,14 @@ impl BatchedModel {
             std::thread::Builder::new()
                 .name(format!("batch-{}-{i}", shared.model.info().name))
                 .spawn(move || worker.work())
-                .map_err(|e| BackendError::Run {
-                    model: shared.model.info().name.clone(),
-                    why: format!("cannot start a batching thread: {e}"),
+                .map_err(|e| {
+                    // The workers already started would otherwise wait on the queue forever.
+                    shared.queue.lock().closed = true;
+                    shared.arrived.notify_all();
+                    BackendError::Run {
+                        model: shared.model.info().name.clone(),
+                        why: format!("cannot start a batching thread: {e}"),
+                    }
                 })?;
         }
         Ok(BatchedModel { shared })
@@ -305,7 +310,10 @@ impl PreparedModel for BatchedModel {
 impl Shared {
     fn work(&self) {
         while let Some(batch) = self.next_batch() {
-            self.run_batch(batch);
+            // The backend's own panics are caught in `guarded_run`. Any other (an observer's)
+            // unwinds through here, dropping the batch's reply senders: its callers get an
+            // error at once, and this worker goes on serving the queue.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_batch(batch)));
         }
     }
 
@@ -568,6 +576,24 @@ mod tests {
         assert_eq!(stats.rows, n as u64);
         assert!(stats.largest > 1, "48 concurrent callers never shared a batch: {stats:?}");
         assert!(stats.largest <= 16, "a batch exceeded max_batch: {stats:?}");
+    }
+
+    /// A panic outside the backend (here, the observer's) fails that batch's callers at once
+    /// and leaves the worker serving: nobody waits forever.
+    #[test]
+    fn a_panicking_observer_fails_its_batch_and_the_next_one_is_served() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let seen = calls.clone();
+        let observer: BatchObserver = Arc::new(move |_, _| {
+            assert!(seen.fetch_add(1, Ordering::SeqCst) > 0, "the first batch's observer panics");
+        });
+        let settings = BatchSettings::new(4, Duration::from_millis(1), 1);
+        let batched = BatchedModel::new(edge_model(), settings, Some(observer)).unwrap();
+        let input = Tensor::from_f32(vec![1, 1, 28, 28], &[0.0; 784]).unwrap();
+        let first = batched.run(std::slice::from_ref(&input)).unwrap_err().to_string();
+        assert!(first.contains("stopped before answering"), "{first}");
+        assert_eq!(batched.run(std::slice::from_ref(&input)).unwrap()[0].shape(), &[1, 10]);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
     /// Beyond `max_waiting`, a caller is refused at once, saying why; those waiting are

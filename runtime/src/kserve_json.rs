@@ -106,7 +106,14 @@ pub fn decode_tensor(section: &str, i: usize, t: TensorFields<'_>) -> Result<(St
     for (j, v) in data.values.iter().enumerate() {
         let bad = || format!("{}[{j}]: {v} is not a valid {datatype}", f("data"));
         match dtype {
-            DType::F32 => bytes.extend_from_slice(&(v.as_f64() as f32).to_le_bytes()),
+            DType::F32 => {
+                // Beyond f32's range the cast gives infinity, which no answer can carry back.
+                let x = v.as_f64() as f32;
+                if !x.is_finite() {
+                    return Err(format!("{}[{j}]: {v} is out of FP32 range", f("data")));
+                }
+                bytes.extend_from_slice(&x.to_le_bytes());
+            }
             DType::U8 => bytes.push(v.as_u64().and_then(|x| u8::try_from(x).ok()).ok_or_else(bad)?),
             DType::I8 => bytes.extend_from_slice(
                 &v.as_i64().and_then(|x| i8::try_from(x).ok()).ok_or_else(bad)?.to_le_bytes(),

@@ -456,7 +456,11 @@ impl Node {
         let _share = match self.shares.get(&request.route).map(|s| s.try_admit(&peer)) {
             Some(Err(why)) => {
                 tracing::debug!(%peer, route = %request.route, %why, "escalation refused");
-                let rejection = Rejection::OverShare;
+                let rejection = match why {
+                    cascade_runtime::ShareRejection::OverShare { .. } => Rejection::OverShare,
+                    // Every place taken: the node is busy, not this edge greedy.
+                    cascade_runtime::ShareRejection::Full { .. } => Rejection::QueueFull,
+                };
                 self.telemetry.rejection(&request.route, &rejection);
                 self.telemetry.request(&request.route, RequestOutcome::Rejected, AnswerTier::None);
                 return Err(ServeError::Rejected { route: request.route, rejection }.to_frame(id));
@@ -872,6 +876,10 @@ fn check_declared_inputs(declared: &[TensorDecl], inputs: &[(String, Tensor)]) -
         let Some(d) = declared.iter().find(|d| d.name == *name) else {
             return Err(format!("inputs[{i}].name: unknown input `{name}`; this route takes {}", names()));
         };
+        // As many tensors as declared, each declared: a repeated name leaves another out.
+        if inputs[..i].iter().any(|(earlier, _)| earlier == name) {
+            return Err(format!("inputs[{i}].name: `{name}` given twice; this route takes {}", names()));
+        }
         if t.dtype() != d.dtype {
             return Err(format!(
                 "inputs[{i}].datatype: `{name}` must be {}, got {}",
@@ -980,6 +988,14 @@ mod tests {
         let other = vec![("pixels".to_owned(), tensor(vec![0; 28]))];
         assert!(check_declared_inputs(&declared, &other).unwrap_err().contains("unknown input `pixels`"));
         assert_eq!(check_declared_inputs(&[], &other), Ok(()));
+        let two = |a: &str, b: &str| {
+            [a, b].map(|n| (n.to_owned(), Tensor::from_u8(vec![1, 28], vec![0; 28]).unwrap())).to_vec()
+        };
+        let mut pair = declared.clone();
+        pair.push(TensorDecl { name: "mask".into(), ..declared[0].clone() });
+        assert_eq!(check_declared_inputs(&pair, &two("image", "mask")), Ok(()));
+        let twice = check_declared_inputs(&pair, &two("image", "image")).unwrap_err();
+        assert!(twice.starts_with("inputs[1].name: `image` given twice"), "{twice}");
     }
 
     #[test]

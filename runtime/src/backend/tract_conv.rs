@@ -368,6 +368,7 @@ impl PartialEq for DirectConv {
             && self.quantize_input.map(|(s, z)| (s.to_bits(), z))
                 == other.quantize_input.map(|(s, z)| (s.to_bits(), z))
             && self.requant == other.requant
+            && self.lookup == other.lookup
     }
 }
 impl Eq for DirectConv {}
