@@ -6,7 +6,7 @@ use cascade_runtime::{Backend, BackendKind, TractBackend, WgpuBackend};
 
 /// Why a `wgpu` model that may fall back to tract should: the only adapter is a software
 /// one (lavapipe, on the CPU), where tract runs the same model far faster (the central
-/// model: about 4 ms per image against 0.14 ms). A model that may not fall back runs on it
+/// model at batch 1: about 30x, `edge-node bench backends`). A model that may not fall back runs on it
 /// anyway: the config asked for wgpu and nothing else.
 pub(crate) fn prefer_tract_over_software_adapter(m: &ResolvedModel) -> Option<String> {
     if m.spec.backend != BackendKind::Wgpu || !m.spec.fallback_to_tract {

@@ -63,8 +63,8 @@ impl Peer {
         let python = repo.join("target/peer-venv/bin/python");
         if !python.exists() {
             eprintln!(
-                "no onnxruntime peer: {} is missing; create it with `tools/setup.sh --bench-peer` \
-                 (a venv from tools/peer-requirements.txt). Printing our figures only.",
+                "no onnxruntime peer: {} is missing; create it with `tools/setup.sh` \
+                 (a venv from tools/peer-requirements.txt and tools/kserve-requirements.txt). Printing our figures only.",
                 python.display()
             );
             return Ok(None);

@@ -209,32 +209,44 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, repo: &Path, quick: bool) -> 
     }
     node.kill();
 
-    match Peer::start(repo, &model)? {
-        None => {}
-        Some(mut peer) => {
-            wait_ready(peer.addr, "python peer", || peer.child.try_wait().ok().flatten())?;
-            let target =
-                Target::new("python onnxruntime peer", peer.addr, peer.child.id(), &bodies, |_| true);
-            let mut theirs = drive_ladder(&target, step)?;
-            if let Some(m) = theirs.moderate.as_mut() {
-                figures.push("edge.peer.p50_us", m.p(0.5), "us");
-                figures.push("edge.peer.p99_us", m.p(0.99), "us");
-            }
-            figures.push("edge.peer.max_rps", theirs.max_rps, "items_per_s");
-            if let Some(cpu) = theirs.cpu_us_per_request {
-                figures.push("edge.peer.cpu_us_per_request", cpu, "us");
-                if let Some(ours) = ladder.cpu_us_per_request {
-                    figures.push("edge.ratio_ours_over_python_ort.cpu_us_per_request", ours / cpu, "ratio");
-                }
-            }
-            if theirs.max_rps > 0.0 {
-                figures.push("edge.speedup_vs_python_ort.max_rps", ladder.max_rps / theirs.max_rps, "ratio");
-            } else {
-                eprintln!("the peer passed no rung of the ladder: no speedup ratio");
-            }
-        }
+    // The node's figures are taken: a peer that cannot run costs only its own.
+    if let Err(e) = peer_figures(repo, &model, &bodies, step, &ladder, &mut figures) {
+        eprintln!("no python peer figures: {e:#}. Printing our figures only.");
     }
     Ok(figures)
+}
+
+/// Drives the Python peer up the same ladder and adds its figures, and the ratios, to
+/// `figures` (none if the peer's venv is missing: that is said, not an error).
+fn peer_figures(
+    repo: &Path,
+    model: &Path,
+    bodies: &[Vec<u8>],
+    step: Duration,
+    ours: &Ladder,
+    figures: &mut Figures,
+) -> anyhow::Result<()> {
+    let Some(mut peer) = Peer::start(repo, model)? else { return Ok(()) };
+    wait_ready(peer.addr, "python peer", || peer.child.try_wait().ok().flatten())?;
+    let target = Target::new("python onnxruntime peer", peer.addr, peer.child.id(), bodies, |_| true);
+    let mut theirs = drive_ladder(&target, step)?;
+    if let Some(m) = theirs.moderate.as_mut() {
+        figures.push("edge.peer.p50_us", m.p(0.5), "us");
+        figures.push("edge.peer.p99_us", m.p(0.99), "us");
+    }
+    figures.push("edge.peer.max_rps", theirs.max_rps, "items_per_s");
+    if let Some(cpu) = theirs.cpu_us_per_request {
+        figures.push("edge.peer.cpu_us_per_request", cpu, "us");
+        if let Some(ours) = ours.cpu_us_per_request {
+            figures.push("edge.ratio_ours_over_python_ort.cpu_us_per_request", ours / cpu, "ratio");
+        }
+    }
+    if theirs.max_rps > 0.0 {
+        figures.push("edge.speedup_vs_python_ort.max_rps", ours.max_rps / theirs.max_rps, "ratio");
+    } else {
+        eprintln!("the peer passed no rung of the ladder: no speedup ratio");
+    }
+    Ok(())
 }
 
 /// The node's config: no upstream, threshold 0 (every answer local), no cache, no mode
@@ -469,8 +481,8 @@ impl Peer {
         let python: PathBuf = repo.join("target/peer-venv/bin/python");
         if !python.exists() {
             eprintln!(
-                "no python peer: {} is missing; create it with `tools/setup.sh --bench-peer` \
-                 (a venv from tools/peer-requirements.txt). Printing our figures only.",
+                "no python peer: {} is missing; create it with `tools/setup.sh` \
+                 (a venv from tools/peer-requirements.txt and tools/kserve-requirements.txt). Printing our figures only.",
                 python.display()
             );
             return Ok(None);

@@ -151,8 +151,15 @@ fn main() -> anyhow::Result<()> {
     let filter = match (std::env::var_os("RUST_LOG"), &cli.command) {
         (None, Command::Serve { config, .. }) => {
             let level = cascade_runtime::config::load(config).map(|c| c.settings.telemetry.log.clone());
-            tracing_subscriber::EnvFilter::try_new(level.as_deref().unwrap_or("info"))
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+            let level = level.as_deref().unwrap_or("info");
+            tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|e| {
+                eprintln!(
+                    "{}: telemetry.log = {level:?} is not a log filter ({e}); logging at `info`. \
+                     Valid: a level (`debug`) or `target=level` pairs (`info,cascade_runtime=debug`)",
+                    config.display()
+                );
+                tracing_subscriber::EnvFilter::new("info")
+            })
         }
         _ => tracing_subscriber::EnvFilter::from_default_env(),
     };
