@@ -3,7 +3,7 @@
 #
 #   1. the wasm guest toolchain (plugins are Rust compiled to wasm32-unknown-unknown):
 #        rustup's wasm32-unknown-unknown target when it is installed, otherwise Debian's
-#        rustc-web + rust-web-src + lld, used with -Zbuild-std (see ../shared/TOOLCHAIN.md);
+#        rustc-web + rust-web-src + lld, used with -Zbuild-std (the route guest_build.rs documents);
 #   2. lavapipe (Vulkan on the CPU), so the wgpu backend runs on machines without a GPU;
 #   3. a Python venv at target/peer-venv with onnxruntime and the `kserve` model server: the
 #      peers the benchmarks compare against (tools/peer-requirements.txt) and the real KServe v2

@@ -3,9 +3,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
+# Guest plugins are workspaces of their own (built for wasm32 by the tests); format and lint
+# them too, for the host target, in one shared target directory.
+guests=(examples/mnist-classifier runtime/tests/plugins/hostile)
 echo "==> cargo fmt --check" >&2
 cargo fmt --all --check
+for g in "${guests[@]}"; do cargo fmt --manifest-path "$g/Cargo.toml" --check; done
 echo "==> cargo clippy (warnings are errors)" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
+for g in "${guests[@]}"; do
+  cargo clippy --manifest-path "$g/Cargo.toml" --locked --target-dir target/guest-lint -- -D warnings
+done
 echo "==> cargo test" >&2
 cargo test --workspace --locked

@@ -7,23 +7,16 @@
 //!                                                     # central/central.pem, central/central.key (0600), central/ca.pem
 //! ```
 //!
-//! Node certificates carry both the server and client authentication purposes, since a
-//! node is the client of its upstream and the server of its downstream edges. The node's
-//! name is always among its DNS names; edges connect to an upstream by one of those names.
+//! The certificates themselves are made by the runtime's [`Ca`] (what they may do is said
+//! there); this module puts them in files with the right permissions.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use cascade_runtime::transport::certs::{self, Ca};
 use clap::Subcommand;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, date_time_ymd,
-};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 
 /// CA certificate file name inside the CA directory (and copied next to node certificates).
 pub const CA_CERT: &str = "ca.pem";
@@ -72,39 +65,21 @@ pub fn run(command: CertsCommand) -> Result<Vec<PathBuf>> {
     }
 }
 
-/// The CA's subject. `certs issue` rebuilds the issuer from it and the CA key, which avoids
-/// an X.509 parser: an issued certificate names its issuer by this subject and by the key.
-const CA_COMMON_NAME: &str = "Cascade deployment CA";
-
-fn ca_params() -> CertificateParams {
-    let mut params = CertificateParams::default();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, CA_COMMON_NAME);
-    params.key_usages =
-        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    params
-}
-
 /// Creates a CA in `dir`, valid for ten years.
 pub fn init(dir: &Path, force: bool) -> Result<Vec<PathBuf>> {
     let cert_path = dir.join(CA_CERT);
     let key_path = dir.join(CA_KEY);
     refuse_existing(&[&cert_path, &key_path], force)?;
-    let key = KeyPair::generate().context("cannot generate the CA key")?;
-    let mut params = ca_params();
-    set_validity(&mut params, 10);
-    let cert = params.self_signed(&key).context("cannot sign the CA certificate")?;
+    let ca = Ca::new()?;
     create_dir(dir, true)?;
-    write_file(&key_path, key.serialize_pem().as_bytes(), 0o600, force)?;
-    write_file(&cert_path, cert.pem().as_bytes(), 0o644, force)?;
+    write_file(&key_path, ca.key_pem().as_bytes(), 0o600, force)?;
+    write_file(&cert_path, ca.cert_pem().as_bytes(), 0o644, force)?;
     Ok(vec![cert_path, key_path])
 }
 
 /// Issues a certificate for node `name` (and `dns` names), valid for three years.
 pub fn issue(ca_dir: &Path, name: &str, out_dir: &Path, dns: &[String], force: bool) -> Result<Vec<PathBuf>> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
-        bail!("node name {name:?} must be a DNS name (letters, digits, '-' and '.')");
-    }
+    certs::check_name(name)?;
     let ca_cert_path = ca_dir.join(CA_CERT);
     let ca_key_path = ca_dir.join(CA_KEY);
     let ca_pem = fs::read_to_string(&ca_cert_path).with_context(|| {
@@ -115,21 +90,9 @@ pub fn issue(ca_dir: &Path, name: &str, out_dir: &Path, dns: &[String], force: b
     })?;
     let ca_key_pem = fs::read_to_string(&ca_key_path)
         .with_context(|| format!("cannot read the CA key {}", ca_key_path.display()))?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem)
-        .with_context(|| format!("invalid CA key {}", ca_key_path.display()))?;
-    let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
-        .with_context(|| format!("invalid CA certificate {}", ca_cert_path.display()))?;
-    // The certificate embeds its public key: a key from another CA would sign certificates
-    // that nobody trusting this CA accepts.
-    let public = ca_key.public_key_raw();
-    if !ca_der.windows(public.len()).any(|w| w == public) {
-        bail!(
-            "CA key {} does not belong to the CA certificate {}",
-            ca_key_path.display(),
-            ca_cert_path.display()
-        );
-    }
-    let issuer = Issuer::new(ca_params(), ca_key);
+    let ca = Ca::from_pem(&ca_pem, &ca_key_pem)
+        .with_context(|| format!("CA {} with key {}", ca_cert_path.display(), ca_key_path.display()))?;
+    let issued = ca.issue(name, dns)?;
 
     let cert_path = out_dir.join(format!("{name}.pem"));
     let key_path = out_dir.join(format!("{name}.key"));
@@ -141,37 +104,15 @@ pub fn issue(ca_dir: &Path, name: &str, out_dir: &Path, dns: &[String], force: b
         targets.push(&ca_copy);
     }
     refuse_existing(&targets, force)?;
-
-    let mut names = vec![name.to_string()];
-    names.extend(dns.iter().filter(|d| d.as_str() != name).cloned());
-    let key = KeyPair::generate().context("cannot generate the node key")?;
-    let mut params =
-        CertificateParams::new(names.clone()).with_context(|| format!("invalid DNS name among {names:?}"))?;
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages =
-        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    set_validity(&mut params, 3);
-    let cert = params.signed_by(&key, &issuer).context("cannot sign the node certificate")?;
-
     create_dir(out_dir, false)?;
-    write_file(&key_path, key.serialize_pem().as_bytes(), 0o600, force)?;
-    write_file(&cert_path, cert.pem().as_bytes(), 0o644, force)?;
+    write_file(&key_path, issued.key_pem.as_bytes(), 0o600, force)?;
+    write_file(&cert_path, issued.cert_pem.as_bytes(), 0o644, force)?;
     let mut written = vec![cert_path, key_path];
     if !same_ca {
         write_file(&ca_copy, ca_pem.as_bytes(), 0o644, force)?;
         written.push(ca_copy);
     }
     Ok(written)
-}
-
-/// Valid from the start of this year for `years` years: a little slack for clock skew
-/// without computing calendar dates here.
-fn set_validity(params: &mut CertificateParams, years: i32) {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let year = 1970 + (secs / 31_556_952) as i32;
-    params.not_before = date_time_ymd(year, 1, 1);
-    params.not_after = date_time_ymd(year + years, 1, 1);
 }
 
 /// Checks every target first, so that a refusal leaves nothing half-written.
@@ -280,7 +221,7 @@ mod tests {
         init(&b, false).unwrap();
         fs::copy(b.join(CA_KEY), a.join(CA_KEY)).unwrap();
         let err = issue(&a, "edge", &tmp.path().join("n"), &[], false).unwrap_err();
-        assert!(err.to_string().contains("does not belong"), "{err}");
+        assert!(format!("{err:#}").contains("does not belong"), "{err:#}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use cascade_runtime::config::UpstreamKind;
-use cascade_runtime::{Mode, ResolvedConfig, config};
+use cascade_runtime::{Mode, ModelStore, ResolvedConfig, config};
 
 /// Loads, validates and resolves (reads and digest-checks every model and plugin file) the
 /// config at `path`, and returns a short summary of what the node would serve.
@@ -40,7 +40,12 @@ fn summary(c: &ResolvedConfig) -> Result<String, std::fmt::Error> {
             m.bytes.len(),
             m.digest
         )?;
-        writeln!(out, "  {}", crate::backend_check::describe(name, m))?;
+        // Prepared as the node would prepare it: the same backend choice and fallback.
+        let runs = match ModelStore::prepare(name, m) {
+            Ok(loaded) => loaded.describe(),
+            Err(e) => format!("cannot load: {e}"),
+        };
+        writeln!(out, "  {runs}")?;
     }
     for (name, p) in &c.plugins {
         let pin = if p.spec.pinned.is_some() { "pinned" } else { "not pinned" };

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use cascade_runtime::reference::ReferenceNode;
 use cascade_runtime::{Backend, Digits, ReferenceModel, Split, TractBackend, reference};
 
-use crate::deployment::{CENTRAL, NodeProcess, NodeToml, free_tcp_port, free_udp_port};
+use crate::deployment::{CENTRAL, Certs, NodeProcess, free_tcp_port, free_udp_port, write_config};
 use crate::figures::{Figures, median, percentile};
 
 /// What the demo runs.
@@ -97,29 +98,26 @@ fn prepare_tiers(
     central_quic: u16,
     edge_http: u16,
 ) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let certs = dir.join("certs");
-    crate::certs_cmd::init(&certs, false)?;
-    crate::certs_cmd::issue(&certs, CENTRAL, &certs, &[], false)?;
-    crate::certs_cmd::issue(&certs, "edge", &certs, &[], false)?;
-
+    let certs = Certs::issue(&dir.join("certs"), &[CENTRAL, "edge"])?;
     eprintln!("   building the plugin {} ...", options.plugin_crate.display());
     let plugin = dir.join("mnist_classifier.wasm");
     let built = crate::plugin_cmd::build(&options.plugin_crate, &plugin, None)?;
     eprintln!("   plugin: {} bytes, sha256 {}", built.component.len(), built.sha256);
 
     let model = |m: ReferenceModel| m.path(&options.models_dir);
-    let central = NodeToml::new(CENTRAL, &model(ReferenceModel::CentralFp32), &plugin)
-        .plugin_sha256(&built.sha256)
-        .http(format!("127.0.0.1:{central_http}"))
-        .quic(format!("127.0.0.1:{central_quic}"), &certs)
-        .write(dir)?;
-    let edge = NodeToml::new("edge", &model(ReferenceModel::EdgeInt8), &plugin)
-        .plugin_sha256(&built.sha256)
-        .http(format!("127.0.0.1:{edge_http}"))
-        .threshold(options.threshold)
-        .upstream(format!("127.0.0.1:{central_quic}"), &certs)
-        .write(dir)?;
-    Ok((central, edge))
+    let mut central = ReferenceNode::new(CENTRAL, &model(ReferenceModel::CentralFp32), &plugin);
+    central.plugin.sha256 = Some(built.sha256.clone());
+    central.node.listeners.http = format!("127.0.0.1:{central_http}");
+    certs.listen_quic(&mut central, &format!("127.0.0.1:{central_quic}"));
+    let mut edge = ReferenceNode::new("edge", &model(ReferenceModel::EdgeInt8), &plugin);
+    edge.plugin.sha256 = Some(built.sha256);
+    edge.node.listeners.http = format!("127.0.0.1:{edge_http}");
+    edge.route.thresholds.normal = options.threshold;
+    certs.upstream_quic(&mut edge, &format!("127.0.0.1:{central_quic}"));
+    if let Some(up) = edge.node.upstream.as_mut() {
+        up.request_timeout_ms = 1000;
+    }
+    Ok((write_config(&central, dir)?, write_config(&edge, dir)?))
 }
 
 /// What the edge said about one image.
@@ -174,9 +172,10 @@ fn two_tiers(options: &DemoOptions, test: &Digits, figures: &mut Figures) -> any
     let runtime = tokio::runtime::Runtime::new()?;
     let replies = runtime.block_on(async {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-        let mut central = NodeProcess::start(CENTRAL, &central_cfg, dir.path())?;
+        let program = std::env::current_exe().context("cannot find this program's path")?;
+        let mut central = NodeProcess::start(&program, CENTRAL, &central_cfg, dir.path())?;
         central.wait_ready(&client, central_http).await?;
-        let mut edge = NodeProcess::start("edge", &edge_cfg, dir.path())?;
+        let mut edge = NodeProcess::start(&program, "edge", &edge_cfg, dir.path())?;
         edge.wait_ready(&client, edge_http).await?;
         eprintln!("   central on http {central_http} / quic {central_quic}, edge on http {edge_http}");
 

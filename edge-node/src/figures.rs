@@ -1,5 +1,7 @@
-//! Figures as `../shared/BENCH.md` asks: one JSON object per line with `--json`, a readable
-//! table otherwise. Progress goes to stderr so stdout stays machine-readable.
+//! Figures, as every Cascade command that measures prints them: one JSON object per line
+//! (`{"figure": "...", "value": ..., "unit": "..."}`) with `--json`, a readable table
+//! otherwise. Names are stable, dotted and lowercase. Progress goes to stderr so stdout
+//! stays machine-readable.
 
 use serde::Serialize;
 

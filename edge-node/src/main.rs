@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use edge_node::{bench_backends, certs_cmd, demo, tiers_bench};
+use edge_node::{certs_cmd, demo};
 
 #[derive(Parser)]
 #[command(name = "edge-node", version, about = "Cascade: a CDN for inference")]
@@ -17,7 +17,7 @@ struct Cli {
 enum Command {
     /// The main job: run the reference data through the reference models and print figures.
     Demo {
-        /// Print one JSON figure per line (see shared/BENCH.md) instead of a table.
+        /// Print one JSON figure per line (`{"figure", "value", "unit"}`) instead of a table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -63,9 +63,6 @@ enum Command {
         #[arg(long)]
         exit_with_parent: bool,
     },
-    /// Benchmarks (see shared/BENCH.md).
-    #[command(subcommand)]
-    Bench(BenchSuite),
 }
 
 #[derive(Subcommand)]
@@ -83,17 +80,6 @@ enum PluginCommand {
     },
 }
 
-/// Flags every benchmark suite takes.
-#[derive(clap::Args)]
-struct BenchRun {
-    /// Print one JSON figure per line (see shared/BENCH.md) instead of a table.
-    #[arg(long)]
-    json: bool,
-    /// Fewer samples: the same figures in under 60 s.
-    #[arg(long)]
-    quick: bool,
-}
-
 /// The reference models and the plugin crate a command runs.
 #[derive(clap::Args)]
 struct Reference {
@@ -103,43 +89,6 @@ struct Reference {
     /// The plugin crate to build and run.
     #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir().join("../examples/mnist-classifier"))]
     plugin: PathBuf,
-}
-
-#[derive(Subcommand)]
-enum BenchSuite {
-    /// What the wasmtime sandbox adds to a request (mnist-classifier plugin, one thread).
-    Sandbox {
-        #[command(flatten)]
-        run: BenchRun,
-        #[command(flatten)]
-        reference: Reference,
-    },
-    /// Two tiers on loopback: escalation overhead, central batching, the central tier dying.
-    Tiers {
-        #[command(flatten)]
-        run: BenchRun,
-        #[command(flatten)]
-        reference: Reference,
-        /// Backend of the central nodes' model: `tract` (CPU) or `wgpu` (GPU; lavapipe on
-        /// machines without one).
-        #[arg(long, default_value = "tract", value_parser = ["tract", "wgpu"])]
-        central_backend: String,
-    },
-    /// Reference models x backends x batch sizes, against onnxruntime in the same run.
-    Backends {
-        #[command(flatten)]
-        run: BenchRun,
-        /// Directory holding the reference models and data splits.
-        #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir())]
-        models: PathBuf,
-    },
-    /// A whole edge node over HTTP under open-loop load, against a Python onnxruntime server.
-    Edge {
-        #[command(flatten)]
-        run: BenchRun,
-        #[command(flatten)]
-        reference: Reference,
-    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -190,35 +139,10 @@ fn main() -> anyhow::Result<()> {
         Command::Plugin(PluginCommand::Build { crate_dir, out, target_dir }) => {
             edge_node::plugin_cmd::run_build(&crate_dir, out, target_dir.as_deref())?;
         }
-        Command::Bench(BenchSuite::Sandbox {
-            run: BenchRun { json, quick },
-            reference: Reference { models, plugin },
-        }) => {
-            edge_node::bench_sandbox::run(&models, &plugin, quick)?.print(json);
-        }
         Command::Certs { command } => {
             for path in certs_cmd::run(command)? {
                 println!("wrote {}", path.display());
             }
-        }
-        Command::Bench(BenchSuite::Tiers { run: BenchRun { json, quick }, reference, central_backend }) => {
-            tiers_bench::run(&reference.models, &reference.plugin, &central_backend, quick)?.print(json)
-        }
-        Command::Bench(BenchSuite::Backends { run: BenchRun { json, quick }, models }) => {
-            let budget = if quick { bench_backends::Budget::QUICK } else { bench_backends::Budget::DEFAULT };
-            // The peer venv and helper live in the repository that holds `models/`.
-            let repo = models.join("..");
-            let repo = std::fs::canonicalize(&repo).unwrap_or(repo);
-            bench_backends::run(&models, &repo, budget)?.print(json);
-        }
-        Command::Bench(BenchSuite::Edge {
-            run: BenchRun { json, quick },
-            reference: Reference { models, plugin },
-        }) => {
-            // The peer venv and script live in the repository that holds `models/`.
-            let repo = models.join("..");
-            let repo = std::fs::canonicalize(&repo).unwrap_or(repo);
-            edge_node::bench_edge::run(&models, &plugin, &repo, quick)?.print(json);
         }
         Command::Serve { config, exit_with_parent } => {
             tokio::runtime::Builder::new_multi_thread()

@@ -50,5 +50,5 @@ pub fn compute(model: &str, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String
         wit::Error::InvalidTensor(m) => InferenceError::InvalidTensor(m),
         wit::Error::Failed(m) => InferenceError::Failed(m),
     })?;
-    outputs.into_iter().map(|nt| Ok((nt.name, Tensor::from_wit(nt.tensor)?))).collect()
+    outputs.into_iter().map(|nt| Ok((nt.name, crate::tensor::from_wit(nt.tensor)?))).collect()
 }

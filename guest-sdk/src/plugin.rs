@@ -114,7 +114,7 @@ pub trait Plugin {
 }
 
 fn to_wit_named(list: Vec<(String, Tensor)>) -> Vec<wit::NamedTensor> {
-    list.into_iter().map(|(name, t)| wit::NamedTensor { name, tensor: t.into_wit() }).collect()
+    list.into_iter().map(|(name, t)| wit::NamedTensor { name, tensor: crate::tensor::into_wit(t) }).collect()
 }
 
 /// Converts the generated request, calls the plugin, converts its outcome back.
@@ -123,7 +123,7 @@ pub fn dispatch<P: Plugin>(request: wit::Request) -> Result<wit::Outcome, wit::P
     install_panic_logger();
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for nt in request.inputs {
-        let t = Tensor::from_wit(nt.tensor)
+        let t = crate::tensor::from_wit(nt.tensor)
             .map_err(|e| wit::PluginError::BadRequest(format!("input {}: {e}", nt.name)))?;
         inputs.push((nt.name, t));
     }

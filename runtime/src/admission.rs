@@ -163,14 +163,7 @@ impl Admission {
 
     /// Limits as a node config sets them.
     pub fn from_settings(s: &NodeSettings, now: Instant) -> Admission {
-        let routes = s.routes.iter().map(|(name, r)| {
-            let limits = RouteLimits {
-                max_in_flight: r.max_in_flight,
-                queue_len: r.queue_len,
-                rate_limit: r.rate_limit,
-            };
-            (name.clone(), limits)
-        });
+        let routes = s.routes.iter().map(|(name, r)| (name.clone(), RouteLimits::from(r)));
         Admission::new(routes, s.max_in_flight, now)
     }
 

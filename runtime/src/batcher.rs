@@ -418,9 +418,8 @@ impl Shared {
 /// out of cache), and waiting to fill a batch would only add latency. A bigger size is
 /// chosen only if it is at least 10% cheaper per row than the best smaller one, so noise
 /// does not turn batching on, and if it saves each row more than handing a call to a
-/// batching thread and back costs (`handoff_us`, measured by [`handoff_us`]): on tract the
-/// central model is 11% cheaper per row at batch 4, 9 µs, less than the two thread wake-ups
-/// a batched call pays, and batching it lost 8% of the central tier's rate.
+/// batching thread and back costs (`handoff_us`, measured by [`handoff_us`]). On a CPU that
+/// usually leaves a model unbatched (`docs/performance.md`, "Dynamic batching").
 pub(crate) fn cheapest_batch(
     model: &dyn PreparedModel,
     max_batch: usize,

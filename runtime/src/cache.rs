@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
-use crate::config::{Digest, ResolvedConfig};
+use crate::config::Digest;
 
 /// Identity of an answer: a sha256 over route, plugin digest, model digests and input.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,16 +41,6 @@ impl CacheKey {
         h.update((input.len() as u64).to_le_bytes());
         h.update(input);
         CacheKey(h.finalize().into())
-    }
-
-    /// The key of `input` on `route` as `config` serves it: the route's plugin digest and
-    /// the digests of the models that plugin may call. `None` if the route is unknown.
-    pub fn for_route(config: &ResolvedConfig, route: &str, input: &[u8]) -> Option<CacheKey> {
-        let plugin = config.plugins.get(&config.settings.routes.get(route)?.plugin)?;
-        // A plugin's allowed models are a set (sorted), so the order here is stable.
-        let models: Vec<Digest> =
-            plugin.spec.models.iter().filter_map(|m| config.models.get(m).map(|m| m.digest)).collect();
-        Some(CacheKey::new(route, &plugin.digest, &models, input))
     }
 }
 

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::backend::{BackendError, PreparedModel};
+use crate::config::{ModelConfig, NodeConfig, PluginConfig, RouteConfig, TensorDeclConfig};
 use crate::dataset::Digits;
 use crate::tensor::{DType, Tensor, TensorError};
 
@@ -46,6 +47,69 @@ impl ReferenceModel {
 pub fn default_models_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("models");
     std::fs::canonicalize(&dir).unwrap_or(dir)
+}
+
+/// The route of the reference deployment.
+pub const ROUTE: &str = "digits";
+
+/// The plugin of the reference deployment (`examples/mnist-classifier`).
+pub const PLUGIN: &str = "mnist";
+
+/// A node of the reference deployment, as parts to adjust before writing it out: the model
+/// (named after the node), the mnist-classifier plugin told to call it, and route
+/// [`ROUTE`], which declares its `image` input (UINT8 `[28, 28]`) and `probabilities`
+/// output (FP32 `[1, 10]`). The rest of the node (listeners, upstream, modes, batching) is
+/// in [`ReferenceNode::node`]. HTTP listens on any free loopback port, and every answer is
+/// final (threshold 0) until the route's thresholds are set.
+#[derive(Debug, Clone)]
+pub struct ReferenceNode {
+    /// Everything but the model, plugin and route below.
+    pub node: NodeConfig,
+    /// The model's name (the node's name when it was made).
+    pub model_name: String,
+    /// `[models.<model_name>]`.
+    pub model: ModelConfig,
+    /// `[plugins.mnist]`.
+    pub plugin: PluginConfig,
+    /// `[routes.digits]`.
+    pub route: RouteConfig,
+}
+
+impl ReferenceNode {
+    /// Node `name` serving `model` (an ONNX file) through the component at `plugin`.
+    pub fn new(name: &str, model: &Path, plugin: &Path) -> ReferenceNode {
+        let mut node = NodeConfig::default();
+        node.node.name = name.to_owned();
+        node.listeners.http = "127.0.0.1:0".into();
+        let mut mnist = PluginConfig::new(plugin);
+        mnist.models = vec![name.to_owned()];
+        mnist.config.insert("model".into(), name.to_owned());
+        let mut route = RouteConfig::new(PLUGIN, 0.0);
+        route.deadline_ms = 2000;
+        let tensor = |name: &str, datatype: &str, shape: &[i64]| TensorDeclConfig {
+            name: name.into(),
+            datatype: datatype.into(),
+            shape: shape.to_vec(),
+        };
+        route.inputs = vec![tensor("image", "UINT8", &[28, 28])];
+        route.outputs = vec![tensor("probabilities", "FP32", &[1, 10])];
+        ReferenceNode {
+            node,
+            model_name: name.to_owned(),
+            model: ModelConfig::new(model),
+            plugin: mnist,
+            route,
+        }
+    }
+
+    /// The whole config.
+    pub fn config(&self) -> NodeConfig {
+        let mut node = self.node.clone();
+        node.models.insert(self.model_name.clone(), self.model.clone());
+        node.plugins.insert(PLUGIN.into(), self.plugin.clone());
+        node.routes.insert(ROUTE.into(), self.route.clone());
+        node
+    }
 }
 
 /// Turns 28x28 u8 images (back to back) into the reference models' input tensor

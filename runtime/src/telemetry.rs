@@ -24,7 +24,8 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, 
 
 use crate::admission::Rejection;
 use crate::cache::CacheStatus;
-use crate::modes::{Mode, ModeChange, SwitchCause};
+use crate::config::Mode;
+use crate::modes::{ModeChange, SwitchCause};
 use crate::policy::DegradedReason;
 
 /// Why metrics could not be set up or rendered.
@@ -80,6 +81,11 @@ impl Stage {
         Stage::Response,
         Stage::Total,
     ];
+
+    /// Position in [`Stage::ALL`], for per-stage tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     /// Label value.
     pub fn name(self) -> &'static str {

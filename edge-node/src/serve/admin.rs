@@ -22,7 +22,7 @@ use cascade_runtime::Mode;
 use cascade_runtime::config;
 use serde_json::{Value, json};
 
-use super::node::CurrentNode;
+use cascade_runtime::CurrentNode;
 
 /// Shortest token accepted: guessable tokens defeat the point of a separate listener.
 pub const MIN_TOKEN_LEN: usize = 16;

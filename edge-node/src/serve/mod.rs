@@ -1,15 +1,13 @@
-//! `edge-node serve`: a node's HTTP front door and QUIC listener around one [`Node`].
+//! `edge-node serve`: a node's HTTP front door and QUIC listener around one runtime [`Node`].
 //!
-//! - [`node`]: the request path without HTTP (admission, cache, sandbox, policy, escalation).
-//! - [`http`]: KServe v2 REST over it.
+//! - [`kserve`]: KServe v2 REST over it.
 //! - [`admin`]: the admin API (mode pinning, reload) on a listener of its own.
 //!
 //! [`Server::start`] binds both listeners; [`Server::shutdown`] stops accepting and drains the
 //! requests in flight. `run` does that for the CLI, shutting down on SIGTERM or ctrl-c.
 
 pub mod admin;
-pub mod http;
-pub mod node;
+pub mod kserve;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -18,10 +16,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use cascade_runtime::config::{self, ResolvedConfig};
 use cascade_runtime::transport::TierServer;
+use cascade_runtime::{CurrentNode, Node};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-pub use node::{CurrentNode, Degraded, Node, NodeError, Reply, ServeError};
 
 /// A running node: its listeners and the task serving HTTP.
 pub struct Server {
@@ -73,7 +70,7 @@ impl Server {
         let http_addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let (stop_admin, _) = tokio::sync::broadcast::channel::<()>(1);
-        let app = http::router(node.clone());
+        let app = kserve::router(node.clone());
         let http = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {

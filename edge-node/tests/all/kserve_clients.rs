@@ -5,12 +5,11 @@
 use std::process::Command;
 
 use cascade_runtime::ReferenceModel;
+use cascade_testkit::{
+    assert_close, client, digits, edge, get_text, kserve_python_or_skip, probabilities, repo, resolve,
+};
 use edge_node::serve::Server;
 use serde_json::{Value, json};
-
-use crate::fixtures::{
-    assert_close, client, digits, edge_toml, get_text, kserve_python_or_skip, probabilities, repo, resolve,
-};
 
 /// A POST with the binary extension's header, answered as (status, headers, body bytes).
 async fn post_binary(
@@ -44,7 +43,7 @@ fn split_answer(headers: &reqwest::header::HeaderMap, body: &[u8]) -> (Value, Ve
 /// JSON hits the cache entry the binary one made (same input bytes, same key).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_tensor_data_in_and_out() {
-    let server = Server::start(resolve("binary.toml", &edge_toml(0.0, "", None))).await.unwrap();
+    let server = Server::start(resolve("binary.toml", &edge(0.0, None))).await.unwrap();
     let addr = server.http_addr();
     let c = client();
     let image = 5;
@@ -115,7 +114,7 @@ async fn binary_tensor_data_in_and_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kserve_python_client_works_unchanged() {
     let Some(python) = kserve_python_or_skip("the KServe client test") else { return };
-    let server = Server::start(resolve("client.toml", &edge_toml(0.0, "", None))).await.unwrap();
+    let server = Server::start(resolve("client.toml", &edge(0.0, None))).await.unwrap();
     let addr = server.http_addr();
     let image = 7;
     let pixels: Vec<String> = digits().image(image).iter().map(u8::to_string).collect();

@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cascade_runtime::config::UpstreamConfig;
 use cascade_runtime::{Backend, ReferenceModel, TractBackend, reference};
+use cascade_testkit::{
+    client, digits, edge, get_text, hard_images, image_body, kserve_python_or_skip, metric, output_values,
+    post, repo, resolve,
+};
 use edge_node::serve::Server;
 use serde_json::json;
-
-use crate::fixtures::{
-    client, digits, edge_toml, get_text, hard_images, image_body, kserve_python_or_skip, metric,
-    output_values, post, repo, resolve,
-};
 
 /// A KServe model server serving the central model as `central`, killed on drop.
 struct KserveServer {
@@ -117,21 +117,13 @@ async fn escalates_to_a_real_kserve_server_and_degrades_when_it_dies() {
     let server_name = format!("127.0.0.1:{}", kserve.port);
 
     // Threshold 1.0: every answer short of certainty escalates, and these are all far short.
-    let upstream = format!(
-        r#"
-[upstream]
-kind = "kserve"
-url = "http://{server_name}"
-model = "central"
-connect_timeout_ms = 500
-request_timeout_ms = 1500
-
-[upstream.breaker]
-failure_threshold = 3
-open_ms = 60000
-"#
-    );
-    let config = edge_toml(1.0, "", None) + &upstream;
+    let mut config = edge(1.0, None);
+    let mut upstream = UpstreamConfig::kserve(&format!("http://{server_name}"), "central");
+    upstream.connect_timeout_ms = 500;
+    upstream.request_timeout_ms = 1500;
+    upstream.breaker.failure_threshold = 3;
+    upstream.breaker.open_ms = 60_000;
+    config.node.upstream = Some(upstream);
     let node = Server::start(resolve("edge-kserve.toml", &config)).await.unwrap();
     let addr: SocketAddr = node.http_addr();
     let c = client();

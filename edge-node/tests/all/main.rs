@@ -4,7 +4,6 @@
 // Tests panic on failure by design.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod fixtures;
 mod kserve_clients;
 mod kserve_upstream;
 mod serve;

@@ -2,21 +2,23 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use cascade_runtime::ReferenceModel;
+use cascade_runtime::config::TensorDeclConfig;
+use cascade_testkit::{
+    assert_close, central, client, digits, edge, fixture, get_text, hard_images, image_body, metric,
+    output_values, post, probabilities, resolve, write_config, write_file,
+};
+use edge_node::deployment::{NodeProcess, free_tcp_port, free_udp_port};
 use edge_node::serve::Server;
 use serde_json::json;
-
-use crate::fixtures::{
-    assert_close, client, digits, edge_toml, get_text, hard_images, image_body, metric, output_values, post,
-    probabilities, resolve, write_config,
-};
 
 /// The edge answers a confident request itself, then serves the repeat from its cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_answer_then_cache_hit() {
-    let server = Server::start(resolve("local.toml", &edge_toml(0.0, "", None))).await.unwrap();
+    let server = Server::start(resolve("local.toml", &edge(0.0, None))).await.unwrap();
     let addr = server.http_addr();
     let c = client();
     let body = serde_json::to_vec(&image_body(0)).unwrap();
@@ -77,7 +79,7 @@ async fn local_answer_then_cache_hit() {
 /// Malformed requests get 400 naming the field; unknown routes 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_refused_naming_the_field() {
-    let server = Server::start(resolve("malformed.toml", &edge_toml(0.0, "", None))).await.unwrap();
+    let server = Server::start(resolve("malformed.toml", &edge(0.0, None))).await.unwrap();
     let addr = server.http_addr();
     let c = client();
     let cases: [(&[u8], &str); 4] = [
@@ -118,7 +120,9 @@ async fn malformed_requests_are_refused_naming_the_field() {
 /// A plugin that runs past its deadline: 500 naming the error kind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limited_429_queue_full_503_and_plugin_timeout_500() {
-    let config = edge_toml(0.0, "rate_limit_rps = 0.5\nrate_burst = 1", None);
+    let mut config = edge(0.0, None);
+    config.route.rate_limit_rps = Some(0.5);
+    config.route.rate_burst = Some(1);
     let server = Server::start(resolve("admission.toml", &config)).await.unwrap();
     let addr = server.http_addr();
     let c = client();
@@ -161,7 +165,7 @@ async fn rate_limited_429_queue_full_503_and_plugin_timeout_500() {
 /// closes, as it does when the process that started it dies; without the flag it serves on.
 #[test]
 fn a_node_started_with_exit_with_parent_ends_when_its_stdin_closes() {
-    let config = write_config("parent.toml", &edge_toml(0.0, "", None));
+    let config = write_config("parent.toml", &edge(0.0, None));
     let spawn = |flag: bool| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_edge-node"));
         command.args(["serve", "--config"]).arg(&config);
@@ -197,40 +201,17 @@ fn a_node_started_with_exit_with_parent_ends_when_its_stdin_closes() {
     unwatched.wait().unwrap();
 }
 
-/// A central node as a separate process, printing where it listens.
-struct CentralProcess {
-    child: Child,
-    quic: SocketAddr,
-}
-
-impl CentralProcess {
-    fn spawn() -> CentralProcess {
-        let config = write_config("central-process.toml", &crate::fixtures::central_toml());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_edge-node"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut quic = None;
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            if let Some(addr) = line.strip_prefix("accepting escalations over quic on ") {
-                quic = Some(addr.parse().unwrap());
-                break;
-            }
-        }
-        CentralProcess { child, quic: quic.expect("central printed its quic address") }
-    }
-}
-
-impl Drop for CentralProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A central node as an `edge-node serve` process, and where it accepts escalations.
+async fn central_process() -> (NodeProcess, SocketAddr) {
+    let (http, quic) = (free_tcp_port().unwrap(), free_udp_port().unwrap());
+    let mut config = central();
+    config.node.listeners.http = format!("127.0.0.1:{http}");
+    config.node.listeners.quic = Some(format!("127.0.0.1:{quic}"));
+    let path = write_config("central-process.toml", &config);
+    let program = Path::new(env!("CARGO_BIN_EXE_edge-node"));
+    let mut node = NodeProcess::start(program, "central-process", &path, fixture().dir.path()).unwrap();
+    node.wait_ready(&client(), http).await.unwrap();
+    (node, format!("127.0.0.1:{quic}").parse().unwrap())
 }
 
 /// Hard requests escalate to a central process and carry the central model's output; when
@@ -238,9 +219,8 @@ impl Drop for CentralProcess {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn escalates_to_a_central_process_and_degrades_when_it_dies() {
     let hard = hard_images(12, 0.85);
-    let mut central = CentralProcess::spawn();
-    let config = edge_toml(0.9, "", Some(central.quic));
-    let server = Server::start(resolve("edge-process.toml", &config)).await.unwrap();
+    let (mut central, quic) = central_process().await;
+    let server = Server::start(resolve("edge-process.toml", &edge(0.9, Some(quic)))).await.unwrap();
     let addr = server.http_addr();
     let c = client();
     let expected = probabilities(ReferenceModel::CentralFp32, &hard);
@@ -248,8 +228,7 @@ async fn escalates_to_a_central_process_and_degrades_when_it_dies() {
     let mut degraded = 0;
     for (n, &i) in hard.iter().enumerate() {
         if n == 6 {
-            central.child.kill().unwrap();
-            central.child.wait().unwrap();
+            central.kill();
         }
         let r = post(&c, addr, "digits", &serde_json::to_vec(&image_body(i)).unwrap()).await;
         assert_eq!(r.status, 200, "request {n} lost: {}", r.body);
@@ -277,10 +256,8 @@ async fn escalates_to_a_central_process_and_degrades_when_it_dies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coalesced_burst_escalates_once() {
     let hard = hard_images(1, 0.85)[0];
-    let central =
-        Server::start(resolve("central-coalesce.toml", &crate::fixtures::central_toml())).await.unwrap();
-    let config = edge_toml(0.9, "", central.quic_addr());
-    let edge = Server::start(resolve("edge-coalesce.toml", &config)).await.unwrap();
+    let central = Server::start(resolve("central-coalesce.toml", &central())).await.unwrap();
+    let edge = Server::start(resolve("edge-coalesce.toml", &edge(0.9, central.quic_addr()))).await.unwrap();
     let addr = edge.http_addr();
     let c = client();
     let body = serde_json::to_vec(&image_body(hard)).unwrap();
@@ -314,7 +291,7 @@ async fn coalesced_burst_escalates_once() {
 /// Shutdown stops accepting but answers the request already in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_requests_in_flight() {
-    let server = Server::start(resolve("drain.toml", &edge_toml(0.0, "", None))).await.unwrap();
+    let server = Server::start(resolve("drain.toml", &edge(0.0, None))).await.unwrap();
     let addr = server.http_addr();
     let c = client();
     // `spin` runs a fixed number of iterations and answers: long enough to be in flight.
@@ -339,13 +316,13 @@ async fn shutdown_drains_requests_in_flight() {
 /// A QUIC listener needs its certificate, key and client CA, and the config says which is missing.
 #[test]
 fn quic_listener_requires_its_identity_files() {
-    let text = crate::fixtures::central_toml().replace("quic_key = ", "# quic_key = ");
-    let path = write_config("central-no-key.toml", &text);
-    let e = cascade_runtime::config::load(&path).unwrap_err().to_string();
+    let mut no_key = central().config();
+    no_key.listeners.quic_key = None;
+    let e = no_key.write(&fixture().dir.path().join("central-no-key.toml")).unwrap_err().to_string();
     assert!(e.contains("listeners.quic_key: missing"), "{e}");
-    let text = edge_toml(0.5, "", None).replace("[listeners]", "[listeners]\nquic_ca = \"ca.pem\"");
-    let e =
-        cascade_runtime::config::load(&write_config("edge-stray-ca.toml", &text)).unwrap_err().to_string();
+    let mut stray = edge(0.5, None).config();
+    stray.listeners.quic_ca = Some("ca.pem".into());
+    let e = stray.write(&fixture().dir.path().join("edge-stray-ca.toml")).unwrap_err().to_string();
     assert!(e.contains("listeners.quic_ca: set without `listeners.quic`"), "{e}");
 }
 
@@ -354,10 +331,8 @@ fn quic_listener_requires_its_identity_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emergency_mode_stops_escalation() {
     let hard = hard_images(2, 0.85);
-    let central =
-        Server::start(resolve("central-mode.toml", &crate::fixtures::central_toml())).await.unwrap();
-    let edge =
-        Server::start(resolve("edge-mode.toml", &edge_toml(0.9, "", central.quic_addr()))).await.unwrap();
+    let central = Server::start(resolve("central-mode.toml", &central())).await.unwrap();
+    let edge = Server::start(resolve("edge-mode.toml", &edge(0.9, central.quic_addr()))).await.unwrap();
     let addr = edge.http_addr();
     let c = client();
 
@@ -383,7 +358,7 @@ async fn emergency_mode_stops_escalation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_swaps_thresholds_without_dropping_requests() {
     let hard = hard_images(1, 0.85)[0];
-    let server = Server::start(resolve("reload.toml", &edge_toml(0.0, "", None))).await.unwrap();
+    let server = Server::start(resolve("reload.toml", &edge(0.0, None))).await.unwrap();
     let addr = server.http_addr();
     let c = client();
     let body = serde_json::to_vec(&image_body(hard)).unwrap();
@@ -399,7 +374,7 @@ async fn reload_swaps_thresholds_without_dropping_requests() {
     let in_flight = tokio::spawn(async move { post(&c2, addr, "hostile", &spin).await });
     tokio::time::sleep(std::time::Duration::from_millis(30)).await;
     // The same file rewritten with a higher threshold (and no upstream to escalate to).
-    server.reload(resolve("reload.toml", &edge_toml(0.9, "", None))).await.unwrap();
+    server.reload(resolve("reload.toml", &edge(0.9, None))).await.unwrap();
     let r = in_flight.await.unwrap();
     assert!([200, 500].contains(&r.status), "{}", r.body);
 
@@ -408,7 +383,8 @@ async fn reload_swaps_thresholds_without_dropping_requests() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body["parameters"]["degraded_reason"], "no_upstream", "{}", r.body);
 
-    let moved = edge_toml(0.9, "", None).replace("127.0.0.1:0", "127.0.0.1:1");
+    let mut moved = edge(0.9, None);
+    moved.node.listeners.http = "127.0.0.1:1".into();
     let e = server.reload(resolve("reload-moved.toml", &moved)).await.unwrap_err();
     assert!(e.to_string().contains("listeners"), "{e}");
     server.shutdown().await.unwrap();
@@ -420,17 +396,14 @@ async fn reload_swaps_thresholds_without_dropping_requests() {
 async fn admin_api_pins_modes_and_reloads_with_a_token() {
     use reqwest::Method;
     let token = "0123456789abcdef0123456789abcdef";
-    let token_file = write_config("admin.token", &format!("{token}\n"));
+    let token_file = write_file("admin.token", &format!("{token}\n"));
     let with_admin = |threshold: f64| {
-        edge_toml(threshold, "", None).replace(
-            "http = \"127.0.0.1:0\"",
-            &format!(
-                "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"",
-                token_file.display()
-            ),
-        )
+        let mut node = edge(threshold, None);
+        node.node.listeners.admin = Some("127.0.0.1:0".into());
+        node.node.listeners.admin_token_file = Some(token_file.display().to_string());
+        node.config().to_toml().unwrap()
     };
-    let config_file = write_config("admin.toml", &with_admin(0.0));
+    let config_file = write_file("admin.toml", &with_admin(0.0));
     let config = cascade_runtime::config::load(&config_file).unwrap().resolve().unwrap();
     let server = Server::start(config).await.unwrap();
     let admin = server.admin_addr().expect("admin listener");
@@ -496,9 +469,15 @@ async fn admin_api_pins_modes_and_reloads_with_a_token() {
 /// do not match before the plugin runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declared_route_tensors_are_metadata_and_checked() {
-    let declared = r#"inputs = [{ name = "image", datatype = "UINT8", shape = [28, 28] }]
-outputs = [{ name = "probabilities", datatype = "FP32", shape = [1, 10] }]"#;
-    let server = Server::start(resolve("declared.toml", &edge_toml(0.0, declared, None))).await.unwrap();
+    let tensor = |name: &str, datatype: &str, shape: &[i64]| TensorDeclConfig {
+        name: name.into(),
+        datatype: datatype.into(),
+        shape: shape.to_vec(),
+    };
+    let mut declared = edge(0.0, None);
+    declared.route.inputs = vec![tensor("image", "UINT8", &[28, 28])];
+    declared.route.outputs = vec![tensor("probabilities", "FP32", &[1, 10])];
+    let server = Server::start(resolve("declared.toml", &declared)).await.unwrap();
     let addr = server.http_addr();
     let c = client();
     let (status, text) = get_text(&c, addr, "/v2/models/digits").await;

@@ -1,79 +1,63 @@
 //! Three tiers as three processes: a batching central node and two edge nodes, each an
 //! `edge-node serve` child process with its own generated certificate, on loopback.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cascade_runtime::ReferenceModel;
+use cascade_runtime::config::BatchingConfig;
+use cascade_runtime::reference::ReferenceNode;
+use cascade_testkit::{
+    assert_close, central, client, fixture, get_text, hard_images, image_body, metric, output_values, post,
+    probabilities, write_config,
+};
+use edge_node::deployment::{NodeProcess, free_tcp_port, free_udp_port};
 use serde_json::Value;
 
-use crate::fixtures::{
-    assert_close, central_toml, client, edge_toml, get_text, hard_images, image_body, metric, output_values,
-    post, probabilities, write_config,
-};
-
-/// A node as a child process, killed on drop.
-struct NodeProcess {
-    child: Child,
+/// A node as an `edge-node serve` child process (killed on drop), and its HTTP address.
+struct Running {
+    node: NodeProcess,
     http: SocketAddr,
-    quic: Option<SocketAddr>,
 }
 
-impl NodeProcess {
-    /// Starts `edge-node serve` on `config` (written as `name`) and reads where it listens.
-    fn spawn(name: &str, config: &str) -> NodeProcess {
-        let path = write_config(name, config);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_edge-node"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let wants_quic = config.contains("\nquic = ");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut http, mut quic) = (None, None);
-        while http.is_none() || (wants_quic && quic.is_none()) {
-            let line =
-                lines.next().unwrap_or_else(|| panic!("{name}: serve exited before listening")).unwrap();
-            if let Some(addr) = line.strip_prefix("serving http on ") {
-                http = Some(addr.parse().unwrap());
-            } else if let Some(addr) = line.strip_prefix("accepting escalations over quic on ") {
-                quic = Some(addr.parse().unwrap());
-            }
-        }
-        NodeProcess { child, http: http.unwrap(), quic }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `config` (written as `file`) on a free HTTP port, once it answers as ready.
+async fn spawn(file: &str, mut config: ReferenceNode) -> Running {
+    let port = free_tcp_port().unwrap();
+    config.node.listeners.http = format!("127.0.0.1:{port}");
+    let path = write_config(file, &config);
+    let program = Path::new(env!("CARGO_BIN_EXE_edge-node"));
+    let mut node = NodeProcess::start(program, file, &path, fixture().dir.path()).unwrap();
+    node.wait_ready(&client(), port).await.unwrap();
+    Running { node, http: format!("127.0.0.1:{port}").parse().unwrap() }
 }
 
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A central node that batches, listening for QUIC on `quic` (port 0: any).
-fn batching_central(quic: &str) -> String {
-    let config = central_toml().replace("quic = \"127.0.0.1:0\"", &format!("quic = \"{quic}\""));
+/// A central node that batches, listening for QUIC on `quic`.
+fn batching_central(quic: SocketAddr) -> ReferenceNode {
+    let mut node = central();
+    node.node.listeners.quic = Some(quic.to_string());
     // Calibration turns batching off for the central model on a CPU (no batch saves a row
     // more than the handoff costs): these tests are about the batching path, so it is forced.
-    format!("{config}\n[batching]\nmax_batch = 16\nmax_delay_us = 20000\ncalibrate = false\n")
+    node.node.batching = Some(BatchingConfig::new(16, 20_000, false));
+    node
 }
 
-/// An edge that escalates everything below 0.9 to `central`, with a breaker that probes
-/// again after `open_ms`, and an escalation budget that does not get in the way.
-fn edge(name: &str, central: SocketAddr, open_ms: u64) -> String {
-    let config = edge_toml(0.9, "", Some(central))
-        .replace("name = \"edge\"", &format!("name = \"{name}\""))
-        .replace("open_ms = 60000", &format!("open_ms = {open_ms}"));
-    format!("{config}\n[modes.normal]\nescalation_budget_rps = 100000.0\n")
+/// An edge named `name` that escalates everything below 0.9 to `central`, with a breaker
+/// that probes again after `open_ms`, and an escalation budget that does not get in the way.
+/// An escalation may take 1.5 s: these tests share two cores with the rest of the suite.
+fn edge(name: &str, central: SocketAddr, open_ms: u64) -> ReferenceNode {
+    let mut node = cascade_testkit::edge(0.9, Some(central));
+    node.node.node.name = name.to_owned();
+    if let Some(up) = node.node.upstream.as_mut() {
+        up.breaker.open_ms = open_ms;
+        up.request_timeout_ms = 1500;
+    }
+    node.node.modes.normal.escalation_budget_rps = Some(100_000.0);
+    node
+}
+
+fn quic_port() -> SocketAddr {
+    format!("127.0.0.1:{}", free_udp_port().unwrap()).parse().unwrap()
 }
 
 /// Image `i` as a request made unique by `nonce` (parameters are part of the cache key), so
@@ -90,11 +74,11 @@ fn unique_body(i: usize, nonce: usize) -> Vec<u8> {
 async fn two_edges_share_a_batching_central() {
     let hard = hard_images(24, 0.85);
     let expected = probabilities(ReferenceModel::CentralFp32, &hard);
-    let central = NodeProcess::spawn("tiers-central.toml", &batching_central("127.0.0.1:0"));
-    let quic = central.quic.unwrap();
+    let quic = quic_port();
+    let central = spawn("tiers-central.toml", batching_central(quic)).await;
     let edges = [
-        NodeProcess::spawn("tiers-edge-a.toml", &edge("edge-a", quic, 60_000)),
-        NodeProcess::spawn("tiers-edge-b.toml", &edge("edge-b", quic, 60_000)),
+        spawn("tiers-edge-a.toml", edge("edge-a", quic, 60_000)).await,
+        spawn("tiers-edge-b.toml", edge("edge-b", quic, 60_000)).await,
     ];
     let c = client();
     let requests: Vec<_> = hard
@@ -112,7 +96,9 @@ async fn two_edges_share_a_batching_central() {
         let p = &r.body["parameters"];
         assert_eq!(
             (&p["tier"], &p["escalated"], &p["degraded"]),
-            (&"central".into(), &true.into(), &false.into())
+            (&"central".into(), &true.into(), &false.into()),
+            "request {n}: {}",
+            r.body
         );
         assert_close(&output_values(&r.body), &expected[n]);
     }
@@ -134,11 +120,11 @@ async fn two_edges_share_a_batching_central() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_and_restarting_the_central_loses_no_request() {
     let hard = hard_images(8, 0.85);
-    let mut central = NodeProcess::spawn("restart-central.toml", &batching_central("127.0.0.1:0"));
-    let quic = central.quic.unwrap();
+    let quic = quic_port();
+    let mut central = spawn("restart-central.toml", batching_central(quic)).await;
     let edges = [
-        NodeProcess::spawn("restart-edge-a.toml", &edge("edge-a", quic, 200)),
-        NodeProcess::spawn("restart-edge-b.toml", &edge("edge-b", quic, 200)),
+        spawn("restart-edge-a.toml", edge("edge-a", quic, 200)).await,
+        spawn("restart-edge-b.toml", edge("edge-b", quic, 200)).await,
     ];
     let c = client();
     // Phases: up, down, up again. Each worker sends requests back to back.
@@ -168,9 +154,9 @@ async fn killing_and_restarting_the_central_loses_no_request() {
         }
     };
     let mut phases = vec![phase(0, true).await];
-    central.kill();
+    central.node.kill();
     phases.push(phase(1, false).await);
-    let _restarted = NodeProcess::spawn("restart-central.toml", &batching_central(&quic.to_string()));
+    let _restarted = spawn("restart-central-again.toml", batching_central(quic)).await;
     // The edges find the new process once their breakers probe and their reconnect
     // backoff (which grew while it was down, up to 5 s) has run out. Every request sent
     // meanwhile is answered too.

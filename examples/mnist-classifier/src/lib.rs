@@ -19,9 +19,11 @@ impl Plugin for MnistClassifier {
         let input = Tensor::from_f32(vec![1, 1, 28, 28], &image::scale_u8(pixels))?;
         let model = config::get("model").unwrap_or_else(|| "edge".to_string());
         let outputs = inference::compute(&model, vec![("input".to_string(), input)])?;
-        let (_, logits) = outputs.first().ok_or_else(|| PluginError::Inference("the model returned nothing".into()))?;
+        let (_, logits) =
+            outputs.first().ok_or_else(|| PluginError::Inference("the model returned nothing".into()))?;
         let probs = confidence::softmax(&logits.to_f32()?);
-        let label = confidence::argmax(&probs).ok_or_else(|| PluginError::Internal("no class scores".into()))?;
+        let label =
+            confidence::argmax(&probs).ok_or_else(|| PluginError::Internal("no class scores".into()))?;
         Ok(Outcome::Answer(
             Answer::new(confidence::max_probability(&probs))
                 .with_output("probabilities", Tensor::from_f32(vec![1, probs.len()], &probs)?)

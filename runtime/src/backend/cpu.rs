@@ -1,27 +1,17 @@
 //! Process-wide kernel choice for tract, made once at start for the CPU the node runs on.
 //!
 //! tract picks its matrix-multiply kernels from knobs it reads from the environment the first
-//! time it plans a model, and its default cost model is not the best on every CPU (see
-//! `../shared/MEASURED.md`). A node sets those knobs itself from the table below rather than
-//! asking its operator to export variables. Variables the operator did export win.
+//! time it plans a model, and its default cost model is not the best on every CPU. A node
+//! sets those knobs itself from the table below rather than asking its operator to export
+//! variables. Variables the operator did export win.
 //!
 //! | CPU (detected)                              | knob set                      | why |
 //! |---------------------------------------------|-------------------------------|-----|
-//! | x86_64, AMD, AVX-512 with VNNI              | `TRACT_AVX512_FMA_UNITS=2`    | int8: the 16x16 VNNI kernel instead of 8x8 (edge_int8 batch 1: 40.6 → 38.2 µs) |
+//! | x86_64, AMD, AVX-512 with VNNI              | `TRACT_AVX512_FMA_UNITS=2`    | int8: the 16x16 VNNI kernel instead of 8x8 |
 //! | anything else                               | none                          | tract's own probing is right or unmeasured |
 //!
-//! Measured on the AMD row (2-core EPYC, `edge-node bench backends --quick`, medians, same
-//! machine and hour): `TRACT_CPU_ISA=-avx512f`, which helped a larger fp32 CNN while
-//! planning, does not help the reference models (edge_fp32 27.3 → 27.9 µs, central_fp32
-//! 161 → 181 µs) and removes VNNI from the int8 model (38.2 → 40.4 µs), so the table leaves
-//! it out.
-//!
-//! The allocator is deliberately left alone. Telling glibc to keep freed buffers mapped
-//! (`mallopt(M_MMAP_THRESHOLD, 32 MiB)`, what `GLIBC_TUNABLES` does) was measured A/B in one
-//! session: central_fp32 batch 8 went 3.2 → 1.37 ms and batch 64 50 → 15 ms (per-run buffers
-//! no longer page-faulted in afresh), but edge_int8 batch 1, the edge node's main path, went
-//! 35.7 → 41.3 µs, in every run. A trim threshold alone changed nothing. A central node
-//! serving large batches may want it; it is not a per-CPU choice, so it is not in this table.
+//! Knobs tried and left out (`TRACT_CPU_ISA=-avx512f`), and why the allocator is left alone,
+//! are in `docs/performance.md`, "Kernel knobs", with the measurements behind each choice.
 
 /// One environment knob set (or left alone) by [`configure_cpu_kernels`].
 #[derive(Debug, Clone, PartialEq, Eq)]

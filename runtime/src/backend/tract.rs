@@ -69,7 +69,8 @@ impl TractBackend {
 /// Rewrites every unpadded 2-D MaxPool whose window spans both axes; returns how many.
 ///
 /// Why: tract 0.23 vectorises pooling only when the innermost axis has stride 1, so a 2x2/s2
-/// pool runs a scalar per-pixel loop (40% of a small CNN's time). An NCHW 2x2/s2 pool on a
+/// pool runs a scalar per-pixel loop (the largest single cost of a small CNN: see
+/// `docs/performance.md`, "Pooling"). An NCHW 2x2/s2 pool on a
 /// fixed shape becomes our own op ([`MaxPool2x2`]); any other such pool is split into a pool
 /// over rows followed by a pool over columns (windows [k, 1] then [1, k]). Max is separable
 /// and, with no padding, both forms visit exactly the same input window for every output,
@@ -706,11 +707,10 @@ impl PreparedModel for TractModel {
 
 /// Largest batch run through one plan; bigger batches run as chunks of this size.
 ///
-/// Why: tract's per-item time grows with the batch once a convolution's im2col buffer falls
-/// out of cache (central_fp32: 171 µs per item at batch 8, 590 at batch 64), while a batch
-/// of N always equals N single runs, so chunking is exact. Measured before the direct
-/// convolution ([`rewrite_convs`]) replaced im2col on the reference models; whether chunks
-/// still pay with it has not been re-measured.
+/// Why: tract's per-item time grew with the batch once a convolution's im2col buffer fell
+/// out of cache, while a batch of N always equals N single runs, so chunking is exact
+/// (`docs/performance.md`, "Batches on tract"). That was measured before the direct
+/// convolution ([`rewrite_convs`]) replaced im2col on the reference models.
 const CHUNK: usize = 8;
 
 impl TractModel {

@@ -15,9 +15,8 @@
 //! pooling the accumulators first is the same); for int8, the f32-to-u8 QuantizeLinear that
 //! feeds the convolution and a u8 LookupTable that follows it.
 //!
-//! Measured (`edge-node bench backends`, b1, shared 2-core Zen 5, same run as onnxruntime
-//! with one thread): edge_fp32 22 -> 7.0 us, edge_int8 35.5 -> 9.2 us, central_fp32
-//! 146 -> 75 us; tract/ort 0.62 / 0.43 / 1.41.
+//! What it changed, measured against onnxruntime in the same run: `docs/performance.md`,
+//! "Direct convolution".
 //!
 //! Scope (anything else stays on tract's own op): NCHW with a batch axis, OIHW weights, one
 //! group, stride 1, no dilation, any zero padding, constant weights and bias; fp32, or the
@@ -442,8 +441,12 @@ fn convolve_avx512(
             if oc >= g.cout {
                 break;
             }
-            // SAFETY (both intrinsics): the caller is compiled with AVX-512F.
-            let a = if relu { unsafe { _mm512_max_ps(a, _mm512_setzero_ps()) } } else { a };
+            let a = if relu {
+                // SAFETY: both intrinsics need AVX-512F, which the caller is compiled with.
+                unsafe { _mm512_max_ps(a, _mm512_setzero_ps()) }
+            } else {
+                a
+            };
             let dst = &mut out[oc * plane_out + y * g.ow + x0..][..cols];
             // SAFETY: the mask writes exactly `cols` floats, the length of `dst`.
             unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr(), mask, a) };

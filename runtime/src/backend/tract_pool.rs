@@ -1,7 +1,7 @@
 //! A fast 2x2 stride-2 max pool, plugged into tract's typed graph as an op of its own.
 //!
-//! tract 0.23 runs a pool whose innermost stride is not 1 through a generic per-pixel loop;
-//! on the reference CNNs that is 14–40% of an image's time. Every CNN that halves its
+//! tract 0.23 runs a pool whose innermost stride is not 1 through a generic per-pixel loop,
+//! a large share of a small CNN's time (`docs/performance.md`, "Pooling"). Every CNN that halves its
 //! resolution with a 2x2/s2 max pool pays it, so the tract backend swaps such pools (NCHW,
 //! no padding, no dilation, no index output, f32, u8 or i8) for this op at load. It computes
 //! exactly what MaxPool computes: each output is the max of the same four inputs.

@@ -12,7 +12,9 @@
 //!    refuses a file whose digest differs from a pinned one, and keeps the bytes it hashed,
 //!    so what runs is exactly what was checked ([`ResolvedConfig`]).
 
+mod build;
 mod digest;
+mod mode;
 pub mod schema;
 mod validate;
 
@@ -24,10 +26,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use digest::{Digest, DigestParseError};
-pub use schema::NodeConfig;
+pub use mode::{Hysteresis, Mode, SignalThresholds};
+pub use schema::{
+    BatchingConfig, ModelConfig, NodeConfig, PluginConfig, RouteConfig, TensorDeclConfig, UpstreamConfig,
+};
 
 use crate::backend::BackendKind;
-use crate::modes::{Mode, SignalThresholds};
 
 /// Why a config could not be loaded or resolved.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +69,20 @@ pub enum ConfigError {
         field: String,
         /// The file, resolved against the config file's directory.
         file: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A config built in code could not be written as TOML.
+    #[error("cannot write the config as TOML: {message}")]
+    Serialize {
+        /// The TOML writer's explanation.
+        message: String,
+    },
+    /// A config file could not be written.
+    #[error("cannot write config file {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
         /// Cause.
         source: std::io::Error,
     },
@@ -229,6 +247,13 @@ pub struct ResolvedModel {
     pub bytes: Arc<[u8]>,
 }
 
+impl ResolvedModel {
+    /// A model from bytes already in hand (a test, a benchmark), hashed here.
+    pub fn new(spec: ModelSpec, bytes: Vec<u8>) -> ResolvedModel {
+        ResolvedModel { spec, digest: Digest::of(&bytes), bytes: bytes.into() }
+    }
+}
+
 /// A plugin to instantiate.
 #[derive(Debug, Clone)]
 pub struct PluginSpec {
@@ -255,6 +280,13 @@ pub struct ResolvedPlugin {
     pub digest: Digest,
     /// The file's bytes, exactly those hashed.
     pub bytes: Arc<[u8]>,
+}
+
+impl ResolvedPlugin {
+    /// A plugin from bytes already in hand (a test, a benchmark), hashed here.
+    pub fn new(spec: PluginSpec, bytes: Vec<u8>) -> ResolvedPlugin {
+        ResolvedPlugin { spec, digest: Digest::of(&bytes), bytes: bytes.into() }
+    }
 }
 
 /// A sustained rate with a burst: the two parameters of a token bucket.

@@ -4,16 +4,18 @@
 //!
 //! These types are what the file says, not what the node runs: [`super::load`] validates
 //! them once and [`super::ValidatedConfig::resolve`] turns them into the hash-pinned
-//! [`super::ResolvedConfig`].
+//! [`super::ResolvedConfig`]. They also serialise back to TOML, so a program that writes a
+//! config (the demo, the benchmarks, the tests) builds these values and writes them
+//! ([`NodeConfig::to_toml`]) instead of formatting TOML by hand.
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::modes::Mode;
+use super::Mode;
 
 /// The whole config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// `[node]`: who this node is.
@@ -47,7 +49,7 @@ pub struct NodeConfig {
 }
 
 /// `[node]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
     /// `name = "edge"`: reported as the `tier` that answered a request. Default `"cascade"`.
@@ -66,7 +68,7 @@ fn default_node_name() -> String {
 }
 
 /// `[listeners]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenersConfig {
     /// `http = "127.0.0.1:8080"`: KServe v2 HTTP for clients. Default `"127.0.0.1:8080"`.
@@ -112,7 +114,7 @@ fn default_http() -> String {
 }
 
 /// `[models.<name>]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// `path = "models/edge_int8.onnx"`: the ONNX file, relative to the config file. Required.
@@ -138,7 +140,7 @@ fn default_true() -> bool {
 }
 
 /// `[plugins.<name>]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// `path = "plugins/classifier.wasm"`: the component built by `edge-node plugin build`,
@@ -163,16 +165,16 @@ pub struct PluginConfig {
     pub config: BTreeMap<String, String>,
 }
 
-fn default_memory_limit_mib() -> u32 {
+pub(super) fn default_memory_limit_mib() -> u32 {
     64
 }
 
-fn default_plugin_deadline_ms() -> u64 {
+pub(super) fn default_plugin_deadline_ms() -> u64 {
     100
 }
 
 /// `[routes.<name>]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// `plugin = "mnist"`: the plugin that handles this route's requests. Required.
@@ -215,7 +217,7 @@ pub struct RouteConfig {
 }
 
 /// One tensor of a route's declared inputs or outputs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TensorDeclConfig {
     /// `name = "image"`. Required.
@@ -226,25 +228,25 @@ pub struct TensorDeclConfig {
     pub shape: Vec<i64>,
 }
 
-fn default_route_deadline_ms() -> u64 {
+pub(super) fn default_route_deadline_ms() -> u64 {
     250
 }
 
-fn default_cache_ttl_s() -> u64 {
+pub(super) fn default_cache_ttl_s() -> u64 {
     60
 }
 
-fn default_route_in_flight() -> u32 {
+pub(super) fn default_route_in_flight() -> u32 {
     32
 }
 
-fn default_queue_len() -> u32 {
+pub(super) fn default_queue_len() -> u32 {
     64
 }
 
 /// `[routes.<name>.thresholds]`. The threshold used in a mode is, most specific first: this
 /// route's value for the mode, `[modes.<mode>].threshold`, this route's `normal`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThresholdsConfig {
     /// `normal = 0.9`: in `[0, 1]`. Required.
@@ -278,7 +280,7 @@ pub struct ThresholdsConfig {
 /// The timeouts, `retry_budget` and `[upstream.breaker]` mean the same for both kinds. The
 /// QUIC fields (`addresses`, `server_name`, `ca`, `cert`, `key`) are required with `quic` and
 /// refused with `kserve`; `url` and `model` are required with `kserve` and refused with `quic`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// `kind = "quic"`: `"quic"` (a Cascade node) or `"kserve"` (a KServe v2 REST server).
@@ -326,20 +328,20 @@ fn default_upstream_kind() -> String {
     "quic".to_owned()
 }
 
-fn default_connect_timeout_ms() -> u64 {
+pub(super) fn default_connect_timeout_ms() -> u64 {
     1000
 }
 
-fn default_request_timeout_ms() -> u64 {
+pub(super) fn default_request_timeout_ms() -> u64 {
     500
 }
 
-fn default_retry_budget() -> f64 {
+pub(super) fn default_retry_budget() -> f64 {
     0.1
 }
 
 /// `[upstream.breaker]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConfig {
     /// `failure_threshold = 5`: consecutive failures that open the breaker. Default `5`.
@@ -376,7 +378,7 @@ fn default_half_open_probes() -> u32 {
 }
 
 /// `[admission]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdmissionConfig {
     /// `max_in_flight = 256`: requests running at once across all routes. Default `256`.
@@ -395,7 +397,7 @@ fn default_global_in_flight() -> u32 {
 }
 
 /// `[modes]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModesConfig {
     /// `[modes.normal]`. Defaults: escalation budget 100/s (burst 200).
@@ -413,7 +415,7 @@ pub struct ModesConfig {
 }
 
 /// `[modes.<mode>]`: what changes in a mode. Unset fields take the mode's default.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModeSwitchesConfig {
     /// `threshold = 0.0`: the confidence threshold for every route that does not set its own
@@ -434,7 +436,7 @@ pub struct ModeSwitchesConfig {
 }
 
 /// `[modes.switching]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchingConfig {
     /// `automatic = true`: change mode on the node's own signals. Default `true`.
@@ -494,7 +496,7 @@ fn default_emergency_signals() -> SignalThresholdsConfig {
 /// `[modes.switching.<mode>]`: a mode is entered when any signal reaches its `*_enter` value
 /// and left when every signal is at or below its `*_exit` value (hysteresis: exit < enter).
 /// All fields are required when the table is written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignalThresholdsConfig {
     /// `queue_enter = 0.5`: fullest route queue, as a fraction of its `queue_len`, in `[0, 1]`.
@@ -512,7 +514,7 @@ pub struct SignalThresholdsConfig {
 }
 
 /// `[batching]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchingConfig {
     /// `max_batch = 32`: most requests in one model call. Default `32`.
@@ -539,7 +541,7 @@ fn default_max_delay_us() -> u64 {
 }
 
 /// `[telemetry]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// `metrics = true`: serve Prometheus metrics at `/metrics`. Default `true`.

@@ -11,9 +11,9 @@ use super::{
     ModelSpec, ModesSettings, NodeSettings, PluginSpec, QuicTlsSettings, QuicUpstreamSettings, RateSettings,
     RouteSettings, TelemetrySettings, TensorDecl, UpstreamKind, UpstreamSettings, ValidatedConfig,
 };
+use super::{Hysteresis, Mode, SignalThresholds};
 use crate::DType;
 use crate::backend::BackendKind;
-use crate::modes::{Hysteresis, Mode, SignalThresholds};
 
 /// Collects problems while the pass goes on, so the user sees all of them at once.
 struct Checker {

@@ -3,61 +3,20 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::backend::BackendError;
-
-/// Why a model or plugin could not be loaded. Nothing is swapped in when loading fails.
+/// Why a plugin could not be loaded. Nothing is swapped in when loading fails.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The wasm engine could not be set up with the given limits.
     #[error("sandbox engine: {0}")]
     Engine(String),
-    /// A plugin or model file could not be read.
-    #[error("cannot read {file}: {source}")]
-    Read {
-        /// The file.
-        file: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// A file's sha256 differs from the digest pinned in the config.
-    #[error("{file}: sha256 mismatch: the config pins {expected}, the file has {actual}")]
-    Digest {
-        /// The file.
-        file: PathBuf,
-        /// The pinned digest.
-        expected: String,
-        /// The file's digest.
-        actual: String,
-    },
     /// A plugin's allowlist names a model the node does not have.
-    #[error("plugin {plugin}: allowed model {model} (pinned sha256 {expected}) is not loaded on this node")]
+    #[error("plugin {plugin}: allowed model {model} is not loaded on this node")]
     UnknownModel {
         /// Plugin name.
         plugin: String,
         /// Model name.
         model: String,
-        /// The digest the plugin pins.
-        expected: String,
     },
-    /// A plugin pins a model digest that differs from the loaded model file's.
-    #[error(
-        "plugin {plugin}: model {model} from {file}: sha256 mismatch: the plugin pins {expected}, the file has {actual}"
-    )]
-    ModelDigest {
-        /// Plugin name.
-        plugin: String,
-        /// Model name.
-        model: String,
-        /// The model file.
-        file: PathBuf,
-        /// The digest the plugin pins.
-        expected: String,
-        /// The loaded file's digest.
-        actual: String,
-    },
-    /// The model could not be prepared by the backend.
-    #[error(transparent)]
-    Model(#[from] BackendError),
     /// The file is not a valid component, or not one of this world.
     #[error("plugin {plugin} from {file}: not a valid plugin component: {why}")]
     Compile {

@@ -2,26 +2,22 @@
 //!
 //! A [`Sandbox`] owns one wasmtime engine (component model, pooling allocator,
 //! copy-on-write memory images, epoch interruption with one ticker thread that parks while
-//! no guest runs), the node's pinned models, and the loaded plugins. Loading a plugin checks its sha256 and the
-//! digests of the models it may call, compiles it once and pre-links it (`InstancePre`).
-//! Each request then gets its own store and instance from the pool, so nothing a guest does
-//! survives the request and nothing it does can reach another request.
+//! no guest runs) and the loaded plugins. Loading a plugin compiles the config's resolved
+//! bytes once and pre-links them (`InstancePre`), with the prepared models of its allowlist
+//! taken from the node's [`ModelStore`]. Each request then gets its own store and instance
+//! from the pool, so nothing a guest does survives the request and nothing it does can
+//! reach another request.
 //!
 //! Why a fresh instance per request: it is the only choice that isolates requests without
 //! trusting the guest to reset itself, and with the pooling allocator and copy-on-write
-//! memory it is cheap. Measured with `edge-node bench sandbox` (release build, 2 shared
-//! cores, mnist-classifier, 5,000 requests): `sandbox.instantiate_us.median` ~2.3 µs and a
-//! whole-path overhead over a direct model call (~40 µs) of `sandbox.overhead_us.median`
-//! ~7.3 µs, p99 ~45 µs on a quiet machine. Reusing instances could save at most the
-//! instantiate time, at the price of state leaking between requests, so it is not done.
-//! Three measured choices got there (overhead median ~25 → ~17 → ~12 → ~7.3 µs): keeping
-//! pooled memories resident and resetting only the pages a request dirtied (PAGEMAP_SCAN +
-//! memset instead of madvise); the guest SDK's bump allocator, which serves a typical
-//! request from the initial memory image so it never grows memory (each grow is an
-//! mprotect); and keeping pooled tables resident too, so the next instance takes no page
-//! faults on them. `sandbox.noop_handle_us.median` (~5.4 µs: a plugin that answers without
-//! tensors or a model) is the fixed part of the cost.
-
+//! memory it is cheap (`cascade-bench sandbox` prints `sandbox.instantiate_us.median` and
+//! the whole path's `sandbox.overhead_us` over a direct model call). Reusing instances could
+//! save at most the instantiate time, at the price of state leaking between requests. What
+//! keeps instantiation cheap: pooled memories and tables stay resident and only the pages a
+//! request dirtied are reset (PAGEMAP_SCAN + memset instead of madvise, where the kernel has
+//! it), and the guest SDK's bump allocator serves a typical request from the initial memory
+//! image, so linear memory never grows (each grow is an mprotect).
+//!
 //! Limits per plugin ([`PluginLimits`]): linear memory cap, table elements, instance/memory/
 //! table counts, a deadline per request, and the largest answer. The wasm stack size is a
 //! property of the engine ([`SandboxConfig::max_wasm_stack`]). Any trap, timeout,
@@ -39,7 +35,6 @@ mod logging;
 mod ticker;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -54,8 +49,9 @@ use self::bindings::cascade::plugin::types as wit;
 use self::bindings::{Plugin, PluginPre};
 pub use self::error::{ErrorKind, GuestError, LoadError, RequestError};
 use self::ticker::{Alive, EpochTicker};
-use crate::backend::{Backend, PreparedModel};
-use crate::guest_build::sha256_hex;
+use crate::backend::PreparedModel;
+use crate::config::{Digest, ResolvedPlugin};
+use crate::models::ModelStore;
 use crate::tensor::{DType, Tensor};
 
 /// Engine-wide settings, fixed when the sandbox is created.
@@ -75,6 +71,9 @@ pub struct SandboxConfig {
     /// `memset` instead of `madvise`, so the next request takes no page faults (tables keep
     /// up to 64 KiB resident the same way). Ignored elsewhere. Default 4 MiB.
     pub keep_resident_bytes: usize,
+    /// Whether guests' log messages reach the node's tracing (else they are dropped).
+    /// Default `true`.
+    pub guest_logs: bool,
 }
 
 impl Default for SandboxConfig {
@@ -85,6 +84,7 @@ impl Default for SandboxConfig {
             max_wasm_stack: 512 << 10,
             epoch_tick: Duration::from_millis(1),
             keep_resident_bytes: 4 << 20,
+            guest_logs: true,
         }
     }
 }
@@ -122,34 +122,15 @@ impl Default for PluginLimits {
     }
 }
 
-/// A plugin as the node config pins it.
-#[derive(Debug, Clone)]
-pub struct PluginSpec {
-    /// Name requests use to reach it.
-    pub name: String,
-    /// The component file.
-    pub file: PathBuf,
-    /// Pinned lowercase hex sha256 of `file`.
-    pub sha256: String,
-    /// Models it may call: name -> pinned sha256 of the model file.
-    pub models: BTreeMap<String, String>,
-    /// Its static configuration, readable through the config capability.
-    pub config: BTreeMap<String, String>,
-    /// Whether its log messages reach the node's tracing (else they are dropped).
-    pub logging: bool,
-    /// Its limits.
-    pub limits: PluginLimits,
-}
-
-/// One request for a plugin.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Request {
+/// One request for a plugin, borrowed from whoever holds it (the node's request context).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Request<'a> {
     /// The route it came in on.
-    pub route: String,
+    pub route: &'a str,
     /// Named input tensors.
-    pub inputs: Vec<(String, Tensor)>,
+    pub inputs: &'a [(String, Tensor)],
     /// Free-form (key, value) parameters.
-    pub parameters: Vec<(String, String)>,
+    pub parameters: &'a [(String, String)],
 }
 
 /// A plugin's local answer, checked against the contract.
@@ -198,7 +179,7 @@ enum Violation {
 /// A loaded plugin version, shared by the requests running on it.
 struct LoadedPlugin {
     name: Arc<str>,
-    sha256: String,
+    digest: Digest,
     version: u64,
     models: HashMap<String, Arc<dyn PreparedModel>>,
     config: BTreeMap<String, String>,
@@ -274,17 +255,10 @@ pub(crate) fn dtype_to_wit(t: DType) -> wit::TensorType {
     }
 }
 
-struct ModelEntry {
-    file: PathBuf,
-    sha256: String,
-    prepared: Arc<dyn PreparedModel>,
-}
-
 struct Inner {
     engine: Engine,
     linker: Linker<HostState>,
     config: SandboxConfig,
-    models: RwLock<HashMap<String, ModelEntry>>,
     plugins: RwLock<HashMap<String, Arc<LoadedPlugin>>>,
     versions: AtomicU64,
     ok: AtomicU64,
@@ -304,7 +278,6 @@ impl std::fmt::Debug for Sandbox {
         f.debug_struct("Sandbox")
             .field("config", &self.inner.config)
             .field("plugins", &self.inner.plugins.read().keys().collect::<Vec<_>>())
-            .field("models", &self.inner.models.read().keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -349,7 +322,6 @@ impl Sandbox {
                 engine,
                 linker,
                 config,
-                models: RwLock::default(),
                 plugins: RwLock::default(),
                 versions: AtomicU64::new(0),
                 ok: AtomicU64::new(0),
@@ -359,92 +331,63 @@ impl Sandbox {
         })
     }
 
-    /// Loads the model file at `file` as `name`, refusing it unless its sha256 is
-    /// `sha256`, and prepares it with `backend`. Returns the prepared model.
-    pub fn add_model(
+    /// Loads (or reloads) plugin `name` from its resolved bytes, with the models its
+    /// allowlist names taken from `models`, compiles and pre-links it, then swaps it in. New
+    /// requests use the new version at once; requests already running finish on the old
+    /// one. Returns the version number given to this load (increasing across the sandbox).
+    pub fn load_plugin(
         &self,
         name: &str,
-        file: &Path,
-        sha256: &str,
-        backend: &dyn Backend,
-    ) -> Result<Arc<dyn PreparedModel>, LoadError> {
-        let bytes = read_pinned(file, sha256)?;
-        let prepared = backend.prepare(name, &bytes)?;
-        let entry = ModelEntry {
-            file: file.to_path_buf(),
-            sha256: sha256.to_ascii_lowercase(),
-            prepared: prepared.clone(),
-        };
-        self.inner.models.write().insert(name.to_string(), entry);
-        Ok(prepared)
-    }
-
-    /// Loads (or reloads) a plugin: checks the component's digest and its models' digests,
-    /// compiles and pre-links it, then swaps it in under `spec.name`. New requests use the
-    /// new version at once; requests already running finish on the old one. Returns the
-    /// version number given to this load (increasing across the sandbox).
-    pub fn load_plugin(&self, spec: &PluginSpec) -> Result<u64, LoadError> {
-        let limit = |field, why: String| LoadError::Limits { plugin: spec.name.clone(), field, why };
-        if spec.limits.max_memory_bytes > self.inner.config.max_memory_bytes {
+        plugin: &ResolvedPlugin,
+        models: &ModelStore,
+    ) -> Result<u64, LoadError> {
+        let limits = PluginLimits::from(&plugin.spec);
+        let limit = |field, why: String| LoadError::Limits { plugin: name.to_owned(), field, why };
+        if limits.max_memory_bytes > self.inner.config.max_memory_bytes {
             return Err(limit(
                 "max_memory_bytes",
                 format!(
                     "{} exceeds the sandbox's {}",
-                    spec.limits.max_memory_bytes, self.inner.config.max_memory_bytes
+                    limits.max_memory_bytes, self.inner.config.max_memory_bytes
                 ),
             ));
         }
-        if spec.limits.deadline.is_zero() {
+        if limits.deadline.is_zero() {
             return Err(limit("deadline", "must be more than zero".into()));
         }
-        let mut models = HashMap::new();
-        {
-            let registry = self.inner.models.read();
-            for (model, pinned) in &spec.models {
-                let entry = registry.get(model).ok_or_else(|| LoadError::UnknownModel {
-                    plugin: spec.name.clone(),
-                    model: model.clone(),
-                    expected: pinned.clone(),
-                })?;
-                if !entry.sha256.eq_ignore_ascii_case(pinned) {
-                    return Err(LoadError::ModelDigest {
-                        plugin: spec.name.clone(),
-                        model: model.clone(),
-                        file: entry.file.clone(),
-                        expected: pinned.clone(),
-                        actual: entry.sha256.clone(),
-                    });
-                }
-                models.insert(model.clone(), entry.prepared.clone());
-            }
+        let mut allowed = HashMap::new();
+        for model in &plugin.spec.models {
+            let loaded = models
+                .get(model)
+                .ok_or_else(|| LoadError::UnknownModel { plugin: name.to_owned(), model: model.clone() })?;
+            allowed.insert(model.clone(), loaded.model.clone());
         }
-        let bytes = read_pinned(&spec.file, &spec.sha256)?;
         let compile_err = |e: wasmtime::Error| LoadError::Compile {
-            plugin: spec.name.clone(),
-            file: spec.file.clone(),
+            plugin: name.to_owned(),
+            file: plugin.spec.path.clone(),
             why: format!("{e:#}"),
         };
-        let component = Component::new(&self.inner.engine, &bytes).map_err(compile_err)?;
+        let component = Component::new(&self.inner.engine, &plugin.bytes).map_err(compile_err)?;
         let pre = self.inner.linker.instantiate_pre(&component).map_err(compile_err)?;
         let pre = PluginPre::new(pre).map_err(compile_err)?;
         let version = self.inner.versions.fetch_add(1, Ordering::Relaxed) + 1;
-        let plugin = LoadedPlugin {
-            name: spec.name.as_str().into(),
-            sha256: spec.sha256.to_ascii_lowercase(),
+        let loaded = LoadedPlugin {
+            name: name.into(),
+            digest: plugin.digest,
             version,
-            models,
-            config: spec.config.clone(),
-            logging: spec.logging,
-            limits: spec.limits.clone(),
+            models: allowed,
+            config: plugin.spec.config.clone(),
+            logging: self.inner.config.guest_logs,
+            limits,
             pre,
         };
-        self.inner.plugins.write().insert(spec.name.clone(), Arc::new(plugin));
+        self.inner.plugins.write().insert(name.to_owned(), Arc::new(loaded));
         Ok(version)
     }
 
-    /// The version number and sha256 of the plugin now serving `name`.
-    pub fn plugin_version(&self, name: &str) -> Option<(u64, String)> {
-        self.inner.plugins.read().get(name).map(|p| (p.version, p.sha256.clone()))
+    /// The version number and digest of the plugin now serving `name`.
+    pub fn plugin_version(&self, name: &str) -> Option<(u64, Digest)> {
+        self.inner.plugins.read().get(name).map(|p| (p.version, p.digest))
     }
 
     /// Creates a fresh instance of plugin `name` from the pool, ready for one request.
@@ -489,12 +432,16 @@ impl Sandbox {
     }
 
     /// Handles one request on a fresh instance of plugin `name`.
-    pub fn handle(&self, name: &str, request: &Request) -> Result<Outcome, RequestError> {
+    pub fn handle(&self, name: &str, request: Request<'_>) -> Result<Outcome, RequestError> {
         self.handle_timed(name, request).0
     }
 
     /// [`Sandbox::handle`], and how long the plugin's model calls took together.
-    pub fn handle_timed(&self, name: &str, request: &Request) -> (Result<Outcome, RequestError>, Duration) {
+    pub fn handle_timed(
+        &self,
+        name: &str,
+        request: Request<'_>,
+    ) -> (Result<Outcome, RequestError>, Duration) {
         match self.instantiate(name) {
             Ok(instance) => instance.call_timed(request),
             Err(e) => (Err(e), Duration::ZERO),
@@ -538,21 +485,21 @@ impl std::fmt::Debug for PluginInstance {
 impl PluginInstance {
     /// Runs the plugin's `handle` on `request` and checks its outcome. Consumes the instance:
     /// its memory goes back to the pool.
-    pub fn call(self, request: &Request) -> Result<Outcome, RequestError> {
+    pub fn call(self, request: Request<'_>) -> Result<Outcome, RequestError> {
         self.call_timed(request).0
     }
 
     /// [`PluginInstance::call`], and how long the plugin's model calls took together.
-    pub fn call_timed(mut self, request: &Request) -> (Result<Outcome, RequestError>, Duration) {
+    pub fn call_timed(mut self, request: Request<'_>) -> (Result<Outcome, RequestError>, Duration) {
         let result = self.call_inner(request);
         self.sandbox.count(result.as_ref().map(|_| ()).map_err(RequestError::kind));
         (result, self.store.data().inference)
     }
 
-    fn call_inner(&mut self, request: &Request) -> Result<Outcome, RequestError> {
+    fn call_inner(&mut self, request: Request<'_>) -> Result<Outcome, RequestError> {
         let plugin = self.store.data().plugin.clone();
         let wit_request = wit::Request {
-            route: request.route.clone(),
+            route: request.route.to_owned(),
             inputs: request
                 .inputs
                 .iter()
@@ -561,7 +508,7 @@ impl PluginInstance {
                     tensor: inference::tensor_to_wit(t.clone()),
                 })
                 .collect(),
-            parameters: request.parameters.clone(),
+            parameters: request.parameters.to_vec(),
         };
         let returned = self.bindings.call_handle(&mut self.store, &wit_request);
         let state = self.store.data();
@@ -659,16 +606,6 @@ fn classify(
     }
 }
 
-/// Reads `file`, refusing it unless its sha256 is `expected`.
-fn read_pinned(file: &Path, expected: &str) -> Result<Vec<u8>, LoadError> {
-    let bytes = std::fs::read(file).map_err(|source| LoadError::Read { file: file.to_path_buf(), source })?;
-    let actual = sha256_hex(&bytes);
-    if !actual.eq_ignore_ascii_case(expected) {
-        return Err(LoadError::Digest { file: file.to_path_buf(), expected: expected.to_string(), actual });
-    }
-    Ok(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -728,23 +665,21 @@ mod tests {
     fn plugin_limits_beyond_the_engine_are_refused() {
         let sandbox =
             Sandbox::new(SandboxConfig { max_memory_bytes: 1 << 20, ..SandboxConfig::default() }).unwrap();
-        let spec = PluginSpec {
-            name: "p".into(),
-            file: "/nonexistent.wasm".into(),
-            sha256: "00".into(),
-            models: BTreeMap::new(),
+        let spec = crate::config::PluginSpec {
+            path: "/p.wasm".into(),
+            pinned: None,
+            memory_limit_bytes: 2 << 20,
+            deadline: Duration::from_millis(100),
+            models: Default::default(),
             config: BTreeMap::new(),
-            logging: false,
-            limits: PluginLimits::default(),
         };
-        let err = sandbox.load_plugin(&spec).unwrap_err().to_string();
+        let plugin = ResolvedPlugin::new(spec.clone(), b"not a component".to_vec());
+        let err = sandbox.load_plugin("p", &plugin, &ModelStore::default()).unwrap_err().to_string();
         assert!(err.contains("plugin p: limit max_memory_bytes"), "{err}");
-        let spec = PluginSpec {
-            limits: PluginLimits { max_memory_bytes: 1 << 20, ..PluginLimits::default() },
-            ..spec
-        };
-        let err = sandbox.load_plugin(&spec).unwrap_err().to_string();
-        assert!(err.contains("cannot read /nonexistent.wasm"), "{err}");
+        let spec = crate::config::PluginSpec { memory_limit_bytes: 1 << 20, ..spec };
+        let plugin = ResolvedPlugin::new(spec, b"not a component".to_vec());
+        let err = sandbox.load_plugin("p", &plugin, &ModelStore::default()).unwrap_err().to_string();
+        assert!(err.contains("plugin p from /p.wasm: not a valid plugin component"), "{err}");
         assert_eq!(sandbox.stats().ok, 0);
     }
 }

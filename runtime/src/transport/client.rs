@@ -48,23 +48,17 @@ impl ClientConfig {
     }
 }
 
-/// The upstream's reply to one request.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Reply {
-    /// It answered.
-    Answer(EscalationAnswer),
-    /// It refused or failed, and said so.
-    Error(ErrorFrame),
-}
+/// The upstream's answer, or the error frame in which it refused or failed and said why.
+pub type Response = Result<EscalationAnswer, ErrorFrame>;
 
 /// The outcome of one connection attempt, shared by every request that waits for it.
-type Attempt = Option<Result<quinn::Connection, String>>;
+type ConnectAttempt = Option<Result<quinn::Connection, String>>;
 
 #[derive(Debug, Default)]
 struct ConnState {
     connection: Option<quinn::Connection>,
     /// The attempt under way, if any.
-    pending: Option<tokio::sync::watch::Receiver<Attempt>>,
+    pending: Option<tokio::sync::watch::Receiver<ConnectAttempt>>,
     failures: u32,
     next_attempt: Option<Instant>,
 }
@@ -100,9 +94,9 @@ impl TierClient {
         self.config.addr
     }
 
-    /// Sends `request` on a new stream and waits for the reply, at most until the request's
-    /// deadline.
-    pub async fn request(&self, request: &EscalationRequest) -> Result<Reply, TransportError> {
+    /// Sends `request` on a new stream and waits for the upstream's [`Response`], at most
+    /// until the request's deadline.
+    pub async fn request(&self, request: &EscalationRequest) -> Result<Response, TransportError> {
         let addr = self.config.addr;
         let started = Instant::now();
         let budget = time_left(request.deadline_unix_us);
@@ -133,7 +127,7 @@ impl TierClient {
         connection: &quinn::Connection,
         bytes: &[u8],
         id: u64,
-    ) -> Result<Reply, TransportError> {
+    ) -> Result<Response, TransportError> {
         let addr = self.config.addr;
         let lost = |reason: String| TransportError::ConnectionLost { addr, reason };
         let (mut send, mut recv) = connection.open_bi().await.map_err(|e| lost(e.to_string()))?;
@@ -144,8 +138,8 @@ impl TierClient {
             ReadFailure::Stream(reason) => lost(reason),
         })?;
         match frame {
-            Frame::Answer(answer) if answer.id == id => Ok(Reply::Answer(answer)),
-            Frame::Error(error) => Ok(Reply::Error(error)),
+            Frame::Answer(answer) if answer.id == id => Ok(Ok(answer)),
+            Frame::Error(error) => Ok(Err(error)),
             Frame::Answer(answer) => Err(TransportError::UnexpectedFrame {
                 addr,
                 what: format!("answer for request {}", answer.id),
@@ -201,7 +195,7 @@ impl TierClient {
 
     /// Spawns one connection attempt; its outcome is published on the returned channel and
     /// recorded in the shared state.
-    fn start_attempt(&self) -> tokio::sync::watch::Receiver<Attempt> {
+    fn start_attempt(&self) -> tokio::sync::watch::Receiver<ConnectAttempt> {
         let (tx, rx) = tokio::sync::watch::channel(None);
         let endpoint = self.endpoint.clone();
         let quic = self.quic.clone();

@@ -5,6 +5,7 @@
 //!
 //! - [`TlsIdentity`]: a node's certificate chain and key plus the deployment CA it trusts.
 //!   Both sides present a certificate signed by that CA and refuse a peer that does not.
+//!   [`certs::Ca`] makes such a CA and its node certificates.
 //! - [`TierServer`]: accepts escalations and hands each decoded request, with its deadline,
 //!   to an async [`Handler`].
 //! - [`TierClient`]: sends escalations to one upstream address over one connection,
@@ -14,13 +15,14 @@
 //! upstream model twice and could be answered twice, so the round trip it saves (only on
 //! reconnection, as connections are long-lived) is not worth it.
 
+pub mod certs;
 mod client;
 mod server;
 mod tls;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use client::{ClientConfig, Reply, TierClient};
+pub use client::{ClientConfig, Response, TierClient};
 pub use server::{Handler, RequestContext, ServerConfig, TierServer};
 pub use tls::TlsIdentity;
 

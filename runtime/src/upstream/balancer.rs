@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome, Permit};
+use super::breaker::{Attempt, AttemptResult, BreakerConfig, BreakerState, CircuitBreaker};
 
 /// Weight of the newest latency sample in the moving average.
 const EWMA_ALPHA: f64 = 0.3;
@@ -41,10 +41,10 @@ impl Balancer {
         Balancer { members: vec![member; count], rng: seed | 1 }
     }
 
-    /// Picks an upstream at `now` and takes a permit from its breaker. `avoid` (the upstream
+    /// Picks an upstream at `now` and lets an attempt through its breaker. `avoid` (the upstream
     /// that just failed, on a retry) is chosen only if nothing else is available. `None`
     /// when every breaker refuses.
-    pub fn pick(&mut self, now: Instant, avoid: Option<usize>) -> Option<(usize, Permit)> {
+    pub fn pick(&mut self, now: Instant, avoid: Option<usize>) -> Option<(usize, Attempt)> {
         let open: Vec<usize> =
             (0..self.members.len()).filter(|&i| self.members[i].breaker.allows(now)).collect();
         let preferred: Vec<usize> = open.iter().copied().filter(|&i| Some(i) != avoid).collect();
@@ -60,23 +60,23 @@ impl Balancer {
             }
         };
         let member = &mut self.members[chosen];
-        let permit = member.breaker.acquire(now)?;
+        let attempt = member.breaker.acquire(now)?;
         member.in_flight += 1;
-        Some((chosen, permit))
+        Some((chosen, attempt))
     }
 
-    /// Reports how the request sent to `index` with `permit` ended.
-    pub fn finish(&mut self, index: usize, now: Instant, permit: Permit, outcome: Outcome) {
+    /// Reports how the attempt sent to `index` ended.
+    pub fn finish(&mut self, index: usize, now: Instant, attempt: Attempt, result: AttemptResult) {
         let Some(member) = self.members.get_mut(index) else { return };
         member.in_flight = member.in_flight.saturating_sub(1);
-        if let Outcome::Success(latency) = outcome {
+        if let AttemptResult::Success(latency) = result {
             let sample = latency.as_secs_f64() * 1e6;
             member.ewma_us = Some(match member.ewma_us {
                 Some(avg) => EWMA_ALPHA * sample + (1.0 - EWMA_ALPHA) * avg,
                 None => sample,
             });
         }
-        member.breaker.record(now, permit, outcome);
+        member.breaker.record(now, attempt, result);
     }
 
     /// Whether any upstream would take a request at `now`.
@@ -141,7 +141,7 @@ mod tests {
         for _ in 0..20 {
             let (i, p) = b.pick(t0, None).unwrap();
             assert_eq!(i, 1);
-            b.finish(i, t0, p, Outcome::Success(MS));
+            b.finish(i, t0, p, AttemptResult::Success(MS));
         }
     }
 
@@ -167,21 +167,21 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Balancer::new(2, breaker(), 3);
         for _ in 0..2 {
-            b.finish(0, t0, Permit::Normal, Outcome::Failure);
+            b.finish(0, t0, Attempt::Normal, AttemptResult::Failure);
         }
         assert_eq!(b.health(t0)[0].breaker, BreakerState::Open);
         for _ in 0..10 {
             let (i, p) = b.pick(t0, None).unwrap();
             assert_eq!(i, 1);
-            b.finish(i, t0, p, Outcome::Success(MS));
+            b.finish(i, t0, p, AttemptResult::Success(MS));
         }
         assert_eq!(b.pick(t0, Some(1)).map(|(i, _)| i), Some(1), "the only one left, even if avoided");
-        b.finish(1, t0, Permit::Normal, Outcome::Failure);
-        b.finish(1, t0, Permit::Normal, Outcome::Failure);
+        b.finish(1, t0, Attempt::Normal, AttemptResult::Failure);
+        b.finish(1, t0, Attempt::Normal, AttemptResult::Failure);
         assert!(!b.any_available(t0));
         assert_eq!(b.pick(t0, None), None);
         // After the pause, a probe goes to one of them.
-        assert_eq!(b.pick(t0 + 1000 * MS, None).map(|(_, p)| p), Some(Permit::Probe));
+        assert_eq!(b.pick(t0 + 1000 * MS, None).map(|(_, p)| p), Some(Attempt::Probe));
     }
 
     #[test]
@@ -191,7 +191,7 @@ mod tests {
         for _ in 0..50 {
             let (i, p) = b.pick(t0, Some(2)).unwrap();
             assert_ne!(i, 2);
-            b.finish(i, t0, p, Outcome::Success(MS));
+            b.finish(i, t0, p, AttemptResult::Success(MS));
         }
     }
 }

@@ -38,18 +38,18 @@ pub enum BreakerState {
     HalfOpen,
 }
 
-/// Permission to send one request, returned to the breaker with its outcome.
+/// How the breaker let one attempt through; returned to it with the attempt's result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Permit {
+pub enum Attempt {
     /// An ordinary request through a closed breaker.
     Normal,
     /// A probe through a half-open breaker: its outcome closes or reopens it.
     Probe,
 }
 
-/// How a request that held a permit ended.
+/// How an attempt ended, as far as the upstream's health is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum AttemptResult {
     /// The upstream answered after this long.
     Success(Duration),
     /// The upstream failed, was unreachable, or let the deadline pass.
@@ -96,38 +96,38 @@ impl CircuitBreaker {
         }
     }
 
-    /// Asks to send one request at `now`; `None` means the breaker refuses it.
-    pub fn acquire(&mut self, now: Instant) -> Option<Permit> {
+    /// Asks to send one attempt at `now`; `None` means the breaker refuses it.
+    pub fn acquire(&mut self, now: Instant) -> Option<Attempt> {
         match self.inner {
-            Inner::Closed { .. } => Some(Permit::Normal),
+            Inner::Closed { .. } => Some(Attempt::Normal),
             Inner::Open { until } if now < until => None,
             Inner::Open { .. } => {
                 self.inner = Inner::HalfOpen { probes_in_flight: 1 };
-                Some(Permit::Probe)
+                Some(Attempt::Probe)
             }
             Inner::HalfOpen { probes_in_flight } if probes_in_flight < self.config.half_open_probes => {
                 self.inner = Inner::HalfOpen { probes_in_flight: probes_in_flight + 1 };
-                Some(Permit::Probe)
+                Some(Attempt::Probe)
             }
             Inner::HalfOpen { .. } => None,
         }
     }
 
-    /// Returns a permit with the outcome of its request.
-    pub fn record(&mut self, now: Instant, permit: Permit, outcome: Outcome) {
-        let failed = match outcome {
-            Outcome::Success(latency) => latency > self.config.latency_limit,
-            Outcome::Failure => true,
-            Outcome::Ignored => {
-                if let (Permit::Probe, Inner::HalfOpen { probes_in_flight }) = (permit, self.inner) {
+    /// Returns an attempt with its result.
+    pub fn record(&mut self, now: Instant, attempt: Attempt, result: AttemptResult) {
+        let failed = match result {
+            AttemptResult::Success(latency) => latency > self.config.latency_limit,
+            AttemptResult::Failure => true,
+            AttemptResult::Ignored => {
+                if let (Attempt::Probe, Inner::HalfOpen { probes_in_flight }) = (attempt, self.inner) {
                     self.inner = Inner::HalfOpen { probes_in_flight: probes_in_flight.saturating_sub(1) };
                 }
                 return;
             }
         };
         let open = Inner::Open { until: now + self.config.open_for };
-        self.inner = match (permit, self.inner) {
-            (Permit::Normal, Inner::Closed { consecutive_failures }) if failed => {
+        self.inner = match (attempt, self.inner) {
+            (Attempt::Normal, Inner::Closed { consecutive_failures }) if failed => {
                 let consecutive_failures = consecutive_failures + 1;
                 if consecutive_failures >= self.config.failure_threshold {
                     open
@@ -135,9 +135,9 @@ impl CircuitBreaker {
                     Inner::Closed { consecutive_failures }
                 }
             }
-            (Permit::Normal, Inner::Closed { .. }) => Inner::Closed { consecutive_failures: 0 },
-            (Permit::Probe, Inner::HalfOpen { .. }) if failed => open,
-            (Permit::Probe, Inner::HalfOpen { .. }) => Inner::Closed { consecutive_failures: 0 },
+            (Attempt::Normal, Inner::Closed { .. }) => Inner::Closed { consecutive_failures: 0 },
+            (Attempt::Probe, Inner::HalfOpen { .. }) if failed => open,
+            (Attempt::Probe, Inner::HalfOpen { .. }) => Inner::Closed { consecutive_failures: 0 },
             // Requests sent before the breaker changed state report late; the state that
             // changed since is better informed.
             (_, inner) => inner,
@@ -164,15 +164,19 @@ mod tests {
     fn opens_after_consecutive_failures_only() {
         let t0 = Instant::now();
         let mut b = CircuitBreaker::new(config());
-        for outcome in
-            [Outcome::Failure, Outcome::Failure, Outcome::Success(MS), Outcome::Failure, Outcome::Failure]
-        {
+        for result in [
+            AttemptResult::Failure,
+            AttemptResult::Failure,
+            AttemptResult::Success(MS),
+            AttemptResult::Failure,
+            AttemptResult::Failure,
+        ] {
             let p = b.acquire(t0).unwrap();
-            b.record(t0, p, outcome);
+            b.record(t0, p, result);
         }
         assert_eq!(b.state(t0), BreakerState::Closed, "a success resets the count");
         let p = b.acquire(t0).unwrap();
-        b.record(t0, p, Outcome::Failure);
+        b.record(t0, p, AttemptResult::Failure);
         assert_eq!(b.state(t0), BreakerState::Open);
         assert_eq!(b.acquire(t0 + 499 * MS), None);
     }
@@ -183,7 +187,7 @@ mod tests {
         let mut b = CircuitBreaker::new(config());
         for _ in 0..3 {
             let p = b.acquire(t0).unwrap();
-            b.record(t0, p, Outcome::Success(101 * MS));
+            b.record(t0, p, AttemptResult::Success(101 * MS));
         }
         assert_eq!(b.state(t0), BreakerState::Open);
     }
@@ -194,24 +198,24 @@ mod tests {
         let mut b = CircuitBreaker::new(config());
         for _ in 0..3 {
             let p = b.acquire(t0).unwrap();
-            b.record(t0, p, Outcome::Failure);
+            b.record(t0, p, AttemptResult::Failure);
         }
         let t1 = t0 + 500 * MS;
         assert_eq!(b.state(t1), BreakerState::HalfOpen);
-        assert_eq!(b.acquire(t1), Some(Permit::Probe));
+        assert_eq!(b.acquire(t1), Some(Attempt::Probe));
         assert_eq!(b.acquire(t1), None, "one probe at a time");
-        b.record(t1, Permit::Probe, Outcome::Failure);
+        b.record(t1, Attempt::Probe, AttemptResult::Failure);
         assert_eq!(b.state(t1), BreakerState::Open, "a failed probe reopens");
         assert!(!b.allows(t1 + 499 * MS));
 
         let t2 = t1 + 500 * MS;
         let p = b.acquire(t2).unwrap();
         // A late result from before the breaker opened changes nothing.
-        b.record(t2, Permit::Normal, Outcome::Success(MS));
+        b.record(t2, Attempt::Normal, AttemptResult::Success(MS));
         assert_eq!(b.state(t2), BreakerState::HalfOpen);
-        b.record(t2, p, Outcome::Success(MS));
+        b.record(t2, p, AttemptResult::Success(MS));
         assert_eq!(b.state(t2), BreakerState::Closed);
-        assert_eq!(b.acquire(t2), Some(Permit::Normal));
+        assert_eq!(b.acquire(t2), Some(Attempt::Normal));
     }
 
     #[test]
@@ -219,10 +223,10 @@ mod tests {
         let t0 = Instant::now();
         let mut b = CircuitBreaker::new(BreakerConfig { failure_threshold: 1, ..config() });
         let p = b.acquire(t0).unwrap();
-        b.record(t0, p, Outcome::Failure);
+        b.record(t0, p, AttemptResult::Failure);
         let t1 = t0 + 600 * MS;
         let probe = b.acquire(t1).unwrap();
-        b.record(t1, probe, Outcome::Ignored);
-        assert_eq!(b.acquire(t1), Some(Permit::Probe));
+        b.record(t1, probe, AttemptResult::Ignored);
+        assert_eq!(b.acquire(t1), Some(Attempt::Probe));
     }
 }

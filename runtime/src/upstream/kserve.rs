@@ -38,9 +38,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::kserve_json::{self, TensorFields, tensor_values};
+use crate::kserve::tensor::{TensorFields, decode_tensor, tensor_values};
 use crate::protocol::{EscalationAnswer, EscalationRequest, MAX_TENSORS, NamedTensor};
-use crate::tensor::DType;
+use crate::tensor::{DType, confidence};
 use crate::transport::time_left;
 
 /// Largest response body accepted, in bytes: as large as a tier protocol frame may be.
@@ -307,7 +307,7 @@ fn decode_response(body: &[u8], id: u64, model: &str) -> Result<EscalationAnswer
 
 fn decode_output(i: usize, t: &Value) -> Result<NamedTensor, String> {
     let t = t.as_object().ok_or_else(|| format!("outputs[{i}]: expected an object"))?;
-    let (name, tensor) = kserve_json::decode_tensor("outputs", i, TensorFields::from_object(t))?;
+    let (name, tensor) = decode_tensor("outputs", i, TensorFields::from_object(t))?;
     Ok(NamedTensor { name, tensor })
 }
 
@@ -320,15 +320,9 @@ fn classify(outputs: &[NamedTensor]) -> (f32, Option<u32>) {
         _ => None,
     };
     let Some(logits) = logits else { return (1.0, None) };
-    let (mut best, mut max) = (0usize, f32::NEG_INFINITY);
-    for (i, &x) in logits.iter().enumerate() {
-        if x > max {
-            (best, max) = (i, x);
-        }
-    }
-    let sum: f32 = logits.iter().map(|&x| (x - max).exp()).sum();
-    // The largest term is exp(0) = 1, so the sum is at least 1 and the ratio well defined.
-    (1.0 / sum, u32::try_from(best).ok())
+    let probs = confidence::softmax(&logits);
+    let label = confidence::argmax(&probs).and_then(|i| u32::try_from(i).ok());
+    (confidence::max_probability(&probs), label)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 mod balancer;
 mod breaker;
 mod budget;
+mod health;
 pub mod kserve;
 
 use std::net::SocketAddr;
@@ -25,12 +26,13 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 pub use balancer::{Balancer, MemberHealth};
-pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome, Permit};
+pub use breaker::{Attempt, AttemptResult, BreakerConfig, BreakerState, CircuitBreaker};
 pub use budget::{RetryBudget, RetryConfig};
+pub use health::UpstreamHealth;
 pub use kserve::{KserveClient, KserveConfig, KserveError};
 
 use crate::protocol::{ErrorKind, EscalationAnswer, EscalationRequest};
-use crate::transport::{ClientConfig, Reply, TierClient, TlsIdentity, TransportError, time_left};
+use crate::transport::{ClientConfig, TierClient, TlsIdentity, TransportError, time_left};
 
 /// Upstreams and how to treat them.
 #[derive(Debug, Clone)]
@@ -143,15 +145,6 @@ impl EscalationError {
     }
 }
 
-/// An upstream's health, for metrics and the edge policy's gates.
-#[derive(Debug, Clone, PartialEq)]
-pub struct UpstreamHealth {
-    /// Which upstream: a QUIC upstream's `ip:port`, a KServe server's `host:port`.
-    pub server: String,
-    /// Breaker state, in-flight count, latency average.
-    pub health: MemberHealth,
-}
-
 /// One upstream, reached by its kind's transport. Not boxed: a handful live as long as the
 /// node, and the size difference costs nothing there.
 #[allow(clippy::large_enum_variant)]
@@ -174,20 +167,20 @@ impl Member {
         &self,
         request: &EscalationRequest,
         started: Instant,
-    ) -> Result<EscalationAnswer, (Outcome, EscalationError)> {
+    ) -> Result<EscalationAnswer, (AttemptResult, EscalationError)> {
         match self {
             Member::Quic(client) => {
                 let addr = client.addr();
                 match client.request(request).await {
-                    Ok(Reply::Answer(answer)) => Ok(answer),
-                    Ok(Reply::Error(e)) => {
+                    Ok(Ok(answer)) => Ok(answer),
+                    Ok(Err(e)) => {
                         // Refusals about the request itself say the upstream is healthy.
                         let outcome = match e.kind {
                             ErrorKind::Overloaded
                             | ErrorKind::Unavailable
                             | ErrorKind::Internal
-                            | ErrorKind::DeadlineExceeded => Outcome::Failure,
-                            _ => Outcome::Success(started.elapsed()),
+                            | ErrorKind::DeadlineExceeded => AttemptResult::Failure,
+                            _ => AttemptResult::Success(started.elapsed()),
                         };
                         let error = EscalationError::Upstream {
                             addr,
@@ -201,8 +194,8 @@ impl Member {
                         let outcome = match source {
                             TransportError::Encode(_)
                             | TransportError::Tls(_)
-                            | TransportError::Bind { .. } => Outcome::Ignored,
-                            _ => Outcome::Failure,
+                            | TransportError::Bind { .. } => AttemptResult::Ignored,
+                            _ => AttemptResult::Failure,
                         };
                         Err((outcome, EscalationError::Transport { addr, source }))
                     }
@@ -210,9 +203,9 @@ impl Member {
             }
             Member::Kserve(client) => client.infer(request).await.map_err(|source| {
                 let outcome = match source.server_failed() {
-                    Some(true) => Outcome::Failure,
-                    Some(false) => Outcome::Success(started.elapsed()),
-                    None => Outcome::Ignored,
+                    Some(true) => AttemptResult::Failure,
+                    Some(false) => AttemptResult::Success(started.elapsed()),
+                    None => AttemptResult::Ignored,
                 };
                 (outcome, EscalationError::Kserve { server: client.server().to_owned(), source })
             }),
@@ -223,6 +216,7 @@ impl Member {
 struct State {
     balancer: Balancer,
     budget: RetryBudget,
+    health: UpstreamHealth,
 }
 
 /// Escalates requests to the healthiest of several upstreams: Cascade nodes over QUIC
@@ -269,6 +263,7 @@ impl UpstreamClient {
             state: Mutex::new(State {
                 balancer: Balancer::new(members.len(), breaker, seed),
                 budget: RetryBudget::new(retry),
+                health: UpstreamHealth::new(),
             }),
             members,
         }
@@ -276,29 +271,44 @@ impl UpstreamClient {
 
     /// Sends `request` to an upstream and returns its answer, retrying on another upstream
     /// when the failure is retryable, the retry budget allows and the deadline leaves time.
+    /// Every result, retries included, feeds [`UpstreamClient::health`].
     pub async fn escalate(&self, request: &EscalationRequest) -> Result<EscalationAnswer, EscalationError> {
+        let started = Instant::now();
+        // The attempts watch the deadline themselves; this bounds whatever they wait on too.
+        let result = tokio::time::timeout(time_left(request.deadline_unix_us), self.attempts(request))
+            .await
+            .unwrap_or(Err(EscalationError::DeadlineExceeded));
+        let mut state = self.state.lock();
+        match &result {
+            Ok(_) => state.health.record_success(started.elapsed()),
+            Err(_) => state.health.record_failure(),
+        }
+        result
+    }
+
+    async fn attempts(&self, request: &EscalationRequest) -> Result<EscalationAnswer, EscalationError> {
         let (max_attempts, mut avoid) = {
             let mut state = self.state.lock();
             state.budget.record_request(Instant::now());
             (state.budget.config().max_attempts.max(1), None)
         };
-        let mut attempt = 1;
+        let mut tries = 1;
         loop {
             if time_left(request.deadline_unix_us).is_zero() {
                 return Err(EscalationError::DeadlineExceeded);
             }
-            let Some((index, permit)) = self.state.lock().balancer.pick(Instant::now(), avoid) else {
+            let Some((index, attempt)) = self.state.lock().balancer.pick(Instant::now(), avoid) else {
                 return Err(EscalationError::NoUpstream);
             };
             let started = Instant::now();
-            let (outcome, error) = match self.members[index].attempt(request, started).await {
+            let (result, error) = match self.members[index].attempt(request, started).await {
                 Ok(answer) => {
                     let latency = started.elapsed();
                     self.state.lock().balancer.finish(
                         index,
                         Instant::now(),
-                        permit,
-                        Outcome::Success(latency),
+                        attempt,
+                        AttemptResult::Success(latency),
                     );
                     return Ok(answer);
                 }
@@ -306,33 +316,49 @@ impl UpstreamClient {
             };
             let now = Instant::now();
             let mut state = self.state.lock();
-            state.balancer.finish(index, now, permit, outcome);
+            state.balancer.finish(index, now, attempt, result);
             let retry = error.retryable()
-                && attempt < max_attempts
+                && tries < max_attempts
                 && !time_left(request.deadline_unix_us).is_zero()
                 && state.budget.try_retry(now);
             drop(state);
             if !retry {
                 return Err(error);
             }
-            tracing::debug!(%error, attempt, "retrying escalation on another upstream");
-            attempt += 1;
+            tracing::debug!(%error, tries, "retrying escalation on another upstream");
+            tries += 1;
             avoid = Some(index);
         }
     }
 
-    /// Whether any upstream would take an escalation now: the edge policy's gate.
+    /// Whether any upstream would take an escalation now.
     pub fn available(&self) -> bool {
-        self.state.lock().balancer.any_available(Instant::now())
+        self.breaker_state() != BreakerState::Open
     }
 
-    /// Every upstream's health, in configuration order.
-    pub fn health(&self) -> Vec<UpstreamHealth> {
+    /// The breakers as the edge policy's gate sees them: closed if any upstream's breaker is
+    /// closed, half-open if none is but one would let a probe through, open otherwise.
+    pub fn breaker_state(&self) -> BreakerState {
+        let now = Instant::now();
+        let state = self.state.lock();
+        let members = state.balancer.health(now);
+        if members.iter().any(|m| m.breaker == BreakerState::Closed) {
+            BreakerState::Closed
+        } else if state.balancer.any_available(now) {
+            BreakerState::HalfOpen
+        } else {
+            BreakerState::Open
+        }
+    }
+
+    /// Moving averages of escalation latency and failures, over every upstream.
+    pub fn health(&self) -> UpstreamHealth {
+        self.state.lock().health.clone()
+    }
+
+    /// Each upstream's name (`ip:port` or `host:port`) and health, in configuration order.
+    pub fn members(&self) -> Vec<(String, MemberHealth)> {
         let health = self.state.lock().balancer.health(Instant::now());
-        self.members
-            .iter()
-            .zip(health)
-            .map(|(m, health)| UpstreamHealth { server: m.server(), health })
-            .collect()
+        self.members.iter().map(Member::server).zip(health).collect()
     }
 }

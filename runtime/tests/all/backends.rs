@@ -8,9 +8,10 @@
 
 use std::sync::{Arc, OnceLock};
 
+use cascade_runtime::config::{ModelSpec, ResolvedModel};
 use cascade_runtime::{
-    Backend, BackendError, BackendKind, Digits, ModelConfig, ModelRegistry, Precision, PreparedModel,
-    ReferenceModel, Split, Tensor, TractBackend, WgpuBackend, file_sha256, reference,
+    Backend, BackendError, BackendKind, Digits, ModelStore, Precision, PreparedModel, ReferenceModel, Split,
+    Tensor, TractBackend, WgpuBackend, reference,
 };
 
 /// Every backend the suite checks.
@@ -258,35 +259,40 @@ fn wgpu_batches_sharing_a_plan_give_the_same_items() {
 }
 
 #[test]
-fn registry_runs_wgpu_models_on_wgpu_and_falls_back_only_when_allowed() {
+fn the_model_store_runs_wgpu_models_on_wgpu_and_falls_back_only_when_allowed() {
     let Some(gpu) = wgpu_backend() else { return };
-    let reg = ModelRegistry::new(vec![Arc::new(TractBackend::new()), Arc::new(gpu)]);
-    let dir = tempfile::tempdir().unwrap();
-    let config = |name: &str, bytes: &[u8], fallback_to_tract| {
-        let path = dir.path().join(format!("{name}.onnx"));
-        std::fs::write(&path, bytes).unwrap();
-        ModelConfig {
-            name: name.into(),
-            version: "1".into(),
-            sha256: file_sha256(&path).unwrap(),
-            path,
-            backend: BackendKind::Wgpu,
-            item_shape: Some(vec![1, 28, 28]),
-            fallback_to_tract,
-        }
+    let model = |bytes: Vec<u8>, fallback_to_tract| {
+        let spec =
+            ModelSpec { path: "m.onnx".into(), backend: BackendKind::Wgpu, fallback_to_tract, pinned: None };
+        ResolvedModel::new(spec, bytes)
     };
-    let int8 = reg.load(&config("int8", &model_bytes(ReferenceModel::EdgeInt8), false)).unwrap();
+    let int8 = ModelStore::prepare("int8", &model(model_bytes(ReferenceModel::EdgeInt8), false)).unwrap();
     assert_eq!((int8.backend, int8.model.info().precision), (BackendKind::Wgpu, Precision::Int8));
+    assert!(int8.describe().starts_with("runs on wgpu ("), "{}", int8.describe());
+
     let tanh = replace_all(&model_bytes(ReferenceModel::EdgeFp32), b"Relu", b"Tanh");
-    let err = reg.load(&config("tanh", &tanh, false)).unwrap_err().to_string();
+    let err = ModelStore::prepare("tanh", &model(tanh.clone(), false)).unwrap_err().to_string();
     assert!(err.contains("uses op Tanh, which the wgpu backend cannot run"), "{err}");
-    let fallen = reg.load(&config("tanh", &tanh, true)).unwrap();
+    assert!(err.contains("set fallback_to_tract = true"), "{err}");
+    let fallen = ModelStore::prepare("tanh", &model(tanh, true)).unwrap();
     assert_eq!(fallen.backend, BackendKind::Tract);
-    assert!(
-        fallen.fallback_reason.as_deref().unwrap_or("").contains("uses op Tanh"),
-        "{:?}",
-        fallen.fallback_reason
-    );
+    // On a software adapter tract is preferred before wgpu is even asked.
+    let why = if gpu.adapter().is_cpu { "runs on the CPU" } else { "uses op Tanh" };
+    assert!(fallen.fallback.as_deref().unwrap_or("").contains(why), "{:?}", fallen.fallback);
+    assert!(fallen.describe().contains("falls back: runs on tract, fp32"), "{}", fallen.describe());
+
+    // A model wgpu can run, allowed to fall back, on a software adapter: tract is faster.
+    let fp32 = ModelStore::prepare("fp32", &model(model_bytes(ReferenceModel::EdgeFp32), true)).unwrap();
+    if gpu.adapter().is_cpu {
+        assert_eq!(fp32.backend, BackendKind::Tract);
+        assert!(
+            fp32.describe().contains("runs on the CPU; falls back: runs on tract, fp32"),
+            "{}",
+            fp32.describe()
+        );
+    } else {
+        assert_eq!(fp32.backend, BackendKind::Wgpu);
+    }
 }
 
 fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {

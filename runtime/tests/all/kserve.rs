@@ -184,7 +184,7 @@ async fn a_dead_kserve_server_opens_its_breaker() {
     // A refused connection is retryable: each escalation makes the default three attempts
     // (the budget's minimum allows them), so two escalations are six failures.
     let upstream = client(format!("http://{addr}"), 6);
-    assert_eq!(upstream.health()[0].server, addr.to_string());
+    assert_eq!(upstream.members()[0].0, addr.to_string());
     for id in 0..2 {
         let err = upstream.escalate(&request(id)).await.unwrap_err();
         let EscalationError::Kserve { server, source } = &err else { panic!("{err}") };
@@ -193,7 +193,7 @@ async fn a_dead_kserve_server_opens_its_breaker() {
         assert_eq!((err.origin(), err.retryable()), (Origin::Transport, true));
         assert!(err.to_string().starts_with(&format!("kserve upstream {addr}: no response")), "{err}");
     }
-    assert_eq!(upstream.health()[0].health.breaker, BreakerState::Open);
+    assert_eq!(upstream.members()[0].1.breaker, BreakerState::Open);
     assert!(!upstream.available());
     assert!(matches!(upstream.escalate(&request(9)).await, Err(EscalationError::NoUpstream)));
 }
@@ -248,6 +248,6 @@ async fn a_refused_request_is_not_retried_and_leaves_the_breaker_closed() {
         assert_eq!((err.origin(), err.retryable()), (Origin::Upstream, false));
     }
     assert_eq!(hits.load(Ordering::SeqCst), 5, "one attempt per escalation");
-    assert_eq!(upstream.health()[0].health.breaker, BreakerState::Closed);
+    assert_eq!(upstream.members()[0].1.breaker, BreakerState::Closed);
     assert!(upstream.available());
 }

@@ -3,9 +3,12 @@
 // Tests panic on failure by design.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admission;
 mod backends;
+mod cache;
+mod config;
 mod kserve;
+mod node;
 mod reference_models;
 mod sandbox;
-mod serve_core;
 mod tiers;

@@ -1,99 +1,65 @@
 //! The wasmtime sandbox with real guests built from source: the example classifier agrees
 //! with the model it wraps on every test image, and hostile plugins fail alone.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::Arc;
 
-use cascade_runtime::guest_build::{GuestBuilder, sha256_hex};
+use cascade_runtime::config::{ModelSpec, ResolvedModel, ResolvedPlugin};
 use cascade_runtime::{
-    Digits, ErrorKind, LoadError, Outcome, PluginLimits, PluginSpec, PreparedModel, ReferenceModel, Request,
-    RequestError, Sandbox, SandboxConfig, Split, Tensor, TractBackend, reference,
+    BackendKind, Digits, ErrorKind, LoadError, ModelStore, Outcome, PreparedModel, ReferenceModel, Request,
+    RequestError, Sandbox, SandboxConfig, Split, Tensor, reference,
 };
+use cascade_testkit::{Guest, fixture};
 
-/// A guest component written to disk, with its digest.
-struct Guest {
-    file: PathBuf,
-    sha256: String,
-}
-
-struct Guests {
-    mnist: Guest,
-    hostile: Guest,
-}
-
-/// Builds both guests once per test process (the first build compiles std for wasm32).
-fn guests() -> &'static Guests {
-    static GUESTS: OnceLock<Guests> = OnceLock::new();
-    GUESTS.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let builder = GuestBuilder::default();
-        let out = cascade_runtime::guest_build::default_guest_target_dir().join("components");
-        std::fs::create_dir_all(&out).unwrap();
-        let build = |dir: PathBuf, name: &str| {
-            let built = builder.build(&dir).unwrap_or_else(|e| panic!("{e}"));
-            let file = out.join(format!("{name}-{}.wasm", std::process::id()));
-            std::fs::write(&file, &built.component).unwrap();
-            Guest { file, sha256: built.sha256 }
-        };
-        Guests {
-            mnist: build(root.join("examples/mnist-classifier"), "mnist-classifier"),
-            hostile: build(root.join("runtime/tests/plugins/hostile"), "hostile"),
-        }
-    })
-}
-
-fn file_sha256(path: &std::path::Path) -> String {
-    sha256_hex(&std::fs::read(path).unwrap())
-}
-
-/// A node with the edge and central models loaded, pinned by their files' digests.
-fn node() -> (Sandbox, Arc<dyn PreparedModel>) {
+/// The edge and central models as a node would load them.
+fn models() -> ModelStore {
     let dir = reference::default_models_dir();
+    let models =
+        [("edge", ReferenceModel::EdgeInt8), ("central", ReferenceModel::CentralFp32)].map(|(name, m)| {
+            let path = m.path(&dir);
+            let bytes = std::fs::read(&path).unwrap();
+            let spec =
+                ModelSpec { path, backend: BackendKind::Tract, fallback_to_tract: false, pinned: None };
+            (name.to_string(), ResolvedModel::new(spec, bytes))
+        });
+    ModelStore::load(&models.into(), None).unwrap()
+}
+
+/// A sandbox and the models its plugins may call; the edge model, to compare with.
+fn node() -> (Sandbox, ModelStore, Arc<dyn PreparedModel>) {
     let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
-    let mut edge = None;
-    for (name, model) in [("edge", ReferenceModel::EdgeInt8), ("central", ReferenceModel::CentralFp32)] {
-        let path = model.path(&dir);
-        let prepared = sandbox.add_model(name, &path, &file_sha256(&path), &TractBackend::new()).unwrap();
-        if name == "edge" {
-            edge = Some(prepared);
-        }
-    }
-    (sandbox, edge.unwrap())
+    let models = models();
+    let edge = models.get("edge").unwrap().model.clone();
+    (sandbox, models, edge)
 }
 
-fn edge_pin() -> BTreeMap<String, String> {
-    let path = ReferenceModel::EdgeInt8.path(&reference::default_models_dir());
-    BTreeMap::from([("edge".to_string(), file_sha256(&path))])
+/// `guest` allowed the edge model, with a 300 ms deadline and `config`.
+fn plugin(guest: &Guest, config: &[(&str, &str)]) -> ResolvedPlugin {
+    guest.resolved(&["edge"], 300, config)
 }
 
-fn spec(name: &str, guest: &Guest, config: &[(&str, &str)]) -> PluginSpec {
-    PluginSpec {
-        name: name.into(),
-        file: guest.file.clone(),
-        sha256: guest.sha256.clone(),
-        models: edge_pin(),
-        config: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        logging: true,
-        limits: PluginLimits {
-            max_memory_bytes: 16 << 20,
-            deadline: Duration::from_millis(300),
-            ..PluginLimits::default()
-        },
+/// A request on route `digits` owning its tensors.
+struct Owned {
+    route: &'static str,
+    inputs: Vec<(String, Tensor)>,
+    parameters: Vec<(String, String)>,
+}
+
+impl Owned {
+    fn request(&self) -> Request<'_> {
+        Request { route: self.route, inputs: &self.inputs, parameters: &self.parameters }
     }
 }
 
-fn image_request(pixels: &[u8]) -> Request {
-    Request {
-        route: "digits".into(),
+fn image_request(pixels: &[u8]) -> Owned {
+    Owned {
+        route: "digits",
         inputs: vec![("image".into(), Tensor::from_u8(vec![28, 28], pixels.to_vec()).unwrap())],
         parameters: vec![],
     }
 }
 
-fn mode(mode: &str) -> Request {
-    Request { route: "hostile".into(), inputs: vec![], parameters: vec![("mode".into(), mode.into())] }
+fn mode(mode: &str) -> Owned {
+    Owned { route: "hostile", inputs: vec![], parameters: vec![("mode".into(), mode.into())] }
 }
 
 fn label(outcome: &Outcome) -> String {
@@ -105,15 +71,17 @@ fn label(outcome: &Outcome) -> String {
 
 #[test]
 fn mnist_plugin_predicts_exactly_like_the_model_on_the_whole_test_split() {
-    let (sandbox, edge) = node();
-    sandbox.load_plugin(&spec("mnist", &guests().mnist, &[])).unwrap();
+    let (sandbox, models, edge) = node();
+    sandbox.load_plugin("mnist", &plugin(&fixture().mnist, &[]), &models).unwrap();
     let test = Digits::load_split(&reference::default_models_dir(), Split::Test).unwrap();
     let (mut agree, mut correct) = (0, 0);
     for i in 0..test.len() {
         let direct = edge.run(&[reference::images_to_input(test.image(i)).unwrap()]).unwrap();
         let logits = direct[0].to_f32().unwrap();
         let expected = reference::argmax_rows(&logits, 10)[0];
-        let Outcome::Answer(answer) = sandbox.handle("mnist", &image_request(test.image(i))).unwrap() else {
+        let Outcome::Answer(answer) =
+            sandbox.handle("mnist", image_request(test.image(i)).request()).unwrap()
+        else {
             panic!("image {i}: the classifier escalated");
         };
         let got: usize = answer.label.as_deref().unwrap().parse().unwrap();
@@ -135,9 +103,9 @@ fn mnist_plugin_predicts_exactly_like_the_model_on_the_whole_test_split() {
 
 #[test]
 fn hostile_plugins_fail_alone_while_good_traffic_succeeds() {
-    let (sandbox, _) = node();
-    sandbox.load_plugin(&spec("mnist", &guests().mnist, &[])).unwrap();
-    sandbox.load_plugin(&spec("hostile", &guests().hostile, &[("version", "v1")])).unwrap();
+    let (sandbox, models, _) = node();
+    sandbox.load_plugin("mnist", &plugin(&fixture().mnist, &[]), &models).unwrap();
+    sandbox.load_plugin("hostile", &plugin(&fixture().hostile, &[("version", "v1")]), &models).unwrap();
     let test = Digits::load_split(&reference::default_models_dir(), Split::Test).unwrap();
     let expected: [(&str, ErrorKind, &str); 7] = [
         ("loop", ErrorKind::Timeout, "deadline"),
@@ -154,7 +122,7 @@ fn hostile_plugins_fail_alone_while_good_traffic_succeeds() {
             let mut served = 0;
             for round in 0..3 {
                 for i in (round * 40)..(round * 40 + 40) {
-                    let outcome = sandbox.handle("mnist", &image_request(test.image(i))).unwrap();
+                    let outcome = sandbox.handle("mnist", image_request(test.image(i)).request()).unwrap();
                     assert!(label(&outcome).parse::<u8>().is_ok());
                     served += 1;
                 }
@@ -166,7 +134,7 @@ fn hostile_plugins_fail_alone_while_good_traffic_succeeds() {
             .map(|&(m, kind, text)| {
                 let sandbox = &sandbox;
                 s.spawn(move || {
-                    let err = sandbox.handle("hostile", &mode(m)).unwrap_err();
+                    let err = sandbox.handle("hostile", mode(m).request()).unwrap_err();
                     assert_eq!(err.kind(), kind, "mode {m}: {err}");
                     assert!(err.to_string().contains(text), "mode {m}: {err}");
                     assert!(err.to_string().contains("plugin hostile"), "mode {m}: {err}");
@@ -179,7 +147,7 @@ fn hostile_plugins_fail_alone_while_good_traffic_succeeds() {
         assert_eq!(good.join().unwrap(), 120);
     });
     // The hostile plugin itself still serves well-behaved requests afterwards.
-    assert_eq!(label(&sandbox.handle("hostile", &mode("ok")).unwrap()), "v1");
+    assert_eq!(label(&sandbox.handle("hostile", mode("ok").request()).unwrap()), "v1");
     let stats = sandbox.stats();
     assert_eq!(stats.ok, 121);
     for (_, kind, _) in expected {
@@ -189,8 +157,9 @@ fn hostile_plugins_fail_alone_while_good_traffic_succeeds() {
 
 #[test]
 fn reload_switches_new_requests_and_in_flight_ones_finish_on_the_old_version() {
-    let (sandbox, _) = node();
-    let v1 = sandbox.load_plugin(&spec("hostile", &guests().hostile, &[("version", "v1")])).unwrap();
+    let (sandbox, models, _) = node();
+    let v1 =
+        sandbox.load_plugin("hostile", &plugin(&fixture().hostile, &[("version", "v1")]), &models).unwrap();
     let in_flight = sandbox.instantiate("hostile").unwrap();
     // A request running across the reload, on another thread.
     let running = {
@@ -198,79 +167,52 @@ fn reload_switches_new_requests_and_in_flight_ones_finish_on_the_old_version() {
         std::thread::spawn(move || {
             let mut req = mode("spin");
             req.parameters.push(("iterations".into(), "2000000".into()));
-            sandbox.handle("hostile", &req)
+            sandbox.handle("hostile", req.request())
         })
     };
-    let v2 = sandbox.load_plugin(&spec("hostile", &guests().hostile, &[("version", "v2")])).unwrap();
+    let v2 =
+        sandbox.load_plugin("hostile", &plugin(&fixture().hostile, &[("version", "v2")]), &models).unwrap();
     assert!(v2 > v1);
     assert_eq!(sandbox.plugin_version("hostile").unwrap().0, v2);
-    assert_eq!(label(&sandbox.handle("hostile", &mode("ok")).unwrap()), "v2");
-    assert_eq!(label(&in_flight.call(&mode("ok")).unwrap()), "v1");
+    assert_eq!(label(&sandbox.handle("hostile", mode("ok").request()).unwrap()), "v2");
+    assert_eq!(label(&in_flight.call(mode("ok").request()).unwrap()), "v1");
     // Started before or after the swap: it answers with one whole version, never an error.
     let label_running = label(&running.join().unwrap().unwrap());
     assert!(label_running == "v1" || label_running == "v2", "{label_running}");
 }
 
 #[test]
-fn pinned_digests_are_enforced_at_load() {
-    let (sandbox, _) = node();
-    let good = spec("mnist", &guests().mnist, &[]);
-
-    let mut wrong_plugin = good.clone();
-    wrong_plugin.sha256 = "00".repeat(32);
-    let err = sandbox.load_plugin(&wrong_plugin).unwrap_err();
-    assert!(matches!(err, LoadError::Digest { .. }), "{err}");
-    let msg = err.to_string();
-    assert!(
-        msg.contains(&*good.file.to_string_lossy())
-            && msg.contains(&good.sha256)
-            && msg.contains(&"00".repeat(32)),
-        "{msg}"
-    );
-
-    let mut wrong_model = good.clone();
-    wrong_model.models.insert("edge".into(), "11".repeat(32));
-    let msg = sandbox.load_plugin(&wrong_model).unwrap_err().to_string();
-    let edge_file = ReferenceModel::EdgeInt8.path(&reference::default_models_dir());
-    assert!(
-        msg.contains("edge_int8.onnx")
-            && msg.contains(&"11".repeat(32))
-            && msg.contains(&file_sha256(&edge_file)),
-        "{msg}"
-    );
-
-    let mut unknown = good.clone();
-    unknown.models.insert("giant".into(), "22".repeat(32));
-    let err = sandbox.load_plugin(&unknown).unwrap_err();
+fn failed_loads_name_what_is_wrong_and_swap_nothing_in() {
+    let (sandbox, models, _) = node();
+    let unknown = fixture().mnist.resolved(&["edge", "giant"], 300, &[]);
+    let err = sandbox.load_plugin("mnist", &unknown, &models).unwrap_err();
     assert!(matches!(err, LoadError::UnknownModel { ref model, .. } if model == "giant"), "{err}");
+    assert!(err.to_string().contains("plugin mnist: allowed model giant"), "{err}");
 
-    let dir = reference::default_models_dir();
-    let err = sandbox
-        .add_model("edge2", &ReferenceModel::EdgeInt8.path(&dir), &"33".repeat(32), &TractBackend::new())
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("edge_int8.onnx") && err.to_string().contains(&"33".repeat(32)),
-        "{err}"
-    );
+    let mut not_wasm = plugin(&fixture().mnist, &[]);
+    not_wasm.bytes = b"not a component".to_vec().into();
+    let err = sandbox.load_plugin("mnist", &not_wasm, &models).unwrap_err();
+    assert!(matches!(err, LoadError::Compile { .. }), "{err}");
+    assert!(err.to_string().contains("mnist.wasm: not a valid plugin component"), "{err}");
 
     // Nothing was swapped in by the failed loads.
     assert!(sandbox.plugin_version("mnist").is_none());
-    let err = sandbox.handle("mnist", &mode("ok")).unwrap_err();
+    let err = sandbox.handle("mnist", mode("ok").request()).unwrap_err();
     assert!(matches!(err, RequestError::UnknownPlugin { .. }));
-    sandbox.load_plugin(&good).unwrap();
+    sandbox.load_plugin("mnist", &plugin(&fixture().mnist, &[]), &models).unwrap();
     assert!(sandbox.plugin_version("mnist").is_some());
 }
 
 #[test]
 fn bad_requests_get_the_plugins_own_error() {
-    let (sandbox, _) = node();
-    sandbox.load_plugin(&spec("mnist", &guests().mnist, &[])).unwrap();
-    let short = Request {
-        route: "digits".into(),
+    let (sandbox, models, _) = node();
+    sandbox.load_plugin("mnist", &plugin(&fixture().mnist, &[]), &models).unwrap();
+    let short = Owned {
+        route: "digits",
         inputs: vec![("image".into(), Tensor::from_u8(vec![10], vec![0; 10]).unwrap())],
         parameters: vec![],
     };
-    let err = sandbox.handle("mnist", &short).unwrap_err();
+    let err = sandbox.handle("mnist", short.request()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Plugin);
     assert!(err.to_string().contains("expected 784 pixels, got 10"), "{err}");
 }

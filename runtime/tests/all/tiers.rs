@@ -10,53 +10,19 @@ use cascade_runtime::Tensor;
 use cascade_runtime::protocol::{
     ErrorFrame, ErrorKind, EscalationAnswer, EscalationRequest, Frame, NamedTensor, StageTiming, decode,
 };
+use cascade_runtime::transport::certs::{Ca, Issued};
 use cascade_runtime::transport::{
-    ClientConfig, Reply, RequestContext, ServerConfig, TierClient, TierServer, TlsIdentity, TransportError,
+    ClientConfig, RequestContext, ServerConfig, TierClient, TierServer, TlsIdentity, TransportError,
     deadline_in,
 };
 use cascade_runtime::upstream::{
     BreakerConfig, BreakerState, EscalationError, Origin, RetryConfig, UpstreamClient, UpstreamConfig,
 };
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use rustls::pki_types::pem::PemObject;
 
-/// A deployment CA made for one test.
-struct Ca {
-    params: CertificateParams,
-    key: KeyPair,
-    pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let pem = params.self_signed(&key).unwrap().pem();
-        Ca { params, key, pem }
-    }
-
-    /// A node certificate for `name` (also its DNS name), usable as client and server.
-    fn issue(&self, name: &str) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params.signed_by(&key, &Issuer::from_params(&self.params, &self.key)).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    /// An identity for `name`, signed by this CA and trusting `trusted`.
-    fn identity(&self, name: &str, trusted: &Ca) -> TlsIdentity {
-        let (cert, key) = self.issue(name);
-        TlsIdentity::from_pem(cert.as_bytes(), key.as_bytes(), trusted.pem.as_bytes()).unwrap()
-    }
+/// A CA for one test, named so that tests can make several.
+fn new_ca(name: &str) -> Ca {
+    Ca::named(name).unwrap()
 }
 
 const CENTRAL: &str = "central.cascade";
@@ -106,17 +72,18 @@ fn client(identity: &TlsIdentity, addr: SocketAddr, name: &str) -> TierClient {
 
 #[tokio::test]
 async fn request_and_answer_round_trip() {
-    let ca = Ca::new("test ca");
+    let ca = new_ca("test ca");
     let server =
-        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), sum_handler).unwrap();
-    let client = client(&ca.identity("edge-1", &ca), server.local_addr(), CENTRAL);
+        TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), ServerConfig::new(loopback()), sum_handler)
+            .unwrap();
+    let client = client(&ca.identity("edge-1", &ca).unwrap(), server.local_addr(), CENTRAL);
 
     let req = request(11, Duration::from_secs(5));
     let expected: f32 = req.inputs[0].tensor.to_f32().unwrap().iter().sum();
     for id in [11, 12] {
         let mut req = req.clone();
         req.id = id;
-        let Reply::Answer(answer) = client.request(&req).await.unwrap() else { panic!("expected an answer") };
+        let answer = client.request(&req).await.unwrap().expect("an answer");
         assert_eq!(answer.id, id);
         assert_eq!(answer.outputs[0].tensor.to_f32().unwrap(), vec![expected]);
         assert_eq!((answer.confidence, answer.label), (0.99, Some(7)));
@@ -134,11 +101,12 @@ async fn overloaded(req: EscalationRequest, _ctx: RequestContext) -> Result<Esca
 
 #[tokio::test]
 async fn upstream_error_frames_reach_the_client() {
-    let ca = Ca::new("test ca");
+    let ca = new_ca("test ca");
     let server =
-        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), overloaded).unwrap();
-    let client = client(&ca.identity("edge-1", &ca), server.local_addr(), CENTRAL);
-    let Reply::Error(e) = client.request(&request(3, Duration::from_secs(5))).await.unwrap() else {
+        TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), ServerConfig::new(loopback()), overloaded)
+            .unwrap();
+    let client = client(&ca.identity("edge-1", &ca).unwrap(), server.local_addr(), CENTRAL);
+    let Err(e) = client.request(&request(3, Duration::from_secs(5))).await.unwrap() else {
         panic!("expected an error frame")
     };
     assert_eq!((e.id, e.kind, e.retryable), (3, ErrorKind::Overloaded, true));
@@ -152,17 +120,20 @@ fn counting_server(ca: &Ca) -> (TierServer, Arc<AtomicUsize>) {
         counter.fetch_add(1, Ordering::SeqCst);
         sum_handler(req, ctx)
     };
-    (TierServer::bind(&ca.identity(CENTRAL, ca), ServerConfig::new(loopback()), handler).unwrap(), calls)
+    (
+        TierServer::bind(&ca.identity(CENTRAL, ca).unwrap(), ServerConfig::new(loopback()), handler).unwrap(),
+        calls,
+    )
 }
 
 #[tokio::test]
 async fn client_signed_by_another_ca_is_refused() {
-    let ca = Ca::new("deployment ca");
-    let rogue = Ca::new("rogue ca");
+    let ca = new_ca("deployment ca");
+    let rogue = new_ca("rogue ca");
     let (server, calls) = counting_server(&ca);
     // Signed by the rogue CA, but trusting the real one: it can verify the server, the server
     // cannot verify it.
-    let client = client(&rogue.identity("edge-1", &ca), server.local_addr(), CENTRAL);
+    let client = client(&rogue.identity("edge-1", &ca).unwrap(), server.local_addr(), CENTRAL);
     let err = client.request(&request(1, Duration::from_secs(3))).await.unwrap_err();
     assert!(
         matches!(err, TransportError::Connect { .. } | TransportError::ConnectionLost { .. }),
@@ -173,9 +144,9 @@ async fn client_signed_by_another_ca_is_refused() {
 
 /// A bare quinn client config trusting `ca`, presenting `identity` (PEM cert and key) if any:
 /// lets a test speak to the server without going through `TierClient`.
-fn raw_quic_client(ca: &Ca, identity: Option<(String, String)>) -> quinn::crypto::rustls::QuicClientConfig {
+fn raw_quic_client(ca: &Ca, identity: Option<Issued>) -> quinn::crypto::rustls::QuicClientConfig {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap()).unwrap();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap()).unwrap();
     let builder =
         rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -183,10 +154,10 @@ fn raw_quic_client(ca: &Ca, identity: Option<(String, String)>) -> quinn::crypto
             .with_root_certificates(roots);
     let mut tls = match identity {
         None => builder.with_no_client_auth(),
-        Some((cert, key)) => builder
+        Some(issued) => builder
             .with_client_auth_cert(
-                vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
-                rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                vec![rustls::pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap()],
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap(),
             )
             .unwrap(),
     };
@@ -196,9 +167,9 @@ fn raw_quic_client(ca: &Ca, identity: Option<(String, String)>) -> quinn::crypto
 
 #[tokio::test]
 async fn unknown_protocol_version_gets_an_error_frame() {
-    let ca = Ca::new("deployment ca");
+    let ca = new_ca("deployment ca");
     let (server, calls) = counting_server(&ca);
-    let quic = raw_quic_client(&ca, Some(ca.issue("edge-1")));
+    let quic = raw_quic_client(&ca, Some(ca.issue("edge-1", &[]).unwrap()));
     let endpoint = quinn::Endpoint::client(loopback()).unwrap();
     let connection = endpoint
         .connect_with(quinn::ClientConfig::new(Arc::new(quic)), server.local_addr(), CENTRAL)
@@ -223,7 +194,7 @@ async fn unknown_protocol_version_gets_an_error_frame() {
 
 #[tokio::test]
 async fn client_without_certificate_is_refused() {
-    let ca = Ca::new("deployment ca");
+    let ca = new_ca("deployment ca");
     let (server, calls) = counting_server(&ca);
 
     // A plain QUIC client that trusts the CA but has no certificate of its own.
@@ -259,11 +230,11 @@ async fn client_without_certificate_is_refused() {
 
 #[tokio::test]
 async fn client_trusting_another_ca_refuses_the_server() {
-    let ca = Ca::new("deployment ca");
-    let other = Ca::new("other ca");
+    let ca = new_ca("deployment ca");
+    let other = new_ca("other ca");
     let (server, calls) = counting_server(&ca);
     // A valid certificate from the deployment CA, but it trusts only the other CA.
-    let client = client(&ca.identity("edge-1", &other), server.local_addr(), CENTRAL);
+    let client = client(&ca.identity("edge-1", &other).unwrap(), server.local_addr(), CENTRAL);
     let err = client.request(&request(1, Duration::from_secs(3))).await.unwrap_err();
     assert!(matches!(err, TransportError::Connect { .. }), "unexpected error: {err}");
     assert!(err.to_string().contains("UnknownIssuer"), "unexpected error: {err}");
@@ -273,9 +244,9 @@ async fn client_trusting_another_ca_refuses_the_server() {
 
 #[tokio::test]
 async fn wrong_server_name_is_refused() {
-    let ca = Ca::new("deployment ca");
+    let ca = new_ca("deployment ca");
     let (server, calls) = counting_server(&ca);
-    let client = client(&ca.identity("edge-1", &ca), server.local_addr(), "elsewhere.cascade");
+    let client = client(&ca.identity("edge-1", &ca).unwrap(), server.local_addr(), "elsewhere.cascade");
     let err = client.request(&request(1, Duration::from_secs(3))).await.unwrap_err();
     assert!(matches!(err, TransportError::Connect { .. }), "unexpected error: {err}");
     assert!(err.to_string().contains("not valid for name"), "unexpected error: {err}");
@@ -293,7 +264,7 @@ impl Drop for DropFlag {
 
 #[tokio::test]
 async fn hung_server_hits_the_deadline_on_both_sides() {
-    let ca = Ca::new("deployment ca");
+    let ca = new_ca("deployment ca");
     let cancelled = Arc::new(AtomicUsize::new(0));
     let flag = cancelled.clone();
     let handler = move |req: EscalationRequest, ctx: RequestContext| {
@@ -305,8 +276,9 @@ async fn hung_server_hits_the_deadline_on_both_sides() {
         }
     };
     let server =
-        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), handler).unwrap();
-    let client = client(&ca.identity("edge-1", &ca), server.local_addr(), CENTRAL);
+        TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), ServerConfig::new(loopback()), handler)
+            .unwrap();
+    let client = client(&ca.identity("edge-1", &ca).unwrap(), server.local_addr(), CENTRAL);
     let started = Instant::now();
     let err = client.request(&request(1, Duration::from_millis(300))).await.unwrap_err();
     let waited = started.elapsed();
@@ -323,12 +295,12 @@ async fn hung_server_hits_the_deadline_on_both_sides() {
 
 #[tokio::test]
 async fn restarted_server_on_the_same_port_is_reconnected() {
-    let ca = Ca::new("deployment ca");
-    let server_id = ca.identity(CENTRAL, &ca);
+    let ca = new_ca("deployment ca");
+    let server_id = ca.identity(CENTRAL, &ca).unwrap();
     let server = TierServer::bind(&server_id, ServerConfig::new(loopback()), sum_handler).unwrap();
     let addr = server.local_addr();
-    let client = client(&ca.identity("edge-1", &ca), addr, CENTRAL);
-    assert!(matches!(client.request(&request(1, Duration::from_secs(3))).await, Ok(Reply::Answer(_))));
+    let client = client(&ca.identity("edge-1", &ca).unwrap(), addr, CENTRAL);
+    assert!(matches!(client.request(&request(1, Duration::from_secs(3))).await, Ok(Ok(_))));
 
     server.shutdown().await;
     let err = client.request(&request(2, Duration::from_secs(1))).await.unwrap_err();
@@ -351,7 +323,7 @@ async fn restarted_server_on_the_same_port_is_reconnected() {
     loop {
         attempts += 1;
         match client.request(&request(3, Duration::from_secs(1))).await {
-            Ok(Reply::Answer(a)) => {
+            Ok(Ok(a)) => {
                 assert_eq!(a.id, 3);
                 break;
             }
@@ -376,12 +348,12 @@ fn upstream_client(ca: &Ca, addrs: &[SocketAddr], breaker: BreakerConfig) -> Ups
         })
         .collect();
     let config = UpstreamConfig { upstreams: configs, breaker, retry: RetryConfig::default() };
-    UpstreamClient::new(&ca.identity("edge-1", ca), config).unwrap()
+    UpstreamClient::new(&ca.identity("edge-1", ca).unwrap(), config).unwrap()
 }
 
 #[tokio::test]
 async fn slow_upstream_trips_the_breaker_and_a_probe_closes_it() {
-    let ca = Ca::new("deployment ca");
+    let ca = new_ca("deployment ca");
     let delay_ms = Arc::new(AtomicUsize::new(150));
     let delay = delay_ms.clone();
     let handler = move |req: EscalationRequest, ctx: RequestContext| {
@@ -392,7 +364,8 @@ async fn slow_upstream_trips_the_breaker_and_a_probe_closes_it() {
         }
     };
     let server =
-        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), handler).unwrap();
+        TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), ServerConfig::new(loopback()), handler)
+            .unwrap();
     let breaker = BreakerConfig {
         failure_threshold: 3,
         latency_limit: Duration::from_millis(100),
@@ -405,7 +378,7 @@ async fn slow_upstream_trips_the_breaker_and_a_probe_closes_it() {
     for id in 0..3 {
         assert!(upstream.escalate(&request(id, Duration::from_secs(5))).await.is_ok());
     }
-    assert_eq!(upstream.health()[0].health.breaker, BreakerState::Open);
+    assert_eq!(upstream.members()[0].1.breaker, BreakerState::Open);
     assert!(!upstream.available());
     let started = Instant::now();
     let err = upstream.escalate(&request(3, Duration::from_secs(5))).await.unwrap_err();
@@ -419,18 +392,20 @@ async fn slow_upstream_trips_the_breaker_and_a_probe_closes_it() {
     assert!(upstream.available());
     let answer = upstream.escalate(&request(4, Duration::from_secs(5))).await.unwrap();
     assert_eq!(answer.id, 4);
-    assert_eq!(upstream.health()[0].health.breaker, BreakerState::Closed);
+    assert_eq!(upstream.members()[0].1.breaker, BreakerState::Closed);
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn escalation_fails_over_to_a_live_upstream() {
-    let ca = Ca::new("deployment ca");
+    let ca = new_ca("deployment ca");
     let live =
-        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), sum_handler).unwrap();
+        TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), ServerConfig::new(loopback()), sum_handler)
+            .unwrap();
     // An address where nothing listens any more.
     let dead =
-        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), sum_handler).unwrap();
+        TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), ServerConfig::new(loopback()), sum_handler)
+            .unwrap();
     let dead_addr = dead.local_addr();
     dead.shutdown().await;
 
@@ -441,9 +416,9 @@ async fn escalation_fails_over_to_a_live_upstream() {
         let answer = upstream.escalate(&request(id, Duration::from_secs(3))).await.unwrap();
         assert_eq!(answer.id, id);
     }
-    let health = upstream.health();
-    assert_eq!(health[1].health.breaker, BreakerState::Closed);
-    assert_ne!(health[0].health.breaker, BreakerState::Closed, "the dead one was tried and marked");
+    let members = upstream.members();
+    assert_eq!(members[1].1.breaker, BreakerState::Closed);
+    assert_ne!(members[0].1.breaker, BreakerState::Closed, "the dead one was tried and marked");
 
     live.shutdown().await;
     let err = upstream.escalate(&request(9, Duration::from_millis(500))).await.unwrap_err();
@@ -452,16 +427,17 @@ async fn escalation_fails_over_to_a_live_upstream() {
 
 #[tokio::test]
 async fn requests_fail_fast_while_a_dead_upstream_backs_off() {
-    let ca = Ca::new("deployment ca");
+    let ca = new_ca("deployment ca");
     let dead =
-        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), sum_handler).unwrap();
+        TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), ServerConfig::new(loopback()), sum_handler)
+            .unwrap();
     let addr = dead.local_addr();
     dead.shutdown().await;
     let mut config = ClientConfig::new(addr, CENTRAL);
     config.connect_timeout = Duration::from_millis(300);
     config.backoff_initial = Duration::from_secs(30);
     config.backoff_max = Duration::from_secs(60);
-    let client = TierClient::new(&ca.identity("edge-1", &ca), config).unwrap();
+    let client = TierClient::new(&ca.identity("edge-1", &ca).unwrap(), config).unwrap();
 
     // Concurrent requests share one connection attempt, which fails on its own timeout.
     let (first, second) = (request(1, Duration::from_secs(5)), request(2, Duration::from_secs(5)));
@@ -478,11 +454,11 @@ async fn requests_fail_fast_while_a_dead_upstream_backs_off() {
 
 #[tokio::test]
 async fn a_stream_that_stalls_before_its_request_is_dropped() {
-    let ca = Ca::new("deployment ca");
+    let ca = new_ca("deployment ca");
     let mut config = ServerConfig::new(loopback());
     config.read_timeout = Duration::from_millis(200);
-    let server = TierServer::bind(&ca.identity(CENTRAL, &ca), config, sum_handler).unwrap();
-    let quic = raw_quic_client(&ca, Some(ca.issue("edge-1")));
+    let server = TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), config, sum_handler).unwrap();
+    let quic = raw_quic_client(&ca, Some(ca.issue("edge-1", &[]).unwrap()));
     let endpoint = quinn::Endpoint::client(loopback()).unwrap();
     let connection = endpoint
         .connect_with(quinn::ClientConfig::new(Arc::new(quic)), server.local_addr(), CENTRAL)
@@ -501,11 +477,13 @@ async fn a_stream_that_stalls_before_its_request_is_dropped() {
 
 #[tokio::test]
 async fn overloaded_upstream_is_retried_elsewhere_within_the_budget() {
-    let ca = Ca::new("deployment ca");
+    let ca = new_ca("deployment ca");
     let busy =
-        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), overloaded).unwrap();
+        TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), ServerConfig::new(loopback()), overloaded)
+            .unwrap();
     let idle =
-        TierServer::bind(&ca.identity(CENTRAL, &ca), ServerConfig::new(loopback()), sum_handler).unwrap();
+        TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), ServerConfig::new(loopback()), sum_handler)
+            .unwrap();
     let breaker = BreakerConfig { failure_threshold: 1000, ..BreakerConfig::default() };
 
     let both = upstream_client(&ca, &[busy.local_addr(), idle.local_addr()], breaker);

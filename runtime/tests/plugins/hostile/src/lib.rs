@@ -16,6 +16,7 @@ struct Hostile;
 /// Recursion the compiler cannot turn into a loop (the result is squared after the call),
 /// kept in wasm locals: it exhausts the engine's wasm stack, not the guest's shadow stack in
 /// linear memory (whose overflow would show up as an out-of-bounds access instead).
+#[allow(unconditional_recursion)] // the point: it never returns
 fn recurse(depth: u64) -> u64 {
     let r = recurse(depth.wrapping_add(1));
     r.wrapping_mul(r).wrapping_add(depth)

@@ -1,4 +1,4 @@
-//! `edge-node bench backends`: every reference model on every backend at batch 1, 8, 64 and
+//! `cascade-bench backends`: every reference model on every backend at batch 1, 8, 64 and
 //! 256, against onnxruntime measured in the same run.
 //!
 //! onnxruntime (1 intra-op thread) runs in `tools/ort_peer.py`, driven over stdin/stdout with
@@ -30,25 +30,25 @@ use cascade_runtime::{
 };
 use serde_json::{Value, json};
 
-use crate::figures::{Figures, median};
+use edge_node::figures::{Figures, median};
 
 /// Batch sizes every model is measured at.
-pub const BATCHES: [usize; 4] = [1, 8, 64, 256];
+pub(crate) const BATCHES: [usize; 4] = [1, 8, 64, 256];
 
 /// How long to measure.
 #[derive(Debug, Clone, Copy)]
-pub struct Budget {
+pub(crate) struct Budget {
     /// Alternating rounds per model and batch (each: tract, then the peer).
-    pub rounds: usize,
+    pub(crate) rounds: usize,
     /// Target wall time of one round of one runtime, in seconds.
-    pub round_s: f64,
+    pub(crate) round_s: f64,
 }
 
 impl Budget {
     /// The default run (about 2 to 3 minutes on 2 cores).
-    pub const DEFAULT: Budget = Budget { rounds: 7, round_s: 0.6 };
+    pub(crate) const DEFAULT: Budget = Budget { rounds: 7, round_s: 0.6 };
     /// `--quick`: same figures, fewer samples (about 30 s).
-    pub const QUICK: Budget = Budget { rounds: 3, round_s: 0.12 };
+    pub(crate) const QUICK: Budget = Budget { rounds: 3, round_s: 0.12 };
 }
 
 /// The onnxruntime helper process.
@@ -126,7 +126,7 @@ fn push_times(figures: &mut Figures, runtime: &str, key: &str, batch: usize, sam
 }
 
 /// Runs the suite on the models in `models_dir`, with the repository at `repo` (for the peer).
-pub fn run(models_dir: &Path, repo: &Path, budget: Budget) -> anyhow::Result<Figures> {
+pub(crate) fn run(models_dir: &Path, repo: &Path, budget: Budget) -> anyhow::Result<Figures> {
     let test = Digits::load_split(models_dir, Split::Test)
         .with_context(|| format!("loading the test split from {}", models_dir.display()))?;
     let mut peer = Peer::start(repo)?;

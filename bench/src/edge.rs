@@ -1,4 +1,4 @@
-//! `edge-node bench edge`: a whole edge node over HTTP, under open-loop load.
+//! `cascade-bench edge`: a whole edge node over HTTP, under open-loop load.
 //!
 //! Starts a node as an `edge-node serve` process (no upstream) with the reference `edge_int8`
 //! model and the `examples/mnist-classifier` plugin, threshold 0 so every request is answered locally, and
@@ -44,19 +44,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use cascade_runtime::guest_build::sha256_hex;
-use cascade_runtime::{
-    Digits, PluginLimits, PluginSpec, ReferenceModel, Sandbox, SandboxConfig, Split, TractBackend,
-};
+use cascade_runtime::reference::ReferenceNode;
+use cascade_runtime::{Digits, ReferenceModel, Split};
 use serde_json::json;
 
-use crate::deployment::NodeToml;
-use crate::deployment::{NodeProcess, free_tcp_port};
-use crate::figures::{Figures, median, percentile};
 use crate::loadgen::{self, Conn, Load};
+use edge_node::deployment::{NodeProcess, free_tcp_port, write_config};
+use edge_node::figures::{Figures, median, percentile};
 
 /// The rate at which the latency figures are taken: well under either server's limit.
-pub const MODERATE_RPS: f64 = 500.0;
+pub(crate) const MODERATE_RPS: f64 = 500.0;
 
 /// The rates tried, in requests per second: steps of at most 25% from 2,000 rps up, where
 /// both servers reach their limits, so `max_rps` is not off by a coarse step.
@@ -68,7 +65,7 @@ const LADDER: [f64; 25] = [
 
 /// The rate at which both servers' CPU time per request is taken: a rung of the ladder
 /// that both pass here.
-pub const CPU_RPS: f64 = 5000.0;
+pub(crate) const CPU_RPS: f64 = 5000.0;
 
 /// A rung passes with p99 under this.
 const P99_LIMIT_US: f64 = 5000.0;
@@ -146,17 +143,24 @@ fn answered_locally(body: &[u8]) -> bool {
 }
 
 /// Runs the suite. `repo` holds `tools/kserve_peer.py` and `target/peer-venv`.
-pub fn run(models_dir: &Path, plugin_crate: &Path, repo: &Path, quick: bool) -> anyhow::Result<Figures> {
+pub(crate) fn run(
+    models_dir: &Path,
+    plugin_crate: &Path,
+    repo: &Path,
+    quick: bool,
+) -> anyhow::Result<Figures> {
     let step = if quick { Duration::from_millis(1000) } else { Duration::from_secs(4) };
     let overhead_samples = if quick { 300 } else { 2000 };
     let test = Digits::load_split(models_dir, Split::Test)
         .with_context(|| format!("loading the test split from {}", models_dir.display()))?;
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let wasm = dir.path().join("mnist-classifier.wasm");
-    let built = crate::plugin_cmd::build(plugin_crate, &wasm, None)?;
+    edge_node::plugin_cmd::build(plugin_crate, &wasm, None)?;
     let model = ReferenceModel::EdgeInt8.path(models_dir);
     let port = free_tcp_port()?;
-    let config_file = node_config(&model, &wasm).http(format!("127.0.0.1:{port}")).write(dir.path())?;
+    let mut node = node_config(&model, &wasm);
+    node.node.listeners.http = format!("127.0.0.1:{port}");
+    let config_file = write_config(&node, dir.path())?;
 
     let bodies = (0..BODIES.min(test.len()))
         .map(|i| {
@@ -170,7 +174,7 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, repo: &Path, quick: bool) -> 
 
     // The node runs as its own process, as the peer does, so that each one's CPU time is
     // its own and the generator's threads are in neither.
-    let mut node = NodeProcess::start("bench-edge", &config_file, dir.path())?;
+    let mut node = NodeProcess::start(&crate::node_program()?, "bench-edge", &config_file, dir.path())?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     if let Err(e) = wait_ready(addr, "edge node", || node.exited()) {
         bail!("{e:#}; its log ends:\n{}", node.log_tail());
@@ -183,7 +187,7 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, repo: &Path, quick: bool) -> 
     }
 
     let mut figures = Figures::default();
-    let overhead = measure_overhead(&ours, &test, &model, &wasm, &built.sha256, overhead_samples)?;
+    let overhead = measure_overhead(&ours, &test, &model, &wasm, overhead_samples)?;
     figures.push("edge.overhead_us.p50", overhead.http - overhead.direct, "us");
     figures.push("edge.http_sequential_us.p50", overhead.http, "us");
     figures.push("edge.sandbox_direct_us.p50", overhead.direct, "us");
@@ -251,8 +255,11 @@ fn peer_figures(
 
 /// The node's config: no upstream, threshold 0 (every answer local), no cache, no mode
 /// switching, so load cannot move the node into another mode mid-ladder.
-fn node_config(model: &Path, plugin: &Path) -> NodeToml {
-    NodeToml::new("bench-edge", model, plugin).no_cache().fixed_mode()
+fn node_config(model: &Path, plugin: &Path) -> ReferenceNode {
+    let mut node = ReferenceNode::new("bench-edge", model, plugin);
+    node.route.cache_ttl_s = 0;
+    node.node.modes.switching.automatic = false;
+    node
 }
 
 /// Medians of one request at a time, in microseconds (see [`measure_overhead`]).
@@ -277,24 +284,11 @@ fn measure_overhead(
     test: &Digits,
     model: &Path,
     wasm: &Path,
-    plugin_sha: &str,
     samples: usize,
 ) -> anyhow::Result<Sequential> {
-    let sandbox = Sandbox::new(SandboxConfig::default())?;
-    let model_sha =
-        sha256_hex(&std::fs::read(model).with_context(|| format!("reading {}", model.display()))?);
-    sandbox.add_model("edge", model, &model_sha, &TractBackend::new())?;
-    sandbox.load_plugin(&PluginSpec {
-        name: "mnist".into(),
-        file: wasm.to_path_buf(),
-        sha256: plugin_sha.to_owned(),
-        models: [("edge".to_string(), model_sha)].into(),
-        config: [("model".to_string(), "edge".to_string())].into(),
-        logging: true,
-        limits: PluginLimits { deadline: Duration::from_millis(1000), ..PluginLimits::default() },
-    })?;
+    let (sandbox, _models) = crate::sandbox::mnist_sandbox(model, wasm)?;
     let n = target.requests.len();
-    let requests = crate::bench_sandbox::digit_requests(test, n)?;
+    let requests = crate::sandbox::digit_requests(test, n)?;
     let binary: Vec<Vec<u8>> = (0..n)
         .map(|i| -> anyhow::Result<Vec<u8>> {
             let header = json!({
@@ -317,7 +311,7 @@ fn measure_overhead(
     };
     let direct = |i: usize| -> anyhow::Result<f64> {
         let start = Instant::now();
-        std::hint::black_box(sandbox.handle("mnist", &requests[i])?);
+        std::hint::black_box(sandbox.handle("mnist", requests[i].request())?);
         Ok(start.elapsed().as_secs_f64() * 1e6)
     };
     eprintln!("overhead: warming up, then {samples} requests each way ...");
@@ -536,7 +530,7 @@ mod tests {
         let plugin = dir.path().join("plugin.wasm");
         std::fs::write(&plugin, b"not compiled here").unwrap();
         let model = ReferenceModel::EdgeInt8.path(&cascade_runtime::reference::default_models_dir());
-        let file = node_config(&model, &plugin).write(dir.path()).unwrap();
+        let file = write_config(&node_config(&model, &plugin), dir.path()).unwrap();
         let resolved = config::load(&file).unwrap().resolve().unwrap();
         let settings = &resolved.settings;
         assert!(settings.upstream.is_none());

@@ -1,183 +1,24 @@
-//! The HTTP front door: KServe v2 / Open Inference Protocol REST over a [`Node`].
-//!
-//! Errors are `{"error": "..."}` with the status [`ServeError::status`] gives, and
-//! `Retry-After` when admission refused the request.
-//!
-//! Besides JSON tensors, `infer` speaks the protocol's binary tensor data extension, which
-//! KServe's and Triton's client libraries use by default: the request's first
-//! `Inference-Header-Content-Length` bytes are the JSON, and each input with
-//! `parameters.binary_data_size` takes that many raw bytes from what follows, in order.
-//! Outputs asked for with `parameters.binary_data` (or all of them, with the request's
-//! `parameters.binary_data_output`) come back the same way. The request's `outputs` list,
-//! if any, picks which outputs are returned.
+//! Inference requests as KServe v2 clients send them: JSON tensors, or the binary tensor
+//! data extension that KServe's and Triton's clients use by default (the body's first
+//! `Inference-Header-Content-Length` bytes are the JSON; each input with
+//! `parameters.binary_data_size` takes that many raw bytes from what follows, in order).
+//! The request's `outputs` list picks the outputs and how each is sent.
 
-use std::time::Instant;
+use serde_json::Value;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use cascade_runtime::kserve_json::{Numbers, TensorFields, decode_tensor, tensor_values};
-use cascade_runtime::{ModelInfo, Stage, Tensor, TensorSpec};
-use serde_json::{Map, Value, json};
-
-use super::node::{CurrentNode, Reply, ServeError};
-
-/// The router for the node `current` holds (each request takes the node current when it
-/// arrives).
-pub fn router(node: CurrentNode) -> Router {
-    Router::new()
-        .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(live))
-        .route("/v2/health/ready", get(ready))
-        .route("/v2/models/{route}", get(model_metadata))
-        .route("/v2/models/{route}/ready", get(model_ready))
-        .route("/v2/models/{route}/infer", post(infer))
-        .route("/metrics", get(metrics))
-        .with_state(node)
-}
-
-fn error(status: u16, message: impl Into<String>, retry_after: Option<u64>) -> Response {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, axum::Json(json!({ "error": message.into() }))).into_response();
-    if let Some(secs) = retry_after {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    response
-}
-
-fn serve_error(e: &ServeError) -> Response {
-    error(e.status(), e.to_string(), e.retry_after_secs())
-}
-
-/// The status says it; the body says it too, for clients that read it (KServe's).
-async fn live() -> Response {
-    axum::Json(json!({ "live": true })).into_response()
-}
-
-/// Ready once the node exists: models are prepared and plugins loaded before it is built.
-async fn ready() -> Response {
-    axum::Json(json!({ "ready": true })).into_response()
-}
-
-async fn server_metadata(State(current): State<CurrentNode>) -> Response {
-    let node = current.get();
-    axum::Json(json!({
-        "name": node.name(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "extensions": [],
-    }))
-    .into_response()
-}
-
-fn tensor_specs(specs: &[TensorSpec]) -> Value {
-    specs
-        .iter()
-        .map(|s| {
-            // The batch dimension is implicit in the backend's spec: -1, as KServe writes it.
-            let mut shape = vec![json!(-1)];
-            shape.extend(s.item_shape.iter().map(|d| json!(d)));
-            json!({ "name": s.name, "datatype": s.dtype.kserve_name(), "shape": shape })
-        })
-        .collect()
-}
-
-fn declared_specs(decls: &[cascade_runtime::config::TensorDecl]) -> Value {
-    decls
-        .iter()
-        .map(|d| json!({ "name": d.name, "datatype": d.dtype.kserve_name(), "shape": d.kserve_shape() }))
-        .collect()
-}
-
-/// A route is served by a plugin, whose input format is its own: the route's declared
-/// `inputs`/`outputs` when the config has them, else the tensors of the first model the
-/// plugin may call (what the node knows without them).
-async fn model_metadata(State(current): State<CurrentNode>, Path(route): Path<String>) -> Response {
-    let node = current.get();
-    let Some(settings) = node.route(&route) else {
-        return serve_error(&ServeError::UnknownRoute(route));
-    };
-    let models = node.route_models(&route);
-    let first = models.first();
-    let pick =
-        |declared: &[cascade_runtime::config::TensorDecl], model: fn(&ModelInfo) -> &[TensorSpec]| match (
-            declared.is_empty(),
-            first,
-        ) {
-            (false, _) => declared_specs(declared),
-            (true, Some(m)) => tensor_specs(model(m)),
-            (true, None) => json!([]),
-        };
-    let inputs = pick(&settings.inputs, |m| &m.inputs);
-    let outputs = pick(&settings.outputs, |m| &m.outputs);
-    let model_names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-    axum::Json(json!({
-        "name": route,
-        "versions": [],
-        "platform": "cascade-wasm",
-        "inputs": inputs,
-        "outputs": outputs,
-        "parameters": { "plugin": settings.plugin, "models": model_names },
-    }))
-    .into_response()
-}
-
-async fn model_ready(State(current): State<CurrentNode>, Path(route): Path<String>) -> Response {
-    let node = current.get();
-    match node.route(&route) {
-        Some(_) => axum::Json(json!({ "name": route, "ready": true })).into_response(),
-        None => serve_error(&ServeError::UnknownRoute(route)),
-    }
-}
-
-async fn metrics(State(current): State<CurrentNode>) -> Response {
-    let node = current.get();
-    if !node.config().settings.telemetry.metrics {
-        return error(404, "metrics are disabled (telemetry.metrics = false)", None);
-    }
-    match node.metrics() {
-        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
-        Err(e) => error(500, e.to_string(), None),
-    }
-}
+use super::tensor::{Numbers, TensorFields, decode_tensor};
+use crate::tensor::Tensor;
 
 /// The binary tensor data extension's header: how many bytes of the body are JSON.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
-async fn infer(
-    State(current): State<CurrentNode>,
-    Path(route): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let node = current.get();
-    if node.route(&route).is_none() {
-        return serve_error(&ServeError::UnknownRoute(route));
-    }
-    let request = match json_length(&headers).and_then(|n| parse_request(&body, n)) {
-        Ok(r) => r,
-        Err(message) => return error(400, message, None),
-    };
-    let result = node.infer(&route, request.inputs, request.parameters).await;
-    let t = Instant::now();
-    let span = tracing::debug_span!("response", route = %route).entered();
-    let response = match result {
-        Ok(reply) => encode_response(&route, request.id, &request.outputs, &reply)
-            .unwrap_or_else(|(status, message)| error(status, message, None)),
-        Err(e) => serve_error(&e),
-    };
-    drop(span);
-    node.telemetry().stage(Stage::Response, t.elapsed());
-    response
-}
-
-/// `Inference-Header-Content-Length`, if sent.
-fn json_length(headers: &HeaderMap) -> Result<Option<usize>, String> {
-    let Some(v) = headers.get(HEADER_LENGTH) else { return Ok(None) };
-    let n = v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok());
-    n.map(Some).ok_or_else(|| format!("{HEADER_LENGTH}: expected a byte count, got {v:?}"))
+/// Reads the value of `Inference-Header-Content-Length`, if the request sent one.
+pub fn json_length(value: Option<&[u8]>) -> Result<Option<usize>, String> {
+    let Some(v) = value else { return Ok(None) };
+    let n = std::str::from_utf8(v).ok().and_then(|v| v.trim().parse::<usize>().ok());
+    n.map(Some).ok_or_else(|| {
+        format!("{HEADER_LENGTH}: expected a byte count, got {:?}", String::from_utf8_lossy(v))
+    })
 }
 
 /// A parsed inference request.
@@ -395,90 +236,11 @@ fn output_choice(outputs: Option<&Value>, binary: bool) -> Result<OutputChoice, 
     Ok(OutputChoice { requested, binary })
 }
 
-/// The answer, as JSON or, when any output goes as binary data, as JSON followed by the
-/// raw bytes. An error is a status and a message.
-fn encode_response(
-    route: &str,
-    id: Option<String>,
-    choice: &OutputChoice,
-    reply: &Reply,
-) -> Result<Response, (u16, String)> {
-    let selected: Vec<(&str, &Tensor, bool)> = if choice.requested.is_empty() {
-        reply.outputs.iter().map(|(n, t)| (n.as_str(), t, choice.binary)).collect()
-    } else {
-        let mut selected = Vec::with_capacity(choice.requested.len());
-        for (i, (name, binary)) in choice.requested.iter().enumerate() {
-            let Some((n, t)) = reply.outputs.iter().find(|(n, _)| n == name) else {
-                let known: Vec<&str> = reply.outputs.iter().map(|(n, _)| n.as_str()).collect();
-                return Err((
-                    400,
-                    format!(
-                        "outputs[{i}].name: route `{route}` has no output `{name}`; it answers with {known:?}"
-                    ),
-                ));
-            };
-            selected.push((n.as_str(), t, *binary));
-        }
-        selected
-    };
-    let outputs = selected
-        .iter()
-        .map(|&(name, t, binary)| {
-            let mut out = json!({ "name": name, "datatype": t.dtype().kserve_name(), "shape": t.shape() });
-            if binary {
-                out["parameters"] = json!({ "binary_data_size": t.data().len() });
-            } else {
-                let data = tensor_values(t).map_err(|why| {
-                    (500, format!("route `{route}`: output `{name}` cannot be sent as JSON: {why}"))
-                })?;
-                out["data"] = Value::Array(data);
-            }
-            Ok(out)
-        })
-        .collect::<Result<Vec<Value>, (u16, String)>>()?;
-    let body = response_json(route, id, outputs, reply);
-    if !selected.iter().any(|&(_, _, binary)| binary) {
-        return Ok(axum::Json(body).into_response());
-    }
-    let mut bytes = serde_json::to_vec(&body).map_err(|e| (500, format!("encoding the answer: {e}")))?;
-    let json_length = bytes.len();
-    for &(_, t, _) in selected.iter().filter(|&&(_, _, binary)| binary) {
-        bytes.extend_from_slice(t.data());
-    }
-    let mut response = bytes.into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    headers.insert(HEADER_LENGTH, HeaderValue::from(json_length));
-    Ok(response)
-}
-
-/// The response's JSON: its outputs as given, and the answer's parameters.
-fn response_json(route: &str, id: Option<String>, outputs: Vec<Value>, reply: &Reply) -> Value {
-    let mut parameters = Map::new();
-    parameters.insert("confidence".into(), json!(reply.confidence));
-    parameters.insert("tier".into(), json!(reply.tier));
-    parameters.insert("escalated".into(), json!(reply.escalated));
-    parameters.insert("degraded".into(), json!(reply.degraded.is_some()));
-    if let Some(d) = &reply.degraded {
-        parameters.insert("degraded_reason".into(), json!(d.reason.name()));
-        if let Some(detail) = &d.detail {
-            parameters.insert("degraded_detail".into(), json!(detail));
-        }
-    }
-    parameters.insert("cache".into(), json!(reply.cache.name()));
-    if let Some(label) = &reply.label {
-        parameters.insert("label".into(), json!(label));
-    }
-    let mut out = json!({ "model_name": route, "outputs": outputs, "parameters": parameters });
-    if let (Some(id), Some(obj)) = (id, out.as_object_mut()) {
-        obj.insert("id".into(), json!(id));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kserve::tensor::tensor_values;
+    use serde_json::json;
 
     #[test]
     fn nested_and_flat_data_parse_the_same() {

@@ -29,7 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
 /// A `POST` with a JSON body, encoded once.
-pub fn post_json(addr: SocketAddr, path: &str, body: &[u8]) -> Vec<u8> {
+pub(crate) fn post_json(addr: SocketAddr, path: &str, body: &[u8]) -> Vec<u8> {
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
         body.len()
@@ -41,7 +41,7 @@ pub fn post_json(addr: SocketAddr, path: &str, body: &[u8]) -> Vec<u8> {
 
 /// A `POST` with the binary tensor data extension: the JSON `header`, then `raw` (the
 /// header's inputs' bytes), and `Inference-Header-Content-Length` saying where one ends.
-pub fn post_binary(addr: SocketAddr, path: &str, header: &[u8], raw: &[u8]) -> Vec<u8> {
+pub(crate) fn post_binary(addr: SocketAddr, path: &str, header: &[u8], raw: &[u8]) -> Vec<u8> {
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/octet-stream\r\n\
          inference-header-content-length: {}\r\ncontent-length: {}\r\n\r\n",
@@ -55,23 +55,23 @@ pub fn post_binary(addr: SocketAddr, path: &str, header: &[u8], raw: &[u8]) -> V
 }
 
 /// A `GET`, encoded once.
-pub fn get(addr: SocketAddr, path: &str) -> Vec<u8> {
+pub(crate) fn get(addr: SocketAddr, path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n\r\n").into_bytes()
 }
 
 /// Where the first complete response in `buf` ends: `Ok(None)` until it is all there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Framed {
+pub(crate) struct Framed {
     /// The status code.
-    pub status: u16,
+    pub(crate) status: u16,
     /// Where the body starts.
-    pub body_start: usize,
+    pub(crate) body_start: usize,
     /// Where the response ends (one past the body's last byte).
-    pub end: usize,
+    pub(crate) end: usize,
 }
 
 /// Frames the first HTTP/1.1 response in `buf`.
-pub fn frame(buf: &[u8]) -> anyhow::Result<Option<Framed>> {
+pub(crate) fn frame(buf: &[u8]) -> anyhow::Result<Option<Framed>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
     let head_len = match response.parse(buf).context("malformed HTTP response")? {
@@ -102,14 +102,14 @@ pub fn frame(buf: &[u8]) -> anyhow::Result<Option<Framed>> {
 }
 
 /// One blocking keep-alive connection, one request at a time.
-pub struct Conn {
+pub(crate) struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
 }
 
 impl Conn {
     /// Connects, with Nagle off (requests are written whole).
-    pub fn connect(addr: SocketAddr) -> anyhow::Result<Conn> {
+    pub(crate) fn connect(addr: SocketAddr) -> anyhow::Result<Conn> {
         let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -118,7 +118,7 @@ impl Conn {
 
     /// Sends `request` (from [`post_json`] or [`get`]) and reads the whole response: its
     /// status and body.
-    pub fn round_trip(&mut self, request: &[u8]) -> anyhow::Result<(u16, &[u8])> {
+    pub(crate) fn round_trip(&mut self, request: &[u8]) -> anyhow::Result<(u16, &[u8])> {
         self.buf.clear();
         self.stream.write_all(request).context("sending the request")?;
         let framed = loop {
@@ -142,32 +142,32 @@ impl Conn {
 
 /// What one open-loop rung measured.
 #[derive(Debug, Default)]
-pub struct Measured {
+pub(crate) struct Measured {
     /// Latencies of the accepted responses, microseconds from their scheduled send time.
-    pub latencies_us: Vec<f64>,
+    pub(crate) latencies_us: Vec<f64>,
     /// Requests that failed: connection errors, timeouts, non-2xx, or refused by `accept`.
-    pub errors: usize,
+    pub(crate) errors: usize,
     /// The first error, for the log.
-    pub first_error: Option<String>,
+    pub(crate) first_error: Option<String>,
 }
 
 /// An open-loop rung's settings.
-pub struct Load<'a> {
+pub(crate) struct Load<'a> {
     /// The server.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// Encoded requests, cycled: request `k` is `requests[k % len]`.
-    pub requests: &'a Arc<Vec<Vec<u8>>>,
+    pub(crate) requests: &'a Arc<Vec<Vec<u8>>>,
     /// Requests per second.
-    pub rate: f64,
+    pub(crate) rate: f64,
     /// How long requests are released for.
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// Keep-alive connections (the most requests in flight at once).
-    pub connections: usize,
+    pub(crate) connections: usize,
     /// Longest wait for a response once sent; longer is an error and the connection is
     /// replaced.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Whether a 2xx response body counts as a success.
-    pub accept: fn(&[u8]) -> bool,
+    pub(crate) accept: fn(&[u8]) -> bool,
 }
 
 /// One released request.
@@ -191,7 +191,7 @@ impl Queue {
 
 /// Runs one open-loop rung: `rate × duration` requests released on schedule, then every
 /// answer awaited.
-pub fn drive(load: &Load<'_>) -> anyhow::Result<Measured> {
+pub(crate) fn drive(load: &Load<'_>) -> anyhow::Result<Measured> {
     let count = ((load.rate * load.duration.as_secs_f64()).round() as usize).max(1);
     let interval = Duration::from_secs_f64(1.0 / load.rate);
     let queue = Arc::new(Queue { jobs: Mutex::new(VecDeque::with_capacity(count)), ready: Notify::new() });

@@ -1,4 +1,4 @@
-//! `edge-node bench sandbox`: what the wasmtime sandbox adds to a request.
+//! `cascade-bench sandbox`: what the wasmtime sandbox adds to a request.
 //!
 //! Runs the `examples/mnist-classifier` plugin (built from source) on one thread and
 //! measures, per request:
@@ -15,39 +15,27 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
-use cascade_runtime::guest_build::sha256_hex;
+use cascade_runtime::config::{ModelSpec, PluginSpec, ResolvedModel, ResolvedPlugin};
 use cascade_runtime::{
-    Digits, PluginLimits, PluginSpec, ReferenceModel, Request, Sandbox, SandboxConfig, Split, Tensor,
-    TractBackend, reference,
+    BackendKind, Digits, ModelStore, PluginLimits, ReferenceModel, Request, Sandbox, SandboxConfig, Split,
+    Tensor, reference,
 };
 
-use crate::figures::{Figures, median, percentile};
+use edge_node::figures::{Figures, median, percentile};
 
 /// Runs the suite: `quick` takes fewer samples (same figures).
-pub fn run(models_dir: &Path, plugin_crate: &Path, quick: bool) -> anyhow::Result<Figures> {
+pub(crate) fn run(models_dir: &Path, plugin_crate: &Path, quick: bool) -> anyhow::Result<Figures> {
     let samples = if quick { 500 } else { 5000 };
     let test = Digits::load_split(models_dir, Split::Test)
         .with_context(|| format!("loading the test split from {}", models_dir.display()))?;
     let dir = cascade_runtime::guest_build::default_guest_target_dir().join("components");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let wasm = dir.join("bench-mnist-classifier.wasm");
-    let built = crate::plugin_cmd::build(plugin_crate, &wasm, None)?;
+    let built = edge_node::plugin_cmd::build(plugin_crate, &wasm, None)?;
     eprintln!("plugin: {} bytes, sha256 {}", built.component.len(), built.sha256);
 
-    let sandbox = Sandbox::new(SandboxConfig::default())?;
-    let model_file = ReferenceModel::EdgeInt8.path(models_dir);
-    let model_sha =
-        sha256_hex(&std::fs::read(&model_file).with_context(|| format!("reading {}", model_file.display()))?);
-    let edge = sandbox.add_model("edge", &model_file, &model_sha, &TractBackend::new())?;
-    sandbox.load_plugin(&PluginSpec {
-        name: "mnist".into(),
-        file: wasm,
-        sha256: built.sha256,
-        models: [("edge".to_string(), model_sha)].into(),
-        config: Default::default(),
-        logging: true,
-        limits: PluginLimits::default(),
-    })?;
+    let (sandbox, models) = mnist_sandbox(&ReferenceModel::EdgeInt8.path(models_dir), &wasm)?;
+    let edge = models.get("edge").context("the store lost the model")?.model.clone();
 
     let requests = digit_requests(&test, 64)?;
     let direct = |i: usize| -> anyhow::Result<f64> {
@@ -58,7 +46,7 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, quick: bool) -> anyhow::Resul
     };
     let whole = |i: usize| -> anyhow::Result<f64> {
         let start = Instant::now();
-        std::hint::black_box(sandbox.handle("mnist", &requests[i])?);
+        std::hint::black_box(sandbox.handle("mnist", requests[i].request())?);
         Ok(start.elapsed().as_secs_f64() * 1e6)
     };
 
@@ -75,7 +63,7 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, quick: bool) -> anyhow::Resul
         let start = Instant::now();
         let instance = sandbox.instantiate("mnist")?;
         let created = Instant::now();
-        std::hint::black_box(instance.call(&requests[i])?);
+        std::hint::black_box(instance.call(requests[i].request())?);
         instantiate.push((created - start).as_secs_f64() * 1e6);
         call.push(created.elapsed().as_secs_f64() * 1e6);
         // Alternate which path runs first, so neither always gets the warmer cache.
@@ -99,21 +87,14 @@ pub fn run(models_dir: &Path, plugin_crate: &Path, quick: bool) -> anyhow::Resul
     );
     // The fixed cost: a plugin that answers at once, no tensors, no model.
     let noop_file = dir.join("bench-noop.wasm");
-    let noop = crate::plugin_cmd::build(&noop_crate(plugin_crate), &noop_file, None)?;
-    sandbox.load_plugin(&PluginSpec {
-        name: "noop".into(),
-        file: noop_file,
-        sha256: noop.sha256,
-        models: Default::default(),
-        config: Default::default(),
-        logging: true,
-        limits: PluginLimits::default(),
-    })?;
-    let ok = Request { route: "noop".into(), inputs: vec![], parameters: vec![("mode".into(), "ok".into())] };
+    let noop = edge_node::plugin_cmd::build(&noop_crate(plugin_crate), &noop_file, None)?;
+    sandbox.load_plugin("noop", &plugin(&noop_file, noop.component, &[])?, &models)?;
+    let parameters = [("mode".to_string(), "ok".to_string())];
+    let ok = Request { route: "noop", inputs: &[], parameters: &parameters };
     let mut noop_samples = Vec::with_capacity(samples);
     for _ in 0..samples {
         let start = Instant::now();
-        std::hint::black_box(sandbox.handle("noop", &ok)?);
+        std::hint::black_box(sandbox.handle("noop", ok)?);
         noop_samples.push(start.elapsed().as_secs_f64() * 1e6);
     }
 
@@ -136,16 +117,56 @@ fn noop_crate(plugin_crate: &Path) -> std::path::PathBuf {
     plugin_crate.join("../../runtime/tests/plugins/hostile")
 }
 
-/// The first `n` test images as plugin requests on the `digits` route (one UINT8 [28, 28]
-/// tensor named `image`, as a KServe client sends them).
-pub fn digit_requests(test: &Digits, n: usize) -> anyhow::Result<Vec<Request>> {
+/// An in-process sandbox with the model at `model` loaded as `edge` and the mnist-classifier
+/// component at `wasm` loaded as `mnist`, as a node would load them (default limits).
+pub(crate) fn mnist_sandbox(model: &Path, wasm: &Path) -> anyhow::Result<(Sandbox, ModelStore)> {
+    let sandbox = Sandbox::new(SandboxConfig::default())?;
+    let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
+    let spec = ModelSpec {
+        path: model.to_path_buf(),
+        backend: BackendKind::Tract,
+        fallback_to_tract: false,
+        pinned: None,
+    };
+    let models = ModelStore::load(&[("edge".to_string(), ResolvedModel::new(spec, bytes))].into(), None)?;
+    let component = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
+    sandbox.load_plugin("mnist", &plugin(wasm, component, &["edge"])?, &models)?;
+    Ok((sandbox, models))
+}
+
+/// A plugin as the config would resolve it, with the default limits.
+fn plugin(file: &Path, component: Vec<u8>, models: &[&str]) -> anyhow::Result<ResolvedPlugin> {
+    let limits = PluginLimits::default();
+    let spec = PluginSpec {
+        path: file.to_path_buf(),
+        pinned: None,
+        memory_limit_bytes: u64::try_from(limits.max_memory_bytes)?,
+        deadline: limits.deadline,
+        models: models.iter().map(|m| m.to_string()).collect(),
+        config: Default::default(),
+    };
+    Ok(ResolvedPlugin::new(spec, component))
+}
+
+/// One owned request on the `digits` route: one UINT8 [28, 28] tensor named `image`, as a
+/// KServe client sends it.
+pub(crate) struct DigitRequest {
+    inputs: Vec<(String, Tensor)>,
+}
+
+impl DigitRequest {
+    /// The request as the sandbox takes it.
+    pub(crate) fn request(&self) -> Request<'_> {
+        Request { route: "digits", inputs: &self.inputs, parameters: &[] }
+    }
+}
+
+/// The first `n` test images as plugin requests.
+pub(crate) fn digit_requests(test: &Digits, n: usize) -> anyhow::Result<Vec<DigitRequest>> {
     (0..n.min(test.len()))
         .map(|i| {
-            Ok(Request {
-                route: "digits".into(),
-                inputs: vec![("image".into(), Tensor::from_u8(vec![28, 28], test.image(i).to_vec())?)],
-                parameters: vec![],
-            })
+            let image = Tensor::from_u8(vec![28, 28], test.image(i).to_vec())?;
+            Ok(DigitRequest { inputs: vec![("image".into(), image)] })
         })
         .collect()
 }

@@ -1,4 +1,4 @@
-//! `edge-node bench tiers`: what escalating costs, what batching buys the central tier, and
+//! `cascade-bench tiers`: what escalating costs, what batching buys the central tier, and
 //! what an edge does when the central tier dies.
 //!
 //! - **Escalation overhead.** A [`TierServer`] and a [`TierClient`] talk over QUIC with
@@ -31,42 +31,40 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use cascade_runtime::protocol::{ErrorFrame, EscalationAnswer, EscalationRequest, NamedTensor, StageTiming};
 use cascade_runtime::transport::{
-    ClientConfig, Reply, RequestContext, ServerConfig, TierClient, TierServer, TlsIdentity, deadline_in,
+    ClientConfig, RequestContext, ServerConfig, TierClient, TierServer, TlsIdentity, deadline_in,
 };
 use cascade_runtime::{Digits, ReferenceModel, Split, Tensor};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 
-use crate::deployment::{CENTRAL, NodeProcess, NodeToml, free_tcp_port, free_udp_port};
-use crate::figures::{Figures, median, percentile};
-
-const SERVER_NAME: &str = "central.bench";
+use cascade_runtime::config::BatchingConfig;
+use cascade_runtime::reference::ReferenceNode;
+use edge_node::deployment::{CENTRAL, Certs, NodeProcess, free_tcp_port, free_udp_port, write_config};
+use edge_node::figures::{Figures, median, percentile};
 
 /// Escalations kept in flight against a central node.
 const CONCURRENT_ESCALATIONS: usize = 64;
 
 /// Runs the suite on the reference models and plugin, the central model on
 /// `central_backend` (`tract` or `wgpu`); `quick` takes fewer samples.
-pub fn run(models_dir: &Path, plugin_crate: &Path, central_backend: &str, quick: bool) -> Result<Figures> {
+pub(crate) fn run(
+    models_dir: &Path,
+    plugin_crate: &Path,
+    central_backend: &str,
+    quick: bool,
+) -> Result<Figures> {
+    let dir = tempfile::Builder::new().prefix("cascade-bench-tiers-").tempdir()?;
+    let certs = Certs::issue(&dir.path().join("certs"), &[CENTRAL, "edge", "bench-client"])?;
     let mut figures = Figures::default();
-    let (p50, p99) = escalation_overhead(quick)?;
+    let (p50, p99) = escalation_overhead(quick, &certs)?;
     figures.push("tiers.escalation_overhead_us.p50", p50, "us");
     figures.push("tiers.escalation_overhead_us.p99", p99, "us");
 
     let test = Digits::load_split(models_dir, Split::Test)
         .with_context(|| format!("loading the test split from {}", models_dir.display()))?;
-    let dir = tempfile::Builder::new().prefix("cascade-bench-tiers-").tempdir()?;
-    let certs = dir.path().join("certs");
-    crate::certs_cmd::init(&certs, false)?;
-    for name in [CENTRAL, "edge", "bench-client"] {
-        crate::certs_cmd::issue(&certs, name, &certs, &[], false)?;
-    }
     let plugin = dir.path().join("mnist_classifier.wasm");
-    crate::plugin_cmd::build(plugin_crate, &plugin, None)?;
+    edge_node::plugin_cmd::build(plugin_crate, &plugin, None)?;
+    let program = crate::node_program()?;
     let deployment =
-        Deployment { dir: dir.path(), certs: &certs, plugin: &plugin, models_dir, central_backend };
+        Deployment { dir: dir.path(), certs: &certs, plugin: &plugin, models_dir, central_backend, program };
     eprintln!("tiers: the central model runs on {central_backend}");
 
     let [batched, unbatched, calibrated] = central_batching(&deployment, &test, quick)?;
@@ -96,10 +94,12 @@ enum Batching {
 /// Where the bench's nodes get their files.
 struct Deployment<'a> {
     dir: &'a Path,
-    certs: &'a Path,
+    certs: &'a Certs,
     plugin: &'a Path,
     models_dir: &'a Path,
     central_backend: &'a str,
+    /// The `edge-node` binary.
+    program: std::path::PathBuf,
 }
 
 impl Deployment<'_> {
@@ -107,31 +107,32 @@ impl Deployment<'_> {
     fn central(&self, name: &str, batching: Batching) -> Result<(u16, u16)> {
         let (http, quic) = (free_tcp_port()?, free_udp_port()?);
         let mut node =
-            NodeToml::new(CENTRAL, &ReferenceModel::CentralFp32.path(self.models_dir), self.plugin)
-                .backend(self.central_backend)
-                .http(format!("127.0.0.1:{http}"))
-                .quic(format!("127.0.0.1:{quic}"), self.certs)
-                .route_in_flight(CONCURRENT_ESCALATIONS as u32)
-                // 64 escalations queue for one device: give each the route's whole deadline.
-                .plugin_deadline_ms(1900)
-                .no_cache()
-                .fixed_mode();
-        match batching {
-            Batching::Off => {}
-            Batching::Forced => node = node.batching(32, 2000, false),
-            Batching::Calibrated => node = node.batching(32, 2000, true),
-        }
+            ReferenceNode::new(CENTRAL, &ReferenceModel::CentralFp32.path(self.models_dir), self.plugin);
+        node.model.backend = self.central_backend.to_owned();
+        node.model.fallback_to_tract = false;
+        node.node.listeners.http = format!("127.0.0.1:{http}");
+        self.certs.listen_quic(&mut node, &format!("127.0.0.1:{quic}"));
+        node.route.max_in_flight = CONCURRENT_ESCALATIONS as u32;
+        // 64 escalations queue for one device: give each the route's whole deadline.
+        node.plugin.deadline_ms = 1900;
+        node.route.cache_ttl_s = 0;
+        node.node.modes.switching.automatic = false;
+        node.node.batching = match batching {
+            Batching::Off => None,
+            Batching::Forced => Some(BatchingConfig::new(32, 2000, false)),
+            Batching::Calibrated => Some(BatchingConfig::new(32, 2000, true)),
+        };
         // One file per process; the certificate stays `central`'s.
         let path = self.dir.join(format!("{name}.toml"));
-        std::fs::write(&path, node.render())?;
+        node.config().write(&path)?;
         Ok((http, quic))
     }
 }
 
 /// The escalation overhead's p50 and p99, in µs.
-fn escalation_overhead(quick: bool) -> Result<(f64, f64)> {
+fn escalation_overhead(quick: bool, certs: &Certs) -> Result<(f64, f64)> {
     let (warmup, samples) = if quick { (200, 1_000) } else { (1_000, 10_000) };
-    let (server_id, client_id) = identities()?;
+    let (server_id, client_id) = identities(certs)?;
 
     // The server lives on its own thread and runtime until the client is done.
     let (addr_tx, addr_rx) = mpsc::channel::<Result<SocketAddr>>();
@@ -157,7 +158,7 @@ fn escalation_overhead(quick: bool) -> Result<(f64, f64)> {
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let overheads = runtime.block_on(async {
-        let client = TierClient::new(&client_id, ClientConfig::new(addr, SERVER_NAME))?;
+        let client = TierClient::new(&client_id, ClientConfig::new(addr, CENTRAL))?;
         let pixels: Vec<f32> = (0..784).map(|i| (i % 256) as f32 / 255.0).collect();
         let input = Tensor::from_f32(vec![1, 1, 28, 28], &pixels)?;
         let mut overheads = Vec::with_capacity(samples);
@@ -174,7 +175,7 @@ fn escalation_overhead(quick: bool) -> Result<(f64, f64)> {
             let started = Instant::now();
             let reply = client.request(&request).await?;
             let round_trip = started.elapsed();
-            let Reply::Answer(answer) = reply else { return Err(anyhow!("bench server refused: {reply:?}")) };
+            let answer = reply.map_err(|e| anyhow!("bench server refused: {e:?}"))?;
             let handler_us = answer.timings.first().map_or(0, |t| t.micros);
             if i >= warmup {
                 overheads.push(round_trip.as_secs_f64() * 1e6 - handler_us as f64);
@@ -211,24 +212,17 @@ async fn answer_at_once(
     })
 }
 
-/// A throwaway CA and two node identities signed by it.
-fn identities() -> Result<(TlsIdentity, TlsIdentity)> {
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::default();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "bench ca");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-    let ca_pem = ca.self_signed(&ca_key)?.pem();
-    let issuer = Issuer::from_params(&ca, &ca_key);
-    let node = |name: &str| -> Result<TlsIdentity> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec![name.to_string()])?;
-        params.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params.signed_by(&key, &issuer)?;
-        Ok(TlsIdentity::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes(), ca_pem.as_bytes())?)
+/// The central node's identity and the bench client's, from `certs`.
+fn identities(certs: &Certs) -> Result<(TlsIdentity, TlsIdentity)> {
+    let of = |name: &str| {
+        let dir = &certs.0;
+        TlsIdentity::from_files(
+            &dir.join(format!("{name}.pem")),
+            &dir.join(format!("{name}.key")),
+            &dir.join("ca.pem"),
+        )
     };
-    Ok((node(SERVER_NAME)?, node("bench-edge")?))
+    Ok((of(CENTRAL)?, of("bench-client")?))
 }
 
 /// Medians over alternating rounds of the answered escalations per second of a central node
@@ -237,9 +231,9 @@ fn central_batching(d: &Deployment<'_>, test: &Digits, quick: bool) -> Result<[f
     let (rounds, window) = if quick { (1, Duration::from_secs(2)) } else { (3, Duration::from_secs(5)) };
     let runtime = tokio::runtime::Runtime::new()?;
     let identity = TlsIdentity::from_files(
-        &d.certs.join("bench-client.pem"),
-        &d.certs.join("bench-client.key"),
-        &d.certs.join("ca.pem"),
+        &d.certs.0.join("bench-client.pem"),
+        &d.certs.0.join("bench-client.key"),
+        &d.certs.0.join("ca.pem"),
     )?;
     runtime.block_on(async {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
@@ -251,7 +245,7 @@ fn central_batching(d: &Deployment<'_>, test: &Digits, quick: bool) -> Result<[f
         ];
         for (name, batching) in kinds {
             let (http_port, quic) = d.central(name, batching)?;
-            let mut node = NodeProcess::start(name, &d.dir.join(format!("{name}.toml")), d.dir)?;
+            let mut node = NodeProcess::start(&d.program, name, &d.dir.join(format!("{name}.toml")), d.dir)?;
             node.wait_ready(&http, http_port).await?;
             let addr: SocketAddr = format!("127.0.0.1:{quic}").parse()?;
             let client = Arc::new(TierClient::new(&identity, ClientConfig::new(addr, CENTRAL))?);
@@ -308,13 +302,13 @@ async fn drive_central(client: Arc<TierClient>, test: &Digits, window: Duration)
                     local_confidence: Some(0.5),
                 };
                 match client.request(&request).await? {
-                    Reply::Answer(_) => {
+                    Ok(_) => {
                         let now = Instant::now();
                         if now >= counting_from && now < until {
                             answered.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    Reply::Error(e) => bail!("the central node refused an escalation: {e:?}"),
+                    Err(e) => bail!("the central node refused an escalation: {e:?}"),
                 }
             }
             Ok(())
@@ -334,19 +328,21 @@ fn central_down(d: &Deployment<'_>, test: &Digits, quick: bool) -> Result<(f64, 
     runtime.block_on(async {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
         let (central_http, quic) = d.central("central-down", Batching::Calibrated)?;
-        let mut central = NodeProcess::start("central-down", &d.dir.join("central-down.toml"), d.dir)?;
+        let mut central = NodeProcess::start(&d.program, "central-down", &d.dir.join("central-down.toml"), d.dir)?;
         central.wait_ready(&http, central_http).await?;
         let edge_http = free_tcp_port()?;
-        let edge_config = NodeToml::new("edge", &ReferenceModel::EdgeInt8.path(d.models_dir), d.plugin)
-            .http(format!("127.0.0.1:{edge_http}"))
-            .threshold(0.9)
-            .upstream(format!("127.0.0.1:{quic}"), d.certs)
-            .request_timeout_ms(500)
-            .escalation_budget_rps(100_000.0)
-            .no_cache()
-            .fixed_mode()
-            .write(d.dir)?;
-        let mut edge = NodeProcess::start("edge", &edge_config, d.dir)?;
+        let mut edge = ReferenceNode::new("edge", &ReferenceModel::EdgeInt8.path(d.models_dir), d.plugin);
+        edge.node.listeners.http = format!("127.0.0.1:{edge_http}");
+        edge.route.thresholds.normal = 0.9;
+        edge.route.cache_ttl_s = 0;
+        d.certs.upstream_quic(&mut edge, &format!("127.0.0.1:{quic}"));
+        if let Some(up) = edge.node.upstream.as_mut() {
+            up.request_timeout_ms = 500;
+        }
+        edge.node.modes.normal.escalation_budget_rps = Some(100_000.0);
+        edge.node.modes.switching.automatic = false;
+        let edge_config = write_config(&edge, d.dir)?;
+        let mut edge = NodeProcess::start(&d.program, "edge", &edge_config, d.dir)?;
         edge.wait_ready(&http, edge_http).await?;
 
         let url = Arc::new(format!("http://127.0.0.1:{edge_http}/v2/models/digits/infer"));

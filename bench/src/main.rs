@@ -1,0 +1,134 @@
+//! `cascade-bench`: Cascade's benchmark suites and their load generator, kept out of the
+//! product binary.
+//!
+//! Each suite prints its figures as a table, or with `--json` one JSON object per line
+//! (`{"figure": ..., "value": ..., "unit": ...}`) and nothing else on stdout; progress goes
+//! to stderr. `--quick` gives the same figures from fewer samples. Suites that run nodes
+//! start the `edge-node` binary that sits beside this one (`tools/bench.sh` builds both).
+
+mod backends;
+mod edge;
+mod loadgen;
+mod sandbox;
+mod tiers;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cascade-bench",
+    version,
+    about = "Cascade's benchmarks (figures one JSON object per line with --json)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    suite: Suite,
+}
+
+/// Flags every suite takes.
+#[derive(clap::Args)]
+struct Run {
+    /// Print one JSON figure per line instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Fewer samples: the same figures in under 60 s.
+    #[arg(long)]
+    quick: bool,
+}
+
+/// The reference models and the plugin crate a suite runs.
+#[derive(clap::Args)]
+struct Reference {
+    /// Directory holding the reference models and data splits.
+    #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir())]
+    models: PathBuf,
+    /// The plugin crate to build and run.
+    #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir().join("../examples/mnist-classifier"))]
+    plugin: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Suite {
+    /// What the wasmtime sandbox adds to a request (mnist-classifier plugin, one thread).
+    Sandbox {
+        #[command(flatten)]
+        run: Run,
+        #[command(flatten)]
+        reference: Reference,
+    },
+    /// Two tiers on loopback: escalation overhead, central batching, the central tier dying.
+    Tiers {
+        #[command(flatten)]
+        run: Run,
+        #[command(flatten)]
+        reference: Reference,
+        /// Backend of the central nodes' model: `tract` (CPU) or `wgpu` (GPU; lavapipe on
+        /// machines without one).
+        #[arg(long, default_value = "tract", value_parser = ["tract", "wgpu"])]
+        central_backend: String,
+    },
+    /// Reference models x backends x batch sizes, against onnxruntime in the same run.
+    Backends {
+        #[command(flatten)]
+        run: Run,
+        /// Directory holding the reference models and data splits.
+        #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir())]
+        models: PathBuf,
+    },
+    /// A whole edge node over HTTP under open-loop load, against a Python onnxruntime server.
+    Edge {
+        #[command(flatten)]
+        run: Run,
+        #[command(flatten)]
+        reference: Reference,
+    },
+}
+
+/// The `edge-node` binary beside this one, which suites start as `serve` processes.
+fn node_program() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("cannot find this program's path")?;
+    let program = me.with_file_name(format!("edge-node{}", std::env::consts::EXE_SUFFIX));
+    anyhow::ensure!(
+        program.is_file(),
+        "{} is missing: build it beside this binary (tools/bench.sh does: cargo build --release -p edge-node -p cascade-bench)",
+        program.display()
+    );
+    Ok(program)
+}
+
+/// The repository that holds `models/` (the peers' venv and scripts live there).
+fn repository(models: &Path) -> PathBuf {
+    let repo = models.join("..");
+    std::fs::canonicalize(&repo).unwrap_or(repo)
+}
+
+fn main() -> anyhow::Result<()> {
+    // SAFETY: first thing in main, before tracing, tokio or any model starts a thread.
+    let tuning = unsafe { cascade_runtime::configure_cpu_kernels() };
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    tracing::debug!(?tuning, "tract kernel knobs");
+    match cli.suite {
+        Suite::Sandbox { run, reference } => {
+            sandbox::run(&reference.models, &reference.plugin, run.quick)?.print(run.json)
+        }
+        Suite::Tiers { run, reference, central_backend } => {
+            tiers::run(&reference.models, &reference.plugin, &central_backend, run.quick)?.print(run.json)
+        }
+        Suite::Backends { run, models } => {
+            let budget = if run.quick { backends::Budget::QUICK } else { backends::Budget::DEFAULT };
+            backends::run(&models, &repository(&models), budget)?.print(run.json)
+        }
+        Suite::Edge { run, reference } => {
+            let repo = repository(&reference.models);
+            edge::run(&reference.models, &reference.plugin, &repo, run.quick)?.print(run.json)
+        }
+    }
+    Ok(())
+}

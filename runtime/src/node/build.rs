@@ -1,0 +1,144 @@
+//! Building a node from its resolved config: the model store, the sandbox with its plugins,
+//! the routes, the upstream client and the mode controller's task.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use super::error::NodeError;
+use super::mode::mode_loop;
+use super::route::Route;
+use super::{Node, Upstream};
+use crate::admission::Admission;
+use crate::batcher::BatchSettings;
+use crate::cache::Cache;
+use crate::config::{BatchingSettings, Mode, NodeSettings, ResolvedConfig, UpstreamKind, UpstreamSettings};
+use crate::models::{Batching, ModelStore};
+use crate::modes::ModeController;
+use crate::policy::EscalationPolicy;
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::telemetry::Telemetry;
+use crate::transport::{ClientConfig, TlsIdentity};
+use crate::upstream::{self, UpstreamClient};
+
+/// Bytes of answers the cache may hold (outputs are small: a digit's ten probabilities).
+const CACHE_BUDGET_BYTES: usize = 64 << 20;
+
+impl Node {
+    /// Builds a node: prepares the models, loads the plugins, connects (lazily) to the
+    /// upstream, and starts the mode controller. Must be called inside a tokio runtime;
+    /// it compiles plugins and prepares models, so call it where blocking is allowed.
+    pub fn new(config: ResolvedConfig) -> Result<Arc<Node>, NodeError> {
+        Node::build(config, None)
+    }
+
+    /// Builds the node that replaces this one on a reload: its metrics carry on (counters
+    /// do not restart), and a mode an admin pinned stays pinned. Cache, admission and
+    /// upstream state start afresh, as the new config may change any of them.
+    pub fn successor(&self, config: ResolvedConfig) -> Result<Arc<Node>, NodeError> {
+        let node = Node::build(config, Some(self.telemetry.clone()))?;
+        if let Some(mode) = self.pinned_mode() {
+            // The same pin, carried over: not a new switch to count.
+            node.modes.lock().pin(mode, Instant::now());
+            node.enter(mode);
+        }
+        Ok(node)
+    }
+
+    fn build(config: ResolvedConfig, telemetry: Option<Arc<Telemetry>>) -> Result<Arc<Node>, NodeError> {
+        let now = Instant::now();
+        let settings = &config.settings;
+        let telemetry = match telemetry {
+            Some(t) => t,
+            None => Arc::new(Telemetry::new()?),
+        };
+        let batching = settings.batching.map(|b| Batching {
+            settings: batch_settings(&b, settings),
+            observer: Some(telemetry.batch_observer()),
+        });
+        let models = ModelStore::load(&config.models, batching.as_ref())?;
+        // Admission lets at most `max_in_flight` requests run at once, each in its own
+        // instance: a pool of that size means a request that got in always gets an instance.
+        let sandbox = Sandbox::new(SandboxConfig {
+            max_instances: settings.max_in_flight,
+            ..SandboxConfig::default()
+        })?;
+        for (name, plugin) in &config.plugins {
+            sandbox.load_plugin(name, plugin, &models)?;
+        }
+        let routes: BTreeMap<String, Route> = settings
+            .routes
+            .iter()
+            .map(|(name, r)| (name.clone(), Route::new(name, r, &config, &models)))
+            .collect();
+        let upstream = match &settings.upstream {
+            Some(up) => Some(Upstream { client: upstream_client(up)?, settings: up.clone() }),
+            None => None,
+        };
+        telemetry.set_mode(Mode::Normal);
+        let node = Arc::new(Node {
+            admission: Admission::from_settings(settings, now),
+            cache: Cache::with_filter(CACHE_BUDGET_BYTES, super::Reply::weigh, super::Reply::cacheable),
+            policy: Mutex::new(EscalationPolicy::new(
+                settings.modes.switches(Mode::Normal).escalation_budget,
+                now,
+            )),
+            modes: Mutex::new(ModeController::new(&settings.modes, now)),
+            upstream,
+            batching,
+            telemetry,
+            next_id: AtomicU64::new(1),
+            routes,
+            sandbox,
+            models,
+            config,
+        });
+        if node.config.settings.modes.automatic {
+            tokio::spawn(mode_loop(Arc::downgrade(&node)));
+        }
+        Ok(node)
+    }
+}
+
+/// One pool of batching threads per model; each runs one batch at a time, so as many as
+/// there are cores keep them all busy. Every admitted request may wait on a model at once,
+/// so the queue holds them all: the batcher never refuses an admitted one.
+fn batch_settings(b: &BatchingSettings, node: &NodeSettings) -> BatchSettings {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let admitted = usize::try_from(node.max_in_flight).unwrap_or(usize::MAX);
+    let batch = BatchSettings::new(usize::try_from(b.max_batch).unwrap_or(usize::MAX), b.max_delay, cores)
+        .calibrated(b.calibrate);
+    let max_waiting = batch.max_waiting.max(admitted);
+    batch.max_waiting(max_waiting)
+}
+
+/// The client for the configured upstream: Cascade nodes over QUIC, or a KServe v2 server.
+fn upstream_client(up: &UpstreamSettings) -> Result<UpstreamClient, NodeError> {
+    let (breaker, retry) = (up.into(), up.into());
+    Ok(match &up.kind {
+        UpstreamKind::Quic(quic) => {
+            let identity = TlsIdentity::from_files(&quic.cert, &quic.key, &quic.ca)?;
+            let clients = quic
+                .addresses
+                .iter()
+                .map(|addr| {
+                    let mut c = ClientConfig::new(*addr, up.server_name.clone());
+                    c.connect_timeout = up.connect_timeout;
+                    c
+                })
+                .collect();
+            UpstreamClient::new(&identity, upstream::UpstreamConfig { upstreams: clients, breaker, retry })?
+        }
+        UpstreamKind::Kserve(kserve) => {
+            let server = upstream::KserveConfig {
+                url: kserve.url.clone(),
+                model: kserve.model.clone(),
+                connect_timeout: up.connect_timeout,
+            };
+            UpstreamClient::kserve(upstream::KserveUpstreamConfig { servers: vec![server], breaker, retry })?
+        }
+    })
+}

@@ -1,0 +1,155 @@
+//! The node's request path driven directly, without HTTP: an edge node with the real plugin
+//! and model, escalating over real QUIC to a central node in the same process, through
+//! every stage from validation to escalation.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cascade_runtime::config::TensorDeclConfig;
+use cascade_runtime::protocol::{EscalationRequest, NamedTensor};
+use cascade_runtime::transport::{self, RequestContext};
+use cascade_runtime::{
+    CacheStatus, CurrentNode, DegradedReason, Mode, Node, ReferenceModel, Rejection, ServeError, Tensor,
+};
+use cascade_testkit::{assert_close, central, digits, edge, hard_images, metric, probabilities, resolve};
+
+fn image(i: usize) -> Vec<(String, Tensor)> {
+    vec![("image".into(), Tensor::from_u8(vec![28, 28], digits().image(i).to_vec()).unwrap())]
+}
+
+/// The first test image the edge model is at least this sure of.
+fn easy_image(at_least: f32) -> usize {
+    let candidates: Vec<usize> = (0..50).collect();
+    let probs = probabilities(ReferenceModel::EdgeInt8, &candidates);
+    candidates
+        .into_iter()
+        .zip(probs)
+        .find(|(_, p)| p.iter().copied().fold(0.0, f32::max) >= at_least)
+        .unwrap()
+        .0
+}
+
+fn build(name: &str, config: &cascade_runtime::reference::ReferenceNode) -> Arc<Node> {
+    tokio::task::block_in_place(|| Node::new(resolve(name, config))).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_answers_locally_escalates_hard_requests_and_degrades_when_the_central_is_gone() {
+    let central = CurrentNode::new(build("node-central.toml", &central()));
+    let quic = central.listen_quic().unwrap().expect("the central listens on QUIC");
+    let mut config = edge(0.9, Some(quic.local_addr()));
+    config.route.inputs =
+        vec![TensorDeclConfig { name: "image".into(), datatype: "UINT8".into(), shape: vec![28, 28] }];
+    let edge = build("node-edge.toml", &config);
+
+    // A confident answer stays here, and the same request again is a cache hit.
+    let easy = easy_image(0.99);
+    let reply = edge.infer("digits", image(easy), vec![]).await.unwrap();
+    assert_eq!((reply.tier.as_str(), reply.escalated, &reply.degraded), ("edge", false, &None));
+    assert_eq!(reply.cache, CacheStatus::Miss);
+    assert_eq!(reply.outputs[0].0, "probabilities");
+    assert_close(&reply.outputs[0].1.to_f32().unwrap(), &probabilities(ReferenceModel::EdgeInt8, &[easy])[0]);
+    let again = edge.infer("digits", image(easy), vec![]).await.unwrap();
+    assert_eq!((again.cache, &again.outputs), (CacheStatus::Hit, &reply.outputs));
+
+    // An unsure one goes to the central node, which answers with its own model.
+    let hard = hard_images(3, 0.6);
+    let reply = edge.infer("digits", image(hard[0]), vec![]).await.unwrap();
+    assert_eq!((reply.tier.as_str(), reply.escalated, &reply.degraded), ("central", true, &None));
+    let central_probs = probabilities(ReferenceModel::CentralFp32, &[hard[0]]);
+    assert_close(&reply.outputs[0].1.to_f32().unwrap(), &central_probs[0]);
+
+    // With the central gone, the edge answers itself, marked degraded, and says why.
+    quic.shutdown().await;
+    let reply = edge.infer("digits", image(hard[1]), vec![]).await.unwrap();
+    assert_eq!((reply.tier.as_str(), reply.escalated), ("edge", false));
+    let degraded = reply.degraded.expect("marked degraded");
+    assert_eq!(degraded.reason, DegradedReason::UpstreamFailed);
+    assert!(degraded.detail.is_some_and(|d| !d.is_empty()));
+    assert_close(
+        &reply.outputs[0].1.to_f32().unwrap(),
+        &probabilities(ReferenceModel::EdgeInt8, &[hard[1]])[0],
+    );
+
+    // Inputs that break the route's declared tensors never reach the plugin.
+    let short = vec![("image".into(), Tensor::from_u8(vec![10], vec![0; 10]).unwrap())];
+    let err = edge.infer("digits", short, vec![]).await.unwrap_err();
+    assert!(matches!(&err, ServeError::BadRequest(m) if m.starts_with("inputs[0].shape")), "{err}");
+    assert!(matches!(edge.infer("letters", image(0), vec![]).await, Err(ServeError::UnknownRoute(_))));
+
+    // Every request was observed once, with the tier that answered.
+    let text = edge.metrics().unwrap();
+    let count = |labels: &[&str]| metric(&text, "cascade_requests_total{", labels).unwrap_or(0.0);
+    assert_eq!(count(&["outcome=\"answered\"", "tier=\"local\""]), 2.0, "{text}");
+    assert_eq!(count(&["outcome=\"answered\"", "tier=\"upstream\""]), 1.0, "{text}");
+    assert_eq!(count(&["outcome=\"degraded\""]), 1.0, "{text}");
+    assert_eq!(count(&["outcome=\"failed\""]), 1.0, "{text}");
+    assert_eq!(metric(&text, "cascade_escalations_total{", &["result=\"ok\""]), Some(1.0), "{text}");
+    assert_eq!(metric(&text, "cascade_escalations_total{", &["result=\"failed\""]), Some(1.0), "{text}");
+    assert_eq!(metric(&text, "cascade_cache_total{", &["status=\"hit\""]), Some(1.0), "{text}");
+    for stage in ["admission", "sandbox", "inference", "policy", "escalation", "total"] {
+        let n = metric(&text, "cascade_stage_seconds_count{", &[&format!("stage=\"{stage}\"")]);
+        assert!(n.is_some_and(|n| n >= 1.0), "stage {stage}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escalation_from_downstream_is_answered_here_and_never_passed_on() {
+    // An edge that would escalate everything, to an upstream that does not exist.
+    let unreachable = "127.0.0.1:9".parse().unwrap();
+    let node = build("node-relay.toml", &edge(1.0, Some(unreachable)));
+    let request = EscalationRequest {
+        id: 7,
+        route: "digits".into(),
+        inputs: image(0).into_iter().map(|(name, tensor)| NamedTensor { name, tensor }).collect(),
+        deadline_unix_us: transport::deadline_in(Duration::from_secs(2)),
+        trace: None,
+        node_id: "edge-below".into(),
+        local_confidence: Some(0.2),
+    };
+    let context = RequestContext {
+        remote: "127.0.0.1:40000".parse().unwrap(),
+        received: Instant::now(),
+        deadline: Instant::now() + Duration::from_secs(2),
+    };
+    let answer = node.clone().answer_escalation(request, context).await.unwrap();
+    assert_eq!(answer.id, 7);
+    assert_eq!(answer.label, Some(u32::from(digits().label(0))));
+    assert!(answer.model_version.starts_with("mnist@"), "{}", answer.model_version);
+    let text = node.metrics().unwrap();
+    assert_eq!(metric(&text, "cascade_escalations_total{", &[]), None, "nothing escalated: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_route_refuses_at_once_and_the_node_switches_to_emergency() {
+    let mut config = edge(0.9, None);
+    config.node.modes.switching.automatic = true;
+    let node = build("node-overload.toml", &config);
+    assert_eq!(node.mode(), Mode::Normal);
+
+    // The hostile route runs one request at a time with no queue: a plugin looping to its
+    // deadline takes its only place.
+    let looping = tokio::spawn({
+        let node = node.clone();
+        async move { node.infer("hostile", vec![], vec![("mode".into(), "loop".into())]).await }
+    });
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!looping.is_finished(), "the looping request ended early: {:?}", looping.await);
+    let refused = node.infer("hostile", vec![], vec![("mode".into(), "ok".into())]).await.unwrap_err();
+    let ServeError::Rejected { rejection, .. } = &refused else { panic!("{refused}") };
+    assert_eq!((*rejection, refused.status()), (Rejection::QueueFull, 503));
+
+    // A route with every place taken is a full queue: the mode controller steps up.
+    while node.mode() != Mode::Emergency {
+        assert!(started.elapsed() < Duration::from_secs(3), "no switch to emergency");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let err = looping.await.unwrap().unwrap_err();
+    assert!(matches!(&err, ServeError::Plugin { kind: "timeout", .. }), "{err}");
+    let text = node.metrics().unwrap();
+    assert_eq!(metric(&text, "cascade_rejections_total{", &["reason=\"queue_full\""]), Some(1.0), "{text}");
+    let switched = metric(&text, "cascade_mode_switches_total{", &["to=\"emergency\"", "cause=\"signals\""]);
+    assert_eq!(switched, Some(1.0), "{text}");
+    assert_eq!(metric(&text, "cascade_sandbox_failures_total{", &["kind=\"timeout\""]), Some(1.0), "{text}");
+}
