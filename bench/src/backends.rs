@@ -60,15 +60,7 @@ struct Peer {
 
 impl Peer {
     fn start(repo: &Path) -> anyhow::Result<Option<Peer>> {
-        let python = repo.join("target/peer-venv/bin/python");
-        if !python.exists() {
-            eprintln!(
-                "no onnxruntime peer: {} is missing; create it with `tools/setup.sh` \
-                 (a venv from tools/peer-requirements.txt and tools/kserve-requirements.txt). Printing our figures only.",
-                python.display()
-            );
-            return Ok(None);
-        }
+        let Some(python) = crate::peer_python(repo) else { return Ok(None) };
         let mut child = Command::new(&python)
             .arg(repo.join("tools/ort_peer.py"))
             .stdin(Stdio::piped())

@@ -38,7 +38,7 @@
 //! measures that share with an empty `GET /v2/health/live`.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -472,15 +472,7 @@ impl Peer {
     /// Starts `tools/kserve_peer.py` from the peer venv, or says how to make the venv and
     /// returns `None`.
     fn start(repo: &Path, model: &Path) -> anyhow::Result<Option<Peer>> {
-        let python: PathBuf = repo.join("target/peer-venv/bin/python");
-        if !python.exists() {
-            eprintln!(
-                "no python peer: {} is missing; create it with `tools/setup.sh` \
-                 (a venv from tools/peer-requirements.txt and tools/kserve-requirements.txt). Printing our figures only.",
-                python.display()
-            );
-            return Ok(None);
-        }
+        let Some(python) = crate::peer_python(repo) else { return Ok(None) };
         // Ask the kernel for a free loopback port, then hand it to the peer.
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
         let child = Command::new(&python)

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use edge_node::demo::Reference;
 
 #[derive(Parser)]
 #[command(
@@ -37,17 +38,6 @@ struct Run {
     /// Fewer samples: the same figures in under 60 s.
     #[arg(long)]
     quick: bool,
-}
-
-/// The reference models and the plugin crate a suite runs.
-#[derive(clap::Args)]
-struct Reference {
-    /// Directory holding the reference models and data splits.
-    #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir())]
-    models: PathBuf,
-    /// The plugin crate to build and run.
-    #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir().join("../examples/mnist-classifier"))]
-    plugin: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -97,6 +87,21 @@ fn node_program() -> anyhow::Result<PathBuf> {
         program.display()
     );
     Ok(program)
+}
+
+/// The python of the peers' venv under `repo` (`tools/setup.sh` makes it), or `None` after
+/// saying how to make it: the suite then prints its own figures only.
+fn peer_python(repo: &Path) -> Option<PathBuf> {
+    let python = repo.join("target/peer-venv/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    eprintln!(
+        "no onnxruntime peer: {} is missing; create it with `tools/setup.sh` (a venv from \
+         tools/peer-requirements.txt and tools/kserve-requirements.txt). Printing our figures only.",
+        python.display()
+    );
+    None
 }
 
 /// The repository that holds `models/` (the peers' venv and scripts live there).

@@ -32,7 +32,7 @@ pub(crate) fn run(models_dir: &Path, plugin_crate: &Path, quick: bool) -> anyhow
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let wasm = dir.join("bench-mnist-classifier.wasm");
     let built = edge_node::plugin_cmd::build(plugin_crate, &wasm, None)?;
-    eprintln!("plugin: {} bytes, sha256 {}", built.component.len(), built.sha256);
+    eprintln!("plugin: {} bytes, sha256 {}", built.component.len(), built.digest);
 
     let (sandbox, models) = mnist_sandbox(&ReferenceModel::EdgeInt8.path(models_dir), &wasm)?;
     let edge = models.get("edge").context("the store lost the model")?.model.clone();

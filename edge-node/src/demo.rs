@@ -18,6 +18,18 @@ use cascade_runtime::{Backend, Digits, ReferenceModel, Split, TractBackend, refe
 use crate::deployment::{CENTRAL, Certs, NodeProcess, free_tcp_port, free_udp_port, write_config};
 use crate::figures::{Figures, median, percentile};
 
+/// The reference models and the plugin crate a command runs (`--models`, `--plugin`); the
+/// benchmarks take the same flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Reference {
+    /// Directory holding the reference models and data splits.
+    #[arg(long, default_value_os_t = reference::default_models_dir())]
+    pub models: PathBuf,
+    /// The plugin crate to build and run.
+    #[arg(long, default_value_os_t = reference::default_models_dir().join("../examples/mnist-classifier"))]
+    pub plugin: PathBuf,
+}
+
 /// What the demo runs.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -102,15 +114,15 @@ fn prepare_tiers(
     eprintln!("   building the plugin {} ...", options.plugin_crate.display());
     let plugin = dir.join("mnist_classifier.wasm");
     let built = crate::plugin_cmd::build(&options.plugin_crate, &plugin, None)?;
-    eprintln!("   plugin: {} bytes, sha256 {}", built.component.len(), built.sha256);
+    eprintln!("   plugin: {} bytes, sha256 {}", built.component.len(), built.digest);
 
     let model = |m: ReferenceModel| m.path(&options.models_dir);
     let mut central = ReferenceNode::new(CENTRAL, &model(ReferenceModel::CentralFp32), &plugin);
-    central.plugin.sha256 = Some(built.sha256.clone());
+    central.plugin.sha256 = Some(built.digest.to_string());
     central.node.listeners.http = format!("127.0.0.1:{central_http}");
     certs.listen_quic(&mut central, &format!("127.0.0.1:{central_quic}"));
     let mut edge = ReferenceNode::new("edge", &model(ReferenceModel::EdgeInt8), &plugin);
-    edge.plugin.sha256 = Some(built.sha256);
+    edge.plugin.sha256 = Some(built.digest.to_string());
     edge.node.listeners.http = format!("127.0.0.1:{edge_http}");
     edge.route.thresholds.normal = options.threshold;
     certs.upstream_quic(&mut edge, &format!("127.0.0.1:{central_quic}"));

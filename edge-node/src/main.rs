@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use edge_node::{certs_cmd, demo};
+use edge_node::certs_cmd;
+use edge_node::demo::{self, Reference};
 
 #[derive(Parser)]
 #[command(name = "edge-node", version, about = "Cascade: a CDN for inference")]
@@ -78,17 +79,6 @@ enum PluginCommand {
         #[arg(long)]
         target_dir: Option<PathBuf>,
     },
-}
-
-/// The reference models and the plugin crate a command runs.
-#[derive(clap::Args)]
-struct Reference {
-    /// Directory holding the reference models and data splits.
-    #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir())]
-    models: PathBuf,
-    /// The plugin crate to build and run.
-    #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir().join("../examples/mnist-classifier"))]
-    plugin: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {

@@ -32,6 +32,6 @@ pub fn run_build(crate_dir: &Path, out: Option<PathBuf>, target_dir: Option<&Pat
     let out = out.unwrap_or_else(|| default_output(crate_dir));
     let built = build(crate_dir, &out, target_dir)?;
     println!("wrote {} ({} bytes, built with {:?})", out.display(), built.component.len(), built.toolchain);
-    println!("sha256 {}", built.sha256);
+    println!("sha256 {}", built.digest);
     Ok(())
 }

@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sha2::{Digest, Sha256};
+use crate::config::Digest;
 
 const TARGET: &str = "wasm32-unknown-unknown";
 
@@ -83,15 +83,10 @@ pub enum GuestToolchain {
 pub struct BuiltGuest {
     /// The component bytes.
     pub component: Vec<u8>,
-    /// Lowercase hex sha256 of `component`, as pinned in node configs.
-    pub sha256: String,
+    /// sha256 of `component`, as pinned in node configs.
+    pub digest: Digest,
     /// The toolchain that built it.
     pub toolchain: GuestToolchain,
-}
-
-/// Lowercase hex sha256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// The shared guest target directory: `$CARGO_TARGET_DIR/wasm-guests` if set, else this
@@ -244,7 +239,7 @@ impl GuestBuilder {
             source,
         })?;
         let component = encode_component(&core).map_err(|why| GuestBuildError::Encode { file, why })?;
-        Ok(BuiltGuest { sha256: sha256_hex(&component), component, toolchain })
+        Ok(BuiltGuest { digest: Digest::of(&component), component, toolchain })
     }
 }
 
