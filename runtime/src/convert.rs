@@ -43,7 +43,37 @@ impl From<&UpstreamSettings> for BreakerConfig {
 }
 
 impl From<&UpstreamSettings> for RetryConfig {
+    /// `retry_budget` as the share of escalations that may be retried; `0` means no retries
+    /// at all, not even the trickle a quiet node is otherwise allowed.
     fn from(up: &UpstreamSettings) -> RetryConfig {
-        RetryConfig { ratio: up.retry_budget, ..RetryConfig::default() }
+        let floor = if up.retry_budget > 0.0 { RetryConfig::default().min_per_second } else { 0.0 };
+        RetryConfig { ratio: up.retry_budget, min_per_second: floor, ..RetryConfig::default() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::RetryBudget;
+
+    fn upstream(retry_budget: f64) -> UpstreamSettings {
+        let text = format!(
+            "[plugins.p]\npath = \"p\"\n[routes.r]\nplugin = \"p\"\nthresholds = {{ normal = 0.9 }}\n\
+             [upstream]\nkind = \"kserve\"\nurl = \"http://127.0.0.1:1\"\nmodel = \"m\"\nretry_budget = {retry_budget}\n"
+        );
+        let config = crate::config::parse(&text, std::path::Path::new("n.toml")).unwrap();
+        config.settings.upstream.unwrap()
+    }
+
+    #[test]
+    fn a_zero_retry_budget_never_retries() {
+        let now = std::time::Instant::now();
+        let mut none = RetryBudget::new(RetryConfig::from(&upstream(0.0)));
+        for _ in 0..100 {
+            none.record_request(now);
+        }
+        assert!(!none.try_retry(now));
+        let mut some = RetryBudget::new(RetryConfig::from(&upstream(0.1)));
+        assert!(some.try_retry(now), "a quiet node keeps its trickle of retries");
     }
 }

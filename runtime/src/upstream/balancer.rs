@@ -41,14 +41,12 @@ impl Balancer {
         Balancer { members: vec![member; count], rng: seed | 1 }
     }
 
-    /// Picks an upstream at `now` and lets an attempt through its breaker. `avoid` (the upstream
-    /// that just failed, on a retry) is chosen only if nothing else is available. `None`
-    /// when every breaker refuses.
-    pub fn pick(&mut self, now: Instant, avoid: Option<usize>) -> Option<(usize, Attempt)> {
-        let open: Vec<usize> =
-            (0..self.members.len()).filter(|&i| self.members[i].breaker.allows(now)).collect();
-        let preferred: Vec<usize> = open.iter().copied().filter(|&i| Some(i) != avoid).collect();
-        let candidates = if preferred.is_empty() { open } else { preferred };
+    /// Picks an upstream at `now` and lets an attempt through its breaker, never `exclude`
+    /// (the upstream that just failed, on a retry). `None` when every other breaker refuses.
+    pub fn pick(&mut self, now: Instant, exclude: Option<usize>) -> Option<(usize, Attempt)> {
+        let candidates: Vec<usize> = (0..self.members.len())
+            .filter(|&i| Some(i) != exclude && self.members[i].breaker.allows(now))
+            .collect();
         let chosen = match candidates.len() {
             0 => return None,
             1 => candidates[0],
@@ -175,7 +173,8 @@ mod tests {
             assert_eq!(i, 1);
             b.finish(i, t0, p, AttemptResult::Success(MS));
         }
-        assert_eq!(b.pick(t0, Some(1)).map(|(i, _)| i), Some(1), "the only one left, even if avoided");
+        assert_eq!(b.pick(t0, Some(1)), None, "a retry never goes back to the upstream that failed");
+        assert_eq!(b.pick(t0, None).map(|(i, _)| i), Some(1));
         b.finish(1, t0, Attempt::Normal, AttemptResult::Failure);
         b.finish(1, t0, Attempt::Normal, AttemptResult::Failure);
         assert!(!b.any_available(t0));

@@ -31,6 +31,7 @@ pub use budget::{RetryBudget, RetryConfig};
 pub use health::UpstreamHealth;
 pub use kserve::{KserveClient, KserveConfig, KserveError};
 
+use crate::config::{UpstreamKind, UpstreamSettings};
 use crate::protocol::{ErrorKind, EscalationAnswer, EscalationRequest};
 use crate::transport::{ClientConfig, TierClient, TlsIdentity, TransportError, time_left};
 
@@ -68,6 +69,17 @@ impl KserveUpstreamConfig {
     pub fn new(servers: Vec<KserveConfig>) -> KserveUpstreamConfig {
         KserveUpstreamConfig { servers, breaker: BreakerConfig::default(), retry: RetryConfig::default() }
     }
+}
+
+/// Why an upstream client could not be set up from the config.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The QUIC client (its TLS identity, its socket) could not be set up.
+    #[error("quic upstream: {0}")]
+    Transport(#[from] TransportError),
+    /// The KServe client could not be set up.
+    #[error("kserve upstream: {0}")]
+    Kserve(#[from] KserveError),
 }
 
 /// Where an escalation failure came from.
@@ -213,10 +225,41 @@ impl Member {
     }
 }
 
+/// How long past an escalation's deadline its attempts may take to report that they ran out
+/// of time, before the escalation is cut off regardless.
+const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
 struct State {
     balancer: Balancer,
     budget: RetryBudget,
     health: UpstreamHealth,
+}
+
+/// An attempt the balancer let through, settled with it exactly once: with its result, or,
+/// if the attempt is dropped first (the request's client went away, a coalescing leader
+/// was cancelled, a deadline fired), as ignored. Otherwise a cancelled half-open probe would
+/// hold the breaker's only probe slot, and every cancel would leak an in-flight count.
+struct InFlight<'a> {
+    state: &'a Mutex<State>,
+    index: usize,
+    attempt: Option<Attempt>,
+}
+
+impl InFlight<'_> {
+    fn settle(mut self, result: AttemptResult) {
+        if let Some(attempt) = self.attempt.take() {
+            self.state.lock().balancer.finish(self.index, Instant::now(), attempt, result);
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(attempt) = self.attempt.take() {
+            // Cancelled before an answer: it says nothing about the upstream's health.
+            self.state.lock().balancer.finish(self.index, Instant::now(), attempt, AttemptResult::Ignored);
+        }
+    }
 }
 
 /// Escalates requests to the healthiest of several upstreams: Cascade nodes over QUIC
@@ -243,6 +286,35 @@ impl UpstreamClient {
             .map(|c| TierClient::new(identity, c).map(Member::Quic))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(UpstreamClient::with_members(members, config.breaker, config.retry))
+    }
+
+    /// The client the config's `[upstream]` describes: Cascade nodes over QUIC with this
+    /// node's identity, or a KServe v2 server. Must be called inside a tokio runtime.
+    pub fn from_settings(up: &UpstreamSettings) -> Result<UpstreamClient, SetupError> {
+        let (breaker, retry) = (up.into(), up.into());
+        Ok(match &up.kind {
+            UpstreamKind::Quic(quic) => {
+                let identity = TlsIdentity::from_files(&quic.cert, &quic.key, &quic.ca)?;
+                let upstreams = quic
+                    .addresses
+                    .iter()
+                    .map(|addr| {
+                        let mut c = ClientConfig::new(*addr, up.server_name.clone());
+                        c.connect_timeout = up.connect_timeout;
+                        c
+                    })
+                    .collect();
+                UpstreamClient::new(&identity, UpstreamConfig { upstreams, breaker, retry })?
+            }
+            UpstreamKind::Kserve(kserve) => {
+                let server = KserveConfig {
+                    url: kserve.url.clone(),
+                    model: kserve.model.clone(),
+                    connect_timeout: up.connect_timeout,
+                };
+                UpstreamClient::kserve(KserveUpstreamConfig { servers: vec![server], breaker, retry })?
+            }
+        })
     }
 
     /// A client for every configured KServe v2 server. Connects lazily.
@@ -274,8 +346,11 @@ impl UpstreamClient {
     /// Every result, retries included, feeds [`UpstreamClient::health`].
     pub async fn escalate(&self, request: &EscalationRequest) -> Result<EscalationAnswer, EscalationError> {
         let started = Instant::now();
-        // The attempts watch the deadline themselves; this bounds whatever they wait on too.
-        let result = tokio::time::timeout(time_left(request.deadline_unix_us), self.attempts(request))
+        // The attempts watch the deadline themselves, and report an attempt that ran out of
+        // time as the upstream's failure; this only bounds whatever else they wait on, so it
+        // fires a little after the deadline rather than cancel them first.
+        let limit = time_left(request.deadline_unix_us) + DEADLINE_GRACE;
+        let result = tokio::time::timeout(limit, self.attempts(request))
             .await
             .unwrap_or(Err(EscalationError::DeadlineExceeded));
         let mut state = self.state.lock();
@@ -287,48 +362,42 @@ impl UpstreamClient {
     }
 
     async fn attempts(&self, request: &EscalationRequest) -> Result<EscalationAnswer, EscalationError> {
-        let (max_attempts, mut avoid) = {
+        let max_attempts = {
             let mut state = self.state.lock();
             state.budget.record_request(Instant::now());
-            (state.budget.config().max_attempts.max(1), None)
+            state.budget.config().max_attempts.max(1)
         };
-        let mut tries = 1;
-        loop {
+        let mut failed: Option<(usize, EscalationError)> = None;
+        for tries in 1..=max_attempts {
             if time_left(request.deadline_unix_us).is_zero() {
                 return Err(EscalationError::DeadlineExceeded);
             }
-            let Some((index, attempt)) = self.state.lock().balancer.pick(Instant::now(), avoid) else {
-                return Err(EscalationError::NoUpstream);
+            // A retry goes to another upstream, never the one that just failed.
+            let exclude = failed.as_ref().map(|(index, _)| *index);
+            let Some((index, attempt)) = self.state.lock().balancer.pick(Instant::now(), exclude) else {
+                return Err(failed.map_or(EscalationError::NoUpstream, |(_, e)| e));
             };
+            let in_flight = InFlight { state: &self.state, index, attempt: Some(attempt) };
             let started = Instant::now();
             let (result, error) = match self.members[index].attempt(request, started).await {
                 Ok(answer) => {
-                    let latency = started.elapsed();
-                    self.state.lock().balancer.finish(
-                        index,
-                        Instant::now(),
-                        attempt,
-                        AttemptResult::Success(latency),
-                    );
+                    in_flight.settle(AttemptResult::Success(started.elapsed()));
                     return Ok(answer);
                 }
                 Err(failure) => failure,
             };
-            let now = Instant::now();
-            let mut state = self.state.lock();
-            state.balancer.finish(index, now, attempt, result);
+            in_flight.settle(result);
             let retry = error.retryable()
                 && tries < max_attempts
                 && !time_left(request.deadline_unix_us).is_zero()
-                && state.budget.try_retry(now);
-            drop(state);
+                && self.state.lock().budget.try_retry(Instant::now());
             if !retry {
                 return Err(error);
             }
             tracing::debug!(%error, tries, "retrying escalation on another upstream");
-            tries += 1;
-            avoid = Some(index);
+            failed = Some((index, error));
         }
+        Err(failed.map_or(EscalationError::NoUpstream, |(_, e)| e))
     }
 
     /// Whether any upstream would take an escalation now.

@@ -396,6 +396,51 @@ async fn slow_upstream_trips_the_breaker_and_a_probe_closes_it() {
     server.shutdown().await;
 }
 
+/// A half-open probe whose caller goes away must give its slot back: otherwise the breaker
+/// would wait for a probe that never reports, and refuse every later escalation.
+#[tokio::test]
+async fn a_cancelled_probe_does_not_leave_the_breaker_stuck() {
+    let ca = new_ca("deployment ca");
+    let slow = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let handler = {
+        let slow = slow.clone();
+        move |req: EscalationRequest, ctx: RequestContext| {
+            let wait = if slow.load(Ordering::SeqCst) { Duration::from_secs(3) } else { Duration::ZERO };
+            async move {
+                tokio::time::sleep(wait).await;
+                sum_handler(req, ctx).await
+            }
+        }
+    };
+    let server =
+        TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), ServerConfig::new(loopback()), handler)
+            .unwrap();
+    let breaker = BreakerConfig {
+        failure_threshold: 1,
+        latency_limit: Duration::from_millis(100),
+        open_for: Duration::from_millis(200),
+        half_open_probes: 1,
+    };
+    let upstream = upstream_client(&ca, &[server.local_addr()], breaker);
+    // One escalation that runs out of time opens the breaker.
+    assert!(upstream.escalate(&request(1, Duration::from_millis(300))).await.is_err());
+    assert_eq!(upstream.members()[0].1.breaker, BreakerState::Open);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(upstream.breaker_state(), BreakerState::HalfOpen);
+    // The probe's caller gives up long before the request's own deadline.
+    let probing = request(2, Duration::from_secs(5));
+    let probe = tokio::time::timeout(Duration::from_millis(50), upstream.escalate(&probing));
+    assert!(probe.await.is_err(), "the probe should still be waiting");
+    assert!(upstream.available(), "the cancelled probe still holds the breaker's only probe slot");
+    assert_eq!(upstream.members()[0].1.in_flight, 0, "a cancelled attempt leaked its in-flight count");
+    // The upstream recovers: the next escalation probes, and the breaker closes.
+    slow.store(false, Ordering::SeqCst);
+    let answer = upstream.escalate(&request(3, Duration::from_secs(5))).await.unwrap();
+    assert_eq!(answer.id, 3);
+    assert_eq!(upstream.breaker_state(), BreakerState::Closed);
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn escalation_fails_over_to_a_live_upstream() {
     let ca = new_ca("deployment ca");
