@@ -28,12 +28,20 @@ impl Figures {
         self.figures.push(Figure { figure: figure.into(), value, unit });
     }
 
+    /// The figure named `name`, if recorded.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.figures.iter().find(|f| f.figure == name).map(|f| f.value)
+    }
+
+    /// Every figure as one JSON object per line.
+    pub fn to_json_lines(&self) -> String {
+        self.figures.iter().map(|f| serde_json::to_string(f).unwrap_or_default() + "\n").collect()
+    }
+
     /// Prints every figure to stdout.
     pub fn print(&self, json: bool) {
         if json {
-            for f in &self.figures {
-                println!("{}", serde_json::to_string(f).unwrap_or_default());
-            }
+            print!("{}", self.to_json_lines());
             return;
         }
         let width = self.figures.iter().map(|f| f.figure.len()).max().unwrap_or(0);

@@ -39,6 +39,9 @@ enum Command {
         #[arg(long)]
         models_only: bool,
     },
+    /// Choose a route's escalation thresholds from evidence: what each threshold does on a
+    /// labelled set, a recommendation per mode with 90% intervals, checked on held-out data.
+    Calibrate(edge_node::calibrate_cmd::CalibrateArgs),
     /// Validate a node config and read its model and plugin files, without serving.
     Check {
         /// The node's TOML config.
@@ -102,7 +105,9 @@ fn main() -> anyhow::Result<()> {
         }
         _ => tracing_subscriber::EnvFilter::from_default_env(),
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colour only on a terminal: a log file or journald should not get escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
     tracing::debug!(?tuning, "tract kernel knobs");
     match cli.command {
         Command::Demo {
@@ -124,6 +129,10 @@ fn main() -> anyhow::Result<()> {
                 models_only,
             };
             demo::run(&options)?.print(json);
+        }
+        Command::Calibrate(args) => {
+            let json = args.json;
+            edge_node::calibrate_cmd::run(&args)?.print(json);
         }
         Command::Check { config } => print!("{}", edge_node::check_cmd::run(&config)?),
         Command::Plugin(PluginCommand::Build { crate_dir, out, target_dir }) => {

@@ -137,11 +137,12 @@ impl<V: Clone> LruStore<V> {
 }
 
 /// How an answer was obtained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum CacheStatus {
     /// Served from the cache.
     Hit,
     /// Computed by this caller (the leader).
+    #[default]
     Miss,
     /// Awaited from an identical request already in flight.
     Coalesced,

@@ -150,13 +150,16 @@ impl ModeController {
         self.switch(mode, SwitchCause::Pinned, now)
     }
 
-    /// Returns to automatic switching from the pinned mode; the next signals decide.
-    pub fn unpin(&mut self, now: Instant) {
-        if self.pinned {
-            self.pinned = false;
-            // The dwell time counts from here, so unpinning does not drop a level at once.
-            self.since = now;
+    /// Returns to automatic switching from the pinned mode; the next signals decide. A node
+    /// without automatic switching goes back to `normal`, since no signal ever would.
+    pub fn unpin(&mut self, now: Instant) -> Option<ModeChange> {
+        if !self.pinned {
+            return None;
         }
+        self.pinned = false;
+        // The dwell time counts from here, so unpinning does not drop a level at once.
+        self.since = now;
+        if self.automatic { None } else { self.switch(Mode::Normal, SwitchCause::Pinned, now) }
     }
 
     fn switch(&mut self, to: Mode, cause: SwitchCause, now: Instant) -> Option<ModeChange> {
@@ -257,5 +260,8 @@ mod tests {
         let mut c = controller("[modes.switching]\nautomatic = false\n", t0);
         assert_eq!(c.observe(&queue(1.0), t0), None);
         assert_eq!(c.pin(Mode::Surge, t0).map(|m| m.to), Some(Mode::Surge));
+        // Unpinned, nothing would ever step it down: it goes back to normal.
+        assert_eq!(c.unpin(t0).map(|m| m.to), Some(Mode::Normal));
+        assert_eq!(c.unpin(t0), None);
     }
 }

@@ -135,6 +135,12 @@ impl EscalationPolicy {
         self.budget.set_rate(budget, now);
     }
 
+    /// Spends a budget token on an escalation the policy did not decide (a shadow check);
+    /// `false` if the budget is empty.
+    pub fn try_spend(&mut self, now: Instant) -> bool {
+        self.budget.try_take(now)
+    }
+
     /// Decides one request, spending a budget token if it escalates.
     pub fn decide(&mut self, req: &PolicyInput, now: Instant) -> Decision {
         let has_local = match req.outcome {

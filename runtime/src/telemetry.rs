@@ -13,6 +13,16 @@
 //! | `cascade_mode` | `mode` | 1 for the current mode, 0 for the others |
 //! | `cascade_mode_switches_total` | `from`, `to`, `cause` | mode changes |
 //! | `cascade_batch_rows` | `model` | rows per backend run, when dynamic batching is on |
+//! | `cascade_confidence` | `route` | this node's plugin's confidence, per computed answer |
+//! | `cascade_threshold` | `route`, `mode` | the threshold in force |
+//! | `cascade_threshold_moves_total` | `route`, `direction` | moves by the auto-threshold (`up`, `down`) |
+//! | `cascade_upstream_breaker` | `upstream` | 0 closed, 1 half-open, 2 open |
+//! | `cascade_upstream_latency_seconds` | | escalations' recent latency (moving average) |
+//! | `cascade_upstream_requests_avoided_total` | `route` | answers given here, not by the upstream |
+//! | `cascade_upstream_compute_seconds_avoided_total` | `route` | their upstream compute, at the upstream's reported average |
+//! | `cascade_shadow_total` | `route`, `bucket`, `result` | shadow checks by confidence bucket (`agree`, `disagree`) |
+//! | `cascade_shadow_dropped_total` | `route`, `reason` | shadow checks not sent (`budget`, `busy`) or not answered (`failed`) |
+//! | `cascade_receipts_dropped_total` | | receipts not logged because the writer fell behind |
 //!
 //! Ratios are left to the query, where they belong: the escalation ratio is
 //! `sum(rate(cascade_escalations_total[1m])) / sum(rate(cascade_requests_total[1m]))`, the
@@ -20,7 +30,10 @@
 
 use std::time::Duration;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    CounterVec, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 use crate::admission::Rejection;
 use crate::cache::CacheStatus;
@@ -149,6 +162,16 @@ impl AnswerTier {
     }
 }
 
+/// The label of a confidence's tenth: `0.0-0.1`, ..., `0.9-1.0` (1.0 itself in the last).
+fn shadow_bucket(confidence: f32) -> &'static str {
+    const BUCKETS: [&str; 10] = [
+        "0.0-0.1", "0.1-0.2", "0.2-0.3", "0.3-0.4", "0.4-0.5", "0.5-0.6", "0.6-0.7", "0.7-0.8", "0.8-0.9",
+        "0.9-1.0",
+    ];
+    let i = (confidence.clamp(0.0, 1.0) * 10.0) as usize;
+    BUCKETS[i.min(9)]
+}
+
 /// Route label for requests naming no known route, so clients cannot grow the label set.
 pub const UNKNOWN_ROUTE: &str = "_unknown";
 
@@ -165,93 +188,129 @@ pub struct Telemetry {
     mode: IntGaugeVec,
     mode_switches: IntCounterVec,
     batch_rows: HistogramVec,
+    confidence: HistogramVec,
+    threshold: GaugeVec,
+    threshold_moves: IntCounterVec,
+    breaker: IntGaugeVec,
+    upstream_latency: GaugeVec,
+    avoided_requests: IntCounterVec,
+    avoided_compute: CounterVec,
+    shadow: IntCounterVec,
+    shadow_dropped: IntCounterVec,
+    receipts_dropped: IntCounterVec,
 }
 
-fn counter(
+/// Registers a metric made by `make`, naming it in any error.
+fn register<M: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
     name: &'static str,
-    help: &str,
-    labels: &[&str],
-) -> Result<IntCounterVec, TelemetryError> {
+    make: impl FnOnce() -> prometheus::Result<M>,
+) -> Result<M, TelemetryError> {
     let reg_err = |e: prometheus::Error| TelemetryError::Register { metric: name, message: e.to_string() };
-    let c = IntCounterVec::new(Opts::new(name, help), labels).map_err(reg_err)?;
-    registry.register(Box::new(c.clone())).map_err(reg_err)?;
-    Ok(c)
+    let metric = make().map_err(reg_err)?;
+    registry.register(Box::new(metric.clone())).map_err(reg_err)?;
+    Ok(metric)
 }
 
 impl Telemetry {
     /// A fresh registry with every metric, the mode gauge at `normal`.
     pub fn new() -> Result<Telemetry, TelemetryError> {
-        let registry = Registry::new();
-        let requests = counter(
-            &registry,
-            "cascade_requests_total",
-            "Finished requests.",
-            &["route", "outcome", "tier"],
-        )?;
-        let escalations = counter(
-            &registry,
-            "cascade_escalations_total",
-            "Escalations sent upstream.",
-            &["route", "result"],
-        )?;
-        let degraded = counter(
-            &registry,
-            "cascade_degraded_total",
-            "Local answers marked degraded.",
-            &["route", "reason"],
-        )?;
-        let cache = counter(&registry, "cascade_cache_total", "Cache lookups.", &["route", "status"])?;
-        let rejections = counter(
-            &registry,
-            "cascade_rejections_total",
-            "Requests refused by admission.",
-            &["route", "reason"],
-        )?;
-        let sandbox_failures = counter(
-            &registry,
-            "cascade_sandbox_failures_total",
-            "Plugin failures by kind.",
-            &["plugin", "kind"],
-        )?;
-        let mode_switches =
-            counter(&registry, "cascade_mode_switches_total", "Mode changes.", &["from", "to", "cause"])?;
-
-        let reg_err =
-            |metric| move |e: prometheus::Error| TelemetryError::Register { metric, message: e.to_string() };
+        let r = Registry::new();
+        let counter = |name, help, labels: &[&str]| {
+            register(&r, name, || IntCounterVec::new(Opts::new(name, help), labels))
+        };
+        let histogram = |name, help, labels: &[&str], buckets: Vec<f64>| {
+            register(&r, name, || HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels))
+        };
+        let gauge =
+            |name, help, labels: &[&str]| register(&r, name, || GaugeVec::new(Opts::new(name, help), labels));
+        let int_gauge = |name, help, labels: &[&str]| {
+            register(&r, name, || IntGaugeVec::new(Opts::new(name, help), labels))
+        };
         // 10 µs to about 1.3 s, doubling: local answers sit in the first half, escalations
         // in the second.
-        let buckets =
-            prometheus::exponential_buckets(1e-5, 2.0, 18).map_err(reg_err("cascade_stage_seconds"))?;
-        let stages = HistogramVec::new(
-            HistogramOpts::new("cascade_stage_seconds", "Time spent per request stage.").buckets(buckets),
-            &["stage"],
-        )
-        .map_err(reg_err("cascade_stage_seconds"))?;
-        registry.register(Box::new(stages.clone())).map_err(reg_err("cascade_stage_seconds"))?;
-        let mode = IntGaugeVec::new(Opts::new("cascade_mode", "1 for the node's current mode."), &["mode"])
-            .map_err(reg_err("cascade_mode"))?;
-        registry.register(Box::new(mode.clone())).map_err(reg_err("cascade_mode"))?;
-        let rows = prometheus::exponential_buckets(1.0, 2.0, 10).map_err(reg_err("cascade_batch_rows"))?;
-        let batch_rows = HistogramVec::new(
-            HistogramOpts::new("cascade_batch_rows", "Rows per batched backend run.").buckets(rows),
-            &["model"],
-        )
-        .map_err(reg_err("cascade_batch_rows"))?;
-        registry.register(Box::new(batch_rows.clone())).map_err(reg_err("cascade_batch_rows"))?;
-
+        let seconds: Vec<f64> = (0..18).map(|i| 1e-5 * f64::from(1u32 << i)).collect();
+        let rows: Vec<f64> = (0..10).map(|i| f64::from(1u32 << i)).collect();
+        let twentieths: Vec<f64> = (1..=20).map(|i| f64::from(i) / 20.0).collect();
         let t = Telemetry {
-            registry,
-            requests,
-            escalations,
-            degraded,
-            cache,
-            rejections,
-            stages,
-            sandbox_failures,
-            mode,
-            mode_switches,
-            batch_rows,
+            requests: counter("cascade_requests_total", "Finished requests.", &["route", "outcome", "tier"])?,
+            escalations: counter(
+                "cascade_escalations_total",
+                "Escalations sent upstream.",
+                &["route", "result"],
+            )?,
+            degraded: counter(
+                "cascade_degraded_total",
+                "Local answers marked degraded.",
+                &["route", "reason"],
+            )?,
+            cache: counter("cascade_cache_total", "Cache lookups.", &["route", "status"])?,
+            rejections: counter(
+                "cascade_rejections_total",
+                "Requests refused by admission.",
+                &["route", "reason"],
+            )?,
+            stages: histogram("cascade_stage_seconds", "Time spent per request stage.", &["stage"], seconds)?,
+            sandbox_failures: counter(
+                "cascade_sandbox_failures_total",
+                "Plugin failures by kind.",
+                &["plugin", "kind"],
+            )?,
+            mode: int_gauge("cascade_mode", "1 for the node's current mode.", &["mode"])?,
+            mode_switches: counter("cascade_mode_switches_total", "Mode changes.", &["from", "to", "cause"])?,
+            batch_rows: histogram("cascade_batch_rows", "Rows per batched backend run.", &["model"], rows)?,
+            confidence: histogram(
+                "cascade_confidence",
+                "This node's plugin's confidence, per computed answer.",
+                &["route"],
+                twentieths,
+            )?,
+            threshold: gauge("cascade_threshold", "The confidence threshold in force.", &["route", "mode"])?,
+            threshold_moves: counter(
+                "cascade_threshold_moves_total",
+                "Threshold moves by the auto-threshold.",
+                &["route", "direction"],
+            )?,
+            breaker: int_gauge(
+                "cascade_upstream_breaker",
+                "Upstream circuit breaker: 0 closed, 1 half-open, 2 open.",
+                &["upstream"],
+            )?,
+            upstream_latency: gauge(
+                "cascade_upstream_latency_seconds",
+                "Recent escalation latency (moving average).",
+                &[],
+            )?,
+            avoided_requests: counter(
+                "cascade_upstream_requests_avoided_total",
+                "Answers given here instead of by the upstream.",
+                &["route"],
+            )?,
+            avoided_compute: register(&r, "cascade_upstream_compute_seconds_avoided_total", || {
+                CounterVec::new(
+                    Opts::new(
+                        "cascade_upstream_compute_seconds_avoided_total",
+                        "Upstream compute those answers saved, at the upstream's reported average.",
+                    ),
+                    &["route"],
+                )
+            })?,
+            shadow: counter(
+                "cascade_shadow_total",
+                "Shadow checks of local answers against the upstream, by confidence bucket.",
+                &["route", "bucket", "result"],
+            )?,
+            shadow_dropped: counter(
+                "cascade_shadow_dropped_total",
+                "Shadow checks not sent or not answered.",
+                &["route", "reason"],
+            )?,
+            receipts_dropped: counter(
+                "cascade_receipts_dropped_total",
+                "Receipts not logged because the writer fell behind.",
+                &[],
+            )?,
+            registry: r,
         };
         t.set_mode(Mode::Normal);
         Ok(t)
@@ -315,6 +374,59 @@ impl Telemetry {
     pub fn batch_observer(&self) -> crate::BatchObserver {
         let rows = self.batch_rows.clone();
         std::sync::Arc::new(move |model: &str, n: usize| rows.with_label_values(&[model]).observe(n as f64))
+    }
+
+    /// Records this node's plugin's confidence in a computed answer.
+    pub fn confidence(&self, route: &str, confidence: f32) {
+        self.confidence.with_label_values(&[route]).observe(f64::from(confidence));
+    }
+
+    /// Sets the threshold gauge of `route` in `mode`.
+    pub fn set_threshold(&self, route: &str, mode: Mode, threshold: f64) {
+        self.threshold.with_label_values(&[route, mode.name()]).set(threshold);
+    }
+
+    /// Counts a move of `route`'s threshold by the auto-threshold.
+    pub fn threshold_moved(&self, route: &str, up: bool) {
+        self.threshold_moves.with_label_values(&[route, if up { "up" } else { "down" }]).inc();
+    }
+
+    /// Sets an upstream's breaker gauge.
+    pub fn set_breaker(&self, upstream: &str, state: crate::upstream::BreakerState) {
+        let value = match state {
+            crate::upstream::BreakerState::Closed => 0,
+            crate::upstream::BreakerState::HalfOpen => 1,
+            crate::upstream::BreakerState::Open => 2,
+        };
+        self.breaker.with_label_values(&[upstream]).set(value);
+    }
+
+    /// Sets the escalations' recent latency.
+    pub fn set_upstream_latency(&self, latency: Duration) {
+        self.upstream_latency.with_label_values::<&str>(&[]).set(latency.as_secs_f64());
+    }
+
+    /// Counts a local answer and the upstream compute it saved.
+    pub fn upstream_avoided(&self, route: &str, compute: Duration) {
+        self.avoided_requests.with_label_values(&[route]).inc();
+        self.avoided_compute.with_label_values(&[route]).inc_by(compute.as_secs_f64());
+    }
+
+    /// Counts a shadow check: whether the upstream agreed with a local answer whose
+    /// confidence was `confidence` (bucketed by tenths).
+    pub fn shadow(&self, route: &str, confidence: f32, agreed: bool) {
+        let bucket = shadow_bucket(confidence);
+        self.shadow.with_label_values(&[route, bucket, if agreed { "agree" } else { "disagree" }]).inc();
+    }
+
+    /// Counts a shadow check that was not sent or not answered.
+    pub fn shadow_dropped(&self, route: &str, reason: &str) {
+        self.shadow_dropped.with_label_values(&[route, reason]).inc();
+    }
+
+    /// Counts a receipt the writer had no room for.
+    pub fn receipt_dropped(&self) {
+        self.receipts_dropped.with_label_values::<&str>(&[]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -6,6 +6,8 @@
 //! | `GET /admin/mode` | | `{"mode": "normal", "pinned": false}` |
 //! | `PUT /admin/mode` | `{"mode": "surge"}` or `{"mode": "auto"}` | pins a mode, or returns to automatic switching |
 //! | `POST /admin/reload` | | reloads the config file, as SIGHUP does; a bad config is refused and the node keeps serving the old one |
+//! | `GET /admin/threshold?route=R` | | `{"route": "R", "threshold": 0.9, "pinned": false}`: the `normal` threshold in force |
+//! | `PUT /admin/threshold` | `{"route": "R", "threshold": 0.9}` or `{"route": "R", "threshold": "auto"}` | pins the route's `normal` threshold, or leaves it to the auto-threshold again |
 //!
 //! Errors are `{"error": "..."}`: 401 without the right token, 400 for a bad body or config.
 
@@ -13,7 +15,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -54,6 +56,7 @@ pub fn router(current: CurrentNode, token: String) -> Router {
     Router::new()
         .route("/admin/mode", get(get_mode).put(put_mode))
         .route("/admin/reload", post(reload))
+        .route("/admin/threshold", get(get_threshold).put(put_threshold))
         .layer(middleware::from_fn_with_state(admin.clone(), authenticate))
         .with_state(admin)
 }
@@ -111,6 +114,59 @@ async fn put_mode(State(admin): State<Admin>, body: Bytes) -> Response {
     tracing::info!(mode = %wanted, "admin call: mode");
     admin.current.get().pin_mode(pin);
     axum::Json(mode_body(&admin)).into_response()
+}
+
+fn threshold_body(admin: &Admin, route: &str) -> Response {
+    let node = admin.current.get();
+    match node.route(route) {
+        Some(r) => axum::Json(json!({
+            "route": route,
+            "threshold": r.threshold(Mode::Normal),
+            "pinned": r.threshold_pinned(),
+        }))
+        .into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("route: no route `{route}`")),
+    }
+}
+
+async fn get_threshold(State(admin): State<Admin>, Query(query): Query<RouteQuery>) -> Response {
+    threshold_body(&admin, &query.route)
+}
+
+/// `?route=R`.
+#[derive(serde::Deserialize)]
+struct RouteQuery {
+    route: String,
+}
+
+async fn put_threshold(State(admin): State<Admin>, body: Bytes) -> Response {
+    const USAGE: &str = "body must be {\"route\": \"<route>\", \"threshold\": <0..1> or \"auto\"}";
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, USAGE);
+    };
+    let Some(route) = body.get("route").and_then(Value::as_str) else {
+        return error(StatusCode::BAD_REQUEST, USAGE);
+    };
+    let pin = match body.get("threshold") {
+        Some(Value::String(s)) if s == "auto" => None,
+        Some(v) => match v.as_f64() {
+            Some(t) if (0.0..=1.0).contains(&t) => Some(t),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("threshold: {v} is not in [0, 1] or \"auto\""),
+                );
+            }
+        },
+        None => return error(StatusCode::BAD_REQUEST, USAGE),
+    };
+    let node = admin.current.get();
+    let Some(r) = node.route(route) else {
+        return error(StatusCode::NOT_FOUND, format!("route: no route `{route}`"));
+    };
+    tracing::info!(route, threshold = ?pin, "admin call: threshold");
+    r.pin_threshold(pin);
+    threshold_body(&admin, route)
 }
 
 async fn reload(State(admin): State<Admin>) -> Response {

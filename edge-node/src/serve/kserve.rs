@@ -79,10 +79,11 @@ struct Answer<'a> {
 impl IntoResponse for Answer<'_> {
     fn into_response(self) -> Response {
         let parameters = self.reply.parameters();
-        let encoded = match kserve::encode_reply(self.route, self.id, self.outputs, &self.reply.outputs, parameters) {
-            Ok(e) => e,
-            Err((status, message)) => return error(status, message, None),
-        };
+        let encoded =
+            match kserve::encode_reply(self.route, self.id, self.outputs, &self.reply.outputs, parameters) {
+                Ok(e) => e,
+                Err((status, message)) => return error(status, message, None),
+            };
         let Some(json_length) = encoded.json_length else {
             return ([(header::CONTENT_TYPE, "application/json")], encoded.body).into_response();
         };

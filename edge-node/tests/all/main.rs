@@ -7,4 +7,5 @@
 mod kserve_clients;
 mod kserve_upstream;
 mod serve;
+mod thresholds;
 mod tiers;

@@ -92,6 +92,8 @@ impl RouteConfig {
             rate_burst: None,
             inputs: Vec::new(),
             outputs: Vec::new(),
+            shadow: 0.0,
+            auto_threshold: None,
         }
     }
 }

@@ -28,7 +28,8 @@ use std::time::Duration;
 pub use digest::{Digest, DigestParseError};
 pub use mode::{Hysteresis, Mode, SignalThresholds};
 pub use schema::{
-    BatchingConfig, ModelConfig, NodeConfig, PluginConfig, RouteConfig, TensorDeclConfig, UpstreamConfig,
+    AutoThresholdConfig, BatchingConfig, ModelConfig, NodeConfig, PluginConfig, ReceiptsConfig, RouteConfig,
+    ShadowConfig, TensorDeclConfig, UpstreamConfig,
 };
 
 use crate::backend::BackendKind;
@@ -201,6 +202,8 @@ pub struct NodeSettings {
     pub batching: Option<BatchingSettings>,
     /// Logs and metrics.
     pub telemetry: TelemetrySettings,
+    /// The shadow record store, if any route shadows.
+    pub shadow: Option<ShadowSettings>,
 }
 
 /// The admin API's listener and the file holding its bearer token.
@@ -319,6 +322,29 @@ pub struct RouteSettings {
     pub inputs: Vec<TensorDecl>,
     /// Declared output tensors (empty: none declared).
     pub outputs: Vec<TensorDecl>,
+    /// Fraction of local answers also sent upstream to check them.
+    pub shadow: f64,
+    /// Moving the `normal` threshold toward a target agreement, if on.
+    pub auto_threshold: Option<AutoThreshold>,
+}
+
+/// `[routes.<name>.auto_threshold]`, checked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AutoThreshold {
+    /// Agreement with the upstream to hold.
+    pub target_agreement: f64,
+    /// Lowest threshold it may set.
+    pub min: f64,
+    /// Highest threshold it may set.
+    pub max: f64,
+    /// Shadow records needed before it moves.
+    pub min_samples: usize,
+    /// Latest records it estimates from.
+    pub window: usize,
+    /// Largest move at once.
+    pub step: f64,
+    /// How often it looks.
+    pub interval: Duration,
 }
 
 /// A tensor a route declares: name, element type, dimensions (`None`: any size).
@@ -474,6 +500,30 @@ pub struct TelemetrySettings {
     pub metrics: bool,
     /// `tracing` filter.
     pub log: String,
+    /// The receipt log, if on.
+    pub receipts: Option<ReceiptSettings>,
+}
+
+/// `[telemetry.receipts]`, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceiptSettings {
+    /// The log file (absolute).
+    pub path: PathBuf,
+    /// Fraction of answers logged.
+    pub sample: f64,
+    /// Size at which it rotates.
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub keep: u32,
+}
+
+/// `[shadow]`, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowSettings {
+    /// The SQLite file (absolute).
+    pub store: PathBuf,
+    /// Records kept per route.
+    pub max_records: u32,
 }
 
 impl ValidatedConfig {

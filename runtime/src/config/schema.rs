@@ -46,6 +46,26 @@ pub struct NodeConfig {
     /// `[telemetry]`: logs and metrics.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// `[shadow]`: where shadow records are kept. Required when a route sets `shadow` or
+    /// `auto_threshold`.
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// `[shadow]`: the durable store of shadow records (one SQLite file), each (route, this
+/// node's confidence and label, the upstream's label, when). A restart loses none; the
+/// oldest are deleted beyond `max_records`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// `store = "shadow.sqlite"`: the file, relative to the config file. Required.
+    pub store: String,
+    /// `max_records = 100000`: records kept, per route. Default `100000`.
+    #[serde(default = "default_shadow_records")]
+    pub max_records: u32,
+}
+
+fn default_shadow_records() -> u32 {
+    100_000
 }
 
 /// `[node]`
@@ -214,6 +234,74 @@ pub struct RouteConfig {
     /// tensors its answers carry, for metadata. Default: none declared (the first model's).
     #[serde(default)]
     pub outputs: Vec<TensorDeclConfig>,
+    /// `shadow = 0.05`: the fraction of locally answered requests also sent upstream, after
+    /// the answer, to check it: the agreement between this node's answers and the upstream's
+    /// is recorded in `[shadow] store` and exported as metrics, and feeds
+    /// `auto_threshold`. Shadow requests never delay an answer, spend the escalation budget
+    /// and are dropped first under load. In `[0, 1]`; needs an `[upstream]` and a
+    /// `[shadow]` section. Default `0` (none).
+    #[serde(default)]
+    pub shadow: f64,
+    /// `[routes.<name>.auto_threshold]`: move the route's `normal` threshold by itself,
+    /// toward a target agreement with the upstream measured on shadow traffic. Default: off.
+    pub auto_threshold: Option<AutoThresholdConfig>,
+}
+
+/// `[routes.<name>.auto_threshold]`: the node moves the route's `normal` threshold toward the
+/// lowest threshold (the most answers kept at the edge) whose estimated agreement with the
+/// upstream reaches `target_agreement`, estimated from the latest `window` shadow records:
+/// answers at or above the threshold agree as often as their records say, those below it
+/// would escalate and so agree. It moves at most `step` per `interval_s`, only when the
+/// target threshold is more than `step / 2` away (hysteresis), never outside `[min, max]`.
+/// A reload or the admin API pins the threshold (`PUT /admin/threshold`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoThresholdConfig {
+    /// `target_agreement = 0.995`: the agreement with the upstream to hold, in `[0, 1]`.
+    /// Required.
+    pub target_agreement: f64,
+    /// `min = 0.5`: the lowest threshold it may set, in `[0, 1]`. Default `0.5`.
+    #[serde(default = "default_auto_min")]
+    pub min: f64,
+    /// `max = 0.99`: the highest threshold it may set, in `[min, 1]`. Default `0.99`.
+    #[serde(default = "default_auto_max")]
+    pub max: f64,
+    /// `min_samples = 200`: shadow records needed before it moves at all. Default `200`.
+    #[serde(default = "default_auto_min_samples")]
+    pub min_samples: u32,
+    /// `window = 2000`: the latest shadow records it estimates from. Default `2000`.
+    #[serde(default = "default_auto_window")]
+    pub window: u32,
+    /// `step = 0.01`: the most it moves at once. Default `0.01`.
+    #[serde(default = "default_auto_step")]
+    pub step: f64,
+    /// `interval_s = 10`: how often it looks. Default `10`.
+    #[serde(default = "default_auto_interval_s")]
+    pub interval_s: u64,
+}
+
+fn default_auto_min() -> f64 {
+    0.5
+}
+
+fn default_auto_max() -> f64 {
+    0.99
+}
+
+fn default_auto_min_samples() -> u32 {
+    200
+}
+
+fn default_auto_window() -> u32 {
+    2000
+}
+
+fn default_auto_step() -> f64 {
+    0.01
+}
+
+fn default_auto_interval_s() -> u64 {
+    10
 }
 
 /// One tensor of a route's declared inputs or outputs.
@@ -551,12 +639,48 @@ pub struct TelemetryConfig {
     /// Default `"info"`.
     #[serde(default = "default_log")]
     pub log: String,
+    /// `[telemetry.receipts]`: a JSON-lines log of sampled decision receipts, for audit.
+    /// Default: none.
+    pub receipts: Option<ReceiptsConfig>,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig { metrics: true, log: default_log() }
+        TelemetryConfig { metrics: true, log: default_log(), receipts: None }
     }
+}
+
+/// `[telemetry.receipts]`: every answer's receipt (its KServe `parameters`: tier,
+/// confidences, threshold, mode, models...) as one JSON line, sampled, written off the
+/// request path, rotated by size. Receipts that would block a request are dropped and
+/// counted (`cascade_receipts_dropped_total`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptsConfig {
+    /// `path = "receipts.jsonl"`: the file, relative to the config file; rotated files get
+    /// `.1`, `.2`, ... Required.
+    pub path: String,
+    /// `sample = 0.01`: the fraction of answers logged, in `[0, 1]`. Default `1`.
+    #[serde(default = "default_sample")]
+    pub sample: f64,
+    /// `max_mib = 64`: the size at which the file is rotated. Default `64`.
+    #[serde(default = "default_receipts_mib")]
+    pub max_mib: u32,
+    /// `keep = 3`: rotated files kept. Default `3`.
+    #[serde(default = "default_receipts_keep")]
+    pub keep: u32,
+}
+
+fn default_sample() -> f64 {
+    1.0
+}
+
+fn default_receipts_mib() -> u32 {
+    64
+}
+
+fn default_receipts_keep() -> u32 {
+    3
 }
 
 fn default_log() -> String {

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use super::schema::{NodeConfig, RouteConfig, SignalThresholdsConfig, TensorDeclConfig, UpstreamConfig};
 use super::{
-    AdminSettings, BatchingSettings, ConfigError, Digest, FieldProblem, KserveUpstreamSettings, ModeSwitches,
-    ModelSpec, ModesSettings, NodeSettings, PluginSpec, QuicTlsSettings, QuicUpstreamSettings, RateSettings,
-    RouteSettings, TelemetrySettings, TensorDecl, UpstreamKind, UpstreamSettings, ValidatedConfig,
+    AdminSettings, AutoThreshold, BatchingSettings, ConfigError, Digest, FieldProblem,
+    KserveUpstreamSettings, ModeSwitches, ModelSpec, ModesSettings, NodeSettings, PluginSpec,
+    QuicTlsSettings, QuicUpstreamSettings, RateSettings, ReceiptSettings, RouteSettings, ShadowSettings,
+    TelemetrySettings, TensorDecl, UpstreamKind, UpstreamSettings, ValidatedConfig,
 };
 use super::{Hysteresis, Mode, SignalThresholds};
 use crate::DType;
@@ -283,6 +284,17 @@ pub(super) fn validate(raw: NodeConfig, file: &Path) -> Result<ValidatedConfig, 
         emergency,
     };
 
+    let receipts = raw.telemetry.receipts.as_ref().map(|r| ReceiptSettings {
+        path: c.path(&r.path),
+        sample: c.unit("telemetry.receipts.sample", r.sample),
+        max_bytes: u64::from(c.at_least_one("telemetry.receipts.max_mib", r.max_mib)) << 20,
+        keep: r.keep,
+    });
+    let shadow = raw.shadow.as_ref().map(|s| ShadowSettings {
+        store: c.path(&s.store),
+        max_records: c.at_least_one("shadow.max_records", s.max_records),
+    });
+
     if raw.telemetry.log.trim().is_empty() {
         c.fail("telemetry.log", "empty", "a `tracing` filter such as `info` or `cascade_runtime=debug`");
     }
@@ -307,7 +319,12 @@ pub(super) fn validate(raw: NodeConfig, file: &Path) -> Result<ValidatedConfig, 
             max_in_flight,
             modes,
             batching,
-            telemetry: TelemetrySettings { metrics: raw.telemetry.metrics, log: raw.telemetry.log.clone() },
+            telemetry: TelemetrySettings {
+                metrics: raw.telemetry.metrics,
+                log: raw.telemetry.log.clone(),
+                receipts,
+            },
+            shadow,
         },
         models,
         plugins,
@@ -593,7 +610,53 @@ fn route(c: &mut Checker, raw: &NodeConfig, name: &str, r: &RouteConfig) -> Rout
     }
     let inputs = tensor_decls(c, &format!("{f}.inputs"), &r.inputs);
     let outputs = tensor_decls(c, &format!("{f}.outputs"), &r.outputs);
+    let shadow = c.unit(&format!("{f}.shadow"), r.shadow);
+    let shadows = shadow > 0.0 || r.auto_threshold.is_some();
+    if shadows && raw.upstream.is_none() {
+        c.fail(
+            format!("{f}.shadow"),
+            "shadow traffic needs an upstream to compare with",
+            "an `[upstream]` section, or `shadow = 0` and no `auto_threshold`",
+        );
+    }
+    if shadows && raw.shadow.is_none() {
+        c.fail(
+            "shadow",
+            format!("missing, but route `{name}` records shadow traffic"),
+            "a `[shadow]` section with `store = \"shadow.sqlite\"`",
+        );
+    }
+    if r.auto_threshold.is_some() && shadow == 0.0 {
+        c.fail(
+            format!("{f}.auto_threshold"),
+            "set, but the route sends no shadow traffic to estimate from",
+            "`shadow` above 0 (for example 0.05)",
+        );
+    }
+    let auto_threshold = r.auto_threshold.as_ref().map(|a| {
+        let g = format!("{f}.auto_threshold");
+        let min = c.unit(&format!("{g}.min"), a.min);
+        let max = c.unit(&format!("{g}.max"), a.max);
+        if max < min {
+            c.fail(format!("{g}.max"), format!("{max} is below min {min}"), "a value at or above `min`");
+        }
+        let step = a.step;
+        if !(step > 0.0 && step <= 1.0) {
+            c.fail(format!("{g}.step"), format!("{step} is not a usable step"), "a number in (0, 1]");
+        }
+        AutoThreshold {
+            target_agreement: c.unit(&format!("{g}.target_agreement"), a.target_agreement),
+            min,
+            max,
+            min_samples: c.at_least_one(&format!("{g}.min_samples"), a.min_samples) as usize,
+            window: c.at_least_one(&format!("{g}.window"), a.window) as usize,
+            step,
+            interval: Duration::from_secs(a.interval_s.max(1)),
+        }
+    });
     RouteSettings {
+        shadow,
+        auto_threshold,
         inputs,
         outputs,
         plugin: r.plugin.clone(),

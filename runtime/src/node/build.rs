@@ -11,18 +11,20 @@ use parking_lot::Mutex;
 use super::error::NodeError;
 use super::mode::mode_loop;
 use super::route::Route;
-use super::{Node, Upstream};
+use super::shadow::Shadow;
+use super::{Node, Upstream, auto_threshold};
 use crate::admission::Admission;
 use crate::batcher::BatchSettings;
 use crate::cache::Cache;
-use crate::config::{BatchingSettings, Mode, NodeSettings, ResolvedConfig, UpstreamKind, UpstreamSettings};
+use crate::config::{BatchingSettings, Mode, NodeSettings, ResolvedConfig};
 use crate::models::{Batching, ModelStore};
 use crate::modes::ModeController;
 use crate::policy::EscalationPolicy;
+use crate::receipts::ReceiptLog;
 use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::shadow::ShadowStore;
 use crate::telemetry::Telemetry;
-use crate::transport::{ClientConfig, TlsIdentity};
-use crate::upstream::{self, UpstreamClient};
+use crate::upstream::UpstreamClient;
 
 /// Bytes of answers the cache may hold (outputs are small: a digit's ten probabilities).
 const CACHE_BUDGET_BYTES: usize = 64 << 20;
@@ -75,7 +77,19 @@ impl Node {
             .map(|(name, r)| (name.clone(), Route::new(name, r, &config, &models)))
             .collect();
         let upstream = match &settings.upstream {
-            Some(up) => Some(Upstream { client: upstream_client(up)?, settings: up.clone() }),
+            Some(up) => {
+                Some(Arc::new(Upstream { client: UpstreamClient::from_settings(up)?, settings: up.clone() }))
+            }
+            None => None,
+        };
+        let shadow = match &settings.shadow {
+            Some(s) => Some(Shadow::new(ShadowStore::open(&s.store, s.max_records)?)),
+            None => None,
+        };
+        let receipts = match &settings.telemetry.receipts {
+            Some(r) => Some(
+                ReceiptLog::open(r).map_err(|source| NodeError::Receipts { file: r.path.clone(), source })?,
+            ),
             None => None,
         };
         telemetry.set_mode(Mode::Normal);
@@ -88,9 +102,13 @@ impl Node {
             )),
             modes: Mutex::new(ModeController::new(&settings.modes, now)),
             upstream,
+            shadow,
+            receipts,
             batching,
             telemetry,
-            next_id: AtomicU64::new(1),
+            // Ids from different nodes and restarts should not collide in logs and receipts.
+            next_id: AtomicU64::new(id_seed()),
+            cost: Mutex::default(),
             routes,
             sandbox,
             models,
@@ -99,8 +117,24 @@ impl Node {
         if node.config.settings.modes.automatic {
             tokio::spawn(mode_loop(Arc::downgrade(&node)));
         }
+        if let Some(store) = &node.config.settings.shadow {
+            for (name, route) in &node.config.settings.routes {
+                if let Some(auto) = route.auto_threshold {
+                    let watch =
+                        auto_threshold::run(Arc::downgrade(&node), name.clone(), auto, store.store.clone());
+                    tokio::spawn(watch);
+                }
+            }
+        }
         Ok(node)
     }
+}
+
+/// A starting request id: the clock and the process id, so two nodes or two runs of one
+/// rarely share ids.
+fn id_seed() -> u64 {
+    let now = crate::transport::unix_micros(std::time::SystemTime::now());
+    (now << 16) ^ u64::from(std::process::id()).rotate_left(48)
 }
 
 /// One pool of batching threads per model; each runs one batch at a time, so as many as
@@ -113,32 +147,4 @@ fn batch_settings(b: &BatchingSettings, node: &NodeSettings) -> BatchSettings {
         .calibrated(b.calibrate);
     let max_waiting = batch.max_waiting.max(admitted);
     batch.max_waiting(max_waiting)
-}
-
-/// The client for the configured upstream: Cascade nodes over QUIC, or a KServe v2 server.
-fn upstream_client(up: &UpstreamSettings) -> Result<UpstreamClient, NodeError> {
-    let (breaker, retry) = (up.into(), up.into());
-    Ok(match &up.kind {
-        UpstreamKind::Quic(quic) => {
-            let identity = TlsIdentity::from_files(&quic.cert, &quic.key, &quic.ca)?;
-            let clients = quic
-                .addresses
-                .iter()
-                .map(|addr| {
-                    let mut c = ClientConfig::new(*addr, up.server_name.clone());
-                    c.connect_timeout = up.connect_timeout;
-                    c
-                })
-                .collect();
-            UpstreamClient::new(&identity, upstream::UpstreamConfig { upstreams: clients, breaker, retry })?
-        }
-        UpstreamKind::Kserve(kserve) => {
-            let server = upstream::KserveConfig {
-                url: kserve.url.clone(),
-                model: kserve.model.clone(),
-                connect_timeout: up.connect_timeout,
-            };
-            UpstreamClient::kserve(upstream::KserveUpstreamConfig { servers: vec![server], breaker, retry })?
-        }
-    })
 }

@@ -52,6 +52,8 @@ impl Timings {
 /// One request on its way through the node's stages.
 #[derive(Debug)]
 pub(crate) struct Ctx<'n> {
+    /// The node's id for it (also the id of its escalation, if any).
+    pub(crate) id: u64,
     /// The route, looked up once.
     pub(crate) route: &'n Route,
     /// Named input tensors.
@@ -73,6 +75,7 @@ pub(crate) struct Ctx<'n> {
 
 impl<'n> Ctx<'n> {
     pub(super) fn new(
+        id: u64,
         route: &'n Route,
         inputs: Vec<(String, Tensor)>,
         parameters: Vec<(String, String)>,
@@ -80,6 +83,7 @@ impl<'n> Ctx<'n> {
         origin: Origin,
     ) -> Ctx<'n> {
         Ctx {
+            id,
             route,
             inputs,
             parameters,

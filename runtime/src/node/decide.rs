@@ -6,10 +6,19 @@ use std::time::Instant;
 
 use super::Node;
 use super::context::Ctx;
+use crate::config::Mode;
 use crate::policy::{Decision, PluginOutcome, PolicyInput, UpstreamView};
 use crate::sandbox::Outcome;
 
-pub(super) fn decide(node: &Node, ctx: &Ctx<'_>, outcome: &Outcome) -> Decision {
+/// The decision and what it was made against.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Decided {
+    pub(super) decision: Decision,
+    pub(super) threshold: f64,
+    pub(super) mode: Mode,
+}
+
+pub(super) fn decide(node: &Node, ctx: &Ctx<'_>, outcome: &Outcome) -> Decided {
     let plugin = match outcome {
         Outcome::Answer(a) => PluginOutcome::Answer { confidence: f64::from(a.confidence) },
         Outcome::Escalate(why) => {
@@ -23,13 +32,10 @@ pub(super) fn decide(node: &Node, ctx: &Ctx<'_>, outcome: &Outcome) -> Decision 
         }
         _ => None,
     };
-    let input = PolicyInput {
-        outcome: plugin,
-        threshold: ctx.route.settings.threshold(node.mode()),
-        upstream,
-        deadline: ctx.deadline,
-    };
+    let mode = node.mode();
+    let threshold = ctx.route.threshold(mode);
+    let input = PolicyInput { outcome: plugin, threshold, upstream, deadline: ctx.deadline };
     let decision = node.policy.lock().decide(&input, Instant::now());
     tracing::debug!(?decision, "decided");
-    decision
+    Decided { decision, threshold, mode }
 }

@@ -7,9 +7,10 @@ use crate::models::ModelError;
 use crate::policy::DegradedReason;
 use crate::protocol::{self, ErrorFrame};
 use crate::sandbox::LoadError;
+use crate::shadow::StoreError;
 use crate::telemetry::TelemetryError;
 use crate::transport::TransportError;
-use crate::upstream::KserveError;
+use crate::upstream::SetupError;
 
 /// Why a node could not be built from its config.
 #[derive(Debug, thiserror::Error)]
@@ -23,12 +24,23 @@ pub enum NodeError {
     /// The telemetry registry could not be built.
     #[error("telemetry: {0}")]
     Telemetry(#[from] TelemetryError),
-    /// The upstream client or the QUIC listener could not be set up.
+    /// The QUIC listener could not be set up.
     #[error("quic: {0}")]
     Transport(#[from] TransportError),
-    /// The KServe upstream's HTTP client could not be set up.
-    #[error("kserve upstream: {0}")]
-    Kserve(#[from] KserveError),
+    /// The upstream client could not be set up.
+    #[error("{0}")]
+    Upstream(#[from] SetupError),
+    /// The shadow store could not be opened.
+    #[error("{0}")]
+    Shadow(#[from] StoreError),
+    /// The receipt log could not be opened.
+    #[error("telemetry.receipts.path: cannot open {}: {source}", file.display())]
+    Receipts {
+        /// The log file.
+        file: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// Why a request got no answer. Each maps to one HTTP status ([`ServeError::status`]) and

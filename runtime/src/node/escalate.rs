@@ -2,14 +2,14 @@
 //! escalation goes to the upstream, giving up early enough to answer locally (marked
 //! degraded) before the request's own deadline.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::Node;
 use super::context::Ctx;
+use super::decide::Decided;
 use super::error::ServeError;
 use super::reply::{Degraded, Reply};
-use crate::cache::CacheStatus;
+use super::shadow;
 use crate::policy::{Decision, DegradedReason};
 use crate::protocol::{EscalationRequest, NamedTensor};
 use crate::sandbox::{Answer, Outcome};
@@ -20,45 +20,59 @@ pub(super) async fn escalate(
     node: &Node,
     ctx: &Ctx<'_>,
     outcome: Outcome,
-    decision: Decision,
+    decided: Decided,
 ) -> Result<Reply, ServeError> {
     let local = match outcome {
         Outcome::Answer(a) => Some(a),
         Outcome::Escalate(_) => None,
     };
+    let edge_confidence = local.as_ref().map(|a| a.confidence);
     let no_answer = |reason, detail| ServeError::NoAnswer { route: ctx.route.name.clone(), reason, detail };
-    match decision {
-        Decision::Local => local
-            .map(|a| local_reply(node, a, None))
-            .ok_or_else(|| no_answer(DegradedReason::NoUpstream, None)),
-        Decision::Degraded(reason) | Decision::Fail(reason) => local
-            .map(|a| local_reply(node, a, Some(Degraded { reason, detail: None })))
-            .ok_or_else(|| no_answer(reason, None)),
-        Decision::Escalate { time_left } => {
-            let confidence = local.as_ref().map(|a| a.confidence);
-            match ctx.stage(Stage::Escalation, upstream_reply(node, ctx, confidence, time_left)).await {
-                Ok(reply) => Ok(reply),
-                Err(detail) => {
-                    let reason = DegradedReason::UpstreamFailed;
-                    let degraded = Degraded { reason, detail: Some(detail.clone()) };
-                    local
-                        .map(|a| local_reply(node, a, Some(degraded)))
-                        .ok_or_else(|| no_answer(reason, Some(detail)))
-                }
-            }
-        }
-    }
-}
-
-fn local_reply(node: &Node, answer: Answer, degraded: Option<Degraded>) -> Reply {
-    Reply {
+    let local_reply = |answer: Answer, degraded: Option<Degraded>| Reply {
         outputs: answer.outputs,
         confidence: answer.confidence,
         label: answer.label,
         tier: node.name().to_owned(),
         escalated: false,
         degraded,
-        cache: CacheStatus::Miss,
+        edge_confidence,
+        threshold: decided.threshold,
+        mode: decided.mode,
+        models: ctx.route.model_version().to_owned(),
+        upstream_timings: Vec::new(),
+        request: Default::default(),
+    };
+    match decided.decision {
+        Decision::Local => {
+            let reply = local
+                .map(|a| local_reply(a, None))
+                .ok_or_else(|| no_answer(DegradedReason::NoUpstream, None))?;
+            shadow::after_local_answer(node, ctx, reply.label.as_deref(), reply.confidence);
+            Ok(reply)
+        }
+        Decision::Degraded(reason) | Decision::Fail(reason) => local
+            .map(|a| local_reply(a, Some(Degraded { reason, detail: None })))
+            .ok_or_else(|| no_answer(reason, None)),
+        Decision::Escalate { time_left } => {
+            let asked =
+                ctx.stage(Stage::Escalation, upstream_reply(node, ctx, edge_confidence, time_left)).await;
+            match asked {
+                Ok(mut reply) => {
+                    (reply.edge_confidence, reply.threshold, reply.mode) =
+                        (edge_confidence, decided.threshold, decided.mode);
+                    let mine = local.as_ref().and_then(|a| Some((a.label.as_deref()?, a.confidence)));
+                    shadow::after_escalation(node, ctx, mine, reply.label.as_deref());
+                    Ok(reply)
+                }
+                Err(detail) => {
+                    let reason = DegradedReason::UpstreamFailed;
+                    let degraded = Degraded { reason, detail: Some(detail.clone()) };
+                    local
+                        .map(|a| local_reply(a, Some(degraded)))
+                        .ok_or_else(|| no_answer(reason, Some(detail)))
+                }
+            }
+        }
     }
 }
 
@@ -74,7 +88,7 @@ async fn upstream_reply(
     let budget =
         (time_left - (time_left / 10).min(Duration::from_millis(5))).min(upstream.settings.request_timeout);
     let request = EscalationRequest {
-        id: node.next_id.fetch_add(1, Ordering::Relaxed),
+        id: ctx.id,
         route: ctx.route.name.clone(),
         inputs: ctx
             .inputs
@@ -90,6 +104,10 @@ async fn upstream_reply(
         tracing::info!(error = %e, "escalation failed; answering locally");
         e.to_string()
     })?;
+    let timings: Vec<(String, u64)> = answer.timings.into_iter().map(|t| (t.stage, t.micros)).collect();
+    if let Some(&(_, us)) = timings.iter().find(|(stage, _)| stage == Stage::Sandbox.name()) {
+        node.cost.lock().record_upstream_compute(Duration::from_micros(us));
+    }
     Ok(Reply {
         outputs: answer.outputs.into_iter().map(|t| (t.name, t.tensor)).collect(),
         confidence: answer.confidence,
@@ -97,6 +115,12 @@ async fn upstream_reply(
         tier: upstream.settings.server_name.clone(),
         escalated: true,
         degraded: None,
-        cache: CacheStatus::Miss,
+        // Set by the caller, which knows the decision.
+        edge_confidence: None,
+        threshold: 0.0,
+        mode: crate::config::Mode::Normal,
+        models: answer.model_version,
+        upstream_timings: timings,
+        request: Default::default(),
     })
 }

@@ -21,7 +21,7 @@ pub(super) async fn lookup(node: &Node, ctx: &Ctx<'_>) -> Result<Reply, ServeErr
     if status != CacheStatus::Miss {
         ctx.timings.add(Stage::Cache, t.elapsed());
     }
-    value.cache = status;
+    value.request.cache = status;
     Ok(value)
 }
 

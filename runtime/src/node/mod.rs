@@ -23,8 +23,10 @@
 //! same path with escalation off. [`CurrentNode`] holds the node a reload replaces.
 
 mod admit;
+mod auto_threshold;
 mod build;
 mod context;
+mod cost;
 mod current;
 mod decide;
 mod error;
@@ -35,11 +37,12 @@ mod mode;
 mod observe;
 mod reply;
 mod route;
+mod shadow;
 mod validate;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -49,15 +52,16 @@ use self::context::Ctx;
 pub use self::context::Origin;
 pub use self::current::CurrentNode;
 pub use self::error::{NodeError, ServeError};
-pub use self::reply::{Degraded, Reply};
+pub use self::reply::{Degraded, Reply, RequestReceipt};
 pub use self::route::Route;
 use crate::admission::Admission;
 use crate::cache::Cache;
-use crate::config::{ResolvedConfig, UpstreamSettings};
+use crate::config::{Mode, ResolvedConfig, UpstreamSettings};
 use crate::models::{Batching, ModelStore};
 use crate::modes::ModeController;
 use crate::policy::EscalationPolicy;
 use crate::protocol::{ErrorFrame, EscalationAnswer, EscalationRequest, NamedTensor, StageTiming};
+use crate::receipts::ReceiptLog;
 use crate::sandbox::Sandbox;
 use crate::telemetry::{AnswerTier, RequestOutcome, Stage, Telemetry, TelemetryError, UNKNOWN_ROUTE};
 use crate::tensor::Tensor;
@@ -80,10 +84,15 @@ pub struct Node {
     cache: Cache<Reply, ServeError>,
     policy: Mutex<EscalationPolicy>,
     modes: Mutex<ModeController>,
-    upstream: Option<Upstream>,
+    upstream: Option<Arc<Upstream>>,
+    shadow: Option<shadow::Shadow>,
+    receipts: Option<ReceiptLog>,
     batching: Option<Batching>,
     telemetry: Arc<Telemetry>,
+    /// The next request's id.
     next_id: AtomicU64,
+    /// What local answers save the upstream.
+    cost: Mutex<cost::UpstreamCompute>,
 }
 
 impl std::fmt::Debug for Node {
@@ -113,8 +122,22 @@ impl Node {
         &self.models
     }
 
-    /// Prometheus text of every metric.
+    /// Prometheus text of every metric, the gauges read afresh (thresholds in force, the
+    /// upstream's breakers and latency).
     pub fn metrics(&self) -> Result<String, TelemetryError> {
+        for route in self.routes.values() {
+            for mode in Mode::ALL {
+                self.telemetry.set_threshold(&route.name, mode, route.threshold(mode));
+            }
+        }
+        if let Some(up) = &self.upstream {
+            for (server, health) in up.client.members() {
+                self.telemetry.set_breaker(&server, health.breaker);
+            }
+            if let Some(latency) = up.client.health().latency() {
+                self.telemetry.set_upstream_latency(latency);
+            }
+        }
         self.telemetry.render()
     }
 
@@ -134,7 +157,14 @@ impl Node {
             self.telemetry.request(UNKNOWN_ROUTE, RequestOutcome::Rejected, AnswerTier::None);
             return Err(ServeError::UnknownRoute(route.to_owned()));
         };
-        let ctx = Ctx::new(r, inputs, parameters, Instant::now() + r.settings.deadline, Origin::Client);
+        let ctx = Ctx::new(
+            self.new_id(),
+            r,
+            inputs,
+            parameters,
+            Instant::now() + r.settings.deadline,
+            Origin::Client,
+        );
         let span = tracing::info_span!("request", route, node = %self.name());
         self.serve(&ctx).instrument(span).await
     }
@@ -153,7 +183,7 @@ impl Node {
         };
         let origin = Origin::Downstream { peer: context.remote.to_string(), node: request.node_id.clone() };
         let inputs = request.inputs.into_iter().map(|t| (t.name, t.tensor)).collect();
-        let ctx = Ctx::new(route, inputs, Vec::new(), context.deadline, origin);
+        let ctx = Ctx::new(self.new_id(), route, inputs, Vec::new(), context.deadline, origin);
         let span = tracing::info_span!("escalation_in", route = %request.route, from = %request.node_id);
         let reply = self.serve(&ctx).instrument(span).await.map_err(|e| e.to_frame(id))?;
         Ok(EscalationAnswer {
@@ -161,24 +191,55 @@ impl Node {
             outputs: reply.outputs.into_iter().map(|(name, tensor)| NamedTensor { name, tensor }).collect(),
             confidence: reply.confidence,
             label: reply.label.as_deref().and_then(|l| l.parse().ok()),
-            model_version: route.model_version().to_owned(),
-            timings: vec![StageTiming {
-                stage: "total".into(),
-                micros: u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            }],
+            model_version: reply.models,
+            timings: reply
+                .request
+                .timings
+                .into_iter()
+                .map(|(stage, micros)| StageTiming { stage: stage.into(), micros })
+                .collect(),
         })
+    }
+
+    /// Logs `reply`'s receipt if the node keeps a receipt log and `ctx` is in its sample.
+    fn log_receipt(&self, ctx: &Ctx<'_>, reply: &Reply) {
+        let Some(log) = &self.receipts else { return };
+        if !log.samples(ctx.id) {
+            return;
+        }
+        let mut receipt = reply.parameters();
+        receipt.insert("route".into(), ctx.route.name.clone().into());
+        let at_ms = crate::transport::unix_micros(std::time::SystemTime::now()) / 1000;
+        receipt.insert("at_unix_ms".into(), at_ms.into());
+        if !log.log(serde_json::Value::Object(receipt).to_string()) {
+            self.telemetry.receipt_dropped();
+        }
+    }
+
+    fn new_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Runs the stages under the request's deadline, then observes the result.
     async fn serve(&self, ctx: &Ctx<'_>) -> Result<Reply, ServeError> {
-        let result =
+        let mut result =
             tokio::time::timeout_at(ctx.deadline.into(), self.stages(ctx)).await.unwrap_or_else(|_| {
                 Err(ServeError::DeadlineExceeded {
                     route: ctx.route.name.clone(),
                     deadline: ctx.route.settings.deadline,
                 })
             });
-        observe::finished(&self.telemetry, ctx, &result);
+        if let Ok(reply) = &mut result {
+            reply.request.id = format!("{:016x}", ctx.id);
+            reply.request.timings = ctx
+                .timings
+                .recorded()
+                .chain([(Stage::Total, ctx.started.elapsed())])
+                .map(|(stage, took)| (stage.name(), u64::try_from(took.as_micros()).unwrap_or(u64::MAX)))
+                .collect();
+            self.log_receipt(ctx, reply);
+        }
+        observe::finished(self, ctx, &result);
         result
     }
 
@@ -193,7 +254,7 @@ impl Node {
     async fn compute(&self, ctx: &Ctx<'_>) -> Result<Reply, ServeError> {
         ctx.lead();
         let outcome = ctx.stage(Stage::Sandbox, handle::handle(self, ctx)).await?;
-        let decision = ctx.stage(Stage::Policy, async { decide::decide(self, ctx, &outcome) }).await;
-        escalate::escalate(self, ctx, outcome, decision).await
+        let decided = ctx.stage(Stage::Policy, async { decide::decide(self, ctx, &outcome) }).await;
+        escalate::escalate(self, ctx, outcome, decided).await
     }
 }

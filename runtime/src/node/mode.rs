@@ -30,10 +30,7 @@ impl Node {
             let mut modes = self.modes.lock();
             match mode {
                 Some(m) => modes.pin(m, now),
-                None => {
-                    modes.unpin(now);
-                    None
-                }
+                None => modes.unpin(now),
             }
         };
         if let Some(change) = change {

@@ -2,13 +2,15 @@
 //! that answered, and what the leader of a coalesced group did (escalations, degraded
 //! answers, plugin failures), counted once.
 
+use super::Node;
 use super::context::Ctx;
 use super::error::ServeError;
 use super::reply::Reply;
 use crate::policy::DegradedReason;
-use crate::telemetry::{AnswerTier, RequestOutcome, Stage, Telemetry};
+use crate::telemetry::{AnswerTier, RequestOutcome, Stage};
 
-pub(super) fn finished(telemetry: &Telemetry, ctx: &Ctx<'_>, result: &Result<Reply, ServeError>) {
+pub(super) fn finished(node: &Node, ctx: &Ctx<'_>, result: &Result<Reply, ServeError>) {
+    let telemetry = &*node.telemetry;
     let route = ctx.route.name.as_str();
     for (stage, took) in ctx.timings.recorded() {
         telemetry.stage(stage, took);
@@ -22,8 +24,14 @@ pub(super) fn finished(telemetry: &Telemetry, ctx: &Ctx<'_>, result: &Result<Rep
     };
     match result {
         Ok(reply) => {
-            telemetry.cache(route, reply.cache);
+            telemetry.cache(route, reply.request.cache);
+            if !reply.escalated && reply.degraded.is_none() {
+                telemetry.upstream_avoided(route, node.cost.lock().per_request());
+            }
             if ctx.led() {
+                if let Some(c) = reply.edge_confidence {
+                    telemetry.confidence(route, c);
+                }
                 if reply.escalated {
                     telemetry.escalation(route, true);
                 }

@@ -1,9 +1,11 @@
 //! A route as the node serves it: its settings, plugin and models resolved once, when the
 //! node is built, so a request looks its route up once and carries it.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use crate::backend::ModelInfo;
 use crate::cache::CacheKey;
-use crate::config::{Digest, ResolvedConfig, RouteSettings};
+use crate::config::{Digest, Mode, ResolvedConfig, RouteSettings};
 use crate::fair_share::FairShare;
 use crate::models::ModelStore;
 
@@ -23,6 +25,11 @@ pub struct Route {
     models: Vec<ModelInfo>,
     /// The route's capacity, shared fairly among the downstream nodes escalating to it.
     pub(super) share: std::sync::Arc<FairShare>,
+    /// The `normal` threshold in force, as `f64` bits: the config's, or where the
+    /// auto-threshold or an admin moved it.
+    normal: AtomicU64,
+    /// Whether an admin pinned the `normal` threshold (the auto-threshold then leaves it).
+    pinned: AtomicBool,
 }
 
 impl Route {
@@ -55,7 +62,36 @@ impl Route {
             model_version,
             models,
             share: FairShare::new(settings.max_in_flight.saturating_add(settings.queue_len)),
+            normal: AtomicU64::new(settings.threshold(Mode::Normal).to_bits()),
+            pinned: AtomicBool::new(false),
         }
+    }
+
+    /// The confidence at or above which this route answers locally in `mode`.
+    pub fn threshold(&self, mode: Mode) -> f64 {
+        match mode {
+            Mode::Normal => f64::from_bits(self.normal.load(Ordering::Relaxed)),
+            other => self.settings.threshold(other),
+        }
+    }
+
+    /// Moves the `normal` threshold (the auto-threshold does, unless pinned).
+    pub(super) fn set_threshold(&self, threshold: f64) {
+        self.normal.store(threshold.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Pins the `normal` threshold at `threshold` (an admin call), or with `None` unpins
+    /// it, leaving it where it is.
+    pub fn pin_threshold(&self, threshold: Option<f64>) {
+        if let Some(t) = threshold {
+            self.set_threshold(t);
+        }
+        self.pinned.store(threshold.is_some(), Ordering::Relaxed);
+    }
+
+    /// Whether an admin pinned the `normal` threshold.
+    pub fn threshold_pinned(&self) -> bool {
+        self.pinned.load(Ordering::Relaxed)
     }
 
     /// The plugin that handles the route.

@@ -46,11 +46,11 @@ async fn the_edge_answers_locally_escalates_hard_requests_and_degrades_when_the_
     let easy = easy_image(0.99);
     let reply = edge.infer("digits", image(easy), vec![]).await.unwrap();
     assert_eq!((reply.tier.as_str(), reply.escalated, &reply.degraded), ("edge", false, &None));
-    assert_eq!(reply.cache, CacheStatus::Miss);
+    assert_eq!(reply.request.cache, CacheStatus::Miss);
     assert_eq!(reply.outputs[0].0, "probabilities");
     assert_close(&reply.outputs[0].1.to_f32().unwrap(), &probabilities(ReferenceModel::EdgeInt8, &[easy])[0]);
     let again = edge.infer("digits", image(easy), vec![]).await.unwrap();
-    assert_eq!((again.cache, &again.outputs), (CacheStatus::Hit, &reply.outputs));
+    assert_eq!((again.request.cache, &again.outputs), (CacheStatus::Hit, &reply.outputs));
 
     // An unsure one goes to the central node, which answers with its own model.
     let hard = hard_images(3, 0.6);
