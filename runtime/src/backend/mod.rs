@@ -14,9 +14,8 @@ use std::sync::Arc;
 use crate::tensor::{DType, Tensor};
 
 pub(crate) mod cpu;
+mod quant;
 pub(crate) mod tract;
-mod tract_conv;
-mod tract_pool;
 pub(crate) mod wgpu;
 
 /// Name, element type and per-item shape (without the batch dimension) of a model input

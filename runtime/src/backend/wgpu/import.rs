@@ -1,9 +1,10 @@
-//! From tract's typed graph to a list of GPU steps.
+//! From tract's typed graph to a list of GPU steps ([`Graph`]).
 //!
 //! The ONNX file is parsed by tract (no second parser) and decluttered with a symbolic batch
 //! `N`, so every activation is `[N, item dims...]` and each op can be read per item. Each
 //! node is mapped to a kernel step; a node no kernel covers is refused, naming it. Bias and
-//! Relu that follow a convolution or matmul are fused into it (one dispatch instead of two).
+//! Relu that follow a convolution or matmul are fused into it as it is mapped (one dispatch
+//! instead of two); the passes in [`super::fuse`] then fold the rest.
 
 use std::collections::HashMap;
 
@@ -22,138 +23,9 @@ use tract_onnx::tract_core::ops::quant::{
 };
 use tract_onnx::tract_core::ops::source::TypedSource;
 
-/// Index of an activation (one device buffer per plan) in [`Graph::values`].
-pub(crate) type ValueId = usize;
-
-/// How an activation's elements are held on the device: 32 bits each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Elem {
-    /// fp32.
-    F32,
-    /// An 8-bit quantised value (u8 or i8), held as an i32.
-    Int,
-}
-
-/// One activation: its element kind and element count per batch item.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Value {
-    pub(crate) elem: Elem,
-    pub(crate) per_item: usize,
-}
-
-/// Geometry of a 2-D window op (convolution or pooling) on one item, NCHW.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Window {
-    pub(crate) ci: usize,
-    pub(crate) h: usize,
-    pub(crate) w: usize,
-    pub(crate) co: usize,
-    pub(crate) oh: usize,
-    pub(crate) ow: usize,
-    pub(crate) kh: usize,
-    pub(crate) kw: usize,
-    pub(crate) sh: usize,
-    pub(crate) sw: usize,
-    pub(crate) ph: usize,
-    pub(crate) pw: usize,
-    pub(crate) dh: usize,
-    pub(crate) dw: usize,
-}
-
-/// Per-tensor requantisation of an int8 conv or matmul.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Requant {
-    pub(crate) x_zp: i32,
-    pub(crate) w_zp: i32,
-    pub(crate) y_zp: i32,
-    /// x_scale * w_scale / y_scale.
-    pub(crate) mult: f32,
-    /// Output range: 0..=255 for u8, -128..=127 for i8.
-    pub(crate) lo: i32,
-    pub(crate) hi: i32,
-    /// Fused prologue: the input arrives as fp32 and is quantised on load.
-    pub(crate) quantize_input: Option<Quantize>,
-    /// Fused epilogue: the requantised output is dequantised to fp32 (scale, zero point).
-    pub(crate) dequantize: Option<(f32, i32)>,
-    /// Fused epilogue after dequantising: an fp32 bias, stored after the int bias.
-    pub(crate) fp32_bias: bool,
-}
-
-/// Parameters of a QuantizeLinear: `clamp(round(x * scale) + zp, lo, hi)`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Quantize {
-    pub(crate) scale: f32,
-    pub(crate) zp: i32,
-    pub(crate) lo: i32,
-    pub(crate) hi: i32,
-}
-
-/// Constant data uploaded once at prepare.
-#[derive(Debug, Clone)]
-pub(crate) enum Data {
-    F32(Vec<f32>),
-    I32(Vec<i32>),
-}
-
-/// One kernel dispatch (per batch).
-#[derive(Debug, Clone)]
-pub(crate) enum Step {
-    /// 2-D convolution with bias (fp32 or int8), optionally fused Relu (fp32) and a fused
-    /// unpadded max pool over its output (`pool`: the pool's window on the conv output).
-    Conv {
-        x: ValueId,
-        y: ValueId,
-        weights: usize,
-        bias: usize,
-        win: Window,
-        relu: bool,
-        quant: Option<Requant>,
-        pool: Option<Window>,
-    },
-    /// `[M, K] x [K, N] + bias` (fp32 or int8), optionally fused Relu (fp32).
-    MatMul {
-        x: ValueId,
-        y: ValueId,
-        weights: usize,
-        bias: usize,
-        k: usize,
-        n: usize,
-        relu: bool,
-        quant: Option<Requant>,
-    },
-    /// 2-D max pool (any element kind), optionally followed by a fused 256-entry lookup
-    /// table (int8 values; `lut` indexes the constant).
-    MaxPool { x: ValueId, y: ValueId, win: Window, lut: Option<usize> },
-    /// Element-wise op (see kernels/elementwise.wgsl); `aux` indexes a constant or is None.
-    Elementwise { x: ValueId, y: ValueId, op: EltOp, aux: Option<usize> },
-    /// Softmax over the last axis of `len` elements.
-    Softmax { x: ValueId, y: ValueId, len: usize },
-}
-
-/// Element-wise operations and their parameters.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum EltOp {
-    Quantize { scale: f32, zp: i32, lo: i32, hi: i32 },
-    Dequantize { scale: f32, zp: i32 },
-    Lookup,
-    AddBroadcast { len: usize },
-    Relu,
-}
-
-/// A model as GPU steps over per-item activations.
-#[derive(Debug, Clone)]
-pub(crate) struct Graph {
-    pub(crate) values: Vec<Value>,
-    pub(crate) consts: Vec<Data>,
-    pub(crate) steps: Vec<Step>,
-    /// Input activations, in model input order (all fp32).
-    pub(crate) inputs: Vec<ValueId>,
-    /// Output activations and their per-item shapes, in model output order (all fp32).
-    pub(crate) outputs: Vec<(ValueId, Vec<usize>)>,
-    /// True when some convolution or matmul runs on int8 values.
-    pub(crate) int8: bool,
-}
-
+use super::fuse;
+use super::graph::{Data, Elem, EltOp, Graph, Int8Op, Step, Value, ValueId, Window};
+use crate::backend::quant::{Requant, int_range, ints};
 /// Why a node could not be imported: the node, its op, and (for logs) why.
 #[derive(Debug)]
 pub(crate) struct Refusal {
@@ -182,35 +54,6 @@ fn konst(model: &TypedModel, outlet: OutletId) -> Option<std::sync::Arc<Tensor>>
 
 fn floats(t: &Tensor) -> Option<Vec<f32>> {
     Some(t.cast_to::<f32>().ok()?.to_plain_array_view::<f32>().ok()?.iter().copied().collect())
-}
-
-fn ints(t: &Tensor) -> Option<Vec<i32>> {
-    // Quantised element types (QU8/QI8) cast through their integer storage.
-    let plain = if t.datum_type().is_quantized() {
-        let mut copy = t.clone();
-        // SAFETY: a quantised type has the same storage as its unquantised element type.
-        unsafe { copy.set_datum_type(t.datum_type().unquantized()) };
-        copy
-    } else {
-        t.clone()
-    };
-    Some(plain.cast_to::<i32>().ok()?.to_plain_array_view::<i32>().ok()?.iter().copied().collect())
-}
-
-fn scalar_f32(model: &TypedModel, outlet: OutletId) -> Option<f32> {
-    konst(model, outlet).and_then(|t| floats(&t)).filter(|v| v.len() == 1).map(|v| v[0])
-}
-
-fn scalar_i32(model: &TypedModel, outlet: OutletId) -> Option<i32> {
-    konst(model, outlet).and_then(|t| ints(&t)).filter(|v| v.len() == 1).map(|v| v[0])
-}
-
-fn range_of(dt: DatumType) -> Option<(i32, i32)> {
-    match dt.unquantized() {
-        DatumType::U8 => Some((0, 255)),
-        DatumType::I8 => Some((-128, 127)),
-        _ => None,
-    }
 }
 
 /// Explicit pads before each spatial axis, and the window geometry of a 2-D pool spec.
@@ -278,7 +121,7 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
         let per_item: usize = out_dims.iter().product();
         let elem_of = |dt: DatumType| match dt {
             DatumType::F32 => Some(Elem::F32),
-            dt if range_of(dt).is_some() => Some(Elem::Int),
+            dt if int_range(dt).is_some() => Some(Elem::Int),
             _ => None,
         };
         let Some(out_elem) = elem_of(fact.datum_type) else {
@@ -330,16 +173,7 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
                 return Err(refuse(name, "Conv", "bias must be constant"));
             }
             let quant = if conv.q_params.is_some() {
-                let q = |ix| node.inputs.get(ix).copied();
-                let (Some(xzp), Some(xs), Some(wzp), Some(ws), Some(yzp), Some(ys), Some((lo, hi))) = (
-                    q(3).and_then(|o| scalar_i32(model, o)),
-                    q(4).and_then(|o| scalar_f32(model, o)),
-                    q(5).and_then(|o| scalar_i32(model, o)),
-                    q(6).and_then(|o| scalar_f32(model, o)),
-                    q(7).and_then(|o| scalar_i32(model, o)),
-                    q(8).and_then(|o| scalar_f32(model, o)),
-                    range_of(fact.datum_type),
-                ) else {
+                let Some(requant) = Requant::of_node(model, id) else {
                     return Err(refuse(
                         name,
                         "QLinearConv",
@@ -347,17 +181,7 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
                     ));
                 };
                 g.int8 = true;
-                Some(Requant {
-                    x_zp: xzp,
-                    w_zp: wzp,
-                    y_zp: yzp,
-                    mult: xs * ws / ys,
-                    lo,
-                    hi,
-                    quantize_input: None,
-                    dequantize: None,
-                    fp32_bias: false,
-                })
+                Some(Int8Op::new(requant))
             } else {
                 None
             };
@@ -376,7 +200,8 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
                 return Err(refuse(name, "Conv", "weights or bias of an unexpected shape"));
             };
             let taps = win.ci * win.kh * win.kw;
-            let (weights, bias) = pack(weights, bias, quant.map_or(0, |q| q.w_zp), win.co, taps, true);
+            let (weights, bias) =
+                pack(weights, bias, quant.map_or(0, |q| q.requant.w_zero), win.co, taps, true);
             let y = new_value(&mut g);
             g.consts.push(weights);
             g.consts.push(bias);
@@ -423,30 +248,11 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
             let n = out_dims.first().copied().unwrap_or(0);
             let k: usize = in_dims(0).map(|d| d.iter().product()).unwrap_or(0);
             let quant = if einsum.q_params.is_some() {
-                let q = |ix| node.inputs.get(ix).copied();
-                let (Some(xzp), Some(xs), Some(wzp), Some(ws), Some(yzp), Some(ys), Some((lo, hi))) = (
-                    q(3).and_then(|o| scalar_i32(model, o)),
-                    q(4).and_then(|o| scalar_f32(model, o)),
-                    q(5).and_then(|o| scalar_i32(model, o)),
-                    q(6).and_then(|o| scalar_f32(model, o)),
-                    q(7).and_then(|o| scalar_i32(model, o)),
-                    q(8).and_then(|o| scalar_f32(model, o)),
-                    range_of(fact.datum_type),
-                ) else {
+                let Some(requant) = Requant::of_node(model, id) else {
                     return Err(refuse(name, op, "only per-tensor constant scales and zero points"));
                 };
                 g.int8 = true;
-                Some(Requant {
-                    x_zp: xzp,
-                    w_zp: wzp,
-                    y_zp: yzp,
-                    mult: xs * ws / ys,
-                    lo,
-                    hi,
-                    quantize_input: None,
-                    dequantize: None,
-                    fp32_bias: false,
-                })
+                Some(Int8Op::new(requant))
             } else {
                 None
             };
@@ -475,7 +281,7 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
             if out_dims.len() != 1 || k == 0 || n == 0 {
                 return Err(refuse(name, op, "output must be [batch, n]"));
             }
-            let (weights, bias) = pack(weights, bias, quant.map_or(0, |q| q.w_zp), n, k, false);
+            let (weights, bias) = pack(weights, bias, quant.map_or(0, |q| q.requant.w_zero), n, k, false);
             let y = new_value(&mut g);
             g.consts.push(weights);
             g.consts.push(bias);
@@ -651,156 +457,9 @@ pub(crate) fn import(model: &TypedModel, batch: &TDim) -> Result<Graph, Refusal>
         }
         g.outputs.push((v, dims));
     }
-    fuse_int8_edges(&mut g);
-    fuse_pools(&mut g);
+    fuse::int8_edges(&mut g);
+    fuse::pools(&mut g);
     Ok(g)
-}
-
-/// Folds each unpadded, undilated max pool that is the only reader of a convolution's output
-/// into the convolution: it computes the conv outputs of each pool window and keeps their
-/// max, so the full-size conv output is never written (one dispatch and one round trip
-/// through memory fewer). Exact: max is taken over the same values, after Relu or
-/// requantisation (both monotonic, and applied per value as before).
-fn fuse_pools(g: &mut Graph) {
-    let outputs: Vec<ValueId> = g.outputs.iter().map(|(v, _)| *v).collect();
-    let mut i = 0;
-    while i < g.steps.len() {
-        let Step::MaxPool { x, y, win, lut: None } = g.steps[i].clone() else {
-            i += 1;
-            continue;
-        };
-        let readers = g.steps.iter().filter(|s| s.reads().contains(&x)).count();
-        // Every window must lie inside the conv output (no padding, no ceil-mode overhang).
-        let inside = win.ph == 0
-            && win.pw == 0
-            && win.dh == 1
-            && win.dw == 1
-            && win.oh > 0
-            && win.ow > 0
-            && (win.oh - 1) * win.sh + win.kh <= win.h
-            && (win.ow - 1) * win.sw + win.kw <= win.w;
-        let conv = g.steps.iter().position(|s| matches!(s, Step::Conv { y: cy, pool: None, .. } if *cy == x));
-        match conv {
-            Some(c) if readers == 1 && inside && !outputs.contains(&x) => {
-                if let Step::Conv { y: cy, pool, .. } = &mut g.steps[c] {
-                    *cy = y;
-                    *pool = Some(win);
-                }
-                g.steps.remove(i);
-            }
-            _ => i += 1,
-        }
-    }
-}
-
-impl Step {
-    /// The activations the step reads.
-    fn reads(&self) -> Vec<ValueId> {
-        match self {
-            Step::Conv { x, .. }
-            | Step::MatMul { x, .. }
-            | Step::MaxPool { x, .. }
-            | Step::Elementwise { x, .. }
-            | Step::Softmax { x, .. } => vec![*x],
-        }
-    }
-}
-
-/// Folds the element-wise steps around int8 convolutions and matmuls into them, so the int8
-/// path costs no more dispatches than fp32: the input QuantizeLinear into the first conv's
-/// loads, a lookup table (tract's folded requantisation) into the pool before it, and
-/// DequantizeLinear plus an fp32 bias into the last matmul's epilogue. Each fold computes
-/// exactly what the two steps computed (same rounding, same clamping), and only happens
-/// when the intermediate has no other reader.
-fn fuse_int8_edges(g: &mut Graph) {
-    let outputs: Vec<ValueId> = g.outputs.iter().map(|(v, _)| *v).collect();
-    let readers = |g: &Graph, v: ValueId| {
-        g.steps.iter().filter(|s| s.reads().contains(&v)).count() + usize::from(outputs.contains(&v))
-    };
-    let writer = |g: &Graph, v: ValueId| {
-        g.steps.iter().position(|s| match s {
-            Step::Conv { y, .. }
-            | Step::MatMul { y, .. }
-            | Step::MaxPool { y, .. }
-            | Step::Elementwise { y, .. }
-            | Step::Softmax { y, .. } => *y == v,
-        })
-    };
-    let mut i = 0;
-    while i < g.steps.len() {
-        let Step::Elementwise { x, y, op, aux } = g.steps[i].clone() else {
-            i += 1;
-            continue;
-        };
-        let single = readers(g, x) == 1;
-        let fused = match op {
-            // Quantize feeding exactly one int8 conv or matmul: quantise on load.
-            EltOp::Quantize { scale, zp, lo, hi } if readers(g, y) == 1 && !outputs.contains(&y) => {
-                let consumer = g.steps.iter().position(|s| s.reads().contains(&y));
-                match consumer.map(|c| &mut g.steps[c]) {
-                    Some(
-                        Step::Conv { x: cx, quant: Some(q), .. } | Step::MatMul { x: cx, quant: Some(q), .. },
-                    ) if q.quantize_input.is_none() => {
-                        *cx = x;
-                        q.quantize_input = Some(Quantize { scale, zp, lo, hi });
-                        true
-                    }
-                    _ => false,
-                }
-            }
-            EltOp::Lookup if single => match writer(g, x).map(|w| &mut g.steps[w]) {
-                Some(Step::MaxPool { y: py, lut: lut @ None, .. }) => {
-                    *py = y;
-                    *lut = aux;
-                    true
-                }
-                _ => false,
-            },
-            EltOp::Dequantize { scale, zp } if single => match writer(g, x).map(|w| &mut g.steps[w]) {
-                Some(
-                    Step::Conv { y: py, quant: Some(q), .. } | Step::MatMul { y: py, quant: Some(q), .. },
-                ) if q.dequantize.is_none() => {
-                    *py = y;
-                    q.dequantize = Some((scale, zp));
-                    true
-                }
-                _ => false,
-            },
-            EltOp::AddBroadcast { len } if single => {
-                let w = writer(g, x);
-                match (w.map(|w| g.steps[w].clone()), aux) {
-                    (Some(Step::MatMul { n, bias, quant: Some(q), .. }), Some(c))
-                        if n == len && q.dequantize.is_some() && !q.fp32_bias =>
-                    {
-                        if let (Data::I32(ints), Data::F32(floats)) = (&g.consts[bias], &g.consts[c]) {
-                            // Stored after the (block-padded) int bias, as f32 bits.
-                            let mut packed = ints.clone();
-                            let mut extra: Vec<i32> = floats.iter().map(|f| f.to_bits() as i32).collect();
-                            extra.resize(ints.len(), 0);
-                            packed.extend(extra);
-                            g.consts[bias] = Data::I32(packed);
-                            if let Some(Step::MatMul { y: py, quant: Some(q), .. }) =
-                                w.map(|w| &mut g.steps[w])
-                            {
-                                *py = y;
-                                q.fp32_bias = true;
-                            }
-                            true
-                        } else {
-                            false
-                        }
-                    }
-                    _ => false,
-                }
-            }
-            _ => false,
-        };
-        if fused {
-            g.steps.remove(i);
-        } else {
-            i += 1;
-        }
-    }
 }
 
 /// Lays weights out as the kernels read them: the output channels (or columns) in blocks

@@ -2,8 +2,9 @@
 //! on a machine without a GPU).
 //!
 //! Preparing parses the ONNX file with tract, declutters it with a symbolic batch, and maps
-//! each node of tract's typed graph to a kernel step ([`import`]); a node no kernel covers
-//! refuses the model, naming the node and op. Weights go to the device once. Each batch
+//! each node of tract's typed graph to a kernel step ([`import`], into a [`graph::Graph`]);
+//! a node no kernel covers refuses the model, naming the node and op. Steps that can run as
+//! one are then folded together ([`fuse`]). Weights go to the device once. Each batch
 //! size gets a plan ([`plan`]): activation buffers and bind groups built the first time the
 //! size is used and kept. A run writes the input, records every step into one compute pass
 //! of one encoder, copies the outputs to one readback buffer, submits once and maps once.
@@ -11,6 +12,8 @@
 //! Int8 models (per-tensor QLinearConv / QLinearMatMul, as tract's typed graph holds them)
 //! run as integers: 8-bit values, i32 accumulation, ties-to-even requantisation.
 
+mod fuse;
+mod graph;
 mod import;
 mod plan;
 
@@ -21,12 +24,12 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tract_onnx::prelude::{InferenceFact, InferenceModelExt, TDim, TypedModel, tvec};
 
-use super::tract::{count_macs, datum_of, input_specs, parse_onnx, precision_of, tract_err};
+use super::tract::onnx::{count_macs, datum_of, input_specs, parse_onnx, precision_of, tract_err};
 use super::{
     Backend, BackendError, BackendKind, ModelInfo, Precision, PreparedModel, TensorSpec, check_inputs,
 };
 use crate::tensor::{DType, Tensor};
-use import::{Data, Graph};
+use graph::{Data, Graph};
 use plan::{Kernel, Kernels, Plan};
 
 const NAME: &str = "wgpu";
@@ -468,11 +471,11 @@ mod tests {
                 .into_decluttered()
                 .unwrap();
             let g = import::import(&typed, &batch).unwrap();
-            let count = |f: fn(&import::Step) -> bool| g.steps.iter().filter(|s| f(s)).count();
+            let count = |f: fn(&graph::Step) -> bool| g.steps.iter().filter(|s| f(s)).count();
             let relu_fused = count(|s| {
-                matches!(s, import::Step::Conv { relu: true, .. } | import::Step::MatMul { relu: true, .. })
+                matches!(s, graph::Step::Conv { relu: true, .. } | graph::Step::MatMul { relu: true, .. })
             });
-            let elementwise = count(|s| matches!(s, import::Step::Elementwise { .. }));
+            let elementwise = count(|s| matches!(s, graph::Step::Elementwise { .. }));
             match key {
                 ReferenceModel::EdgeInt8 => {
                     assert!(g.int8);
@@ -585,7 +588,7 @@ mod tests {
         m.select_output_outlets(&[y]).unwrap();
 
         let graph = import::import(&m, &n).unwrap();
-        assert!(matches!(graph.steps[0], import::Step::Conv { relu: true, .. }), "{:#?}", graph.steps);
+        assert!(matches!(graph.steps[0], graph::Step::Conv { relu: true, .. }), "{:#?}", graph.steps);
         let inputs = vec![TensorSpec { name: "x".into(), dtype: DType::F32, item_shape: vec![3, 9, 11] }];
         let model = gpu.load("ops", inputs, &m, graph, 0, Precision::Fp32).unwrap();
         let input = values(3 * 3 * 9 * 11, 5);

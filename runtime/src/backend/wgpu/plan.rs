@@ -10,7 +10,7 @@ use ::wgpu::{
 };
 use parking_lot::Mutex;
 
-use super::import::{Elem, EltOp, Graph, Quantize, Requant, Step, Window};
+use super::graph::{Elem, EltOp, Graph, Int8Op, Quantize, Step, Window};
 
 /// Invocations per workgroup in every kernel (`@workgroup_size(64)`).
 const WORKGROUP: u32 = 64;
@@ -196,15 +196,15 @@ impl Kernels {
 
 /// Requantisation constants, and those of the fused prologue and epilogues (neutral values
 /// when not fused: every override must have a value).
-fn requant_constants(q: &Requant) -> Vec<(&'static str, f64)> {
+fn requant_constants(q: &Int8Op) -> Vec<(&'static str, f64)> {
     let qin = q.quantize_input.unwrap_or(Quantize { scale: 1.0, zp: 0, lo: 0, hi: 0 });
     let (dq_scale, dq_zp) = q.dequantize.unwrap_or((1.0, 0));
     vec![
-        ("XZP", f64::from(q.x_zp)),
-        ("YZP", f64::from(q.y_zp)),
-        ("MULT", f64::from(q.mult)),
-        ("LO", f64::from(q.lo)),
-        ("HI", f64::from(q.hi)),
+        ("XZP", f64::from(q.requant.x_zero)),
+        ("YZP", f64::from(q.requant.y_zero)),
+        ("MULT", f64::from(q.requant.mult)),
+        ("LO", f64::from(q.requant.lo)),
+        ("HI", f64::from(q.requant.hi)),
         ("QIN", f64::from(u8::from(q.quantize_input.is_some()))),
         ("QIN_SCALE", f64::from(qin.scale)),
         ("QIN_ZP", f64::from(qin.zp)),

@@ -1,8 +1,8 @@
 //! An im2col-free 2-D convolution, plugged into tract's typed graph as an op of its own.
 //!
 //! tract 0.23 lowers every convolution to im2col + matrix multiply. On the small CNNs an edge
-//! node runs (few input channels, 3x3 kernels, 28x28 planes) building the im2col matrix costs
-//! about a third of an image's time, and for int8 tract builds it eagerly in u8, which made
+//! node runs (few input channels, 3x3 kernels, 28x28 planes) building the im2col matrix is a
+//! large share of an image's time, and for int8 tract builds it eagerly in u8, which made
 //! the int8 edge model slower than its fp32 twin. This op computes the convolution directly
 //! from a zero-padded copy of the input: for each output row and each block of output
 //! channels it keeps a tile of accumulators in registers and adds `weight * input row` once
@@ -10,7 +10,7 @@
 //! AVX2+FMA kernels chosen at run time, and a plain-Rust kernel everywhere else (baseline
 //! x86-64, aarch64). Weights are packed at load in the order the loop reads them.
 //!
-//! Fused, all exactly (see [`super::tract::rewrite_convs`]): the bias; a following Relu
+//! Fused, all exactly (see [`super::rewrite::rewrite_convs`]): the bias; a following Relu
 //! (fp32); a following 2x2/s2 MaxPool (Relu and requantisation are non-decreasing, so
 //! pooling the accumulators first is the same); for int8, the f32-to-u8 QuantizeLinear that
 //! feeds the convolution and a u8 LookupTable that follows it.
@@ -28,14 +28,16 @@
 //! exactly while they stay below 2^24 in magnitude. The rewrite checks that bound per output
 //! channel at load (sum of |weight| times the largest |input|, plus |bias|) and leaves the
 //! convolution to tract if it could be exceeded. The integer accumulator is then requantised
-//! as tract does it: multiplied by `k_scale * x_scale / y_scale` with tract's fixed-point
-//! `Scaler` (round half to even), offset by the output zero point, clamped.
+//! as tract does it: multiplied by the combined scale ([`Requant::mult`]) with tract's
+//! fixed-point `Scaler` (round half to even), offset by the output zero point, clamped.
 
 use tract_onnx::tract_core::internal::{
     DatumType, EvalContext, EvalOp, IntoTValue, Op, StaticName, TValue, TVec, Tensor, TractResult, TypedFact,
     TypedOp, as_op, bail, op_as_typed_op, op_out_of_plan, tvec,
 };
 use tract_onnx::tract_core::ndarray::{ArrayD, IxDyn};
+
+use crate::backend::quant::Requant;
 
 /// Output columns computed at once by the wide kernels (one AVX-512 register, two AVX ones).
 const TILE: usize = 16;
@@ -93,15 +95,12 @@ impl ConvGeometry {
     }
 }
 
-/// Requantisation of the integer accumulator (the QLinearConv form).
-#[derive(Debug, Clone)]
-pub(crate) struct Requant {
-    /// Input zero point.
-    pub(crate) x_zero: i32,
-    /// `k_scale * x_scale / y_scale`, as tract computes it.
-    pub(crate) scale: f32,
-    /// Output zero point.
-    pub(crate) y_zero: i32,
+/// The int8 form's output: how the integer accumulator is requantised, and the element type
+/// it is stored as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Int8Output {
+    /// The QLinearConv parameters.
+    pub(crate) requant: Requant,
     /// Output element type (u8 or i8, possibly with quantisation parameters attached).
     pub(crate) output: DatumType,
 }
@@ -122,7 +121,7 @@ pub(crate) struct DirectConv {
     /// non-decreasing, so pooling before them equals pooling after.
     pub(crate) pool: bool,
     /// Set for the int8 form.
-    pub(crate) requant: Option<Requant>,
+    pub(crate) int8: Option<Int8Output>,
     /// int8 form only: the input arrives in f32 and is quantised to u8 on load, as the
     /// QuantizeLinear it replaces did (`(scale, zero point)`, tract's convention: the value
     /// is multiplied by `scale`).
@@ -145,30 +144,30 @@ impl DirectConv {
             bias: pad_bias(&geo, bias),
             relu,
             pool: false,
-            requant: None,
+            int8: None,
             quantize_input: None,
             lookup: None,
         })
     }
 
-    /// An int8 convolution: `weights` are the stored integers (OIHW), `w_zero` their zero
-    /// point, `bias` the i32 bias; `x_range` is the input type's range. `None` when the f32
-    /// accumulator could leave the exact-integer range.
+    /// An int8 convolution: `weights` are the stored integers (OIHW), `bias` the i32 bias;
+    /// `x_range` is the input type's range. `None` when the f32 accumulator could leave the
+    /// exact-integer range.
     pub(crate) fn int8(
         geo: ConvGeometry,
         weights: &[i32],
-        w_zero: i32,
         bias: &[i32],
         x_range: (i32, i32),
-        requant: Requant,
+        int8: Int8Output,
     ) -> Option<DirectConv> {
+        let rq = &int8.requant;
         // Subnormal, zero or negative scales would not match tract's fixed-point form.
-        let scale_ok = requant.scale.is_normal() && requant.scale > 0.0 && requant.scale < MAX_SCALE;
+        let scale_ok = rq.mult.is_normal() && rq.mult > 0.0 && rq.mult < MAX_SCALE;
         if weights.len() != geo.cout * geo.taps() || bias.len() != geo.cout || !scale_ok {
             return None;
         }
-        let x_max = f64::from((x_range.1 - requant.x_zero).abs().max((x_range.0 - requant.x_zero).abs()));
-        let shifted: Vec<f32> = weights.iter().map(|&w| (w - w_zero) as f32).collect();
+        let x_max = f64::from((x_range.1 - rq.x_zero).abs().max((x_range.0 - rq.x_zero).abs()));
+        let shifted: Vec<f32> = weights.iter().map(|&w| (w - rq.w_zero) as f32).collect();
         for (oc, row) in shifted.chunks_exact(geo.taps()).enumerate() {
             let bound =
                 row.iter().map(|&w| f64::from(w.abs())).sum::<f64>() * x_max + f64::from(bias[oc]).abs();
@@ -183,7 +182,7 @@ impl DirectConv {
             bias: pad_bias(&geo, &bias),
             relu: false,
             pool: false,
-            requant: Some(requant),
+            int8: Some(int8),
             quantize_input: None,
             lookup: None,
         })
@@ -191,9 +190,9 @@ impl DirectConv {
 
     /// Element type of the output: f32, the requantised type, or the lookup's.
     fn output_datum_type(&self) -> DatumType {
-        match (&self.requant, &self.lookup) {
+        match (&self.int8, &self.lookup) {
             (_, Some((_, dt))) => *dt,
-            (Some(rq), None) => rq.output,
+            (Some(q), None) => q.output,
             (None, None) => DatumType::F32,
         }
     }
@@ -347,16 +346,6 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
 }
 
 // tract compares ops to merge identical nodes; equality is bitwise so it is an equivalence.
-impl PartialEq for Requant {
-    fn eq(&self, other: &Requant) -> bool {
-        self.x_zero == other.x_zero
-            && self.scale.to_bits() == other.scale.to_bits()
-            && self.y_zero == other.y_zero
-            && self.output == other.output
-    }
-}
-impl Eq for Requant {}
-
 impl PartialEq for DirectConv {
     fn eq(&self, other: &DirectConv) -> bool {
         self.geo == other.geo
@@ -366,7 +355,7 @@ impl PartialEq for DirectConv {
             && self.pool == other.pool
             && self.quantize_input.map(|(s, z)| (s.to_bits(), z))
                 == other.quantize_input.map(|(s, z)| (s.to_bits(), z))
-            && self.requant == other.requant
+            && self.int8 == other.int8
             && self.lookup == other.lookup
     }
 }
@@ -684,7 +673,7 @@ impl Op for DirectConv {
             g.pad_left,
             self.relu,
             self.pool,
-            self.requant.is_some()
+            self.int8.is_some()
         )])
     }
 
@@ -706,9 +695,9 @@ impl EvalOp for DirectConv {
         let mut acc = vec![0f32; n * g.cout * g.oh * g.ow];
         let plane = g.h * g.w;
         let pooled = |acc: Vec<f32>| {
-            if self.pool { super::tract_pool::pool(&acc, &[n, g.cout, g.oh, g.ow]).0 } else { acc }
+            if self.pool { super::pool::pool(&acc, &[n, g.cout, g.oh, g.ow]).0 } else { acc }
         };
-        let Some(rq) = &self.requant else {
+        let Some(Int8Output { requant: rq, output }) = &self.int8 else {
             let x = input.try_as_plain_ram()?;
             let x = x.as_slice::<f32>()?;
             self.run(n, |p, dst| dst.copy_from_slice(&x[p * plane..][..plane]), &mut acc);
@@ -749,10 +738,10 @@ impl EvalOp for DirectConv {
             other => bail!("DirectConv does not implement int8 input {other:?}"),
         }
         let acc = pooled(acc);
-        let mut out = match rq.output.unquantized() {
+        let mut out = match output.unquantized() {
             DatumType::U8 => {
                 let mut data = vec![0u8; acc.len()];
-                requantize_all(&acc, rq.scale, rq.y_zero, &mut data);
+                requantize_all(&acc, rq.mult, rq.y_zero, &mut data);
                 if let Some((table, _)) = &self.lookup {
                     for v in &mut data {
                         *v = table[usize::from(*v)];
@@ -762,7 +751,7 @@ impl EvalOp for DirectConv {
             }
             DatumType::I8 => {
                 let mut data = vec![0i8; acc.len()];
-                requantize_all(&acc, rq.scale, rq.y_zero, &mut data);
+                requantize_all(&acc, rq.mult, rq.y_zero, &mut data);
                 Tensor::from(ArrayD::from_shape_vec(IxDyn(&out_shape), data)?)
             }
             other => bail!("DirectConv does not implement int8 output {other:?}"),
@@ -875,10 +864,11 @@ mod tests {
             oh: 1,
             ow: 1,
         };
-        let rq = Requant { x_zero: 0, scale: 0.01, y_zero: 0, output: DatumType::U8 };
+        let requant = Requant { x_zero: 0, w_zero: 0, y_zero: 0, mult: 0.01, lo: 0, hi: 255 };
+        let q = Int8Output { requant, output: DatumType::U8 };
         // 600 * 128 * 255 > 2^24; 400 * 128 * 255 < 2^24.
-        assert!(DirectConv::int8(geo, &[-128; 600], 0, &[0], (0, 255), rq.clone()).is_none());
+        assert!(DirectConv::int8(geo, &[-128; 600], &[0], (0, 255), q.clone()).is_none());
         let geo = ConvGeometry { cin: 400, ..geo };
-        assert!(DirectConv::int8(geo, &[-128; 400], 0, &[0], (0, 255), rq).is_some());
+        assert!(DirectConv::int8(geo, &[-128; 400], &[0], (0, 255), q).is_some());
     }
 }

@@ -1,70 +1,21 @@
-//! The CPU backend: tract.
-//!
-//! Preparing parses the ONNX file once, refuses ops tract does not implement, and plans
-//! batch 1 (so a model that cannot run fails at load, not on the first request). Each other
-//! batch size gets its own optimised plan the first time it is used, kept for the model's
-//! life; tract is far faster on concrete shapes than on a symbolic batch. Run state
-//! (tract's `SimpleState`, which owns the scratch buffers) is pooled per batch size and
-//! reused across calls.
-//!
-//! Before optimising, the backend applies exact graph rewrites where tract 0.23 is slow (see
-//! [`rewrite_convs`]: our own im2col-free convolution, fp32 and int8, with its Relu fused;
-//! and [`rewrite_pools`]); [`TractBackend::without_rewrites`] skips them and is the reference the
-//! conformance suite checks the rewritten graphs against; it also runs every batch through
-//! one plan, where the rewritten backend runs batches above 8 in chunks of 8. Kernel selection inside tract is
-//! set once per process by [`crate::configure_cpu_kernels`].
+//! Exact graph rewrites applied at load, before tract optimises the graph: where tract 0.23
+//! is slow on the small CNNs an edge node runs, an op is replaced by one of ours computing
+//! the same values ([`rewrite_convs`]: the direct convolution of [`super::conv`], with what
+//! follows and precedes it fused; [`rewrite_pools`]: the 2x2 pool of [`super::pool`], or a
+//! separable split). Each rewrite matches conservatively and leaves anything else to tract.
+//! How much each saves: `docs/performance.md`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
-use tract_onnx::pb::ModelProto;
-use tract_onnx::prelude::{
-    DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable, IntoTValue, TValue,
-    TypedModel, TypedRunnableModel, TypedSimpleState,
-};
-use tract_onnx::tract_core::internal::{DimLike, TypedModelPatch};
-use tract_onnx::tract_core::ops::Cost;
-use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec, PoolSpec};
+use tract_onnx::prelude::{DatumType, TractResult, TypedModel};
+use tract_onnx::tract_core::internal::{OutletId, Tensor as TTensor, TypedModelPatch};
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use super::tract_conv::{ConvGeometry, DirectConv, Requant};
-use super::tract_pool::MaxPool2x2;
-use tract_onnx::tract_core::internal::{OutletId, Tensor as TTensor};
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
-use tract_onnx::tract_core::ops::unimpl::UnimplementedOp;
-use tract_onnx::tract_hir::infer::Factoid;
-
-use super::{
-    Backend, BackendError, BackendKind, ModelInfo, Precision, PreparedModel, TensorSpec, check_inputs,
-};
-use crate::tensor::{DType, Tensor};
-
-/// tract on the CPU.
-#[derive(Debug, Clone, Copy)]
-pub struct TractBackend {
-    rewrites: bool,
-}
-
-impl Default for TractBackend {
-    fn default() -> TractBackend {
-        TractBackend::new()
-    }
-}
-
-impl TractBackend {
-    /// A tract backend that applies its exact graph rewrites at load.
-    pub fn new() -> TractBackend {
-        TractBackend { rewrites: true }
-    }
-
-    /// Plain tract, graph as decluttered by tract itself: the reference the rewrites are
-    /// checked against, and the baseline their speed-up is measured from.
-    pub fn without_rewrites() -> TractBackend {
-        TractBackend { rewrites: false }
-    }
-}
+use super::conv::{ConvGeometry, DirectConv, Int8Output};
+use super::pool::MaxPool2x2;
+use crate::backend::quant::{Requant, int_range};
 
 /// Rewrites every unpadded 2-D MaxPool whose window spans both axes; returns how many.
 ///
@@ -76,7 +27,7 @@ impl TractBackend {
 /// and, with no padding, both forms visit exactly the same input window for every output,
 /// so the result is bit-identical. Pools with padding, dilation or index outputs are left
 /// alone.
-pub(crate) fn rewrite_pools(model: &mut TypedModel) -> tract_onnx::prelude::TractResult<usize> {
+pub(crate) fn rewrite_pools(model: &mut TypedModel) -> TractResult<usize> {
     let mut rewritten = 0;
     for id in model.eval_order()? {
         let node = model.node(id);
@@ -145,15 +96,17 @@ pub(crate) fn rewrite_pools(model: &mut TypedModel) -> tract_onnx::prelude::Trac
     Ok(rewritten)
 }
 
-/// Replaces each 2-D convolution [`DirectConv`] handles by it, fusing a following Relu into
-/// fp32 ones; returns how many.
+/// Replaces each 2-D convolution [`DirectConv`] handles by it, with what it can take along:
+/// a following Relu (fp32), a following 2x2/s2 MaxPool, and for int8 the QuantizeLinear
+/// before it and the LookupTable after it; returns how many.
 ///
-/// Why: tract 0.23 builds an im2col matrix for every convolution (a third of a small CNN's
-/// time, more in int8, where it is built eagerly in u8); see [`super::tract_conv`]. The match
+/// Why: tract 0.23 builds an im2col matrix for every convolution (a large share of a small
+/// CNN's time, larger in int8, where it is built eagerly in u8: `docs/performance.md`,
+/// "Direct convolution"); see [`super::conv`]. The match
 /// is conservative: NCHW with a batch axis, OIHW constant weights, one group, stride 1, no
 /// dilation, a concrete input shape; int8 only with scalar constant scales and zero points
 /// and a u8/i8 output. Anything else keeps tract's own op.
-pub(crate) fn rewrite_convs(model: &mut TypedModel) -> tract_onnx::prelude::TractResult<usize> {
+pub(crate) fn rewrite_convs(model: &mut TypedModel) -> TractResult<usize> {
     let mut rewritten = 0;
     for id in model.eval_order()? {
         let node = model.node(id);
@@ -161,7 +114,7 @@ pub(crate) fn rewrite_convs(model: &mut TypedModel) -> tract_onnx::prelude::Trac
         let Some(op) = direct_conv_for(model, node.id, conv)? else { continue };
         let mut op = op;
         let mut last = OutletId::new(node.id, 0);
-        if op.requant.is_none()
+        if op.int8.is_none()
             && let Some(relu) = relu_after(model, last)?
         {
             op.relu = true;
@@ -171,7 +124,7 @@ pub(crate) fn rewrite_convs(model: &mut TypedModel) -> tract_onnx::prelude::Trac
             op.pool = true;
             last = OutletId::new(pool, 0);
         }
-        if op.requant.as_ref().is_some_and(|rq| rq.output.unquantized() == DatumType::U8)
+        if op.int8.as_ref().is_some_and(|q| q.output.unquantized() == DatumType::U8)
             && let Some((lut, table)) = lookup_after(model, last)?
         {
             op.lookup = Some((table, model.outlet_fact(OutletId::new(lut, 0))?.datum_type));
@@ -199,11 +152,7 @@ pub(crate) fn rewrite_convs(model: &mut TypedModel) -> tract_onnx::prelude::Trac
 
 /// The direct convolution computing exactly what `conv` (node `id`) computes, if it is a
 /// form [`DirectConv`] handles.
-fn direct_conv_for(
-    model: &TypedModel,
-    id: usize,
-    conv: &Conv,
-) -> tract_onnx::prelude::TractResult<Option<DirectConv>> {
+fn direct_conv_for(model: &TypedModel, id: usize, conv: &Conv) -> TractResult<Option<DirectConv>> {
     let node = model.node(id);
     let spec = &conv.pool_spec;
     let input = model.outlet_fact(node.inputs[0])?;
@@ -265,24 +214,15 @@ fn direct_conv_for(
         let (Some(bias), Ok(wv)) = (per_channel(&bias), weights.try_as_plain_ram()) else { return Ok(None) };
         return Ok(DirectConv::fp32(geo, wv.as_slice::<f32>()?, &bias, false));
     };
-    // QLinearConv: x, kernel, bias, x0, x_scale, k0, k_scale, y0, y_scale.
-    let scalar = |ix: usize| konst(ix).filter(|t| t.len() == 1);
-    let (Some(x0), Some(x_scale), Some(k0), Some(k_scale), Some(y0), Some(y_scale)) =
-        (scalar(3), scalar(4), scalar(5), scalar(6), scalar(7), scalar(8))
-    else {
+    // QLinearConv: x, kernel, bias, then the six quantisation parameters.
+    let Some(requant) = Requant::of_node(model, id) else { return Ok(None) };
+    let out_raw = out_dt.unquantized();
+    // Plain u8/i8 inputs only: a quantised input type keeps tract's op.
+    let Some(x_range) = int_range(input.datum_type).filter(|_| !input.datum_type.is_quantized()) else {
         return Ok(None);
     };
-    let out_raw = out_dt.unquantized();
-    let x_range = match input.datum_type {
-        DatumType::U8 => (0, 255),
-        DatumType::I8 => (-128, 127),
-        _ => return Ok(None),
-    };
-    if node.inputs.len() != 9
-        || !matches!(out_raw, DatumType::U8 | DatumType::I8)
-        || q_dt.unquantized() != out_raw
-        || bias.datum_type() != DatumType::I32
-    {
+    // `Requant::of_node` has checked that the output is u8 or i8.
+    if node.inputs.len() != 9 || q_dt.unquantized() != out_raw || bias.datum_type() != DatumType::I32 {
         return Ok(None);
     }
     let weights_i32: Vec<i32> = match weights.datum_type() {
@@ -299,15 +239,7 @@ fn direct_conv_for(
         all if all.len() == cout => all.to_vec(),
         _ => return Ok(None),
     };
-    let requant = Requant {
-        x_zero: x0.cast_to_scalar::<i32>()?,
-        // As tract combines them: (k_scale * x_scale) / y_scale, in f32.
-        scale: k_scale.cast_to_scalar::<f32>()? * x_scale.cast_to_scalar::<f32>()?
-            / y_scale.cast_to_scalar::<f32>()?,
-        y_zero: y0.cast_to_scalar::<i32>()?,
-        output: out_dt,
-    };
-    Ok(DirectConv::int8(geo, &weights_i32, k0.cast_to_scalar::<i32>()?, &bias_i32, x_range, requant))
+    Ok(DirectConv::int8(geo, &weights_i32, &bias_i32, x_range, Int8Output { requant, output: out_dt }))
 }
 
 /// The f32-to-u8 QuantizeLinear producing `outlet` for an int8 `op` alone, if there is one:
@@ -316,10 +248,10 @@ fn quantize_before(
     model: &TypedModel,
     outlet: OutletId,
     op: &DirectConv,
-) -> tract_onnx::prelude::TractResult<Option<(usize, f32, i32)>> {
+) -> TractResult<Option<(usize, f32, i32)>> {
     use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
     use tract_onnx::tract_core::ops::quant::QuantizeLinearU8;
-    if op.requant.is_none()
+    if op.int8.is_none()
         || model.outlet_successors(outlet).len() != 1
         || model.output_outlets()?.contains(&outlet)
     {
@@ -340,10 +272,7 @@ fn quantize_before(
 }
 
 /// The u8 LookupTable that alone consumes `outlet`, if there is one: its node and table.
-fn lookup_after(
-    model: &TypedModel,
-    outlet: OutletId,
-) -> tract_onnx::prelude::TractResult<Option<(usize, Vec<u8>)>> {
+fn lookup_after(model: &TypedModel, outlet: OutletId) -> TractResult<Option<(usize, Vec<u8>)>> {
     use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
     use tract_onnx::tract_core::ops::quant::LookupTable;
     let successors = model.outlet_successors(outlet);
@@ -363,7 +292,7 @@ fn lookup_after(
 }
 
 /// The unpadded NCHW 2x2/s2 MaxPool that alone consumes `outlet`, if there is one.
-fn pool_2x2_after(model: &TypedModel, outlet: OutletId) -> tract_onnx::prelude::TractResult<Option<usize>> {
+fn pool_2x2_after(model: &TypedModel, outlet: OutletId) -> TractResult<Option<usize>> {
     let successors = model.outlet_successors(outlet);
     if successors.len() != 1 || model.output_outlets()?.contains(&outlet) {
         return Ok(None);
@@ -390,7 +319,7 @@ fn pool_2x2_after(model: &TypedModel, outlet: OutletId) -> tract_onnx::prelude::
 }
 
 /// The Relu (`Max` with a constant zero) that alone consumes `outlet`, if there is one.
-fn relu_after(model: &TypedModel, outlet: OutletId) -> tract_onnx::prelude::TractResult<Option<usize>> {
+fn relu_after(model: &TypedModel, outlet: OutletId) -> TractResult<Option<usize>> {
     let successors = model.outlet_successors(outlet);
     if successors.len() != 1 || model.output_outlets()?.contains(&outlet) {
         return Ok(None);
@@ -413,339 +342,12 @@ fn relu_after(model: &TypedModel, outlet: OutletId) -> tract_onnx::prelude::Trac
     Ok((zero && same_shape).then_some(next.id))
 }
 
-fn dtype_of(dt: DatumType) -> Option<DType> {
-    Some(match dt {
-        DatumType::F32 => DType::F32,
-        DatumType::U8 => DType::U8,
-        DatumType::I8 => DType::I8,
-        DatumType::I32 => DType::I32,
-        DatumType::I64 => DType::I64,
-        _ => return None,
-    })
-}
-
-pub(crate) fn datum_of(dt: DType) -> DatumType {
-    match dt {
-        DType::F32 => DatumType::F32,
-        DType::U8 => DatumType::U8,
-        DType::I8 => DatumType::I8,
-        DType::I32 => DatumType::I32,
-        DType::I64 => DatumType::I64,
-    }
-}
-
-/// How tract will compute a quantised graph: only per-tensor QOperator convolutions and
-/// matmuls run as int8; QDQ graphs and per-channel weights are lowered to fp32.
-pub(crate) fn precision_of(proto: &ModelProto) -> Precision {
-    let Some(graph) = proto.graph.as_ref() else { return Precision::Fp32 };
-    let per_channel = |scale: &str| {
-        graph.initializer.iter().find(|t| t.name == scale).is_some_and(|t| t.dims.iter().product::<i64>() > 1)
-    };
-    let mut qlinear = false;
-    let mut lowered = false;
-    for node in &graph.node {
-        match node.op_type.as_str() {
-            // inputs: x, x_scale, x_zp, w, w_scale, ...
-            "QLinearConv" | "QLinearMatMul" => {
-                qlinear = true;
-                lowered |= node.input.get(4).is_some_and(|s| per_channel(s));
-            }
-            "ConvInteger" | "MatMulInteger" => qlinear = true,
-            "DequantizeLinear" => lowered |= !qlinear,
-            _ => {}
-        }
-    }
-    match (qlinear, lowered) {
-        (true, false) => Precision::Int8,
-        (_, true) => Precision::Int8AsFp32,
-        (false, false) => Precision::Fp32,
-    }
-}
-
-pub(crate) fn tract_err(e: impl std::fmt::Debug) -> String {
-    // tract's Display shows only the outermost context; Debug shows the whole chain.
-    format!("{e:?}").replace('\n', " ")
-}
-
-/// Parses `onnx` with tract's ONNX front end and refuses ops tract does not implement,
-/// naming the node and its ONNX op type (`backend` is who reports it).
-pub(crate) fn parse_onnx(
-    name: &str,
-    onnx: &[u8],
-    backend: &'static str,
-) -> Result<(ModelProto, InferenceModel), BackendError> {
-    let parse = |why: String| BackendError::Parse { model: name.to_owned(), why };
-    let framework = tract_onnx::onnx();
-    let proto = framework.proto_model_for_read(&mut &*onnx).map_err(|e| parse(tract_err(e)))?;
-    let model = framework.model_for_proto_model(&proto).map_err(|e| parse(tract_err(e)))?;
-
-    if let Some(node) = model.nodes().iter().find(|n| n.op_as::<UnimplementedOp>().is_some()) {
-        let op = proto.graph.as_ref().and_then(|g| g.node.iter().find(|p| p.name == node.name)).map_or_else(
-            || {
-                // tract names the op `Unimplemented(<onnx op type>)`.
-                let shown = node.op.name().to_string();
-                shown
-                    .strip_prefix("Unimplemented(")
-                    .and_then(|s| s.strip_suffix(')'))
-                    .map_or(shown.clone(), str::to_owned)
-            },
-            |p| p.op_type.clone(),
-        );
-        return Err(BackendError::UnsupportedOp {
-            model: name.to_owned(),
-            node: node.name.clone(),
-            op,
-            backend,
-        });
-    }
-
-    Ok((proto, model))
-}
-
-/// The inputs of a parsed model: each must have a known element type and a shape
-/// `[batch, fixed dims...]`.
-pub(crate) fn input_specs(name: &str, model: &InferenceModel) -> Result<Vec<TensorSpec>, BackendError> {
-    let unsupported = |why: String| BackendError::Unsupported { model: name.to_owned(), why };
-    let mut inputs = Vec::new();
-    for (ix, outlet) in model.input_outlets().map_err(|e| unsupported(tract_err(e)))?.iter().enumerate() {
-        let fact = model.input_fact(ix).map_err(|e| unsupported(tract_err(e)))?;
-        let input_name = model.node(outlet.node).name.clone();
-        let dt = fact
-            .datum_type
-            .concretize()
-            .and_then(dtype_of)
-            .ok_or_else(|| unsupported(format!("input {input_name} has an unsupported element type")))?;
-        let dims: Vec<_> = fact.shape.dims().collect();
-        let item_shape = dims
-            .iter()
-            .skip(1)
-            .map(|d| d.concretize().and_then(|d| d.to_usize().ok()))
-            .collect::<Option<Vec<usize>>>()
-            .filter(|_| !dims.is_empty())
-            .ok_or_else(|| {
-                unsupported(format!(
-                    "input {input_name} must be [batch, fixed dims...], the file says {:?}",
-                    fact.shape
-                ))
-            })?;
-        inputs.push(TensorSpec { name: input_name, dtype: dt, item_shape });
-    }
-    Ok(inputs)
-}
-
-impl Backend for TractBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Tract
-    }
-
-    fn prepare(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn PreparedModel>, BackendError> {
-        let (proto, model) = parse_onnx(name, onnx, "tract")?;
-        let inputs = input_specs(name, &model)?;
-        let unsupported = |why: String| BackendError::Unsupported { model: name.to_owned(), why };
-
-        let prepared = TractModel {
-            template: model,
-            rewrites: self.rewrites,
-            info: ModelInfo {
-                name: name.to_owned(),
-                inputs,
-                outputs: Vec::new(),
-                macs_per_item: 0,
-                precision: precision_of(&proto),
-            },
-            plans: RwLock::new(HashMap::new()),
-            states: Mutex::new(HashMap::new()),
-        };
-        let (plan, decluttered) = prepared.plan_for(1, true)?;
-        let mut info = prepared.info.clone();
-        info.macs_per_item = decluttered.map(|m| count_macs(&m)).unwrap_or(0);
-        for (ix, outlet) in
-            plan.model().output_outlets().map_err(|e| unsupported(tract_err(e)))?.iter().enumerate()
-        {
-            let fact = plan.model().output_fact(ix).map_err(|e| unsupported(tract_err(e)))?;
-            let shape =
-                fact.shape.as_concrete().ok_or_else(|| unsupported("output shape is not fixed".into()))?;
-            let dtype = dtype_of(fact.datum_type)
-                .ok_or_else(|| unsupported(format!("output {ix} has element type {:?}", fact.datum_type)))?;
-            let out_name = plan.model().node(outlet.node).name.clone();
-            info.outputs.push(TensorSpec { name: out_name, dtype, item_shape: shape[1..].to_vec() });
-        }
-        let prepared = TractModel { info, ..prepared };
-        prepared.plans.write().insert(1, plan);
-        Ok(Arc::new(prepared))
-    }
-}
-
-/// Multiply-accumulates of a (decluttered, batch 1) typed model, from tract's cost model.
-pub(crate) fn count_macs(model: &TypedModel) -> u64 {
-    let mut total = 0u64;
-    for node in model.nodes() {
-        let Ok(inputs) = model.node_input_facts(node.id) else { continue };
-        let Ok(costs) = node.op.cost(&inputs) else { continue };
-        for (cost, count) in costs {
-            if let (Cost::FMA(_), Ok(n)) = (cost, count.to_usize()) {
-                total += n as u64;
-            }
-        }
-    }
-    total
-}
-
-#[derive(Debug)]
-struct TractModel {
-    template: InferenceModel,
-    rewrites: bool,
-    info: ModelInfo,
-    plans: RwLock<HashMap<usize, Arc<TypedRunnableModel>>>,
-    states: Mutex<HashMap<usize, Vec<TypedSimpleState>>>,
-}
-
-impl TractModel {
-    /// Plans the model for a concrete batch size. With `keep_decluttered`, also returns the
-    /// decluttered (pre-optimisation) graph, whose ops report standard costs.
-    fn plan_for(
-        &self,
-        batch: usize,
-        keep_decluttered: bool,
-    ) -> Result<(Arc<TypedRunnableModel>, Option<TypedModel>), BackendError> {
-        let fail = |e| BackendError::Unsupported { model: self.info.name.clone(), why: tract_err(e) };
-        let mut model = self.template.clone();
-        for (ix, spec) in self.info.inputs.iter().enumerate() {
-            let mut shape = vec![batch];
-            shape.extend(&spec.item_shape);
-            model = model
-                .with_input_fact(ix, InferenceFact::dt_shape(datum_of(spec.dtype), shape))
-                .map_err(fail)?;
-        }
-        let mut typed = model.into_typed().map_err(fail)?.into_decluttered().map_err(fail)?;
-        let decluttered = keep_decluttered.then(|| typed.clone());
-        if self.rewrites {
-            rewrite_convs(&mut typed).map_err(fail)?;
-            rewrite_pools(&mut typed).map_err(fail)?;
-        }
-        let plan = typed.into_optimized().map_err(fail)?.into_runnable().map_err(fail)?;
-        Ok((plan, decluttered))
-    }
-
-    fn plan(&self, batch: usize) -> Result<Arc<TypedRunnableModel>, BackendError> {
-        if let Some(plan) = self.plans.read().get(&batch) {
-            return Ok(plan.clone());
-        }
-        let (plan, _) = self.plan_for(batch, false)?;
-        Ok(self.plans.write().entry(batch).or_insert(plan).clone())
-    }
-}
-
-fn to_tvalue(t: &Tensor) -> Result<TValue, String> {
-    use tract_onnx::prelude::tract_ndarray::{ArrayD, IxDyn};
-    let shape = IxDyn(t.shape());
-    let bytes = t.data();
-    macro_rules! typed {
-        ($ty:ty, $n:literal) => {{
-            let v: Vec<$ty> = bytes
-                .chunks_exact($n)
-                .map(|c| <$ty>::from_le_bytes(bytemuck::pod_read_unaligned(c)))
-                .collect();
-            ArrayD::from_shape_vec(shape, v).map_err(|e| e.to_string())?.into_tvalue()
-        }};
-    }
-    Ok(match t.dtype() {
-        DType::F32 => typed!(f32, 4),
-        DType::I32 => typed!(i32, 4),
-        DType::I64 => typed!(i64, 8),
-        DType::U8 => ArrayD::from_shape_vec(shape, bytes.to_vec()).map_err(|e| e.to_string())?.into_tvalue(),
-        DType::I8 => {
-            let v: Vec<i8> = bytes.iter().map(|&b| b as i8).collect();
-            ArrayD::from_shape_vec(shape, v).map_err(|e| e.to_string())?.into_tvalue()
-        }
-    })
-}
-
-impl PreparedModel for TractModel {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {
-        let batch = check_inputs(&self.info, inputs)?;
-        if !self.rewrites || batch <= CHUNK {
-            return self.run_planned(inputs, batch);
-        }
-        let run_err = |why: String| BackendError::Run { model: self.info.name.clone(), why };
-        let mut joined: Vec<(Vec<usize>, DType, Vec<u8>)> = Vec::new();
-        for start in (0..batch).step_by(CHUNK) {
-            let n = CHUNK.min(batch - start);
-            let chunk = inputs
-                .iter()
-                .map(|t| {
-                    let item = t.data().len() / batch;
-                    let mut shape = t.shape().to_vec();
-                    shape[0] = n;
-                    Tensor::new(t.dtype(), shape, t.data()[start * item..(start + n) * item].to_vec())
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| run_err(e.to_string()))?;
-            let outputs = self.run_planned(&chunk, n)?;
-            if joined.is_empty() {
-                joined = outputs.iter().map(|t| (t.shape().to_vec(), t.dtype(), Vec::new())).collect();
-            }
-            for ((_, _, bytes), t) in joined.iter_mut().zip(outputs) {
-                bytes.extend(t.into_data());
-            }
-        }
-        joined
-            .into_iter()
-            .map(|(mut shape, dtype, bytes)| {
-                if let Some(first) = shape.first_mut() {
-                    *first = batch;
-                }
-                Tensor::new(dtype, shape, bytes).map_err(|e| run_err(e.to_string()))
-            })
-            .collect()
-    }
-}
-
-/// Largest batch run through one plan; bigger batches run as chunks of this size.
-///
-/// Why: tract's per-item time grew with the batch once a convolution's im2col buffer fell
-/// out of cache, while a batch of N always equals N single runs, so chunking is exact
-/// (`docs/performance.md`, "Batches on tract"). That was measured before the direct
-/// convolution ([`rewrite_convs`]) replaced im2col on the reference models.
-const CHUNK: usize = 8;
-
-impl TractModel {
-    /// Runs one batch through the plan for exactly that batch size.
-    fn run_planned(&self, inputs: &[Tensor], batch: usize) -> Result<Vec<Tensor>, BackendError> {
-        let run_err = |why: String| BackendError::Run { model: self.info.name.clone(), why };
-        let plan = self.plan(batch)?;
-        let pooled = self.states.lock().get_mut(&batch).and_then(Vec::pop);
-        let mut state = match pooled {
-            Some(state) => state,
-            None => plan.spawn().map_err(|e| run_err(tract_err(e)))?,
-        };
-        let values = inputs.iter().map(to_tvalue).collect::<Result<_, _>>().map_err(run_err)?;
-        let outputs = state.run(values).map_err(|e| run_err(tract_err(e)));
-        // A state that failed mid-run is dropped rather than pooled.
-        let outputs = outputs?;
-        self.states.lock().entry(batch).or_default().push(state);
-        let mut result = Vec::with_capacity(outputs.len());
-        for (spec, value) in self.info.outputs.iter().zip(outputs) {
-            let dtype = dtype_of(value.datum_type()).filter(|&d| d == spec.dtype).ok_or_else(|| {
-                run_err(format!("output {} came back as {:?}", spec.name, value.datum_type()))
-            })?;
-            let t = Tensor::new(dtype, value.shape().to_vec(), value.as_bytes().to_vec())
-                .map_err(|e| run_err(e.to_string()))?;
-            result.push(t);
-        }
-        Ok(result)
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::reference::{ReferenceModel, default_models_dir};
+    use tract_onnx::prelude::{Framework, InferenceFact, InferenceModelExt, IntoRunnable};
 
     fn decluttered(key: ReferenceModel) -> TypedModel {
         let model = tract_onnx::onnx().model_for_path(key.path(&default_models_dir())).unwrap();
@@ -1071,22 +673,6 @@ mod tests {
             let pooled =
                 model.nodes().iter().filter_map(|n| n.op_as::<DirectConv>()).filter(|c| c.pool).count();
             assert_eq!((pooled, pools(&model)), (2, (vec![], 0)), "{}", key.key());
-        }
-    }
-
-    #[test]
-    fn the_int8_edge_model_gives_bit_identical_logits_with_and_without_rewrites() {
-        use crate::dataset::{Digits, Split};
-        use crate::reference::images_to_input;
-        let bytes = std::fs::read(ReferenceModel::EdgeInt8.path(&default_models_dir())).unwrap();
-        let fast = TractBackend::new().prepare("edge_int8", &bytes).unwrap();
-        let plain = TractBackend::without_rewrites().prepare("edge_int8", &bytes).unwrap();
-        let digits = Digits::load_split(&default_models_dir(), Split::Test).unwrap();
-        for start in (0..256).step_by(8) {
-            let input = images_to_input(digits.images(start..start + 8)).unwrap();
-            let a = fast.run(std::slice::from_ref(&input)).unwrap()[0].to_f32().unwrap();
-            let b = plain.run(&[input]).unwrap()[0].to_f32().unwrap();
-            assert_eq!(a, b, "images {start}..{}", start + 8);
         }
     }
 }
