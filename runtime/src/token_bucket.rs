@@ -49,7 +49,8 @@ impl TokenBucket {
         if self.per_second <= 0.0 || self.burst < 1.0 {
             return None;
         }
-        Some(Duration::from_secs_f64((1.0 - self.tokens) / self.per_second))
+        // A rate so slow that the wait overflows a Duration is a wait of "never" as well.
+        Duration::try_from_secs_f64((1.0 - self.tokens) / self.per_second).ok()
     }
 
     fn refill(&mut self, now: Instant) {

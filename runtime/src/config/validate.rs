@@ -16,6 +16,16 @@ use super::{Hysteresis, Mode, SignalThresholds};
 use crate::DType;
 use crate::backend::BackendKind;
 
+/// The longest deadline, timeout or pause a config may set: longer ones are mistakes, and
+/// unbounded ones would overflow the clock arithmetic.
+const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest time an answer may be cached.
+const MAX_CACHE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The slowest rate a token bucket takes: one token every 1,000 seconds.
+const MIN_RATE: f64 = 1e-3;
+
 /// Collects problems while the pass goes on, so the user sees all of them at once.
 struct Checker {
     problems: Vec<FieldProblem>,
@@ -56,7 +66,22 @@ impl Checker {
         if value == 0 {
             self.fail(field, "0 ms leaves no time", "a whole number of milliseconds, at least 1");
         }
-        Duration::from_millis(value)
+        self.at_most(field, Duration::from_millis(value), MAX_WAIT, "ms")
+    }
+
+    /// `value` if at most `max`; else a problem naming the field, and `max` to go on with
+    /// (so that nothing later overflows an `Instant`).
+    fn at_most(&mut self, field: &str, value: Duration, max: Duration, unit: &str) -> Duration {
+        if value > max {
+            let (shown, limit) = match unit {
+                "s" => (value.as_secs(), max.as_secs()),
+                "us" => (value.as_micros() as u64, max.as_micros() as u64),
+                _ => (value.as_millis() as u64, max.as_millis() as u64),
+            };
+            self.fail(field, format!("{shown} {unit} is too long"), format!("at most {limit} {unit}"));
+            return max;
+        }
+        value
     }
 
     fn at_least_one(&mut self, field: &str, value: u32) -> u32 {
@@ -67,9 +92,13 @@ impl Checker {
     }
 
     fn rate(&mut self, field: &str, value: f64, zero_ok: bool) -> f64 {
-        let ok = value.is_finite() && (value > 0.0 || (zero_ok && value == 0.0));
+        let ok = value.is_finite() && (value >= MIN_RATE || (zero_ok && value == 0.0));
         if !ok {
-            let expected = if zero_ok { "a finite number ≥ 0" } else { "a finite number > 0" };
+            let expected = if zero_ok {
+                "0, or a finite number ≥ 0.001 per second"
+            } else {
+                "a finite number ≥ 0.001 per second"
+            };
             self.fail(field, format!("{value} is not a usable rate"), expected);
         }
         value
@@ -223,7 +252,7 @@ pub(super) fn validate(raw: NodeConfig, file: &Path) -> Result<ValidatedConfig, 
 
     let batching = raw.batching.as_ref().map(|b| BatchingSettings {
         max_batch: c.at_least_one("batching.max_batch", b.max_batch),
-        max_delay: Duration::from_micros(b.max_delay_us),
+        max_delay: c.at_most("batching.max_delay_us", Duration::from_micros(b.max_delay_us), MAX_WAIT, "us"),
         calibrate: b.calibrate,
     });
 
@@ -255,7 +284,9 @@ pub(super) fn validate(raw: NodeConfig, file: &Path) -> Result<ValidatedConfig, 
             disabled.insert(route.clone());
         }
         let batching_delay = match (m.batching_delay_us, &batching) {
-            (Some(us), Some(_)) => Some(Duration::from_micros(us)),
+            (Some(us), Some(_)) => {
+                Some(c.at_most(&format!("{f}.batching_delay_us"), Duration::from_micros(us), MAX_WAIT, "us"))
+            }
             (Some(_), None) => {
                 c.fail(
                     format!("{f}.batching_delay_us"),
@@ -279,7 +310,12 @@ pub(super) fn validate(raw: NodeConfig, file: &Path) -> Result<ValidatedConfig, 
     let modes = ModesSettings {
         switches,
         automatic: sw.automatic,
-        min_dwell: Duration::from_millis(sw.min_dwell_ms),
+        min_dwell: c.at_most(
+            "modes.switching.min_dwell_ms",
+            Duration::from_millis(sw.min_dwell_ms),
+            MAX_WAIT,
+            "ms",
+        ),
         surge,
         emergency,
     };
@@ -587,6 +623,20 @@ fn route(c: &mut Checker, raw: &NodeConfig, name: &str, r: &RouteConfig) -> Rout
     let f = format!("routes.{name}");
     c.name(&f, name);
     c.known(&format!("{f}.plugin"), &r.plugin, "plugin", raw.plugins.keys());
+    // The plugin runs inside the route's budget: a longer plugin deadline could never be
+    // used, and would let one request's plugin outlive its answer.
+    if let Some(p) = raw.plugins.get(&r.plugin)
+        && p.deadline_ms > r.deadline_ms
+    {
+        c.fail(
+            format!("plugins.{}.deadline_ms", r.plugin),
+            format!(
+                "{} ms is longer than route `{name}`'s whole deadline_ms of {}",
+                p.deadline_ms, r.deadline_ms
+            ),
+            format!("at most {} (or a longer `{f}.deadline_ms`)", r.deadline_ms),
+        );
+    }
     let normal = c.unit(&format!("{f}.thresholds.normal"), r.thresholds.normal);
     let thresholds = Mode::ALL.map(|mode| match r.thresholds.get(mode) {
         Some(_) if mode == Mode::Normal => normal,
@@ -651,7 +701,12 @@ fn route(c: &mut Checker, raw: &NodeConfig, name: &str, r: &RouteConfig) -> Rout
             min_samples: c.at_least_one(&format!("{g}.min_samples"), a.min_samples) as usize,
             window: c.at_least_one(&format!("{g}.window"), a.window) as usize,
             step,
-            interval: Duration::from_secs(a.interval_s.max(1)),
+            interval: c.at_most(
+                &format!("{g}.interval_s"),
+                Duration::from_secs(a.interval_s.max(1)),
+                MAX_WAIT,
+                "s",
+            ),
         }
     });
     RouteSettings {
@@ -662,7 +717,12 @@ fn route(c: &mut Checker, raw: &NodeConfig, name: &str, r: &RouteConfig) -> Rout
         plugin: r.plugin.clone(),
         thresholds,
         deadline: c.positive_ms(&format!("{f}.deadline_ms"), r.deadline_ms),
-        cache_ttl: Duration::from_secs(r.cache_ttl_s),
+        cache_ttl: c.at_most(
+            &format!("{f}.cache_ttl_s"),
+            Duration::from_secs(r.cache_ttl_s),
+            MAX_CACHE_TTL,
+            "s",
+        ),
         max_in_flight: c.at_least_one(&format!("{f}.max_in_flight"), r.max_in_flight),
         queue_len: r.queue_len,
         rate_limit,

@@ -27,10 +27,10 @@
 //! Hot reload: [`Sandbox::load_plugin`] swaps the plugin under its name atomically; requests
 //! already running hold the old version to the end.
 
-mod bindings;
+pub(crate) mod bindings;
 mod config;
 mod error;
-mod inference;
+pub(crate) mod inference;
 mod logging;
 mod ticker;
 
@@ -286,11 +286,21 @@ impl Sandbox {
     /// Creates the engine, its instance pool and its epoch ticker.
     pub fn new(config: SandboxConfig) -> Result<Sandbox, LoadError> {
         let engine_err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
+        // Every one of `max_instances` component instances may use as many core instances,
+        // memories and tables as a plugin is allowed ([`PluginLimits`]): the pool holds that
+        // many of each, so a request that got in always gets an instance. (A component is
+        // several core instances: the guest's module and wit-component's shims; each with
+        // its table.) Unused slots cost address space, not memory.
+        let per = PluginLimits::default();
+        let times = |n: usize| config.max_instances.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(config.max_instances)
-            .total_core_instances(config.max_instances.saturating_mul(2))
-            .total_memories(config.max_instances)
-            .total_tables(config.max_instances)
+            .total_core_instances(times(per.max_instances))
+            .total_memories(times(per.max_memories))
+            .total_tables(times(per.max_tables))
+            .max_core_instances_per_component(u32::try_from(per.max_instances).unwrap_or(u32::MAX))
+            .max_memories_per_component(u32::try_from(per.max_memories).unwrap_or(u32::MAX))
+            .max_tables_per_component(u32::try_from(per.max_tables).unwrap_or(u32::MAX))
             .max_memory_size(config.max_memory_bytes);
         // Without PAGEMAP_SCAN (Linux < 6.7) wasmtime would memset the whole resident
         // prefix on every reset, which costs more than the page faults it saves. Tables are
@@ -541,7 +551,7 @@ impl PluginInstance {
 }
 
 /// Checks a guest's outcome against the contract and converts it.
-fn check_outcome(outcome: wit::Outcome, limits: &PluginLimits) -> Result<Outcome, String> {
+pub(crate) fn check_outcome(outcome: wit::Outcome, limits: &PluginLimits) -> Result<Outcome, String> {
     let answer = match outcome {
         wit::Outcome::Escalate(reason) => {
             if reason.len() > limits.max_output_bytes {

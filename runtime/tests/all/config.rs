@@ -189,3 +189,45 @@ fn thresholds_fall_back_from_route_to_mode_to_normal() {
     let v = config::parse(&text, Path::new("n.toml")).unwrap();
     assert_eq!(v.settings.routes["digits"].threshold(Mode::Surge), 0.7);
 }
+
+/// Values that would overflow the clock or a token bucket's arithmetic, or a plugin deadline
+/// its route could never grant, are refused at load, naming the field.
+#[test]
+fn values_that_cannot_work_are_refused_before_they_can_panic() {
+    let text = format!(
+        r#"
+[models.edge]
+path = "{model}"
+
+[plugins.p]
+path = "p.wasm"
+models = ["edge"]
+deadline_ms = 5000
+
+[routes.digits]
+plugin = "p"
+deadline_ms = 250
+cache_ttl_s = 18446744073709551615
+rate_limit_rps = 1e-30
+thresholds = {{ normal = 0.9 }}
+
+[modes.surge]
+escalation_budget_rps = 1e-300
+
+[modes.switching]
+min_dwell_ms = 18446744073709551615
+"#,
+        model = ReferenceModel::EdgeInt8.path(&reference::default_models_dir()).display(),
+    );
+    let err = config::parse(&text, Path::new("huge.toml")).unwrap_err();
+    let ConfigError::Invalid { problems, .. } = &err else { panic!("{err}") };
+    let problem = |field: &str| {
+        problems.iter().find(|p| p.field == field).unwrap_or_else(|| panic!("no problem for {field}: {err}"))
+    };
+    assert!(problem("routes.digits.cache_ttl_s").problem.contains("too long"));
+    assert!(problem("routes.digits.rate_limit_rps").expected.contains("0.001 per second"));
+    assert!(problem("modes.surge.escalation_budget_rps").expected.contains("0, or"));
+    assert!(problem("modes.switching.min_dwell_ms").problem.contains("too long"));
+    let plugin = problem("plugins.p.deadline_ms");
+    assert!(plugin.problem.contains("longer than route `digits`'s whole deadline_ms of 250"), "{plugin}");
+}

@@ -153,3 +153,31 @@ async fn a_full_route_refuses_at_once_and_the_node_switches_to_emergency() {
     assert_eq!(switched, Some(1.0), "{text}");
     assert_eq!(metric(&text, "cascade_sandbox_failures_total{", &["kind=\"timeout\""]), Some(1.0), "{text}");
 }
+
+/// An answer accepted under surge's looser threshold is cached for that decision only: back
+/// in normal mode the same request is decided afresh (here: degraded, there is no upstream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_accepted_in_a_looser_mode_is_not_served_in_a_stricter_one() {
+    let mut config = edge(0.9, None);
+    config.route.thresholds.surge = Some(0.75);
+    let node = build("node-modes-cache.toml", &config);
+    let candidates: Vec<usize> = (0..500).collect();
+    let probs = probabilities(ReferenceModel::EdgeInt8, &candidates);
+    let i = candidates
+        .into_iter()
+        .zip(probs)
+        .find(|(_, p)| (0.76..0.89).contains(&p.iter().copied().fold(0.0, f32::max)))
+        .expect("an image the edge is 76-89% sure of")
+        .0;
+    node.pin_mode(Some(Mode::Surge));
+    let surge = node.infer("digits", image(i), vec![]).await.unwrap();
+    assert_eq!(
+        (surge.degraded.is_none(), surge.threshold, surge.request.cache),
+        (true, 0.75, CacheStatus::Miss)
+    );
+    node.pin_mode(Some(Mode::Normal));
+    let normal = node.infer("digits", image(i), vec![]).await.unwrap();
+    assert_eq!(normal.request.cache, CacheStatus::Miss, "served surge's answer from the cache");
+    assert_eq!(normal.degraded.map(|d| d.reason), Some(DegradedReason::NoUpstream));
+    assert_eq!(normal.threshold, 0.9);
+}

@@ -216,3 +216,19 @@ fn bad_requests_get_the_plugins_own_error() {
     assert_eq!(err.kind(), ErrorKind::Plugin);
     assert!(err.to_string().contains("expected 784 pixels, got 10"), "{err}");
 }
+
+/// A pool of N instances holds N instances of a real component at once, however many core
+/// instances, memories and tables each one is made of.
+#[test]
+fn a_full_pool_instantiates_as_many_plugins_as_it_is_sized_for() {
+    let sandbox = Sandbox::new(SandboxConfig { max_instances: 3, ..SandboxConfig::default() }).unwrap();
+    let models = models();
+    sandbox.load_plugin("mnist", &plugin(&fixture().mnist, &[]), &models).unwrap();
+    let held: Vec<_> = (0..3)
+        .map(|i| sandbox.instantiate("mnist").unwrap_or_else(|e| panic!("instance {i}: {e}")))
+        .collect();
+    let err = sandbox.instantiate("mnist").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Instantiate, "{err}");
+    drop(held);
+    sandbox.instantiate("mnist").unwrap();
+}
