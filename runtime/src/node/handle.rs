@@ -1,7 +1,7 @@
 //! Stage 4, handle: the route's plugin runs the request in a fresh sandbox instance (its
 //! model calls included) and answers or asks to escalate.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::{Handle, RuntimeFlavor};
 
@@ -13,8 +13,10 @@ use crate::telemetry::Stage;
 
 pub(super) async fn handle(node: &Node, ctx: &Ctx<'_>) -> Result<Outcome, ServeError> {
     let plugin = ctx.route.plugin();
+    // The plugin call, its model calls included, ends when the request's time runs out.
+    let deadline = ctx.deadline;
     let (outcome, inference) = if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-        run_in_place(node, plugin, ctx.plugin_request())
+        run_in_place(node, plugin, ctx.plugin_request(), deadline)
     } else {
         // A current-thread runtime has no other worker to hand its tasks to: run the plugin
         // on the blocking pool, with the request's data owned by that thread.
@@ -22,7 +24,8 @@ pub(super) async fn handle(node: &Node, ctx: &Ctx<'_>) -> Result<Outcome, ServeE
         let (plugin, route) = (plugin.to_owned(), ctx.route.name.clone());
         let (inputs, parameters) = (ctx.inputs.clone(), ctx.parameters.clone());
         tokio::task::spawn_blocking(move || {
-            sandbox.handle_timed(&plugin, Request { route: &route, inputs: &inputs, parameters: &parameters })
+            let request = Request { route: &route, inputs: &inputs, parameters: &parameters };
+            sandbox.handle_timed(&plugin, request, deadline.saturating_duration_since(Instant::now()))
         })
         .await
         .map_err(|e| ServeError::Internal(format!("sandbox thread: {e}")))?
@@ -48,6 +51,9 @@ fn run_in_place(
     node: &Node,
     plugin: &str,
     request: Request<'_>,
+    deadline: Instant,
 ) -> (Result<Outcome, RequestError>, Duration) {
-    tokio::task::block_in_place(|| node.sandbox.handle_timed(plugin, request))
+    tokio::task::block_in_place(|| {
+        node.sandbox.handle_timed(plugin, request, deadline.saturating_duration_since(Instant::now()))
+    })
 }

@@ -1,9 +1,12 @@
 //! Host bindings generated from the guest SDK's WIT world (`guest-sdk/wit/plugin.wit`).
+//!
+//! The generated types, the `handle` export and the config capability are used as
+//! generated. The inference and logging capabilities are linked by hand instead
+//! (`inference::add_to_linker`, `logging::add_to_linker`), because their generated `Host`
+//! traits receive the guest's tensors and messages already copied to the host, and those
+//! two read them in guest memory first (see `budget.rs`).
 
 wasmtime::component::bindgen!({
     path: "../guest-sdk/wit",
     world: "plugin",
-    // A call to a model outside the allowlist ends the request (it is a capability
-    // violation, not an error the guest may swallow), so that import may trap.
-    imports: { "cascade:plugin/inference.compute": trappable },
 });

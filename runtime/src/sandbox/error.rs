@@ -62,11 +62,14 @@ pub enum ErrorKind {
     BadOutput,
     /// The guest itself reported an error for this request.
     Plugin,
+    /// The guest passed the host more bytes in one call than that call may carry (its
+    /// outcome, or one host call's arguments), or a value that breaks the canonical ABI.
+    Transfer,
 }
 
 impl ErrorKind {
     /// Every kind, in stats order.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::UnknownPlugin,
         ErrorKind::Instantiate,
         ErrorKind::Timeout,
@@ -77,6 +80,7 @@ impl ErrorKind {
         ErrorKind::InvalidTensor,
         ErrorKind::BadOutput,
         ErrorKind::Plugin,
+        ErrorKind::Transfer,
     ];
 
     /// Lowercase name for metrics labels and logs.
@@ -92,6 +96,7 @@ impl ErrorKind {
             ErrorKind::InvalidTensor => "invalid_tensor",
             ErrorKind::BadOutput => "bad_output",
             ErrorKind::Plugin => "plugin",
+            ErrorKind::Transfer => "transfer",
         }
     }
 
@@ -138,12 +143,14 @@ pub enum RequestError {
         /// wasmtime's explanation.
         why: String,
     },
-    /// The request ran past its deadline and was interrupted.
+    /// The request ran past its deadline and was interrupted, or asked for a model run
+    /// after it.
     #[error("plugin {plugin}: request exceeded its {deadline:?} deadline")]
     Timeout {
         /// Plugin name.
         plugin: String,
-        /// The plugin's deadline.
+        /// The deadline it had: the plugin's own, or the time the request had left when the
+        /// plugin was called, whichever was shorter.
         deadline: Duration,
     },
     /// The guest asked for more linear memory than its cap and failed.
@@ -202,6 +209,20 @@ pub enum RequestError {
         /// The guest's error.
         error: GuestError,
     },
+    /// The host refused, before copying it, what the guest passed it in one call: more bytes
+    /// than the call's budget, or a value that breaks the canonical ABI.
+    #[error(
+        "plugin {plugin}: refused what it passed to the host: {why} (one call may pass at most \
+         {budget_bytes} bytes; send less)"
+    )]
+    Transfer {
+        /// Plugin name.
+        plugin: String,
+        /// What was refused.
+        why: String,
+        /// The byte budget of that call.
+        budget_bytes: usize,
+    },
 }
 
 impl RequestError {
@@ -218,6 +239,7 @@ impl RequestError {
             RequestError::InvalidTensor { .. } => ErrorKind::InvalidTensor,
             RequestError::BadOutput { .. } => ErrorKind::BadOutput,
             RequestError::Plugin { .. } => ErrorKind::Plugin,
+            RequestError::Transfer { .. } => ErrorKind::Transfer,
         }
     }
 }

@@ -1,19 +1,56 @@
 //! The inference capability: a guest runs an allowed model on named tensors.
 //!
-//! The host checks everything a guest sends before it reaches a backend: the model is on the
-//! plugin's allowlist, every tensor's byte length matches its shape and element type, and
-//! the tensors match the model's inputs by name, type and shape.
+//! The host checks everything a guest sends before it reaches a backend: the request still
+//! has time, the model is on the plugin's allowlist, the tensors fit the call's byte budget
+//! before they are copied (see `budget.rs`), every tensor's byte length matches its shape and
+//! element type, and the tensors match the model's inputs by name, type and shape.
+//!
+//! `compute` is linked by hand rather than through the generated `Host` trait, which would
+//! hand it the tensors already copied: it takes views of them in guest memory instead.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use super::bindings::cascade::plugin::inference::{Error as WitError, Host};
-use super::bindings::cascade::plugin::types::{NamedTensor, Tensor as WitTensor};
-use super::{HostState, Violation, dtype_from_wit, dtype_to_wit};
+use wasmtime::StoreContextMut;
+use wasmtime::component::{ComponentType, Lift, Linker, WasmList, WasmStr};
+
+use super::bindings::cascade::plugin::inference::Error as WitError;
+use super::bindings::cascade::plugin::types::{NamedTensor, Tensor as WitTensor, TensorType};
+use super::{HostState, Violation, budget, dtype_from_wit, dtype_to_wit};
 use crate::backend::{PreparedModel, check_inputs};
 use crate::tensor::Tensor;
 
-/// Converts a guest tensor, checking its byte length against its shape.
-pub(super) fn tensor_from_wit(t: WitTensor) -> Result<Tensor, String> {
+/// The WIT interface `compute` belongs to, as the component names its import.
+const INTERFACE: &str = "cascade:plugin/inference@0.1.0";
+
+/// Most dimensions of a tensor crossing from a guest. ONNX models rarely use more than six;
+/// the bound keeps a tensor's metadata small and its element count cheap to check.
+pub(crate) const MAX_DIMS: usize = 8;
+
+/// A `tensor` record still in guest memory: its lists are views, checked to lie inside that
+/// memory, not copied.
+#[derive(ComponentType, Lift)]
+#[component(record)]
+struct TensorView {
+    dimensions: WasmList<u32>,
+    ty: TensorType,
+    data: WasmList<u8>,
+}
+
+/// A `named-tensor` record still in guest memory.
+#[derive(ComponentType, Lift)]
+#[component(record)]
+struct NamedTensorView {
+    name: WasmStr,
+    tensor: TensorView,
+}
+
+/// Converts a guest tensor, checking its dimension count and its byte length against its
+/// shape (which also refuses an element count that overflows).
+pub(crate) fn tensor_from_wit(t: WitTensor) -> Result<Tensor, String> {
+    if t.dimensions.len() > MAX_DIMS {
+        return Err(format!("{} dimensions, more than the {MAX_DIMS} a tensor may have", t.dimensions.len()));
+    }
     let shape = t.dimensions.iter().map(|&d| d as usize).collect();
     Tensor::new(dtype_from_wit(t.ty), shape, t.data).map_err(|e| e.to_string())
 }
@@ -25,7 +62,10 @@ pub(super) fn tensor_to_wit(t: Tensor) -> WitTensor {
 }
 
 /// Orders the guest's named tensors as the model's inputs and validates them.
-fn model_inputs(model: &dyn PreparedModel, inputs: Vec<NamedTensor>) -> Result<Vec<Tensor>, String> {
+pub(crate) fn model_inputs(
+    model: &dyn PreparedModel,
+    inputs: Vec<NamedTensor>,
+) -> Result<Vec<Tensor>, String> {
     let info = model.info();
     if inputs.len() != info.inputs.len() {
         return Err(format!("expected {} input tensors, got {}", info.inputs.len(), inputs.len()));
@@ -63,29 +103,108 @@ fn run(model: &Arc<dyn PreparedModel>, inputs: Vec<NamedTensor>) -> Result<Vec<N
         .collect())
 }
 
-impl Host for HostState {
-    fn compute(
-        &mut self,
-        model: String,
-        inputs: Vec<NamedTensor>,
-    ) -> wasmtime::Result<Result<Vec<NamedTensor>, WitError>> {
-        let Some(prepared) = self.plugin.models.get(&model) else {
-            // A capability violation ends the request: trap instead of returning an error.
-            self.violation = Some(Violation::ModelNotAllowed(model.clone()));
-            return Err(wasmtime::Error::msg(format!("model {model} is not on the allowlist")));
-        };
-        let span = tracing::debug_span!("inference", model = %model).entered();
-        let started = std::time::Instant::now();
-        let result = run(prepared, inputs);
-        self.inference += started.elapsed();
-        drop(span);
-        if let Err(WitError::InvalidTensor(why)) = &result
-            && self.violation.is_none()
-        {
-            self.violation = Some(Violation::InvalidTensor { model, why: why.clone() });
-        }
-        Ok(result)
+/// Links `compute` into `linker`, taking its tensors as views (see the module doc).
+pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.instance(INTERFACE)?.func_wrap(
+        "compute",
+        |store: StoreContextMut<'_, HostState>, (model, inputs): (WasmStr, WasmList<NamedTensorView>)| {
+            compute(store, &model, &inputs).map(|result| (result,))
+        },
+    )
+}
+
+/// The `compute` import. An `Err` ends the request (the reason is left in the store's
+/// `violation`); an `Ok(Err(..))` is an error the guest may handle.
+fn compute(
+    mut store: StoreContextMut<'_, HostState>,
+    model: &WasmStr,
+    inputs: &WasmList<NamedTensorView>,
+) -> wasmtime::Result<Result<Vec<NamedTensor>, WitError>> {
+    // No model runs after the request's deadline: a guest looping on model calls ends here
+    // even where the epoch has not interrupted it yet (the epoch is only checked in guest
+    // code, and ticks coarsely).
+    if Instant::now() >= store.data().deadline.at {
+        return Err(store.data_mut().refuse(Violation::DeadlinePassed, "the request's deadline has passed"));
     }
+    let allowed = {
+        let name = model.to_str(&store)?;
+        match store.data().plugin.models.get(&*name) {
+            Some(prepared) => Ok((name.into_owned(), prepared.clone())),
+            None => Err(name.into_owned()),
+        }
+    };
+    let (model, prepared) = match allowed {
+        Ok(allowed) => allowed,
+        Err(name) => {
+            // A capability violation ends the request: trap instead of returning an error.
+            let why = format!("model {name} is not on the allowlist");
+            return Err(store.data_mut().refuse(Violation::ModelNotAllowed(name), &why));
+        }
+    };
+    let inputs = copy_inputs(&mut store, &model, inputs)?;
+    let span = tracing::debug_span!("inference", model = %model).entered();
+    let started = Instant::now();
+    let result = run(&prepared, inputs);
+    let state = store.data_mut();
+    state.inference += started.elapsed();
+    drop(span);
+    if let Err(WitError::InvalidTensor(why)) = &result
+        && state.violation.is_none()
+    {
+        state.violation = Some(Violation::InvalidTensor { model, why: why.clone() });
+    }
+    Ok(result)
+}
+
+/// Copies the tensors a guest passed `model`, after checking that together they declare no
+/// more bytes than one call's budget: the views are read first (their records only, which
+/// wasmtime bounds by the store's hostcall fuel), their declared sizes added up, and only
+/// then is anything copied.
+fn copy_inputs(
+    store: &mut StoreContextMut<'_, HostState>,
+    model: &str,
+    inputs: &WasmList<NamedTensorView>,
+) -> wasmtime::Result<Vec<NamedTensor>> {
+    // Reading a view is charged the bytes it points at, as if it were copied: lift the views
+    // without a fuel cap and apply the compute budget to their sum below instead.
+    let fuel = store.hostcall_fuel();
+    store.set_hostcall_fuel(usize::MAX);
+    let views = inputs.iter(&mut *store).and_then(Iterator::collect::<wasmtime::Result<Vec<_>>>);
+    store.set_hostcall_fuel(fuel);
+    let views = views?;
+    let mut declared = 0usize;
+    for view in &views {
+        let dims = view.tensor.dimensions.len().saturating_mul(size_of::<u32>());
+        // Validating a name as UTF-8 borrows it from guest memory: nothing is copied.
+        let name = view.name.to_str(&*store)?.len();
+        declared = declared.saturating_add(view.tensor.data.len()).saturating_add(dims).saturating_add(name);
+    }
+    let budget = budget::compute_budget(&store.data().plugin.limits);
+    if declared > budget {
+        let why = format!("the {} tensors passed to model {model} hold {declared} bytes", views.len());
+        return Err(store
+            .data_mut()
+            .refuse(Violation::Transfer { why: why.clone(), budget_bytes: budget }, &why));
+    }
+    views
+        .into_iter()
+        .map(|view| {
+            Ok(NamedTensor {
+                name: view.name.to_str(&*store)?.into_owned(),
+                tensor: WitTensor {
+                    dimensions: view
+                        .tensor
+                        .dimensions
+                        .as_le_slice(&*store)
+                        .iter()
+                        .map(|&d| u32::from_le(d))
+                        .collect(),
+                    ty: view.tensor.ty,
+                    data: view.tensor.data.as_le_slice(&*store).to_vec(),
+                },
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -95,13 +214,13 @@ mod tests {
     use crate::backend::tract::TractBackend;
     use crate::reference::{ReferenceModel, default_models_dir};
 
-    fn named(name: &str, dims: Vec<u32>, ty: super::super::wit::TensorType, bytes: usize) -> NamedTensor {
+    fn named(name: &str, dims: Vec<u32>, ty: TensorType, bytes: usize) -> NamedTensor {
         NamedTensor { name: name.into(), tensor: WitTensor { dimensions: dims, ty, data: vec![0; bytes] } }
     }
 
     #[test]
     fn guest_tensors_are_validated_before_the_backend_sees_them() {
-        use super::super::wit::TensorType::{Fp32, U8};
+        use TensorType::{Fp32, U8};
         let bytes = std::fs::read(ReferenceModel::EdgeInt8.path(&default_models_dir())).unwrap();
         let model = TractBackend::new().prepare("edge", &bytes).unwrap();
         let err = |inputs| model_inputs(&*model, inputs).unwrap_err();
@@ -114,5 +233,18 @@ mod tests {
         assert!(err(vec![named("input", vec![1, 3, 1 << 30], Fp32, 12)]).contains("needs"));
         assert!(err(vec![named("input", vec![1, 1, 28, 28], U8, 784)]).contains("must be f32"));
         assert!(err(vec![named("input", vec![1, 784], Fp32, 3136)]).contains("must be shaped"));
+    }
+
+    #[test]
+    fn tensors_with_too_many_dimensions_are_refused_before_their_shape_is_read() {
+        let tensor = |dims: usize| WitTensor { dimensions: vec![1; dims], ty: TensorType::U8, data: vec![0] };
+        assert!(tensor_from_wit(tensor(MAX_DIMS)).is_ok());
+        assert_eq!(
+            tensor_from_wit(tensor(MAX_DIMS + 1)).unwrap_err(),
+            "9 dimensions, more than the 8 a tensor may have"
+        );
+        // An element count that overflows is refused by the length check, not computed.
+        let huge = WitTensor { dimensions: vec![u32::MAX; MAX_DIMS], ty: TensorType::Fp32, data: vec![] };
+        assert!(tensor_from_wit(huge).unwrap_err().contains("too large"), "overflowing shape accepted");
     }
 }

@@ -24,10 +24,21 @@
 //! exhaustion or bad output becomes a [`RequestError`] for that request only, counted by
 //! [`ErrorKind`] in [`SandboxStats`].
 //!
+//! What a guest hands the host is bounded before the host copies it: the outcome and every
+//! host call's arguments have a per-call byte budget that counts lists aliasing one buffer
+//! once per list (`budget.rs`), tensors have at most [`MAX_DIMS`](inference::MAX_DIMS)
+//! dimensions, and log lines are rate-limited per plugin, escaped and cut (`logging.rs`).
+//!
+//! Deadlines: a request's plugin call ends at the plugin's own deadline or when the request's
+//! time runs out ([`Sandbox::handle_timed`]), whichever comes first. The epoch interrupts
+//! guest code at that instant, and `compute` refuses to start a model run after it, so a
+//! guest looping on model calls cannot hold the host past it by more than one model run.
+//!
 //! Hot reload: [`Sandbox::load_plugin`] swaps the plugin under its name atomically; requests
 //! already running hold the old version to the end.
 
 pub(crate) mod bindings;
+mod budget;
 mod config;
 mod error;
 pub(crate) mod inference;
@@ -37,22 +48,24 @@ mod ticker;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
 };
 
-use self::bindings::cascade::plugin::types as wit;
+use self::bindings::cascade::plugin::{config as wit_config, types as wit};
 use self::bindings::{Plugin, PluginPre};
+use self::budget::MAX_OUTPUTS;
 pub use self::error::{ErrorKind, GuestError, LoadError, RequestError};
 use self::ticker::{Alive, EpochTicker};
 use crate::backend::PreparedModel;
-use crate::config::{Digest, ResolvedPlugin};
+use crate::config::{Digest, RateSettings, ResolvedPlugin};
 use crate::models::ModelStore;
 use crate::tensor::{DType, Tensor};
+use crate::token_bucket::TokenBucket;
 
 /// Engine-wide settings, fixed when the sandbox is created.
 #[derive(Debug, Clone)]
@@ -74,7 +87,20 @@ pub struct SandboxConfig {
     /// Whether guests' log messages reach the node's tracing (else they are dropped).
     /// Default `true`.
     pub guest_logs: bool,
+    /// Log lines each plugin may emit, across all its instances: a sustained rate and a burst.
+    /// Lines over it are dropped and counted (`logging.rs`). Default 100 lines a second, in
+    /// bursts of 200.
+    pub guest_log_rate: RateSettings,
 }
+
+/// Stands for a plugin deadline too long to add to an instant: a century, far beyond any
+/// request's own deadline, which then ends the call.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// Default of [`SandboxConfig::guest_log_rate`]: lines a second, per plugin.
+const GUEST_LOG_LINES_PER_SECOND: f64 = 100.0;
+/// Default of [`SandboxConfig::guest_log_rate`]: lines in one burst, per plugin.
+const GUEST_LOG_BURST: u32 = 200;
 
 impl Default for SandboxConfig {
     fn default() -> SandboxConfig {
@@ -85,6 +111,7 @@ impl Default for SandboxConfig {
             epoch_tick: Duration::from_millis(1),
             keep_resident_bytes: 4 << 20,
             guest_logs: true,
+            guest_log_rate: RateSettings { per_second: GUEST_LOG_LINES_PER_SECOND, burst: GUEST_LOG_BURST },
         }
     }
 }
@@ -102,9 +129,12 @@ pub struct PluginLimits {
     pub max_tables: usize,
     /// Memories per component instance. Default 2.
     pub max_memories: usize,
-    /// Wall-clock deadline per request, including the model calls it makes. Default 1 s.
+    /// Wall-clock deadline per request, including the model calls it makes, counted from
+    /// instantiation; a request with less time left ends sooner. Default 1 s.
     pub deadline: Duration,
-    /// Largest answer (sum of output tensor bytes and label), bytes. Default 1 MiB.
+    /// Largest answer (sum of output tensor bytes, output names and label), bytes; also sets
+    /// how much the host may copy of any one value the guest passes it (`budget.rs`).
+    /// Default 1 MiB.
     pub max_output_bytes: usize,
 }
 
@@ -160,6 +190,9 @@ pub struct SandboxStats {
     pub ok: u64,
     /// Failed requests by kind (every kind present, zero or not).
     pub errors: BTreeMap<ErrorKind, u64>,
+    /// Guest log lines dropped by the per-plugin rate limit
+    /// ([`SandboxConfig::guest_log_rate`]).
+    pub log_lines_dropped: u64,
 }
 
 impl SandboxStats {
@@ -173,7 +206,26 @@ impl SandboxStats {
 #[derive(Debug, Clone)]
 enum Violation {
     ModelNotAllowed(String),
-    InvalidTensor { model: String, why: String },
+    InvalidTensor {
+        model: String,
+        why: String,
+    },
+    /// A model call came after the request's deadline.
+    DeadlinePassed,
+    /// A host call's arguments declared more bytes than its budget.
+    Transfer {
+        why: String,
+        budget_bytes: usize,
+    },
+}
+
+/// When a request's plugin call must end.
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    /// The instant.
+    at: Instant,
+    /// The time it allowed, for errors: the plugin's deadline or the request's time left.
+    budget: Duration,
 }
 
 /// A loaded plugin version, shared by the requests running on it.
@@ -184,6 +236,9 @@ struct LoadedPlugin {
     models: HashMap<String, Arc<dyn PreparedModel>>,
     config: BTreeMap<String, String>,
     logging: bool,
+    /// The rate limit of its log lines, shared by all its instances.
+    log_bucket: Mutex<TokenBucket>,
+    log_rate: RateSettings,
     limits: PluginLimits,
     pre: PluginPre<HostState>,
 }
@@ -196,6 +251,19 @@ pub(crate) struct HostState {
     last_error_log: Option<String>,
     /// Time spent in model calls so far.
     inference: Duration,
+    /// When this request's call must end.
+    deadline: Deadline,
+    /// Log lines this request had dropped by the plugin's rate limit.
+    log_dropped: u64,
+}
+
+impl HostState {
+    /// Records why the request ends and returns the error that ends it: a host call that
+    /// returns it traps the guest.
+    fn refuse(&mut self, violation: Violation, why: &str) -> wasmtime::Error {
+        self.violation = Some(violation);
+        wasmtime::Error::msg(why.to_owned())
+    }
 }
 
 impl ResourceLimiter for HostState {
@@ -263,6 +331,7 @@ struct Inner {
     versions: AtomicU64,
     ok: AtomicU64,
     errors: [AtomicU64; ErrorKind::ALL.len()],
+    log_lines_dropped: AtomicU64,
     ticker: EpochTicker,
 }
 
@@ -322,8 +391,13 @@ impl Sandbox {
             .memory_init_cow(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm).map_err(engine_err)?;
+        // The generated bindings link the capabilities the host may copy whole (bounded by
+        // the store's hostcall fuel); `compute` and `log` take views (see `budget.rs`).
         let mut linker = Linker::new(&engine);
-        Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(engine_err)?;
+        wit::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(engine_err)?;
+        wit_config::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(engine_err)?;
+        inference::add_to_linker(&mut linker).map_err(engine_err)?;
+        logging::add_to_linker(&mut linker).map_err(engine_err)?;
 
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)
             .map_err(|e| LoadError::Engine(format!("cannot start the epoch ticker: {e}")))?;
@@ -336,6 +410,7 @@ impl Sandbox {
                 versions: AtomicU64::new(0),
                 ok: AtomicU64::new(0),
                 errors: Default::default(),
+                log_lines_dropped: AtomicU64::new(0),
                 ticker,
             }),
         })
@@ -388,6 +463,8 @@ impl Sandbox {
             models: allowed,
             config: plugin.spec.config.clone(),
             logging: self.inner.config.guest_logs,
+            log_bucket: Mutex::new(TokenBucket::new(self.inner.config.guest_log_rate, Instant::now())),
+            log_rate: self.inner.config.guest_log_rate,
             limits,
             pre,
         };
@@ -418,21 +495,29 @@ impl Sandbox {
             .get(name)
             .cloned()
             .ok_or_else(|| RequestError::UnknownPlugin { plugin: name.to_string() })?;
+        let now = Instant::now();
+        let deadline = Deadline {
+            // A deadline too far to represent is no deadline: the request's will end it.
+            at: now.checked_add(plugin.limits.deadline).unwrap_or(now + FAR_FUTURE),
+            budget: plugin.limits.deadline,
+        };
         let state = HostState {
             plugin: plugin.clone(),
             memory_denied: false,
             violation: None,
             last_error_log: None,
             inference: Duration::ZERO,
+            deadline,
+            log_dropped: 0,
         };
         // Before the deadline is set: the ticker must be awake while this guest lives.
         let alive = self.inner.ticker.alive();
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| s as &mut dyn ResourceLimiter);
-        let tick = self.inner.config.epoch_tick.as_nanos().max(1);
-        // One extra tick: the deadline is never shorter than asked, however the ticks align.
-        let ticks = plugin.limits.deadline.as_nanos().div_ceil(tick) + 1;
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        // Every value the guest passes the host and the host lifts whole (its outcome above
+        // all) is charged against this before the host allocates it (`budget.rs`).
+        store.set_hostcall_fuel(budget::crossing_budget(&plugin.limits));
+        self.set_epoch_deadline(&mut store, plugin.limits.deadline);
         store.epoch_deadline_trap();
         let bindings = match plugin.pre.instantiate(&mut store) {
             Ok(b) => b,
@@ -441,19 +526,31 @@ impl Sandbox {
         Ok(PluginInstance { sandbox: self.clone(), store, bindings, _alive: alive })
     }
 
-    /// Handles one request on a fresh instance of plugin `name`.
-    pub fn handle(&self, name: &str, request: Request<'_>) -> Result<Outcome, RequestError> {
-        self.handle_timed(name, request).0
+    /// Makes the epoch interrupt `store`'s guest once `left` has passed.
+    fn set_epoch_deadline(&self, store: &mut Store<HostState>, left: Duration) {
+        let tick = self.inner.config.epoch_tick.as_nanos().max(1);
+        // One extra tick: the deadline is never shorter than asked, however the ticks align.
+        let ticks = left.as_nanos().div_ceil(tick) + 1;
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
     }
 
-    /// [`Sandbox::handle`], and how long the plugin's model calls took together.
+    /// Handles one request on a fresh instance of plugin `name`, within the plugin's deadline.
+    pub fn handle(&self, name: &str, request: Request<'_>) -> Result<Outcome, RequestError> {
+        self.handle_timed(name, request, Duration::MAX).0
+    }
+
+    /// Handles one request on a fresh instance of plugin `name` that has `time_left` before
+    /// its own deadline: the plugin call, its model calls included, ends at the plugin's
+    /// deadline or when that time runs out, whichever is first; with no time left the plugin
+    /// is not called. Also returns how long the plugin's model calls took together.
     pub fn handle_timed(
         &self,
         name: &str,
         request: Request<'_>,
+        time_left: Duration,
     ) -> (Result<Outcome, RequestError>, Duration) {
         match self.instantiate(name) {
-            Ok(instance) => instance.call_timed(request),
+            Ok(instance) => instance.call_timed(request, time_left),
             Err(e) => (Err(e), Duration::ZERO),
         }
     }
@@ -466,6 +563,7 @@ impl Sandbox {
                 .iter()
                 .map(|&k| (k, self.inner.errors[k.index()].load(Ordering::Relaxed)))
                 .collect(),
+            log_lines_dropped: self.inner.log_lines_dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -493,21 +591,51 @@ impl std::fmt::Debug for PluginInstance {
 }
 
 impl PluginInstance {
-    /// Runs the plugin's `handle` on `request` and checks its outcome. Consumes the instance:
-    /// its memory goes back to the pool.
+    /// Runs the plugin's `handle` on `request` within the plugin's deadline (counted from
+    /// instantiation) and checks its outcome. Consumes the instance: its memory goes back to
+    /// the pool.
     pub fn call(self, request: Request<'_>) -> Result<Outcome, RequestError> {
-        self.call_timed(request).0
+        self.call_timed(request, Duration::MAX).0
     }
 
-    /// [`PluginInstance::call`], and how long the plugin's model calls took together.
-    pub fn call_timed(mut self, request: Request<'_>) -> (Result<Outcome, RequestError>, Duration) {
-        let result = self.call_inner(request);
+    /// [`PluginInstance::call`] for a request with `time_left` (see [`Sandbox::handle_timed`]),
+    /// and how long the plugin's model calls took together.
+    pub fn call_timed(
+        mut self,
+        request: Request<'_>,
+        time_left: Duration,
+    ) -> (Result<Outcome, RequestError>, Duration) {
+        let result = self.call_inner(request, time_left);
         self.sandbox.count(result.as_ref().map(|_| ()).map_err(RequestError::kind));
-        (result, self.store.data().inference)
+        let state = self.store.data();
+        if state.log_dropped > 0 {
+            self.sandbox.inner.log_lines_dropped.fetch_add(state.log_dropped, Ordering::Relaxed);
+            logging::report_dropped(&state.plugin.name, state.log_dropped, state.plugin.log_rate);
+        }
+        (result, state.inference)
     }
 
-    fn call_inner(&mut self, request: Request<'_>) -> Result<Outcome, RequestError> {
+    /// Narrows this call's deadline to the request's `time_left`, if that is shorter.
+    fn narrow_deadline(&mut self, time_left: Duration) {
+        let now = Instant::now();
+        let state = self.store.data_mut();
+        if let Some(at) = now.checked_add(time_left)
+            && at < state.deadline.at
+        {
+            state.deadline = Deadline { at, budget: time_left };
+        }
+        let left = state.deadline.at.saturating_duration_since(now);
+        self.sandbox.set_epoch_deadline(&mut self.store, left);
+    }
+
+    fn call_inner(&mut self, request: Request<'_>, time_left: Duration) -> Result<Outcome, RequestError> {
         let plugin = self.store.data().plugin.clone();
+        self.narrow_deadline(time_left);
+        let deadline = self.store.data().deadline;
+        if Instant::now() >= deadline.at {
+            // Out of time already: running the guest could only fail later.
+            return Err(RequestError::Timeout { plugin: plugin.name.to_string(), deadline: deadline.budget });
+        }
         let wit_request = wit::Request {
             route: request.route.to_owned(),
             inputs: request
@@ -550,7 +678,8 @@ impl PluginInstance {
     }
 }
 
-/// Checks a guest's outcome against the contract and converts it.
+/// Checks a guest's outcome against the contract and converts it. Its size was bounded
+/// before it was copied (`budget.rs`); the exact limits are checked here.
 pub(crate) fn check_outcome(outcome: wit::Outcome, limits: &PluginLimits) -> Result<Outcome, String> {
     let answer = match outcome {
         wit::Outcome::Escalate(reason) => {
@@ -565,6 +694,12 @@ pub(crate) fn check_outcome(outcome: wit::Outcome, limits: &PluginLimits) -> Res
         }
         wit::Outcome::Answer(a) => a,
     };
+    if answer.outputs.len() > MAX_OUTPUTS {
+        return Err(format!(
+            "{} outputs, more than the {MAX_OUTPUTS} an answer may have",
+            answer.outputs.len()
+        ));
+    }
     let size = answer.outputs.iter().map(|o| o.tensor.data.len() + o.name.len()).sum::<usize>()
         + answer.label.as_ref().map_or(0, String::len);
     if size > limits.max_output_bytes {
@@ -596,16 +731,33 @@ fn classify(
     instantiating: bool,
 ) -> RequestError {
     let name = plugin.name.to_string();
-    if let Some(Violation::ModelNotAllowed(model)) = &state.violation {
-        return RequestError::ModelNotAllowed { plugin: name, model: model.clone() };
+    match &state.violation {
+        Some(Violation::ModelNotAllowed(model)) => {
+            return RequestError::ModelNotAllowed { plugin: name, model: model.clone() };
+        }
+        Some(Violation::DeadlinePassed) => {
+            return RequestError::Timeout { plugin: name, deadline: state.deadline.budget };
+        }
+        Some(Violation::Transfer { why, budget_bytes }) => {
+            return RequestError::Transfer { plugin: name, why: why.clone(), budget_bytes: *budget_bytes };
+        }
+        Some(Violation::InvalidTensor { .. }) | None => {}
     }
     match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => RequestError::Timeout { plugin: name, deadline: plugin.limits.deadline },
+        Some(Trap::Interrupt) => RequestError::Timeout { plugin: name, deadline: state.deadline.budget },
         Some(Trap::StackOverflow) => RequestError::StackOverflow { plugin: name },
         _ if state.memory_denied => {
             RequestError::MemoryExhausted { plugin: name, cap_bytes: plugin.limits.max_memory_bytes }
         }
         _ if instantiating => RequestError::Instantiate { plugin: name, why: format!("{e:#}") },
+        // Not a trap of guest code, nor a refusal the host recorded: wasmtime could not lift
+        // a value the guest passed (its outcome, or a host call's arguments), because it
+        // declared more than the hostcall fuel allows or broke the canonical ABI.
+        None => RequestError::Transfer {
+            plugin: name,
+            why: format!("{e:#}"),
+            budget_bytes: budget::crossing_budget(&plugin.limits),
+        },
         _ => {
             let why = match &state.last_error_log {
                 Some(log) => format!("{e:#} (last error logged: {log})"),
@@ -658,10 +810,21 @@ mod tests {
     }
 
     #[test]
-    fn log_messages_are_cut_on_a_char_boundary() {
-        assert_eq!(logging::truncate("héllo".into(), 2), "h");
-        assert_eq!(logging::truncate("héllo".into(), 3), "hé");
-        assert_eq!(logging::truncate("hi".into(), 10), "hi");
+    fn answers_have_at_most_max_outputs_outputs() {
+        let limits = PluginLimits::default();
+        let outputs = |n| (0..n).map(|_| tensor(vec![1], 4)).collect();
+        assert!(check_outcome(answer(0.5, outputs(MAX_OUTPUTS)), &limits).is_ok());
+        let err = check_outcome(answer(0.5, outputs(MAX_OUTPUTS + 1)), &limits).unwrap_err();
+        assert_eq!(err, "65 outputs, more than the 64 an answer may have");
+    }
+
+    #[test]
+    fn the_crossing_budget_is_the_output_limit_plus_the_metadata_of_the_largest_answer() {
+        let limits = PluginLimits { max_output_bytes: 1000, ..PluginLimits::default() };
+        let per_output = size_of::<wit::NamedTensor>() + inference::MAX_DIMS * 4;
+        assert_eq!(budget::crossing_budget(&limits), 1000 + MAX_OUTPUTS * per_output);
+        let limits = PluginLimits { max_output_bytes: usize::MAX, ..PluginLimits::default() };
+        assert_eq!(budget::crossing_budget(&limits), usize::MAX);
     }
 
     #[test]
