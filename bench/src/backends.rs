@@ -11,8 +11,10 @@
 //! Figures: `backend.<tract|ort>.<key>.b<batch>.median_us` and `.items_per_s`,
 //! `backend.ratio_tract_over_ort.<key>.b<batch>`, plus the steps that moved tract:
 //! `backend.tract_norewrite.<key>.b1.median_us` (tract without the load-time graph
-//! rewrites) and `backend.ratio_int8_over_fp32.<backend>.b<batch>` (edge int8 over its fp32
-//! twin). The wgpu backend is measured the same way (`backend.wgpu.<key>.b<batch>.*` and
+//! rewrites), `backend.ratio_int8_over_fp32.<backend>.b<batch>` (edge int8 over its fp32
+//! twin) and `backend.ratio_qdq_over_qoperator.tract.b<batch>` (the edge model as
+//! onnxruntime's default QDQ quantisation writes it, `edge_int8_qdq`, over the QOperator
+//! `edge_int8`). The wgpu backend is measured the same way (`backend.wgpu.<key>.b<batch>.*` and
 //! `backend.ratio_int8_over_fp32.wgpu.b<batch>`) on whatever adapter the machine offers; the
 //! bench prints the adapter and says when it is a CPU one (lavapipe), whose figures are CPU
 //! figures, not GPU ones. Without an adapter it says so and skips them. Without a peer venv
@@ -186,6 +188,10 @@ pub(crate) fn run(models_dir: &Path, repo: &Path, budget: Budget) -> anyhow::Res
         let find = |m| tract_b.iter().find(|(k, b, _)| *k == m && *b == batch).map(|x| x.2);
         if let (Some(i8), Some(f32)) = (find(ReferenceModel::EdgeInt8), find(ReferenceModel::EdgeFp32)) {
             figures.push(format!("backend.ratio_int8_over_fp32.tract.b{batch}"), i8 / f32, "ratio");
+        }
+        // The QDQ file (folded into integer ops at load) against the QOperator one.
+        if let (Some(qdq), Some(i8)) = (find(ReferenceModel::EdgeInt8Qdq), find(ReferenceModel::EdgeInt8)) {
+            figures.push(format!("backend.ratio_qdq_over_qoperator.tract.b{batch}"), qdq / i8, "ratio");
         }
     }
     run_wgpu(models_dir, &test, budget, &mut figures)?;

@@ -127,6 +127,7 @@ pub(crate) fn mnist_sandbox(model: &Path, wasm: &Path) -> anyhow::Result<(Sandbo
         backend: BackendKind::Tract,
         fallback_to_tract: false,
         pinned: None,
+        inputs: Default::default(),
     };
     let models = ModelStore::load(&[("edge".to_string(), ResolvedModel::new(spec, bytes))].into(), None)?;
     let component = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;

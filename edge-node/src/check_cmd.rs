@@ -1,24 +1,52 @@
 //! `edge-node check --config F`: validate a node config and read its files without serving.
+//!
+//! Every model is prepared as the node would prepare it, and its inputs and outputs are
+//! printed with their shapes (the graph's names; `batch` first). A model that cannot be
+//! prepared fails the check with one line naming the model and what to change; the details
+//! behind it are in the debug log (`RUST_LOG=cascade_runtime=debug`).
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context as _;
 use cascade_runtime::config::UpstreamKind;
-use cascade_runtime::{Mode, ModelStore, ResolvedConfig, config};
+use cascade_runtime::{LoadedModel, Mode, ModelStore, ResolvedConfig, config};
 
 /// Loads, validates and resolves (reads and digest-checks every model and plugin file) the
-/// config at `path`, and returns a short summary of what the node would serve.
+/// config at `path`, prepares every model, and returns a short summary of what the node
+/// would serve; or the first refusal, as one line.
 pub fn run(path: &Path) -> anyhow::Result<String> {
     let validated = config::load(path)?;
     let resolved = validated.resolve()?;
     if let Some(admin) = &resolved.settings.admin {
         crate::serve::admin::read_token(&admin.token_file)?;
     }
-    summary(&resolved).context("formatting the summary")
+    let mut models = Vec::new();
+    for (name, m) in &resolved.models {
+        // Prepared as the node would prepare it: the same backend choice and fallback.
+        let loaded = ModelStore::prepare(name, m).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        models.push(loaded);
+    }
+    summary(&resolved, &models).context("formatting the summary")
 }
 
-fn summary(c: &ResolvedConfig) -> Result<String, std::fmt::Error> {
+/// `run`, for the command line: prints the summary on standard output and returns true, or
+/// prints the refusal as one line on standard error and returns false (exit code 1).
+pub fn main(path: &Path) -> bool {
+    match run(path) {
+        Ok(summary) => {
+            print!("{summary}");
+            true
+        }
+        Err(e) => {
+            // `{:#}` keeps the chain of contexts on one line; no backtrace.
+            eprintln!("{e:#}");
+            false
+        }
+    }
+}
+
+fn summary(c: &ResolvedConfig, models: &[LoadedModel]) -> Result<String, std::fmt::Error> {
     let s = &c.settings;
     let mut out = String::new();
     writeln!(out, "{}: ok", c.file.display())?;
@@ -30,7 +58,7 @@ fn summary(c: &ResolvedConfig) -> Result<String, std::fmt::Error> {
         write!(out, ", admin {} (token in {})", a.addr, a.token_file.display())?;
     }
     writeln!(out, ", max in flight {}", s.max_in_flight)?;
-    for (name, m) in &c.models {
+    for ((name, m), loaded) in c.models.iter().zip(models) {
         let pin = if m.spec.pinned.is_some() { "pinned" } else { "not pinned" };
         writeln!(
             out,
@@ -40,12 +68,10 @@ fn summary(c: &ResolvedConfig) -> Result<String, std::fmt::Error> {
             m.bytes.len(),
             m.digest
         )?;
-        // Prepared as the node would prepare it: the same backend choice and fallback.
-        let runs = match ModelStore::prepare(name, m) {
-            Ok(loaded) => loaded.describe(),
-            Err(e) => format!("cannot load: {e}"),
-        };
-        writeln!(out, "  {runs}")?;
+        writeln!(out, "  {}", loaded.describe())?;
+        for tensor in loaded.describe_tensors() {
+            writeln!(out, "  {tensor}")?;
+        }
     }
     for (name, p) in &c.plugins {
         let pin = if p.spec.pinned.is_some() { "pinned" } else { "not pinned" };
@@ -113,6 +139,10 @@ mod tests {
         assert!(out.contains("route `r` -> plugin `p`: thresholds normal 0.8"), "{out}");
         assert!(out.contains("no upstream"), "{out}");
         assert!(out.contains("  runs on tract, int8 (runs as int8)"), "{out}");
+        assert!(
+            out.contains("  input input f32 [batch, 1, 28, 28]\n  output logits f32 [batch, 10]\n"),
+            "{out}"
+        );
 
         std::fs::write(&cfg, text.replace("0.8", "8")).unwrap();
         let err = format!("{:#}", run(&cfg).unwrap_err());

@@ -10,7 +10,8 @@
 //!   not parse is refused on either backend: it would not parse on tract either.
 //!
 //! The bytes prepared are the config's [`ResolvedModel::bytes`], exactly those whose digest
-//! was checked when the config was resolved: nothing is read from disk again. With
+//! was checked when the config was resolved: nothing is read from disk again. Input shapes
+//! the config fixes (`[models.X.inputs.Y]`) go to the backend with them. With
 //! `[batching]`, each model is wrapped in a [`BatchedModel`].
 
 use std::collections::BTreeMap;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 use crate::backend::tract::TractBackend;
 use crate::backend::wgpu::WgpuBackend;
-use crate::backend::{Backend, BackendError, BackendKind, PreparedModel};
+use crate::backend::{Backend, BackendError, BackendKind, PrepareOptions, PreparedModel};
 use crate::batcher::{BatchObserver, BatchSettings, BatchedModel};
 use crate::config::{Digest, ResolvedModel};
 
@@ -56,6 +57,14 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// One line per input and output for `edge-node check`: name, element type and shape,
+    /// `batch` first.
+    pub fn describe_tensors(&self) -> Vec<String> {
+        let info = self.model.info();
+        let inputs = info.inputs.iter().map(|t| format!("input {}", t.describe()));
+        inputs.chain(info.outputs.iter().map(|t| format!("output {}", t.describe()))).collect()
+    }
+
     /// One line for `edge-node check`: the backend that runs the model and its arithmetic.
     pub fn describe(&self) -> String {
         let precision = self.model.info().precision.describe();
@@ -121,6 +130,7 @@ impl ModelStore {
     /// the module doc says; never batched.
     pub fn prepare(name: &str, resolved: &ResolvedModel) -> Result<LoadedModel, ModelError> {
         let spec = &resolved.spec;
+        let options = PrepareOptions { inputs: spec.inputs.clone() };
         let loaded = |backend, fallback, model| LoadedModel {
             name: name.to_owned(),
             digest: resolved.digest,
@@ -132,7 +142,7 @@ impl ModelStore {
             if let Some(why) = &fallback {
                 tracing::warn!(model = %name, reason = %why, "running on tract (fallback_to_tract)");
             }
-            let model = TractBackend::new().prepare(name, &resolved.bytes)?;
+            let model = TractBackend::new().prepare_with(name, &resolved.bytes, &options)?;
             Ok(loaded(BackendKind::Tract, fallback, model))
         };
         if spec.backend == BackendKind::Tract {
@@ -148,9 +158,11 @@ impl ModelStore {
             let why = format!("the only wgpu adapter, {} via {}, runs on the CPU", adapter.name, adapter.api);
             return on_tract(Some(why));
         }
-        match gpu.prepare(name, &resolved.bytes) {
+        match gpu.prepare_with(name, &resolved.bytes, &options) {
             Ok(model) => Ok(loaded(BackendKind::Wgpu, None, model)),
-            Err(e @ BackendError::Parse { .. }) => Err(e.into()),
+            // Neither backend can run a file that does not parse, or inputs the file and
+            // config leave unservable: falling back would only repeat the refusal.
+            Err(e @ (BackendError::Parse { .. } | BackendError::Inputs { .. })) => Err(e.into()),
             Err(e) if spec.fallback_to_tract => on_tract(Some(format!("wgpu cannot run it ({e})"))),
             Err(e) => Err(ModelError::NoFallback { model: name.to_owned(), why: e.to_string() }),
         }

@@ -1,6 +1,7 @@
 //! The reference models and data that ship in `models/`, and how to score a model on them.
 //!
-//! Model keys are the names every figure uses: `edge_int8`, `edge_fp32`, `central_fp32`.
+//! Model keys are the names every figure uses: `edge_int8`, `edge_int8_qdq`, `edge_fp32`,
+//! `central_fp32`.
 //! Every reference model takes `input` f32 `[N, 1, 28, 28]` holding pixel/255 and returns
 //! `logits` f32 `[N, 10]`.
 
@@ -16,6 +17,9 @@ use crate::tensor::{DType, Tensor, TensorError};
 pub enum ReferenceModel {
     /// The edge model, per-tensor QOperator int8 (what an edge node answers with).
     EdgeInt8,
+    /// The edge model as onnxruntime's `quantize_static` writes it by default: QDQ, int8
+    /// activations, per-channel int8 weights.
+    EdgeInt8Qdq,
     /// The edge model's fp32 twin.
     EdgeFp32,
     /// The central model, fp32, ~17x the edge model's multiply-accumulates.
@@ -24,13 +28,18 @@ pub enum ReferenceModel {
 
 impl ReferenceModel {
     /// All reference models, smallest first.
-    pub const ALL: [ReferenceModel; 3] =
-        [ReferenceModel::EdgeInt8, ReferenceModel::EdgeFp32, ReferenceModel::CentralFp32];
+    pub const ALL: [ReferenceModel; 4] = [
+        ReferenceModel::EdgeInt8,
+        ReferenceModel::EdgeInt8Qdq,
+        ReferenceModel::EdgeFp32,
+        ReferenceModel::CentralFp32,
+    ];
 
     /// The key used in figure names.
     pub fn key(self) -> &'static str {
         match self {
             ReferenceModel::EdgeInt8 => "edge_int8",
+            ReferenceModel::EdgeInt8Qdq => "edge_int8_qdq",
             ReferenceModel::EdgeFp32 => "edge_fp32",
             ReferenceModel::CentralFp32 => "central_fp32",
         }

@@ -15,4 +15,4 @@ mod python;
 pub use data::{digits, hard_images, image_body, probabilities};
 pub use fixture::{Fixture, Guest, central, edge, fixture, repo, resolve, write_config, write_file};
 pub use http::{Response, assert_close, client, get_text, metric, output_values, post};
-pub use python::kserve_python_or_skip;
+pub use python::{kserve_python_or_skip, onnx_python};

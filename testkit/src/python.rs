@@ -35,3 +35,20 @@ pub fn kserve_python_or_skip(test: &str) -> Option<PathBuf> {
         }
     }
 }
+
+/// The venv's python for tests that need onnx and onnxruntime (onnx's backend test cases,
+/// onnxruntime as the reference). Panics saying to run `tools/setup.sh` when the venv is
+/// missing or lacks them: those tests do not skip.
+pub fn onnx_python() -> PathBuf {
+    let python = repo().join("target/peer-venv/bin/python");
+    let probe = Command::new(&python).args(["-c", "import onnx, onnxruntime"]).output();
+    match probe {
+        Ok(out) if out.status.success() => python,
+        Ok(out) => panic!(
+            "{} cannot import onnx and onnxruntime ({}); run tools/setup.sh",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => panic!("cannot run {} ({e}); run tools/setup.sh", python.display()),
+    }
+}

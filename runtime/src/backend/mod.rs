@@ -6,8 +6,12 @@
 //! thread-safe and reuses per-batch-size plans and state, so nothing is re-planned per call.
 //!
 //! The first dimension of every input and output is the batch: a model accepts any batch
-//! size from 1 up, and `run` on a batch of N equals N runs of batch 1.
+//! size from 1 up, and `run` on a batch of N equals N runs of batch 1. Every other dimension
+//! is fixed at load: by the file, or, where the file leaves one free, by [`PrepareOptions`]
+//! (`[models.X.inputs.Y]` in a node config). Inputs and outputs carry the names the ONNX
+//! graph gives them, whatever the backend rewrites inside.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -28,6 +32,35 @@ pub struct TensorSpec {
     pub dtype: DType,
     /// Shape of one item; the batch dimension is implicit and comes first.
     pub item_shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    /// `name f32 [batch, 1, 28, 28]`, for `edge-node check` and logs.
+    pub fn describe(&self) -> String {
+        let dims: Vec<String> = std::iter::once("batch".to_owned())
+            .chain(self.item_shape.iter().map(ToString::to_string))
+            .collect();
+        format!("{} {} [{}]", self.name, self.dtype, dims.join(", "))
+    }
+}
+
+/// How a config fixes one input's shape (`[models.X.inputs.Y]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InputShape {
+    /// The file's name for the input's first dimension, the batch (`batch = "N"`). When
+    /// set, a file that names that dimension otherwise is refused, and the name stands for
+    /// the batch wherever else the file uses it.
+    pub batch: Option<String>,
+    /// The dimensions after the batch (`shape = [3, 32, 100]`); each must agree with the
+    /// file where the file fixes it. `None`: as the file says.
+    pub dims: Option<Vec<usize>>,
+}
+
+/// What preparing a model needs besides the file: what the config fixes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrepareOptions {
+    /// Input shapes by input name. An input the file does not have is refused.
+    pub inputs: BTreeMap<String, InputShape>,
 }
 
 /// How a model's arithmetic is actually carried out by a backend.
@@ -109,6 +142,15 @@ pub enum BackendError {
         /// Backend name.
         backend: &'static str,
     },
+    /// The model's inputs cannot be served as the file and the config declare them (free or
+    /// contradictory dimensions, element types): no backend can run it until that changes.
+    #[error("model {model}: {why}")]
+    Inputs {
+        /// Model name.
+        model: String,
+        /// Which input, and what to set.
+        why: String,
+    },
     /// The graph is valid but does not fit what a node can serve (shapes, types, counts).
     #[error("model {model}: {why}")]
     Unsupported {
@@ -150,6 +192,23 @@ pub trait Backend: Send + Sync + Debug {
 
     /// Parses, validates and plans `onnx` (the bytes of an ONNX file) as model `name`.
     fn prepare(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn PreparedModel>, BackendError>;
+
+    /// [`Backend::prepare`] with input shapes fixed by `options`. A backend that cannot fix
+    /// shapes refuses any options that fix something.
+    fn prepare_with(
+        &self,
+        name: &str,
+        onnx: &[u8],
+        options: &PrepareOptions,
+    ) -> Result<Arc<dyn PreparedModel>, BackendError> {
+        if options.inputs.is_empty() {
+            return self.prepare(name, onnx);
+        }
+        Err(BackendError::Unsupported {
+            model: name.to_owned(),
+            why: format!("the {} backend cannot fix input shapes from the config", self.kind().name()),
+        })
+    }
 }
 
 /// A model ready to run batches. Cheap to share across threads.

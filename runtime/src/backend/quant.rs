@@ -4,7 +4,9 @@
 //! `q_params` set, whose inputs 3 to 8 are the input, weight and output zero points and
 //! scales. Both backends turn those six parameters into the same [`Requant`]; this module is
 //! where they are read, and where the multiplier is combined, so the tract and wgpu
-//! backends cannot drift apart on either.
+//! backends cannot drift apart on either. Per-channel weight scales (one per output
+//! channel, as QDQ files folded by `tract/qdq.rs` have them) are read here too, for tract's
+//! direct convolution.
 
 use tract_onnx::prelude::{DatumType, Tensor, TypedModel};
 
@@ -32,22 +34,55 @@ impl Requant {
     /// are x zero point, x scale, w zero point, w scale, y zero point, y scale. `None` unless
     /// all six are constant scalars and the node outputs u8 or i8.
     pub(crate) fn of_node(model: &TypedModel, id: usize) -> Option<Requant> {
-        let node = model.node(id);
-        let scalar = |ix: usize| {
-            let outlet = node.inputs.get(ix)?;
-            model.outlet_fact(*outlet).ok()?.konst.clone().filter(|t| t.len() == 1)
-        };
-        let zero = |ix: usize| scalar(ix).and_then(|t| ints(&t)).map(|v| v[0]);
-        let scale = |ix: usize| {
-            scalar(ix).and_then(|t| {
-                Some(*t.cast_to::<f32>().ok()?.try_as_plain_ram().ok()?.to_scalar::<f32>().ok()?)
-            })
-        };
-        let (x_zero, x_scale, w_zero, w_scale, y_zero, y_scale) =
-            (zero(3)?, scale(4)?, zero(5)?, scale(6)?, zero(7)?, scale(8)?);
-        let (lo, hi) = int_range(model.outlet_fact(node.id.into()).ok()?.datum_type)?;
-        Some(Requant { x_zero, w_zero, y_zero, mult: x_scale * w_scale / y_scale, lo, hi })
+        let (rq, w_scales, y_scale) = Requant::read(model, id, 1)?;
+        Some(Requant { mult: rq.x_scale * w_scales[0] / y_scale, ..rq.requant })
     }
+
+    /// As [`Requant::of_node`], but the weight scale may also hold one value per output
+    /// channel (`channels` of them), as per-channel quantisers write it: the requantisation
+    /// and each channel's multiplier, combined in the same order as [`Requant::mult`]. The
+    /// weight zero point may be per channel too, if every channel has the same one.
+    pub(crate) fn per_channel_of_node(
+        model: &TypedModel,
+        id: usize,
+        channels: usize,
+    ) -> Option<(Requant, Vec<f32>)> {
+        let (rq, w_scales, y_scale) = Requant::read(model, id, channels)?;
+        let mults: Vec<f32> = (0..channels)
+            .map(|c| rq.x_scale * w_scales[if w_scales.len() == 1 { 0 } else { c }] / y_scale)
+            .collect();
+        Some((Requant { mult: mults[0], ..rq.requant }, mults))
+    }
+
+    /// The six parameters, the weight scale and zero point holding 1 or `channels` values.
+    fn read(model: &TypedModel, id: usize, channels: usize) -> Option<(Read, Vec<f32>, f32)> {
+        let node = model.node(id);
+        let konst = |ix: usize, lens: &[usize]| {
+            let outlet = node.inputs.get(ix)?;
+            model.outlet_fact(*outlet).ok()?.konst.clone().filter(|t| lens.contains(&t.len()))
+        };
+        let floats = |t: &Tensor| {
+            Some(t.cast_to::<f32>().ok()?.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec())
+        };
+        let zero = |ix: usize| konst(ix, &[1]).and_then(|t| ints(&t)).map(|v| v[0]);
+        let scale = |ix: usize| konst(ix, &[1]).and_then(|t| floats(&t)).map(|v| v[0]);
+        let w_zeros = konst(5, &[1, channels]).and_then(|t| ints(&t))?;
+        let w_zero = w_zeros[0];
+        let w_scales = konst(6, &[1, channels]).and_then(|t| floats(&t))?;
+        if w_zeros.iter().any(|&z| z != w_zero) {
+            return None;
+        }
+        let (x_zero, x_scale, y_zero, y_scale) = (zero(3)?, scale(4)?, zero(7)?, scale(8)?);
+        let (lo, hi) = int_range(model.outlet_fact(node.id.into()).ok()?.datum_type)?;
+        let requant = Requant { x_zero, w_zero, y_zero, mult: 0.0, lo, hi };
+        Some((Read { requant, x_scale }, w_scales, y_scale))
+    }
+}
+
+/// What [`Requant::read`] reads besides the scales it returns apart.
+struct Read {
+    requant: Requant,
+    x_scale: f32,
 }
 
 // tract compares ops to merge identical nodes: equality is bitwise, so it is an equivalence.

@@ -25,7 +25,7 @@ fn backends_under_test() -> Vec<Arc<dyn Backend>> {
 
 /// One wgpu backend (one device) shared by every test, or None when there is no adapter and
 /// `CI` is unset. With `CI` set, lavapipe is expected: no adapter fails the test.
-fn wgpu_backend() -> Option<WgpuBackend> {
+pub(crate) fn wgpu_backend() -> Option<WgpuBackend> {
     static GPU: OnceLock<Result<WgpuBackend, String>> = OnceLock::new();
     match GPU.get_or_init(|| WgpuBackend::new().map_err(|e| e.to_string())) {
         Ok(gpu) => Some(gpu.clone()),
@@ -262,8 +262,13 @@ fn wgpu_batches_sharing_a_plan_give_the_same_items() {
 fn the_model_store_runs_wgpu_models_on_wgpu_and_falls_back_only_when_allowed() {
     let Some(gpu) = wgpu_backend() else { return };
     let model = |bytes: Vec<u8>, fallback_to_tract| {
-        let spec =
-            ModelSpec { path: "m.onnx".into(), backend: BackendKind::Wgpu, fallback_to_tract, pinned: None };
+        let spec = ModelSpec {
+            path: "m.onnx".into(),
+            backend: BackendKind::Wgpu,
+            fallback_to_tract,
+            pinned: None,
+            inputs: Default::default(),
+        };
         ResolvedModel::new(spec, bytes)
     };
     let int8 = ModelStore::prepare("int8", &model(model_bytes(ReferenceModel::EdgeInt8), false)).unwrap();
@@ -308,4 +313,140 @@ fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// onnxruntime's predicted class for every image of the test split, from the peer venv.
+fn onnxruntime_predictions(key: ReferenceModel) -> Vec<usize> {
+    let python = cascade_testkit::onnx_python();
+    let dir = reference::default_models_dir();
+    let script = r#"
+import json, sys
+import numpy as np
+import onnxruntime as ort
+model, images = sys.argv[1], sys.argv[2]
+raw = open(images, "rb").read()
+n = int.from_bytes(raw[4:8], "big")
+x = np.frombuffer(raw[16:], dtype=np.uint8).reshape(n, 1, 28, 28).astype(np.float32) / 255.0
+opts = ort.SessionOptions()
+opts.intra_op_num_threads = 1
+sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+print(json.dumps(sess.run(None, {"input": x})[0].argmax(1).tolist()))
+"#;
+    let out = std::process::Command::new(python)
+        .args(["-c", script])
+        .arg(key.path(&dir))
+        .arg(dir.join("data/test-images.idx3-ubyte"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "onnxruntime: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn qdq_int8_runs_as_int8_on_tract_and_agrees_with_onnxruntime_on_999_per_mille() {
+    let test = test_split();
+    let key = ReferenceModel::EdgeInt8Qdq;
+    let bytes = model_bytes(key);
+    let expected = onnxruntime_predictions(key);
+    assert_eq!(expected.len(), test.len());
+    let tract = TractBackend::new().prepare(key.key(), &bytes).unwrap();
+    assert_eq!(tract.info().precision, Precision::Int8);
+    // Plain tract reads the QDQ file literally, in fp32: the form the rewrites replace.
+    let plain = TractBackend::without_rewrites().prepare(key.key(), &bytes).unwrap();
+    assert_eq!(plain.info().precision, Precision::Int8AsFp32);
+    let agreement = |got: &[usize]| got.iter().zip(&expected).filter(|(a, b)| a == b).count();
+    let got = reference::predict(&*tract, &test, 100).unwrap();
+    let agree = agreement(&got);
+    assert!(
+        agree * 1000 >= expected.len() * 999,
+        "tract: argmax agrees with onnxruntime on {agree} of {}",
+        expected.len()
+    );
+    // wgpu runs the QDQ graph through its generic path; it must load and agree as well.
+    if let Some(gpu) = wgpu_backend() {
+        let model = gpu.prepare(key.key(), &bytes).unwrap();
+        assert_eq!(model.info().precision, Precision::Int8AsFp32);
+        let agree = agreement(&reference::predict(&*model, &test, 100).unwrap());
+        assert!(agree * 1000 >= expected.len() * 999, "wgpu: argmax agrees with onnxruntime on {agree}");
+    }
+}
+
+#[test]
+fn inputs_and_outputs_carry_the_graphs_names_on_every_backend() {
+    for backend in backends_under_test() {
+        for key in ReferenceModel::ALL {
+            let model = backend.prepare(key.key(), &model_bytes(key)).unwrap();
+            let info = model.info();
+            let names = |specs: &[cascade_runtime::TensorSpec]| {
+                specs.iter().map(|s| s.describe()).collect::<Vec<_>>()
+            };
+            assert_eq!(
+                names(&info.inputs),
+                ["input f32 [batch, 1, 28, 28]"],
+                "{} {}",
+                backend.kind().name(),
+                key.key()
+            );
+            assert_eq!(
+                names(&info.outputs),
+                ["logits f32 [batch, 10]"],
+                "{} {}",
+                backend.kind().name(),
+                key.key()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_config_fixes_free_input_dimensions_and_a_model_without_them_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = dir.path().join("free.onnx");
+    // The fp32 edge model with height and width left free, as published models often are.
+    let script = "import onnx, sys\n\
+                  m = onnx.load(sys.argv[1])\n\
+                  d = m.graph.input[0].type.tensor_type.shape.dim\n\
+                  d[2].dim_param = 'H'\n\
+                  d[3].dim_param = 'W'\n\
+                  onnx.save(m, sys.argv[2])\n";
+    let status = std::process::Command::new(cascade_testkit::onnx_python())
+        .args(["-c", script])
+        .arg(ReferenceModel::EdgeFp32.path(&reference::default_models_dir()))
+        .arg(&free)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let config = |inputs: &str| {
+        let text = format!(
+            "[models.ocr]\npath = {:?}\n{inputs}\n[plugins.p]\npath = \"p.wasm\"\nmodels = [\"ocr\"]\n\
+             [routes.r]\nplugin = \"p\"\nthresholds = {{ normal = 0.8 }}\n",
+            free.display().to_string()
+        );
+        std::fs::write(dir.path().join("p.wasm"), b"plugin").unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, text).unwrap();
+        let resolved = cascade_runtime::config::load(&file).unwrap().resolve().unwrap();
+        ModelStore::prepare("ocr", &resolved.models["ocr"])
+    };
+    let err = config("").unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "model ocr: input input has free dimensions: the file says [N, 1, H, W]; set \
+         [models.ocr.inputs.input] shape = [1, H, W] (numbers for the dimensions after the batch)"
+    );
+    let loaded = config("[models.ocr.inputs.input]\nbatch = \"N\"\nshape = [1, 28, 28]\n").unwrap();
+    assert_eq!(
+        loaded.describe_tensors(),
+        ["input input f32 [batch, 1, 28, 28]", "output logits f32 [batch, 10]"]
+    );
+    let test = test_split();
+    let want = logits(
+        &*TractBackend::new().prepare("edge", &model_bytes(ReferenceModel::EdgeFp32)).unwrap(),
+        &test,
+        100,
+    );
+    assert_eq!(logits(&*loaded.model, &test, 100), want);
+    // A dimension that contradicts the file is refused, naming it.
+    let err = config("[models.ocr.inputs.input]\nshape = [3, 28, 28]\n").unwrap_err().to_string();
+    assert!(err.contains("dimension 1 is 1 in the file but 3 in [models.ocr.inputs.input] shape"), "{err}");
 }

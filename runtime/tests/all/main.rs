@@ -9,6 +9,8 @@ mod cache;
 mod config;
 mod kserve;
 mod node;
+mod onnx_node;
 mod reference_models;
 mod sandbox;
+mod tier_peers;
 mod tiers;

@@ -60,13 +60,15 @@ fn models_match_their_cards() {
 }
 
 #[test]
-fn edge_int8_runs_as_int8_and_the_others_as_fp32() {
+fn both_int8_edge_models_run_as_int8_and_the_others_as_fp32() {
     let dir = reference::default_models_dir();
     let precision = |m: ReferenceModel| {
         let bytes = std::fs::read(m.path(&dir)).unwrap();
         TractBackend::new().prepare(m.key(), &bytes).unwrap().info().precision
     };
     assert_eq!(precision(ReferenceModel::EdgeInt8), Precision::Int8);
+    // The QDQ file runs as int8 too: its QDQ patterns are folded into integer ops at load.
+    assert_eq!(precision(ReferenceModel::EdgeInt8Qdq), Precision::Int8);
     assert_eq!(precision(ReferenceModel::EdgeFp32), Precision::Fp32);
     assert_eq!(precision(ReferenceModel::CentralFp32), Precision::Fp32);
 }

@@ -20,8 +20,9 @@
 //!
 //! Scope (anything else stays on tract's own op): NCHW with a batch axis, OIHW weights, one
 //! group, stride 1, no dilation, any zero padding, constant weights and bias; fp32, or the
-//! per-tensor quantised form (QLinearConv: u8/i8 input and weights, scalar scales and zero
-//! points, u8/i8 output).
+//! quantised form (QLinearConv: u8/i8 input and weights, scalar scales and zero points, or
+//! a weight scale per output channel, which gives each channel its own multiplier; u8/i8
+//! output).
 //!
 //! int8 runs on the same fp32 loop, exactly: the input and weights are shifted by their
 //! zero points into small integers, whose products and sums are integers that f32 represents
@@ -97,13 +98,35 @@ impl ConvGeometry {
 
 /// The int8 form's output: how the integer accumulator is requantised, and the element type
 /// it is stored as.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct Int8Output {
     /// The QLinearConv parameters.
     pub(crate) requant: Requant,
     /// Output element type (u8 or i8, possibly with quantisation parameters attached).
     pub(crate) output: DatumType,
+    /// Per-channel weight scales: each output channel's multiplier, used instead of
+    /// `requant.mult`. `None` for per-tensor parameters, which keep the one multiplier.
+    pub(crate) channel_mults: Option<Vec<f32>>,
 }
+
+impl Int8Output {
+    /// The multiplier of output channel `c`.
+    fn mult(&self, c: usize) -> f32 {
+        self.channel_mults.as_ref().map_or(self.requant.mult, |m| m[c])
+    }
+}
+
+// Bitwise, as for [`DirectConv`].
+impl PartialEq for Int8Output {
+    fn eq(&self, other: &Int8Output) -> bool {
+        let bits =
+            |m: &Option<Vec<f32>>| m.as_ref().map(|m| m.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        self.requant == other.requant
+            && self.output == other.output
+            && bits(&self.channel_mults) == bits(&other.channel_mults)
+    }
+}
+impl Eq for Int8Output {}
 
 /// A direct convolution with its bias, and optionally a Relu, fused.
 #[derive(Debug, Clone)]
@@ -122,9 +145,11 @@ pub(crate) struct DirectConv {
     pub(crate) pool: bool,
     /// Set for the int8 form.
     pub(crate) int8: Option<Int8Output>,
-    /// int8 form only: the input arrives in f32 and is quantised to u8 on load, as the
-    /// QuantizeLinear it replaces did (`(scale, zero point)`, tract's convention: the value
-    /// is multiplied by `scale`).
+    /// int8 form only: the range of the input's integer type (u8 or i8).
+    x_range: (i32, i32),
+    /// int8 form only: the input arrives in f32 and is quantised to the input's integer type
+    /// on load, as the QuantizeLinear it replaces did (`(scale, zero point)`, tract's
+    /// convention: the value is multiplied by `scale`).
     pub(crate) quantize_input: Option<(f32, i32)>,
     /// int8 form with a u8 output only: a 256-entry table applied to each output (the
     /// LookupTable tract puts between a pool and the next layer to change the
@@ -145,6 +170,7 @@ impl DirectConv {
             relu,
             pool: false,
             int8: None,
+            x_range: (0, 0),
             quantize_input: None,
             lookup: None,
         })
@@ -162,7 +188,9 @@ impl DirectConv {
     ) -> Option<DirectConv> {
         let rq = &int8.requant;
         // Subnormal, zero or negative scales would not match tract's fixed-point form.
-        let scale_ok = rq.mult.is_normal() && rq.mult > 0.0 && rq.mult < MAX_SCALE;
+        let channels_ok = int8.channel_mults.as_ref().is_none_or(|m| m.len() == geo.cout);
+        let scale_ok = channels_ok
+            && (0..geo.cout).map(|c| int8.mult(c)).all(|m| m.is_normal() && m > 0.0 && m < MAX_SCALE);
         if weights.len() != geo.cout * geo.taps() || bias.len() != geo.cout || !scale_ok {
             return None;
         }
@@ -183,6 +211,7 @@ impl DirectConv {
             relu: false,
             pool: false,
             int8: Some(int8),
+            x_range,
             quantize_input: None,
             lookup: None,
         })
@@ -246,41 +275,42 @@ fn requantize(acc: f32, scale: f32) -> i32 {
 /// [`requantize`]'s result and the output zero point added to it fit an i32.
 const MAX_SCALE: f32 = 64.0;
 
-/// What tract's QuantizeLinear (to u8) computes, minus the convolution's input zero point:
-/// `clamp(round_ties_even(x * scale) + zero, 0, 255) - x_zero`. Clamping in f32 before
-/// converting gives the same result for every finite and NaN input (NaN counts as 0, as
-/// tract's saturating cast makes it) and keeps the loop vectorised.
+/// What tract's QuantizeLinear (to u8 or i8, whose range is `range`) computes, minus the
+/// convolution's input zero point: `clamp(round_ties_even(x * scale) + zero, lo, hi) -
+/// x_zero`. Clamping in f32 before converting gives the same result for every finite and
+/// NaN input (NaN counts as 0, as tract's saturating cast makes it) and keeps the loop
+/// vectorised.
 #[inline(always)]
-fn quantize_loop(src: &[f32], scale: f32, zero: i32, x_zero: i32, dst: &mut [f32]) {
-    let (zero, x_zero) = (zero as f32, x_zero as f32);
+fn quantize_loop(src: &[f32], scale: f32, zero: i32, x_zero: i32, range: (i32, i32), dst: &mut [f32]) {
+    let (zero, x_zero, lo, hi) = (zero as f32, x_zero as f32, range.0 as f32, range.1 as f32);
     for (d, &x) in dst.iter_mut().zip(src) {
         let v = x * scale;
         let r = if v.is_nan() { 0.0 } else { v.round_ties_even() };
-        *d = (r + zero).clamp(0.0, 255.0) - x_zero;
+        *d = (r + zero).clamp(lo, hi) - x_zero;
     }
 }
 
-fn quantize_all(src: &[f32], scale: f32, zero: i32, x_zero: i32, dst: &mut [f32]) {
+fn quantize_all(src: &[f32], scale: f32, zero: i32, x_zero: i32, range: (i32, i32), dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]
-        fn avx512(src: &[f32], scale: f32, zero: i32, x_zero: i32, dst: &mut [f32]) {
-            quantize_loop(src, scale, zero, x_zero, dst);
+        fn avx512(src: &[f32], scale: f32, zero: i32, x_zero: i32, range: (i32, i32), dst: &mut [f32]) {
+            quantize_loop(src, scale, zero, x_zero, range, dst);
         }
         #[target_feature(enable = "avx2")]
-        fn avx2(src: &[f32], scale: f32, zero: i32, x_zero: i32, dst: &mut [f32]) {
-            quantize_loop(src, scale, zero, x_zero, dst);
+        fn avx2(src: &[f32], scale: f32, zero: i32, x_zero: i32, range: (i32, i32), dst: &mut [f32]) {
+            quantize_loop(src, scale, zero, x_zero, range, dst);
         }
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has the feature the function is compiled for.
-            return unsafe { avx512(src, scale, zero, x_zero, dst) };
+            return unsafe { avx512(src, scale, zero, x_zero, range, dst) };
         }
         if is_x86_feature_detected!("avx2") {
             // SAFETY: as above.
-            return unsafe { avx2(src, scale, zero, x_zero, dst) };
+            return unsafe { avx2(src, scale, zero, x_zero, range, dst) };
         }
     }
-    quantize_loop(src, scale, zero, x_zero, dst);
+    quantize_loop(src, scale, zero, x_zero, range, dst);
 }
 
 /// An int8 output element type.
@@ -356,6 +386,7 @@ impl PartialEq for DirectConv {
             && self.quantize_input.map(|(s, z)| (s.to_bits(), z))
                 == other.quantize_input.map(|(s, z)| (s.to_bits(), z))
             && self.int8 == other.int8
+            && self.x_range == other.x_range
             && self.lookup == other.lookup
     }
 }
@@ -697,7 +728,7 @@ impl EvalOp for DirectConv {
         let pooled = |acc: Vec<f32>| {
             if self.pool { super::pool::pool(&acc, &[n, g.cout, g.oh, g.ow]).0 } else { acc }
         };
-        let Some(Int8Output { requant: rq, output }) = &self.int8 else {
+        let Some(q @ Int8Output { requant: rq, output, .. }) = &self.int8 else {
             let x = input.try_as_plain_ram()?;
             let x = x.as_slice::<f32>()?;
             self.run(n, |p, dst| dst.copy_from_slice(&x[p * plane..][..plane]), &mut acc);
@@ -713,7 +744,7 @@ impl EvalOp for DirectConv {
                 };
                 let x = x.as_slice::<f32>()?;
                 let load = |p: usize, dst: &mut [f32]| {
-                    quantize_all(&x[p * plane..][..plane], scale, zero, x_zero, dst);
+                    quantize_all(&x[p * plane..][..plane], scale, zero, x_zero, self.x_range, dst);
                 };
                 self.run(n, load, &mut acc);
             }
@@ -738,10 +769,26 @@ impl EvalOp for DirectConv {
             other => bail!("DirectConv does not implement int8 input {other:?}"),
         }
         let acc = pooled(acc);
+        // One output plane per (image, channel), each with its channel's multiplier.
+        let plane_out = out_shape[2] * out_shape[3];
+        fn requantize_planes<T: Quantized>(
+            acc: &[f32],
+            plane: usize,
+            q: &Int8Output,
+            cout: usize,
+            out: &mut [T],
+        ) {
+            if q.channel_mults.is_none() || plane == 0 {
+                return requantize_all(acc, q.requant.mult, q.requant.y_zero, out);
+            }
+            for (p, (a, o)) in acc.chunks_exact(plane).zip(out.chunks_exact_mut(plane)).enumerate() {
+                requantize_all(a, q.mult(p % cout), q.requant.y_zero, o);
+            }
+        }
         let mut out = match output.unquantized() {
             DatumType::U8 => {
                 let mut data = vec![0u8; acc.len()];
-                requantize_all(&acc, rq.mult, rq.y_zero, &mut data);
+                requantize_planes(&acc, plane_out, q, g.cout, &mut data);
                 if let Some((table, _)) = &self.lookup {
                     for v in &mut data {
                         *v = table[usize::from(*v)];
@@ -751,7 +798,7 @@ impl EvalOp for DirectConv {
             }
             DatumType::I8 => {
                 let mut data = vec![0i8; acc.len()];
-                requantize_all(&acc, rq.mult, rq.y_zero, &mut data);
+                requantize_planes(&acc, plane_out, q, g.cout, &mut data);
                 Tensor::from(ArrayD::from_shape_vec(IxDyn(&out_shape), data)?)
             }
             other => bail!("DirectConv does not implement int8 output {other:?}"),
@@ -865,7 +912,7 @@ mod tests {
             ow: 1,
         };
         let requant = Requant { x_zero: 0, w_zero: 0, y_zero: 0, mult: 0.01, lo: 0, hi: 255 };
-        let q = Int8Output { requant, output: DatumType::U8 };
+        let q = Int8Output { requant, output: DatumType::U8, channel_mults: None };
         // 600 * 128 * 255 > 2^24; 400 * 128 * 255 < 2^24.
         assert!(DirectConv::int8(geo, &[-128; 600], &[0], (0, 255), q.clone()).is_none());
         let geo = ConvGeometry { cin: 400, ..geo };

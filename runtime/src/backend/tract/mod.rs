@@ -18,20 +18,28 @@
 mod conv;
 pub(crate) mod onnx;
 mod pool;
+mod qdq;
 mod rewrite;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
+use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::{
     InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable, IntoTValue, TValue, TypedModel,
     TypedRunnableModel, TypedSimpleState,
 };
+use tract_onnx::tract_core::ops::cnn::Conv;
 
-use super::{Backend, BackendError, BackendKind, ModelInfo, PreparedModel, TensorSpec, check_inputs};
+use super::{
+    Backend, BackendError, BackendKind, ModelInfo, PrepareOptions, PreparedModel, TensorSpec, check_inputs,
+};
 use crate::tensor::{DType, Tensor};
-use onnx::{count_macs, datum_of, dtype_of, input_specs, parse_onnx, precision_of, tract_err};
+use onnx::{
+    count_macs, datum_of, dtype_of, input_specs, output_names, precision_of, read_proto, refusal, tract_err,
+    tract_model,
+};
 use rewrite::{rewrite_convs, rewrite_pools};
 
 /// tract on the CPU.
@@ -65,35 +73,70 @@ impl Backend for TractBackend {
     }
 
     fn prepare(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn PreparedModel>, BackendError> {
-        let (proto, model) = parse_onnx(name, onnx, "tract")?;
-        let inputs = input_specs(name, &model)?;
+        self.prepare_with(name, onnx, &PrepareOptions::default())
+    }
+
+    fn prepare_with(
+        &self,
+        name: &str,
+        onnx: &[u8],
+        options: &PrepareOptions,
+    ) -> Result<Arc<dyn PreparedModel>, BackendError> {
+        self.prepare_proto(name, read_proto(name, onnx)?, options)
+    }
+}
+
+impl TractBackend {
+    /// [`Backend::prepare_with`] from the parsed file.
+    fn prepare_proto(
+        &self,
+        name: &str,
+        mut proto: ModelProto,
+        options: &PrepareOptions,
+    ) -> Result<Arc<dyn PreparedModel>, BackendError> {
+        if self.rewrites {
+            let folded = qdq::fold_qdq(&mut proto);
+            if folded > 0 {
+                tracing::debug!(model = name, folded, "QDQ patterns folded into integer ops");
+            }
+        }
+        let model = tract_model(name, &proto, "tract")?;
+        let inputs = input_specs(name, &model, &proto, options)?;
         let unsupported = |why: String| BackendError::Unsupported { model: name.to_owned(), why };
 
         let prepared = TractModel {
             template: model,
+            proto: proto.clone(),
             rewrites: self.rewrites,
             info: ModelInfo {
                 name: name.to_owned(),
                 inputs,
                 outputs: Vec::new(),
                 macs_per_item: 0,
-                precision: precision_of(&proto),
+                precision: precision_of(&proto, false),
             },
             plans: RwLock::new(HashMap::new()),
             states: Mutex::new(HashMap::new()),
         };
         let (plan, decluttered) = prepared.plan_for(1, true)?;
         let mut info = prepared.info.clone();
-        info.macs_per_item = decluttered.map(|m| count_macs(&m)).unwrap_or(0);
-        for (ix, outlet) in
-            plan.model().output_outlets().map_err(|e| unsupported(tract_err(e)))?.iter().enumerate()
-        {
+        info.macs_per_item = decluttered.as_ref().map(|(m, _)| count_macs(m)).unwrap_or(0);
+        // Per-channel convolutions run as int8 when the rewrites took every one of them.
+        if decluttered.as_ref().is_some_and(|(_, all_int8)| *all_int8) {
+            info.precision = precision_of(&proto, true);
+        }
+        let names = output_names(name, &proto, plan.model().output_outlets().map_or(0, |o| o.len()))?;
+        // Named as the graph names them: tract's own node names change with every rewrite.
+        for (ix, out_name) in names.into_iter().enumerate() {
             let fact = plan.model().output_fact(ix).map_err(|e| unsupported(tract_err(e)))?;
-            let shape =
-                fact.shape.as_concrete().ok_or_else(|| unsupported("output shape is not fixed".into()))?;
-            let dtype = dtype_of(fact.datum_type)
-                .ok_or_else(|| unsupported(format!("output {ix} has element type {:?}", fact.datum_type)))?;
-            let out_name = plan.model().node(outlet.node).name.clone();
+            let shape = fact
+                .shape
+                .as_concrete()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| unsupported(format!("output {out_name} is not [batch, fixed dims...]")))?;
+            let dtype = dtype_of(fact.datum_type).ok_or_else(|| {
+                unsupported(format!("output {out_name} has element type {:?}", fact.datum_type))
+            })?;
             info.outputs.push(TensorSpec { name: out_name, dtype, item_shape: shape[1..].to_vec() });
         }
         let prepared = TractModel { info, ..prepared };
@@ -105,21 +148,30 @@ impl Backend for TractBackend {
 #[derive(Debug)]
 struct TractModel {
     template: InferenceModel,
+    /// The file as tract was given it (QDQ folded): refusals name its nodes' ops.
+    proto: ModelProto,
     rewrites: bool,
     info: ModelInfo,
     plans: RwLock<HashMap<usize, Arc<TypedRunnableModel>>>,
     states: Mutex<HashMap<usize, Vec<TypedSimpleState>>>,
 }
 
+/// A model's decluttered graph, and whether the rewrites left it no quantised convolution
+/// for tract to lower to fp32.
+type Decluttered = (TypedModel, bool);
+
 impl TractModel {
     /// Plans the model for a concrete batch size. With `keep_decluttered`, also returns the
-    /// decluttered (pre-optimisation) graph, whose ops report standard costs.
+    /// decluttered (pre-optimisation) graph, whose ops report standard costs, and whether
+    /// the rewrites left no quantised convolution to tract (which lowers per-channel ones
+    /// to fp32).
     fn plan_for(
         &self,
         batch: usize,
         keep_decluttered: bool,
-    ) -> Result<(Arc<TypedRunnableModel>, Option<TypedModel>), BackendError> {
-        let fail = |e| BackendError::Unsupported { model: self.info.name.clone(), why: tract_err(e) };
+    ) -> Result<(Arc<TypedRunnableModel>, Option<Decluttered>), BackendError> {
+        let fail =
+            |e| BackendError::Unsupported { model: self.info.name.clone(), why: refusal(&self.proto, e) };
         let mut model = self.template.clone();
         for (ix, spec) in self.info.inputs.iter().enumerate() {
             let mut shape = vec![batch];
@@ -134,8 +186,9 @@ impl TractModel {
             rewrite_convs(&mut typed).map_err(fail)?;
             rewrite_pools(&mut typed).map_err(fail)?;
         }
+        let all_int8 = !typed.nodes().iter().any(|n| n.op_as::<Conv>().is_some_and(|c| c.q_params.is_some()));
         let plan = typed.into_optimized().map_err(fail)?.into_runnable().map_err(fail)?;
-        Ok((plan, decluttered))
+        Ok((plan, decluttered.map(|d| (d, all_int8))))
     }
 
     fn plan(&self, batch: usize) -> Result<Arc<TypedRunnableModel>, BackendError> {

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use tract_onnx::prelude::{DatumType, TractResult, TypedModel};
-use tract_onnx::tract_core::internal::{OutletId, Tensor as TTensor, TypedModelPatch};
+use tract_onnx::tract_core::internal::{OutletId, TVec, Tensor as TTensor, TypedModelPatch};
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
@@ -50,7 +50,8 @@ pub(crate) fn rewrite_pools(model: &mut TypedModel) -> TractResult<usize> {
         {
             continue;
         }
-        let strides = spec.strides.clone().unwrap_or_else(|| spec.kernel_shape.clone());
+        // No strides means 1 on every axis (ONNX's default, and tract's).
+        let strides: TVec<usize> = spec.strides().iter().copied().collect();
         let axis_pool = |axis: usize| {
             let mut kernel = spec.kernel_shape.clone();
             let mut stride = strides.clone();
@@ -214,8 +215,15 @@ fn direct_conv_for(model: &TypedModel, id: usize, conv: &Conv) -> TractResult<Op
         let (Some(bias), Ok(wv)) = (per_channel(&bias), weights.try_as_plain_ram()) else { return Ok(None) };
         return Ok(DirectConv::fp32(geo, wv.as_slice::<f32>()?, &bias, false));
     };
-    // QLinearConv: x, kernel, bias, then the six quantisation parameters.
-    let Some(requant) = Requant::of_node(model, id) else { return Ok(None) };
+    // QLinearConv: x, kernel, bias, then the six quantisation parameters; the weight scale
+    // per tensor (one multiplier, as tract computes it) or per output channel.
+    let (requant, channel_mults) = match Requant::of_node(model, id) {
+        Some(rq) => (rq, None),
+        None => match Requant::per_channel_of_node(model, id, cout) {
+            Some((rq, mults)) => (rq, Some(mults)),
+            None => return Ok(None),
+        },
+    };
     let out_raw = out_dt.unquantized();
     // Plain u8/i8 inputs only: a quantised input type keeps tract's op.
     let Some(x_range) = int_range(input.datum_type).filter(|_| !input.datum_type.is_quantized()) else {
@@ -239,18 +247,19 @@ fn direct_conv_for(model: &TypedModel, id: usize, conv: &Conv) -> TractResult<Op
         all if all.len() == cout => all.to_vec(),
         _ => return Ok(None),
     };
-    Ok(DirectConv::int8(geo, &weights_i32, &bias_i32, x_range, Int8Output { requant, output: out_dt }))
+    let int8 = Int8Output { requant, output: out_dt, channel_mults };
+    Ok(DirectConv::int8(geo, &weights_i32, &bias_i32, x_range, int8))
 }
 
-/// The f32-to-u8 QuantizeLinear producing `outlet` for an int8 `op` alone, if there is one:
-/// its node, scale and zero point. Fusing it saves a scalar pass over the input.
+/// The f32-to-u8 or f32-to-i8 QuantizeLinear producing `outlet` for an int8 `op` alone, if
+/// there is one: its node, scale and zero point. Fusing it saves a scalar pass over the input.
 fn quantize_before(
     model: &TypedModel,
     outlet: OutletId,
     op: &DirectConv,
 ) -> TractResult<Option<(usize, f32, i32)>> {
     use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
-    use tract_onnx::tract_core::ops::quant::QuantizeLinearU8;
+    use tract_onnx::tract_core::ops::quant::{QuantizeLinearI8, QuantizeLinearU8};
     if op.int8.is_none()
         || model.outlet_successors(outlet).len() != 1
         || model.output_outlets()?.contains(&outlet)
@@ -258,17 +267,17 @@ fn quantize_before(
         return Ok(None);
     }
     let node = model.node(outlet.node);
-    let Some(q) = node.op_as::<ElementWiseOp>().and_then(|e| e.0.downcast_ref::<QuantizeLinearU8>()) else {
-        return Ok(None);
-    };
+    let Some(ew) = node.op_as::<ElementWiseOp>() else { return Ok(None) };
+    let (scale, zero) =
+        match (ew.0.downcast_ref::<QuantizeLinearU8>(), ew.0.downcast_ref::<QuantizeLinearI8>()) {
+            (Some(q), _) => (q.scale, i32::from(q.zero_point)),
+            (_, Some(q)) => (q.scale, i32::from(q.zero_point)),
+            _ => return Ok(None),
+        };
     let Some(&source) = node.inputs.first() else { return Ok(None) };
     let fact = model.outlet_fact(source)?;
     let same_shape = fact.shape == model.outlet_fact(outlet)?.shape;
-    Ok((fact.datum_type == DatumType::F32 && same_shape).then_some((
-        node.id,
-        q.scale,
-        i32::from(q.zero_point),
-    )))
+    Ok((fact.datum_type == DatumType::F32 && same_shape).then_some((node.id, scale, zero)))
 }
 
 /// The u8 LookupTable that alone consumes `outlet`, if there is one: its node and table.
@@ -308,7 +317,7 @@ fn pool_2x2_after(model: &TypedModel, outlet: OutletId) -> TractResult<Option<us
         }
         PaddingSpec::SameUpper | PaddingSpec::SameLower => false,
     };
-    let strides = spec.strides.clone().unwrap_or_else(|| spec.kernel_shape.clone());
+    let strides = spec.strides();
     let plain = pool.with_index_outputs.is_none()
         && spec.data_format == DataFormat::NCHW
         && spec.kernel_shape[..] == [2, 2]
@@ -347,10 +356,23 @@ fn relu_after(model: &TypedModel, outlet: OutletId) -> TractResult<Option<usize>
 mod tests {
     use super::*;
     use crate::reference::{ReferenceModel, default_models_dir};
-    use tract_onnx::prelude::{Framework, InferenceFact, InferenceModelExt, IntoRunnable};
+    use tract_onnx::prelude::{InferenceFact, InferenceModelExt, IntoRunnable};
 
+    /// The reference model as the backend hands it to the rewrites: QDQ folded, decluttered.
     fn decluttered(key: ReferenceModel) -> TypedModel {
-        let model = tract_onnx::onnx().model_for_path(key.path(&default_models_dir())).unwrap();
+        use crate::backend::tract::onnx::{read_proto, tract_model};
+        let bytes = std::fs::read(key.path(&default_models_dir())).unwrap();
+        let mut proto = read_proto(key.key(), &bytes).unwrap();
+        let folded = super::super::qdq::fold_qdq(&mut proto);
+        // The QDQ model's two convolutions, two pools and flatten; the QOperator model's
+        // flatten (between a dequantise and a quantise with the same parameters).
+        let expected = match key {
+            ReferenceModel::EdgeInt8Qdq => 5,
+            ReferenceModel::EdgeInt8 => 1,
+            _ => 0,
+        };
+        assert_eq!(folded, expected, "{}", key.key());
+        let model = tract_model(key.key(), &proto, "tract").unwrap();
         model
             .with_input_fact(0, InferenceFact::dt_shape(DatumType::F32, [1usize, 1, 28, 28]))
             .unwrap()
@@ -651,7 +673,7 @@ mod tests {
                 model.nodes().iter().filter_map(|n| n.op_as::<DirectConv>()).map(|c| c.relu).collect();
             assert_eq!((left, direct.len()), (0, convs), "{}", key.key());
             // fp32 convolutions take their Relu along; int8 ones clamp in requantisation.
-            let fp32 = key != ReferenceModel::EdgeInt8;
+            let fp32 = !matches!(key, ReferenceModel::EdgeInt8 | ReferenceModel::EdgeInt8Qdq);
             assert!(direct.iter().all(|&relu| relu == fp32), "{}", key.key());
             // The int8 model's input QuantizeLinear is fused into its first convolution.
             let quantizing = model
@@ -661,14 +683,24 @@ mod tests {
                 .filter(|c| c.quantize_input.is_some())
                 .count();
             assert_eq!(quantizing, usize::from(!fp32), "{}", key.key());
-            // So is the table that requantises its last pool's output for the matmul.
+            // No table follows any of them: the dequantise/quantise pair around the int8
+            // models' flatten (same parameters, which tract would run as an identity
+            // LookupTable) is folded away before tract sees it.
             let looking_up = model
                 .nodes()
                 .iter()
                 .filter_map(|n| n.op_as::<DirectConv>())
                 .filter(|c| c.lookup.is_some())
                 .count();
-            assert_eq!(looking_up, usize::from(!fp32), "{}", key.key());
+            assert_eq!(looking_up, 0, "{}", key.key());
+            // Per-channel weights: one multiplier per output channel, only in the QDQ model.
+            let per_channel = model
+                .nodes()
+                .iter()
+                .filter_map(|n| n.op_as::<DirectConv>())
+                .filter(|c| c.int8.as_ref().is_some_and(|q| q.channel_mults.is_some()))
+                .count();
+            assert_eq!(per_channel, if key == ReferenceModel::EdgeInt8Qdq { 2 } else { 0 }, "{}", key.key());
             // Every 2x2 pool follows a convolution, and is fused into it.
             let pooled =
                 model.nodes().iter().filter_map(|n| n.op_as::<DirectConv>()).filter(|c| c.pool).count();

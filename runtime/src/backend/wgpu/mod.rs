@@ -15,6 +15,7 @@
 mod fuse;
 mod graph;
 mod import;
+mod loader;
 mod plan;
 
 use std::collections::HashMap;
@@ -24,9 +25,12 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tract_onnx::prelude::{InferenceFact, InferenceModelExt, TDim, TypedModel, tvec};
 
-use super::tract::onnx::{count_macs, datum_of, input_specs, parse_onnx, precision_of, tract_err};
+use super::tract::onnx::{
+    count_macs, datum_of, input_specs, onnx_op_type, output_names, parse_onnx, precision_of, refusal,
+};
 use super::{
-    Backend, BackendError, BackendKind, ModelInfo, Precision, PreparedModel, TensorSpec, check_inputs,
+    Backend, BackendError, BackendKind, ModelInfo, Precision, PrepareOptions, PreparedModel, TensorSpec,
+    check_inputs,
 };
 use crate::tensor::{DType, Tensor};
 use graph::{Data, Graph};
@@ -81,6 +85,9 @@ impl WgpuBackend {
     pub fn new() -> Result<WgpuBackend, BackendError> {
         let instance =
             ::wgpu::Instance::new(::wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        // Creating the instance loaded the Vulkan loader's layers; listing adapters next is
+        // where one of them prints loader noise (see `loader`).
+        loader::route_wayland_log_to_debug();
         let adapter = pollster::block_on(instance.request_adapter(&::wgpu::RequestAdapterOptions {
             power_preference: ::wgpu::PowerPreference::HighPerformance,
             ..Default::default()
@@ -203,8 +210,17 @@ impl Backend for WgpuBackend {
     }
 
     fn prepare(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn PreparedModel>, BackendError> {
+        self.prepare_with(name, onnx, &PrepareOptions::default())
+    }
+
+    fn prepare_with(
+        &self,
+        name: &str,
+        onnx: &[u8],
+        options: &PrepareOptions,
+    ) -> Result<Arc<dyn PreparedModel>, BackendError> {
         let (proto, model) = parse_onnx(name, onnx, NAME)?;
-        let inputs = input_specs(name, &model)?;
+        let inputs = input_specs(name, &model, &proto, options)?;
         let unsupported = |why: String| BackendError::Unsupported { model: name.to_owned(), why };
         if let Some(spec) = inputs.iter().find(|s| s.dtype != DType::F32) {
             return Err(unsupported(format!(
@@ -221,9 +237,9 @@ impl Backend for WgpuBackend {
                 shape.extend(spec.item_shape.iter().map(|&d| TDim::from(d)));
                 m = m
                     .with_input_fact(ix, InferenceFact::dt_shape(datum_of(spec.dtype), shape))
-                    .map_err(|e| unsupported(tract_err(e)))?;
+                    .map_err(|e| unsupported(refusal(&proto, e)))?;
             }
-            m.into_typed().and_then(|m| m.into_decluttered()).map_err(|e| unsupported(tract_err(e)))
+            m.into_typed().and_then(|m| m.into_decluttered()).map_err(|e| unsupported(refusal(&proto, e)))
         };
         let typed = with_batch(batch.clone())?;
         let graph = import::import(&typed, &batch).map_err(|r| {
@@ -237,12 +253,13 @@ impl Backend for WgpuBackend {
             }
         })?;
         let macs_per_item = with_batch(TDim::from(1)).map(|m| count_macs(&m)).unwrap_or(0);
-        let precision = match (graph.int8, precision_of(&proto)) {
+        let precision = match (graph.int8, precision_of(&proto, false)) {
             (true, _) => Precision::Int8,
             (false, Precision::Int8AsFp32 | Precision::Int8) => Precision::Int8AsFp32,
             (false, Precision::Fp32) => Precision::Fp32,
         };
-        Ok(Arc::new(self.load(name, inputs, &typed, graph, macs_per_item, precision)?))
+        let outputs = output_names(name, &proto, graph.outputs.len())?;
+        Ok(Arc::new(self.load(name, inputs, outputs, graph, macs_per_item, precision)?))
     }
 }
 
@@ -253,21 +270,18 @@ impl WgpuBackend {
         &self,
         name: &str,
         inputs: Vec<TensorSpec>,
-        typed: &TypedModel,
+        output_names: Vec<String>,
         graph: Graph,
         macs_per_item: u64,
         precision: Precision,
     ) -> Result<WgpuModel, BackendError> {
         let unsupported = |why: String| BackendError::Unsupported { model: name.to_owned(), why };
+        // Named as the graph names them, not as tract's typed graph does.
         let outputs = graph
             .outputs
             .iter()
-            .zip(typed.output_outlets().map_err(|e| unsupported(tract_err(e)))?)
-            .map(|((_, dims), outlet)| TensorSpec {
-                name: typed.node(outlet.node).name.clone(),
-                dtype: DType::F32,
-                item_shape: dims.clone(),
-            })
+            .zip(output_names)
+            .map(|((_, dims), name)| TensorSpec { name, dtype: DType::F32, item_shape: dims.clone() })
             .collect();
         let info = ModelInfo { name: name.to_owned(), inputs, outputs, macs_per_item, precision };
 
@@ -306,19 +320,6 @@ impl WgpuBackend {
             .map_err(|e| unsupported(e.to_string()))?;
         prepared.run(&zeros)?;
         Ok(prepared)
-    }
-}
-
-/// The ONNX op type of the node tract named `node` (tract suffixes the names of the nodes it
-/// derives, e.g. `relu1.low` for the Max that implements Relu `relu1`).
-fn onnx_op_type(proto: &tract_onnx::pb::ModelProto, node: &str) -> Option<String> {
-    let graph = proto.graph.as_ref()?;
-    let mut name = node;
-    loop {
-        if let Some(p) = graph.node.iter().find(|p| p.name == name) {
-            return Some(p.op_type.clone());
-        }
-        name = &name[..name.rfind('.')?];
     }
 }
 
@@ -483,6 +484,9 @@ mod tests {
                     // steps, the first pool into its conv (the second carries the lookup).
                     assert_eq!((relu_fused, elementwise, g.steps.len()), (0, 0, 4), "{:#?}", g.steps);
                 }
+                // QDQ runs through the generic path: fp32 convolutions between quantise and
+                // dequantise steps, exactly as the file reads literally.
+                ReferenceModel::EdgeInt8Qdq => assert!(!g.int8, "{:#?}", g.steps),
                 // Conv+Relu+Pool in one step each, then the matmul.
                 ReferenceModel::EdgeFp32 => {
                     assert_eq!(
@@ -590,7 +594,7 @@ mod tests {
         let graph = import::import(&m, &n).unwrap();
         assert!(matches!(graph.steps[0], graph::Step::Conv { relu: true, .. }), "{:#?}", graph.steps);
         let inputs = vec![TensorSpec { name: "x".into(), dtype: DType::F32, item_shape: vec![3, 9, 11] }];
-        let model = gpu.load("ops", inputs, &m, graph, 0, Precision::Fp32).unwrap();
+        let model = gpu.load("ops", inputs, vec!["y".into()], graph, 0, Precision::Fp32).unwrap();
         let input = values(3 * 3 * 9 * 11, 5);
         let got =
             model.run(&[Tensor::from_f32(vec![3, 3, 9, 11], &input).unwrap()]).unwrap()[0].to_f32().unwrap();
