@@ -251,8 +251,8 @@ k8s_config=""
 if [ $have_venv -eq 1 ] && [ -x "$bin" ] && [ -n "$plugin" ]; then
   step "kubernetes: the ConfigMap's node.toml against the pod's files"
   "$bin" certs init --dir "$work/ca" >/dev/null
-  "$bin" certs issue --ca-dir "$work/ca" --name central --out-dir "$work/certs" >/dev/null
-  "$bin" certs issue --ca-dir "$work/ca" --name edge --out-dir "$work/certs" >/dev/null
+  "$bin" certs issue --ca-dir "$work/ca" --name central --role central --out-dir "$work/certs" >/dev/null
+  "$bin" certs issue --ca-dir "$work/ca" --name edge --role edge --out-dir "$work/certs" >/dev/null
   if out=$("$venv/bin/python" - "$k8s" "$containerfile" "$fakeroot" "$root" "$work/certs" "$plugin" <<'EOF' 2>&1
 import pathlib, re, shutil, sys, tomllib, yaml
 k8s, containerfile, fakeroot, root, certs, plugin = map(pathlib.Path, sys.argv[1:])

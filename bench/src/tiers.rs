@@ -31,12 +31,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use cascade_runtime::protocol::{ErrorFrame, EscalationAnswer, EscalationRequest, NamedTensor, StageTiming};
 use cascade_runtime::transport::{
-    ClientConfig, RequestContext, ServerConfig, TierClient, TierServer, TlsIdentity, deadline_in,
+    ClientConfig, RequestContext, ServerConfig, TierClient, TierServer, TlsIdentity,
 };
 use cascade_runtime::{Digits, ReferenceModel, Split, Tensor};
 
 use cascade_runtime::config::BatchingConfig;
 use cascade_runtime::reference::ReferenceNode;
+use cascade_runtime::transport::certs::Role;
 use edge_node::deployment::{CENTRAL, Certs, NodeProcess, free_tcp_port, free_udp_port, write_config};
 use edge_node::figures::{Figures, median, percentile};
 
@@ -52,7 +53,10 @@ pub(crate) fn run(
     quick: bool,
 ) -> Result<Figures> {
     let dir = tempfile::Builder::new().prefix("cascade-bench-tiers-").tempdir()?;
-    let certs = Certs::issue(&dir.path().join("certs"), &[CENTRAL, "edge", "bench-client"])?;
+    let certs = Certs::issue(
+        &dir.path().join("certs"),
+        &[(CENTRAL, Role::Central), ("edge", Role::Edge), ("bench-client", Role::Edge)],
+    )?;
     let mut figures = Figures::default();
     let (p50, p99) = escalation_overhead(quick, &certs)?;
     figures.push("tiers.escalation_overhead_us.p50", p50, "us");
@@ -167,13 +171,13 @@ fn escalation_overhead(quick: bool, certs: &Certs) -> Result<(f64, f64)> {
                 id: i as u64,
                 route: "digits".into(),
                 inputs: vec![NamedTensor { name: "input".into(), tensor: input.clone() }],
-                deadline_unix_us: deadline_in(Duration::from_secs(5)),
+                budget_us: 0, // the client writes the time left as it sends
                 trace: None,
                 node_id: "bench-edge".into(),
                 local_confidence: Some(0.5),
             };
             let started = Instant::now();
-            let reply = client.request(&request).await?;
+            let reply = client.request(&request, Instant::now() + Duration::from_secs(5)).await?;
             let round_trip = started.elapsed();
             let answer = reply.map_err(|e| anyhow!("bench server refused: {e:?}"))?;
             let handler_us = answer.timings.first().map_or(0, |t| t.micros);
@@ -296,12 +300,12 @@ async fn drive_central(client: Arc<TierClient>, test: &Digits, window: Duration)
                         name: "image".into(),
                         tensor: images[id as usize % images.len()].clone(),
                     }],
-                    deadline_unix_us: deadline_in(Duration::from_secs(5)),
+                    budget_us: 0, // the client writes the time left as it sends
                     trace: None,
                     node_id: "bench-client".into(),
                     local_confidence: Some(0.5),
                 };
-                match client.request(&request).await? {
+                match client.request(&request, Instant::now() + Duration::from_secs(5)).await? {
                     Ok(_) => {
                         let now = Instant::now();
                         if now >= counting_from && now < until {

@@ -3,19 +3,21 @@
 //!
 //! ```text
 //! edge-node certs init --dir ca/                      # ca/ca.pem, ca/ca.key (0600)
-//! edge-node certs issue --ca-dir ca/ --name central --out-dir central/ --dns central.example.net
+//! edge-node certs issue --ca-dir ca/ --name central --role central --out-dir central/ --dns central.example.net
 //!                                                     # central/central.pem, central/central.key (0600), central/ca.pem
+//! edge-node certs issue --ca-dir ca/ --name edge-1 --role edge --out-dir edge-1/
 //! ```
 //!
-//! The certificates themselves are made by the runtime's [`Ca`] (what they may do is said
-//! there); this module puts them in files with the right permissions.
+//! The certificates themselves are made by the runtime's [`Ca`]; a certificate's [`Role`]
+//! says what it may do (escalate, answer escalations, or both). This module puts them in
+//! files with the right permissions.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use cascade_runtime::transport::certs::{self, Ca};
+use cascade_runtime::transport::certs::{self, Ca, Role};
 use clap::Subcommand;
 
 /// CA certificate file name inside the CA directory (and copied next to node certificates).
@@ -43,6 +45,10 @@ pub enum CertsCommand {
         /// Node name: the certificate's common name and first DNS name.
         #[arg(long)]
         name: String,
+        /// What the certificate may do: `edge` (escalate to upstreams), `central` (answer
+        /// escalations) or `relay` (a middle tier: both).
+        #[arg(long)]
+        role: Role,
         /// Directory for the node's files (created if missing).
         #[arg(long)]
         out_dir: PathBuf,
@@ -59,8 +65,10 @@ pub enum CertsCommand {
 pub fn run(command: CertsCommand) -> Result<Vec<PathBuf>> {
     match command {
         CertsCommand::Init { dir, force } => init(&dir, force),
-        CertsCommand::Issue { ca_dir, name, out_dir, dns, force } => {
-            issue(&ca_dir, &name, &out_dir, &dns, force)
+        CertsCommand::Issue { ca_dir, name, role, out_dir, dns, force } => {
+            let written = issue(&ca_dir, &name, role, &out_dir, &dns, force)?;
+            eprintln!("{name} ({role}): {}", role.describe());
+            Ok(written)
         }
     }
 }
@@ -77,8 +85,15 @@ pub fn init(dir: &Path, force: bool) -> Result<Vec<PathBuf>> {
     Ok(vec![cert_path, key_path])
 }
 
-/// Issues a certificate for node `name` (and `dns` names), valid for three years.
-pub fn issue(ca_dir: &Path, name: &str, out_dir: &Path, dns: &[String], force: bool) -> Result<Vec<PathBuf>> {
+/// Issues a certificate for node `name` in `role` (and `dns` names), valid for three years.
+pub fn issue(
+    ca_dir: &Path,
+    name: &str,
+    role: Role,
+    out_dir: &Path,
+    dns: &[String],
+    force: bool,
+) -> Result<Vec<PathBuf>> {
     certs::check_name(name)?;
     let ca_cert_path = ca_dir.join(CA_CERT);
     let ca_key_path = ca_dir.join(CA_KEY);
@@ -92,7 +107,7 @@ pub fn issue(ca_dir: &Path, name: &str, out_dir: &Path, dns: &[String], force: b
         .with_context(|| format!("cannot read the CA key {}", ca_key_path.display()))?;
     let ca = Ca::from_pem(&ca_pem, &ca_key_pem)
         .with_context(|| format!("CA {} with key {}", ca_cert_path.display(), ca_key_path.display()))?;
-    let issued = ca.issue(name, dns)?;
+    let issued = ca.issue(name, role, dns)?;
 
     let cert_path = out_dir.join(format!("{name}.pem"));
     let key_path = out_dir.join(format!("{name}.key"));
@@ -175,8 +190,15 @@ mod tests {
         let ca = tmp.path().join("ca");
         let node = tmp.path().join("central");
         init(&ca, false).unwrap();
-        let files =
-            issue(&ca, "central", &node, &["central.example.net".into(), "127.0.0.1".into()], false).unwrap();
+        let files = issue(
+            &ca,
+            "central",
+            Role::Central,
+            &node,
+            &["central.example.net".into(), "127.0.0.1".into()],
+            false,
+        )
+        .unwrap();
         assert_eq!(files.len(), 3);
         #[cfg(unix)]
         {
@@ -192,7 +214,7 @@ mod tests {
         )
         .unwrap();
         // A second node in the same directory reuses the CA copy.
-        assert_eq!(issue(&ca, "edge-1", &node, &[], false).unwrap().len(), 2);
+        assert_eq!(issue(&ca, "edge-1", Role::Edge, &node, &[], false).unwrap().len(), 2);
     }
 
     #[test]
@@ -208,9 +230,9 @@ mod tests {
         assert_ne!(fs::read(ca.join(CA_KEY)).unwrap(), before);
 
         let out = tmp.path().join("n");
-        issue(&ca, "edge", &out, &[], false).unwrap();
-        assert!(issue(&ca, "edge", &out, &[], false).is_err());
-        assert!(issue(&ca, "edge", &out, &[], true).is_ok());
+        issue(&ca, "edge", Role::Edge, &out, &[], false).unwrap();
+        assert!(issue(&ca, "edge", Role::Edge, &out, &[], false).is_err());
+        assert!(issue(&ca, "edge", Role::Edge, &out, &[], true).is_ok());
     }
 
     #[test]
@@ -220,16 +242,16 @@ mod tests {
         init(&a, false).unwrap();
         init(&b, false).unwrap();
         fs::copy(b.join(CA_KEY), a.join(CA_KEY)).unwrap();
-        let err = issue(&a, "edge", &tmp.path().join("n"), &[], false).unwrap_err();
+        let err = issue(&a, "edge", Role::Edge, &tmp.path().join("n"), &[], false).unwrap_err();
         assert!(format!("{err:#}").contains("does not belong"), "{err:#}");
     }
 
     #[test]
     fn clear_errors_for_missing_ca_and_bad_names() {
         let tmp = tempfile::tempdir().unwrap();
-        let err = issue(tmp.path(), "edge", tmp.path(), &[], false).unwrap_err();
+        let err = issue(tmp.path(), "edge", Role::Edge, tmp.path(), &[], false).unwrap_err();
         assert!(format!("{err:#}").contains("run `edge-node certs init` first"), "{err:#}");
-        let err = issue(tmp.path(), "bad name", tmp.path(), &[], false).unwrap_err();
+        let err = issue(tmp.path(), "bad name", Role::Edge, tmp.path(), &[], false).unwrap_err();
         assert!(err.to_string().contains("must be a DNS name"), "{err}");
     }
 }

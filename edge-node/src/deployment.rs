@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use cascade_runtime::config::UpstreamConfig;
 use cascade_runtime::reference::ReferenceNode;
+use cascade_runtime::transport::certs::Role;
 
 /// The name on the central node's certificate, which edges verify.
 pub const CENTRAL: &str = "central";
@@ -21,11 +22,11 @@ pub const CENTRAL: &str = "central";
 pub struct Certs(pub PathBuf);
 
 impl Certs {
-    /// Creates a CA in `dir` and issues a certificate for each of `names`.
-    pub fn issue(dir: &Path, names: &[&str]) -> anyhow::Result<Certs> {
+    /// Creates a CA in `dir` and issues a certificate for each node of `nodes`, in its role.
+    pub fn issue(dir: &Path, nodes: &[(&str, Role)]) -> anyhow::Result<Certs> {
         crate::certs_cmd::init(dir, false)?;
-        for name in names {
-            crate::certs_cmd::issue(dir, name, dir, &[], false)?;
+        for &(name, role) in nodes {
+            crate::certs_cmd::issue(dir, name, role, dir, &[], false)?;
         }
         Ok(Certs(dir.to_path_buf()))
     }

@@ -3,9 +3,32 @@
 //! of TOML.
 
 use crate::admission::RouteLimits;
-use crate::config::{PluginSpec, RouteSettings, UpstreamSettings};
+use crate::config::{NodeSettings, PluginSpec, QuicLimits, RouteSettings, UpstreamSettings};
+use crate::protocol::ProtocolLimits;
 use crate::sandbox::PluginLimits;
+use crate::transport::{Allowlist, ServerConfig};
 use crate::upstream::{BreakerConfig, RetryConfig};
+
+impl From<&QuicLimits> for Allowlist {
+    fn from(limits: &QuicLimits) -> Allowlist {
+        limits.allow.as_ref().map_or_else(Allowlist::any, |names| Allowlist::only(names.iter().cloned()))
+    }
+}
+
+/// The QUIC listener `[listeners]` describes (`quic` and its `quic_*` limits, and
+/// `drain_timeout_ms`), if there is one; timeouts are the transport's defaults.
+pub(crate) fn quic_server(settings: &NodeSettings) -> Option<ServerConfig> {
+    let limits = &settings.quic_limits;
+    Some(ServerConfig {
+        limits: ProtocolLimits { max_frame_bytes: limits.max_frame_bytes },
+        max_streams_per_connection: limits.max_streams_per_connection,
+        max_connections_per_peer: limits.max_connections_per_peer,
+        max_buffered_bytes: limits.max_buffered_bytes,
+        allow: limits.into(),
+        drain: settings.drain,
+        ..ServerConfig::new(settings.quic?)
+    })
+}
 
 impl From<&PluginSpec> for PluginLimits {
     /// `memory_limit_mib` and `deadline_ms` from `[plugins.<name>]`; the other limits are

@@ -8,8 +8,9 @@
 //! use it all; as soon as another peer arrives, the greedy one is refused until it is back
 //! under its share, which takes only as long as its running requests.
 //!
-//! Peers are keyed by the connection's remote address: one QUIC connection per edge, and
-//! unlike a node's self-reported name, an edge cannot claim another's.
+//! Peers are keyed by the name in the certificate mutual TLS verified: an edge holding
+//! several connections is still one peer, and unlike a node's self-reported name, an edge
+//! cannot claim another's.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -8,6 +8,7 @@ use cascade_runtime::ReferenceModel;
 use cascade_runtime::config::{self, PluginConfig, ResolvedConfig, ResolvedPlugin, RouteConfig};
 use cascade_runtime::guest_build::{GuestBuilder, default_guest_target_dir};
 use cascade_runtime::reference::{self, ReferenceNode};
+use cascade_runtime::transport::certs::Role;
 use edge_node::deployment::{CENTRAL, Certs};
 
 /// A guest plugin built from source: its component file and bytes.
@@ -69,7 +70,9 @@ pub fn fixture() -> &'static Fixture {
         };
         let mnist = build(repo().join("examples/mnist-classifier"), "mnist");
         let hostile = build(repo().join("runtime/tests/plugins/hostile"), "hostile");
-        let certs = Certs::issue(&dir.path().join("certs"), &[CENTRAL, "edge"]).unwrap();
+        let certs =
+            Certs::issue(&dir.path().join("certs"), &[(CENTRAL, Role::Central), ("edge", Role::Edge)])
+                .unwrap();
         Fixture { dir, mnist, hostile, certs }
     })
 }

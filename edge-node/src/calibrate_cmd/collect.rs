@@ -7,7 +7,7 @@ use cascade_runtime::calibrate::{Example, Observed, Tier};
 use cascade_runtime::config::{ModelSpec, ResolvedConfig, ResolvedModel};
 use cascade_runtime::protocol::{EscalationRequest, NamedTensor};
 use cascade_runtime::upstream::UpstreamClient;
-use cascade_runtime::{BackendKind, Digits, ReferenceModel, Tensor, reference, transport};
+use cascade_runtime::{BackendKind, Digits, ReferenceModel, Tensor, reference};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::CalibrateArgs;
@@ -87,6 +87,7 @@ impl Tiers {
                     backend: BackendKind::Tract,
                     fallback_to_tract: true,
                     pinned: None,
+                    inputs: Default::default(),
                 };
                 let tier = Tier::new(config, route, Some(&ResolvedModel::new(spec, bytes)))?;
                 (
@@ -148,7 +149,7 @@ impl Tiers {
                     id,
                     route: self.route.clone(),
                     inputs: inputs.into_iter().map(|(name, tensor)| NamedTensor { name, tensor }).collect(),
-                    deadline_unix_us: transport::deadline_in(Duration::from_secs(5)),
+                    budget_us: cascade_runtime::protocol::budget_us(Duration::from_secs(5)),
                     trace: None,
                     node_id: "calibrate".into(),
                     local_confidence: None,

@@ -11,8 +11,6 @@
 //!
 //! Errors are `{"error": "..."}`: 401 without the right token, 400 for a bad body or config.
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, Request, State};
@@ -26,13 +24,16 @@ use serde_json::{Value, json};
 
 use cascade_runtime::CurrentNode;
 
+use super::live::Live;
+
 /// Shortest token accepted: guessable tokens defeat the point of a separate listener.
 pub const MIN_TOKEN_LEN: usize = 16;
 
 #[derive(Clone)]
 struct Admin {
     current: CurrentNode,
-    token: Arc<str>,
+    /// Reads the token in force (a reload may replace it) and reloads.
+    live: Live,
 }
 
 /// Reads and checks the token file's contents (surrounding whitespace ignored).
@@ -50,9 +51,9 @@ pub fn read_token(file: &std::path::Path) -> anyhow::Result<String> {
     Ok(token.to_owned())
 }
 
-/// The admin router for the node `current` holds.
-pub fn router(current: CurrentNode, token: String) -> Router {
-    let admin = Admin { current, token: token.into() };
+/// The admin router for the node `live` holds, under the token `live` holds.
+pub(crate) fn router(live: Live) -> Router {
+    let admin = Admin { current: live.current.clone(), live };
     Router::new()
         .route("/admin/mode", get(get_mode).put(put_mode))
         .route("/admin/reload", post(reload))
@@ -77,7 +78,7 @@ async fn authenticate(State(admin): State<Admin>, request: Request, next: Next) 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        Some(token) if same(token.as_bytes(), admin.token.as_bytes()) => next.run(request).await,
+        Some(token) if same(token.as_bytes(), admin.live.admin_token().as_bytes()) => next.run(request).await,
         Some(_) => error(StatusCode::UNAUTHORIZED, "wrong admin token"),
         None => error(StatusCode::UNAUTHORIZED, "admin calls need `Authorization: Bearer <token>`"),
     }
@@ -174,7 +175,7 @@ async fn reload(State(admin): State<Admin>) -> Response {
     tracing::info!(file = %file.display(), "admin call: reload");
     let loaded = config::load(&file).and_then(|c| c.resolve());
     let result = match loaded {
-        Ok(config) => super::reload(&admin.current, config).await,
+        Ok(config) => admin.live.reload(config).await,
         Err(e) => Err(e.into()),
     };
     match result {

@@ -30,6 +30,8 @@ pub fn router(node: CurrentNode) -> Router {
         .route("/v2/models/{route}/ready", get(model_ready))
         .route("/v2/models/{route}/infer", post(infer))
         .route("/metrics", get(metrics))
+        // The largest request a node takes whole, the same for clients and for tiers.
+        .layer(axum::extract::DefaultBodyLimit::max(cascade_runtime::config::MAX_REQUEST_BYTES))
         .with_state(node)
 }
 
@@ -48,7 +50,10 @@ struct Failure(ServeError);
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        error(self.0.status(), self.0.to_string(), self.0.retry_after_secs())
+        // The whole error (a trap's backtrace included) is for the operator; the client gets
+        // its first line. Per request, so at debug: metrics count failures.
+        tracing::debug!(error = %self.0, "request failed");
+        error(self.0.status(), self.0.client_message(), self.0.retry_after_secs())
     }
 }
 
@@ -105,12 +110,16 @@ async fn ready() -> Response {
     axum::Json(json!({ "ready": true })).into_response()
 }
 
+/// The protocol extensions the node speaks: binary tensor data, in requests and replies
+/// ([`InferBody`], [`Answer`]).
+const EXTENSIONS: [&str; 1] = ["binary_tensor_data"];
+
 async fn server_metadata(State(current): State<CurrentNode>) -> Response {
     let node = current.get();
     axum::Json(json!({
         "name": node.name(),
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": [],
+        "extensions": EXTENSIONS,
     }))
     .into_response()
 }

@@ -2,12 +2,19 @@
 //!
 //! - [`kserve`]: KServe v2 REST over it.
 //! - [`admin`]: the admin API (mode pinning, reload) on a listener of its own.
+//! - `live`: what a reload swaps in place (the node, QUIC certificate and allowlist,
+//!   admin token).
+//! - [`listener`]: the accept loop both listeners run on, with header, body and idle
+//!   timeouts, a connection cap and a bounded drain ([`ListenerLimits`]).
 //!
 //! [`Server::start`] binds both listeners; [`Server::shutdown`] stops accepting and drains the
-//! requests in flight. `run` does that for the CLI, shutting down on SIGTERM or ctrl-c.
+//! requests in flight, for a bounded time. `run` does that for the CLI, shutting down on
+//! SIGTERM or ctrl-c.
 
 pub mod admin;
 pub mod kserve;
+pub mod listener;
+mod live;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -18,85 +25,74 @@ use cascade_runtime::config::{self, ResolvedConfig};
 use cascade_runtime::transport::TierServer;
 use cascade_runtime::{CurrentNode, Node};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-/// A running node: its listeners and the task serving HTTP.
+pub use listener::ListenerLimits;
+use listener::Serving;
+use live::Live;
+
+/// A running node: its listeners and the tasks serving them.
 pub struct Server {
-    node: CurrentNode,
+    live: Live,
     http_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
-    quic: Option<TierServer>,
-    stop: Option<oneshot::Sender<()>>,
-    stop_admin: tokio::sync::broadcast::Sender<()>,
-    http: JoinHandle<std::io::Result<()>>,
-}
-
-/// Binds the admin listener and serves it until `stop` fires.
-async fn start_admin(
-    node: CurrentNode,
-    settings: &config::AdminSettings,
-    mut stop: tokio::sync::broadcast::Receiver<()>,
-) -> anyhow::Result<SocketAddr> {
-    let token = admin::read_token(&settings.token_file)?;
-    let listener = tokio::net::TcpListener::bind(settings.addr)
-        .await
-        .with_context(|| format!("cannot bind admin listener on {}", settings.addr))?;
-    let addr = listener.local_addr()?;
-    let app = admin::router(node, token);
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.recv().await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "admin listener failed");
-        }
-    });
-    Ok(addr)
+    quic: Option<Arc<TierServer>>,
+    http: Serving,
+    admin: Option<Serving>,
 }
 
 impl Server {
     /// Builds the node from `config` and starts its listeners (port 0 picks a free port; see
-    /// [`Server::http_addr`] and [`Server::quic_addr`]). Must be called inside a tokio runtime.
+    /// [`Server::http_addr`] and [`Server::quic_addr`]), with the limits its `[listeners]`
+    /// section sets. Must be called inside a tokio runtime.
     pub async fn start(config: ResolvedConfig) -> anyhow::Result<Server> {
-        let http_listen = config.settings.http;
-        // Models and plugins compile here, which blocks: keep it off the runtime's workers.
-        let node = CurrentNode::new(tokio::task::block_in_place(|| Node::new(config))?);
-        let quic = node.listen_quic()?;
-        let listener = tokio::net::TcpListener::bind(http_listen)
-            .await
-            .with_context(|| format!("cannot bind http listener on {http_listen}"))?;
-        let http_addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (stop_admin, _) = tokio::sync::broadcast::channel::<()>(1);
-        let app = kserve::router(node.clone());
-        let http = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        });
-        let admin_addr = match node.get().config().settings.admin.clone() {
-            Some(settings) => Some(start_admin(node.clone(), &settings, stop_admin.subscribe()).await?),
+        let settings = config.settings.clone();
+        let limits = ListenerLimits::from(&settings);
+        let admin_token = match &settings.admin {
+            Some(admin) => Some(admin::read_token(&admin.token_file)?),
             None => None,
         };
-        tracing::info!(node = node.get().name(), %http_addr, quic = ?quic.as_ref().map(TierServer::local_addr), ?admin_addr, "serving");
-        Ok(Server { node, http_addr, admin_addr, quic, stop: Some(stop), stop_admin, http })
+        // Models and plugins compile here, which blocks: keep it off the runtime's workers.
+        let node = CurrentNode::new(tokio::task::block_in_place(|| Node::new(config))?);
+        let quic = node.listen_quic()?.map(Arc::new);
+        let live = Live::new(node.clone(), quic.clone(), admin_token);
+        let listener = tokio::net::TcpListener::bind(settings.http)
+            .await
+            .with_context(|| format!("cannot bind http listener on {}", settings.http))?;
+        let http_addr = listener.local_addr()?;
+        let http = Serving::spawn("http", listener, kserve::router(node.clone()), limits);
+        let (admin_addr, admin) = match &settings.admin {
+            Some(admin) => {
+                let bound = tokio::net::TcpListener::bind(admin.addr)
+                    .await
+                    .with_context(|| format!("cannot bind admin listener on {}", admin.addr));
+                match bound.and_then(|l| Ok((l.local_addr()?, l))) {
+                    Ok((addr, l)) => {
+                        (Some(addr), Some(Serving::spawn("admin", l, admin::router(live.clone()), limits)))
+                    }
+                    Err(e) => {
+                        let _ = http.shutdown().await;
+                        return Err(e);
+                    }
+                }
+            }
+            None => (None, None),
+        };
+        tracing::info!(node = node.get().name(), %http_addr, quic = ?quic.as_ref().map(|q| q.local_addr()), ?admin_addr, "serving");
+        Ok(Server { live, http_addr, admin_addr, quic, http, admin })
     }
 
     /// The node new requests go to.
     pub fn node(&self) -> Arc<Node> {
-        self.node.get()
+        self.live.current.get()
     }
 
     /// Swaps in a node built from `config` (plugins, models, thresholds, limits) without
-    /// dropping requests: those running finish on the old node. Listener addresses and the
-    /// QUIC identity cannot change this way (restart for that). Metrics and a pinned mode
-    /// carry over; cache and admission start afresh with the new node.
+    /// dropping requests: those running finish on the old node. Certificate and token files
+    /// are read again, so rotated ones take effect; listener addresses and limits need a
+    /// restart, and a reload that changes them is refused. Metrics and a pinned mode carry
+    /// over; cache and admission start afresh with the new node.
     pub async fn reload(&self, config: ResolvedConfig) -> anyhow::Result<()> {
-        reload(&self.node, config).await
+        self.live.reload(config).await
     }
 
     /// Where clients reach the HTTP front door.
@@ -111,43 +107,29 @@ impl Server {
 
     /// Where downstream nodes reach the QUIC listener, if there is one.
     pub fn quic_addr(&self) -> Option<SocketAddr> {
-        self.quic.as_ref().map(TierServer::local_addr)
+        self.quic.as_ref().map(|q| q.local_addr())
     }
 
-    /// Stops accepting, waits for HTTP requests in flight to be answered, then closes the
-    /// QUIC listener.
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = self.stop_admin.send(());
-        (&mut self.http).await.context("http task")?.context("http server")?;
-        if let Some(quic) = self.quic.take() {
-            quic.shutdown().await;
-        }
-        Ok(())
+    /// Stops accepting on every listener and lets the requests and escalations in flight
+    /// finish (up to `listeners.drain_timeout_ms`, after which their connections are
+    /// closed). The listeners drain together: an escalation from a downstream node is
+    /// answered like a client's request.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let admin = async {
+            match self.admin {
+                Some(admin) => admin.shutdown().await,
+                None => Ok(()),
+            }
+        };
+        let quic = async {
+            if let Some(quic) = &self.quic {
+                quic.shutdown().await;
+            }
+        };
+        let (http, admin, ()) = tokio::join!(self.http.shutdown(), admin, quic);
+        http?;
+        admin
     }
-}
-
-/// Replaces the node `current` holds with one built from `config` (see [`Server::reload`]).
-pub(crate) async fn reload(current: &CurrentNode, config: ResolvedConfig) -> anyhow::Result<()> {
-    let old = current.get();
-    let (was, now) = (&old.config().settings, &config.settings);
-    let same_tls = match (&was.quic_tls, &now.quic_tls) {
-        (Some(a), Some(b)) => (&a.cert, &a.key, &a.ca) == (&b.cert, &b.key, &b.ca),
-        (None, None) => true,
-        _ => false,
-    };
-    let admin = |s: &config::NodeSettings| s.admin.as_ref().map(|a| a.addr);
-    if was.http != now.http || was.quic != now.quic || !same_tls || admin(was) != admin(now) {
-        anyhow::bail!(
-            "reload: listeners (http, quic and its certificate files, admin) cannot change; restart the node"
-        );
-    }
-    let node = tokio::task::block_in_place(|| old.successor(config))?;
-    current.replace(node);
-    tracing::info!("config reloaded");
-    Ok(())
 }
 
 /// `edge-node serve --config F`: serves until SIGTERM or ctrl-c, then drains. SIGHUP reloads

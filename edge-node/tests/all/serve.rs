@@ -54,6 +54,8 @@ async fn local_answer_then_cache_hit() {
     let (status, server_meta) = get_text(&c, addr, "/v2").await;
     assert_eq!(status, 200);
     assert!(server_meta.contains("\"edge\""));
+    let server_meta: serde_json::Value = serde_json::from_str(&server_meta).unwrap();
+    assert_eq!(server_meta["extensions"], json!(["binary_tensor_data"]));
     let (status, metrics) = get_text(&c, addr, "/metrics").await;
     assert_eq!(status, 200);
     assert_eq!(metric(&metrics, "cascade_cache_total{", &["status=\"hit\""]), Some(1.0));

@@ -17,6 +17,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::schema::{
@@ -59,6 +60,7 @@ impl ModelConfig {
             backend: "tract".into(),
             sha256: None,
             fallback_to_tract: true,
+            inputs: BTreeMap::new(),
         }
     }
 }

@@ -28,11 +28,11 @@ use std::time::Duration;
 pub use digest::{Digest, DigestParseError};
 pub use mode::{Hysteresis, Mode, SignalThresholds};
 pub use schema::{
-    AutoThresholdConfig, BatchingConfig, ModelConfig, NodeConfig, PluginConfig, ReceiptsConfig, RouteConfig,
-    ShadowConfig, TensorDeclConfig, UpstreamConfig,
+    AutoThresholdConfig, BatchingConfig, ListenersConfig, ModelConfig, ModelInputConfig, NodeConfig,
+    PluginConfig, ReceiptsConfig, RouteConfig, ShadowConfig, TensorDeclConfig, UpstreamConfig,
 };
 
-use crate::backend::BackendKind;
+use crate::backend::{BackendKind, InputShape};
 
 /// Why a config could not be loaded or resolved.
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +188,12 @@ pub struct NodeSettings {
     pub quic: Option<SocketAddr>,
     /// The QUIC listener's certificate, key and client CA; set exactly when `quic` is.
     pub quic_tls: Option<QuicTlsSettings>,
+    /// What downstream nodes may make the QUIC listener hold.
+    pub quic_limits: QuicLimits,
+    /// What clients may make the HTTP (and admin) listener hold.
+    pub http_limits: HttpLimits,
+    /// On shutdown, time requests and escalations in flight get to finish.
+    pub drain: Duration,
     /// The admin API, if enabled.
     pub admin: Option<AdminSettings>,
     /// Routes by name.
@@ -204,6 +210,42 @@ pub struct NodeSettings {
     pub telemetry: TelemetrySettings,
     /// The shadow record store, if any route shadows.
     pub shadow: Option<ShadowSettings>,
+}
+
+/// The largest request a node accepts whole: the HTTP body limit, and the tier frame limit
+/// when a route's inputs do not fix its size.
+pub const MAX_REQUEST_BYTES: usize = 2 << 20;
+
+/// Room in a tier frame for what is not tensor data: names, shapes and the other fields.
+pub const FRAME_OVERHEAD_BYTES: usize = 64 << 10;
+
+/// What clients may make an HTTP listener hold (`[listeners] http_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Time for a request's head to arrive.
+    pub header_read: Duration,
+    /// Time for a request's body to arrive, from the end of its head.
+    pub body_read: Duration,
+    /// Time a kept-alive connection may wait for its next request.
+    pub idle: Duration,
+    /// Connections open at once.
+    pub max_connections: u32,
+}
+
+/// What downstream nodes may make a QUIC listener hold (`[listeners] quic_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuicLimits {
+    /// Names (or `prefix*`) that may connect; `None`: any the CA signed.
+    pub allow: Option<Vec<String>>,
+    /// Connections per downstream node.
+    pub max_connections_per_peer: u32,
+    /// Open escalations per connection.
+    pub max_streams_per_connection: u32,
+    /// Request bytes held at once, all connections together.
+    pub max_buffered_bytes: usize,
+    /// Largest request frame: from the routes' declared inputs where they fix the size,
+    /// else [`MAX_REQUEST_BYTES`], plus [`FRAME_OVERHEAD_BYTES`].
+    pub max_frame_bytes: usize,
 }
 
 /// The admin API's listener and the file holding its bearer token.
@@ -237,6 +279,8 @@ pub struct ModelSpec {
     pub fallback_to_tract: bool,
     /// Digest the file must have, if pinned.
     pub pinned: Option<Digest>,
+    /// Input shapes the config fixes (`[models.<name>.inputs.<input>]`), by input name.
+    pub inputs: BTreeMap<String, InputShape>,
 }
 
 /// A model file, read and checked.

@@ -5,16 +5,20 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::schema::{NodeConfig, RouteConfig, SignalThresholdsConfig, TensorDeclConfig, UpstreamConfig};
+use super::schema::{
+    ListenersConfig, ModelConfig, NodeConfig, RouteConfig, SignalThresholdsConfig, TensorDeclConfig,
+    UpstreamConfig,
+};
 use super::{
-    AdminSettings, AutoThreshold, BatchingSettings, ConfigError, Digest, FieldProblem,
-    KserveUpstreamSettings, ModeSwitches, ModelSpec, ModesSettings, NodeSettings, PluginSpec,
-    QuicTlsSettings, QuicUpstreamSettings, RateSettings, ReceiptSettings, RouteSettings, ShadowSettings,
-    TelemetrySettings, TensorDecl, UpstreamKind, UpstreamSettings, ValidatedConfig,
+    AdminSettings, AutoThreshold, BatchingSettings, ConfigError, Digest, FRAME_OVERHEAD_BYTES, FieldProblem,
+    HttpLimits, KserveUpstreamSettings, MAX_REQUEST_BYTES, ModeSwitches, ModelSpec, ModesSettings,
+    NodeSettings, PluginSpec, QuicLimits, QuicTlsSettings, QuicUpstreamSettings, RateSettings,
+    ReceiptSettings, RouteSettings, ShadowSettings, TelemetrySettings, TensorDecl, UpstreamKind,
+    UpstreamSettings, ValidatedConfig,
 };
 use super::{Hysteresis, Mode, SignalThresholds};
 use crate::DType;
-use crate::backend::BackendKind;
+use crate::backend::{BackendKind, InputShape};
 
 /// The longest deadline, timeout or pause a config may set: longer ones are mistakes, and
 /// unbounded ones would overflow the clock arithmetic.
@@ -201,9 +205,10 @@ pub(super) fn validate(raw: NodeConfig, file: &Path) -> Result<ValidatedConfig, 
         };
         let pinned = c.digest(&format!("{f}.sha256"), m.sha256.as_deref());
         let path = c.path(&m.path);
+        let inputs = model_inputs(&mut c, &f, m);
         models.insert(
             name.clone(),
-            ModelSpec { path, backend, fallback_to_tract: m.fallback_to_tract, pinned },
+            ModelSpec { path, backend, fallback_to_tract: m.fallback_to_tract, pinned, inputs },
         );
     }
 
@@ -334,6 +339,15 @@ pub(super) fn validate(raw: NodeConfig, file: &Path) -> Result<ValidatedConfig, 
     if raw.telemetry.log.trim().is_empty() {
         c.fail("telemetry.log", "empty", "a `tracing` filter such as `info` or `cascade_runtime=debug`");
     }
+    let quic_limits = quic_limits(&mut c, &raw.listeners, &routes);
+    let l = &raw.listeners;
+    let http_limits = HttpLimits {
+        header_read: c.positive_ms("listeners.http_header_timeout_ms", l.http_header_timeout_ms),
+        body_read: c.positive_ms("listeners.http_body_timeout_ms", l.http_body_timeout_ms),
+        idle: c.positive_ms("listeners.http_idle_timeout_ms", l.http_idle_timeout_ms),
+        max_connections: c.at_least_one("listeners.http_max_connections", l.http_max_connections),
+    };
+    let drain = c.positive_ms("listeners.drain_timeout_ms", l.drain_timeout_ms);
 
     if !c.problems.is_empty() {
         return Err(ConfigError::Invalid { path: file.to_owned(), problems: c.problems });
@@ -349,6 +363,9 @@ pub(super) fn validate(raw: NodeConfig, file: &Path) -> Result<ValidatedConfig, 
             http,
             quic,
             quic_tls,
+            quic_limits,
+            http_limits,
+            drain,
             admin,
             routes,
             upstream,
@@ -365,6 +382,83 @@ pub(super) fn validate(raw: NodeConfig, file: &Path) -> Result<ValidatedConfig, 
         models,
         plugins,
     })
+}
+
+/// What downstream nodes may make the QUIC listener hold; the frame limit comes from the
+/// routes (see [`QuicLimits::max_frame_bytes`]).
+/// `[models.<name>.inputs.*]`: each shape's dimensions at least 1, each batch name non-empty.
+fn model_inputs(c: &mut Checker, f: &str, m: &ModelConfig) -> BTreeMap<String, InputShape> {
+    let mut inputs = BTreeMap::new();
+    for (input, raw) in &m.inputs {
+        let f = format!("{f}.inputs.{input}");
+        let dims = raw.shape.as_ref().map(|shape| {
+            shape
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| {
+                    usize::try_from(d).ok().filter(|&d| d >= 1).unwrap_or_else(|| {
+                        c.fail(format!("{f}.shape[{i}]"), format!("{d}"), "a dimension of at least 1");
+                        1
+                    })
+                })
+                .collect()
+        });
+        if raw.batch.as_deref() == Some("") {
+            c.fail(format!("{f}.batch"), "empty", "the file's name for the batch dimension, such as `N`");
+        }
+        inputs.insert(input.clone(), InputShape { batch: raw.batch.clone(), dims });
+    }
+    inputs
+}
+
+fn quic_limits(c: &mut Checker, l: &ListenersConfig, routes: &BTreeMap<String, RouteSettings>) -> QuicLimits {
+    if let Some(allow) = &l.quic_allow {
+        if allow.is_empty() {
+            c.fail(
+                "listeners.quic_allow",
+                "empty: no node could escalate here",
+                "at least one node name, or no `quic_allow` to admit every node the CA signed",
+            );
+        }
+        for name in allow {
+            if crate::transport::certs::check_name(name.strip_suffix('*').unwrap_or(name)).is_err() {
+                c.fail(
+                    "listeners.quic_allow",
+                    format!("{name:?} is not a node name"),
+                    "node names as given to `edge-node certs issue --name`, optionally ending in `*`",
+                );
+            }
+        }
+    }
+    let request_bytes = |r: &RouteSettings| -> usize {
+        let fixed: Option<usize> = r
+            .inputs
+            .iter()
+            .map(|t| t.shape.iter().try_fold(t.dtype.size(), |n, d| d.and_then(|d| n.checked_mul(d))))
+            .try_fold(0usize, |sum, n| n.and_then(|n| sum.checked_add(n)));
+        match fixed {
+            Some(bytes) if !r.inputs.is_empty() => bytes.min(MAX_REQUEST_BYTES),
+            _ => MAX_REQUEST_BYTES,
+        }
+    };
+    let buffered_mib = c.at_least_one("listeners.quic_max_buffered_mib", l.quic_max_buffered_mib);
+    let max_frame_bytes = routes.values().map(request_bytes).max().unwrap_or(0) + FRAME_OVERHEAD_BYTES;
+    if (u64::from(buffered_mib) << 20) < max_frame_bytes as u64 {
+        c.fail(
+            "listeners.quic_max_buffered_mib",
+            format!("{buffered_mib} MiB cannot hold one whole request ({max_frame_bytes} bytes, from the routes' inputs)"),
+            format!("at least {}", (max_frame_bytes >> 20) + 1),
+        );
+    }
+    QuicLimits {
+        allow: l.quic_allow.clone(),
+        max_connections_per_peer: c
+            .at_least_one("listeners.quic_max_connections_per_peer", l.quic_max_connections_per_peer),
+        max_streams_per_connection: c
+            .at_least_one("listeners.quic_max_streams_per_connection", l.quic_max_streams_per_connection),
+        max_buffered_bytes: usize::try_from(u64::from(buffered_mib) << 20).unwrap_or(usize::MAX),
+        max_frame_bytes,
+    }
 }
 
 /// The admin listener and its token file: both or neither.

@@ -7,5 +7,7 @@ mod request;
 mod response;
 pub mod tensor;
 
-pub use request::{HEADER_LENGTH, InferRequest, OutputChoice, json_length, parse_request};
+pub use request::{
+    HEADER_LENGTH, InferRequest, MAX_PARAMETERS, OutputChoice, VALUE_PATH_MAX_BYTES, json_length, parse_request,
+};
 pub use response::{EncodedReply, encode_reply};

@@ -7,6 +7,8 @@
 use serde_json::Value;
 
 use super::tensor::{Numbers, TensorFields, decode_tensor};
+use crate::bounded::{self, Members};
+use crate::protocol::{MAX_DIMS, MAX_TENSORS};
 use crate::tensor::Tensor;
 
 /// The binary tensor data extension's header: how many bytes of the body are JSON.
@@ -47,10 +49,13 @@ pub struct OutputChoice {
 /// is the binary extension's `Inference-Header-Content-Length`: the body's first bytes are
 /// the JSON, the rest the inputs' raw data.
 ///
-/// Well-formed requests take a typed path that reads each tensor's `data` straight into a
-/// flat list of numbers instead of a `serde_json::Value` per element (an allocation and a
-/// match for each of 784 pixels). Anything the typed path refuses is parsed
-/// again as a `Value`, which finds the offending field for the error message.
+/// This runs before admission, so what it holds stays proportional to the body: a typed
+/// path reads each tensor's `data` straight into a flat list of numbers, every other field
+/// into its KServe type with bounded counts ([`MAX_TENSORS`] inputs and outputs,
+/// [`MAX_DIMS`] dimensions, [`MAX_PARAMETERS`] parameters), and skips members it does not
+/// know without holding them. A small body the typed path refuses is parsed again as a
+/// `serde_json::Value`, which finds the offending field for the error message; a larger one
+/// is refused with the typed parser's message, never expanded into a `Value` tree.
 pub fn parse_request(body: &[u8], json_length: Option<usize>) -> Result<InferRequest, String> {
     let (json, binary) = match json_length {
         Some(n) if n > body.len() => {
@@ -59,23 +64,28 @@ pub fn parse_request(body: &[u8], json_length: Option<usize>) -> Result<InferReq
         Some(n) => body.split_at(n),
         None => (body, &[][..]),
     };
-    if let Ok(mut wire) = serde_json::from_slice::<WireRequest>(json) {
-        return build_request(
-            wire.id.as_ref(),
-            wire.inputs.iter_mut().map(wire_fields),
-            wire.parameters.as_ref(),
-            wire.outputs.as_ref(),
-            binary,
-        );
-    }
-    let value: Value = serde_json::from_slice(json).map_err(|e| {
+    let not_json = |e: &dyn std::fmt::Display| {
         let hint = if json_length.is_none() && json.contains(&0) {
             format!(" (binary data? then send the JSON's length in {HEADER_LENGTH})")
         } else {
             String::new()
         };
         format!("body is not valid JSON: {e}{hint}")
-    })?;
+    };
+    // JSON is UTF-8. The typed path skips the members it does not read without checking
+    // their strings, so the whole text is checked here: both paths then accept the same bodies.
+    let json = std::str::from_utf8(json).map_err(|e| not_json(&e))?;
+    let typed_error = match serde_json::from_str::<WireRequest>(json) {
+        Ok(wire) => return wire.build(binary),
+        Err(e) => e,
+    };
+    if json.len() > VALUE_PATH_MAX_BYTES {
+        return Err(match typed_error.classify() {
+            serde_json::error::Category::Data => format!("body: {typed_error}"),
+            _ => not_json(&typed_error),
+        });
+    }
+    let value: Value = serde_json::from_str(json).map_err(|e| not_json(&e))?;
     let obj = value.as_object().ok_or("body: expected a JSON object")?;
     let inputs = obj.get("inputs").ok_or("inputs: missing")?;
     let inputs = inputs.as_array().ok_or("inputs: expected an array of tensors")?;
@@ -90,44 +100,133 @@ pub fn parse_request(body: &[u8], json_length: Option<usize>) -> Result<InferReq
     build_request(obj.get("id"), tensors.into_iter(), obj.get("parameters"), obj.get("outputs"), binary)
 }
 
-/// A request as the typed path reads it; `data` arrays never become `Value`s.
+/// The largest JSON text a refused request is parsed again as a `serde_json::Value` for a
+/// better message: a `Value` tree can take tens of times its text in memory.
+pub const VALUE_PATH_MAX_BYTES: usize = 64 << 10;
+
+/// The most request-level parameters a request may carry.
+pub const MAX_PARAMETERS: usize = 64;
+
+/// A request as the typed path reads it: KServe's types, bounded counts, nothing unknown kept.
 #[derive(serde::Deserialize)]
 struct WireRequest {
     #[serde(default)]
-    id: Option<Value>,
+    id: Option<String>,
+    #[serde(deserialize_with = "bounded::vec::<_, _, MAX_TENSORS>")]
     inputs: Vec<WireTensor>,
-    #[serde(default)]
-    parameters: Option<Value>,
-    #[serde(default)]
-    outputs: Option<Value>,
+    #[serde(default, deserialize_with = "bounded::optional::<_, _, MAX_PARAMETERS>")]
+    parameters: Option<Members<Scalar>>,
+    #[serde(default, deserialize_with = "bounded::optional::<_, _, MAX_TENSORS>")]
+    outputs: Option<Vec<WireOutput>>,
 }
 
 #[derive(serde::Deserialize)]
 struct WireTensor {
     #[serde(default)]
-    name: Option<Value>,
+    name: Option<String>,
+    #[serde(default, deserialize_with = "bounded::optional::<_, _, MAX_DIMS>")]
+    shape: Option<Vec<u64>>,
     #[serde(default)]
-    shape: Option<Value>,
-    #[serde(default)]
-    datatype: Option<Value>,
+    datatype: Option<String>,
     #[serde(default)]
     data: Option<Numbers>,
     #[serde(default)]
-    parameters: Option<Value>,
+    parameters: Option<WireTensorParameters>,
 }
 
-/// The tensor's fields, its numbers moved out (not copied: 784 of them per image), and its
-/// `parameters`.
-fn wire_fields(t: &mut WireTensor) -> (TensorFields<'_>, Option<&Value>) {
-    let WireTensor { name, shape, datatype, data, parameters } = t;
-    let fields = TensorFields {
-        name: name.as_ref(),
-        shape: shape.as_ref(),
-        datatype: datatype.as_ref(),
-        data: data.take(),
-        binary: None,
-    };
-    (fields, parameters.as_ref())
+/// The one input parameter the host reads; others are skipped.
+#[derive(serde::Deserialize)]
+struct WireTensorParameters {
+    #[serde(default)]
+    binary_data_size: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Option<WireOutputParameters>,
+}
+
+/// The one output parameter the host reads; others are skipped.
+#[derive(serde::Deserialize)]
+struct WireOutputParameters {
+    #[serde(default)]
+    binary_data: Option<bool>,
+}
+
+/// A parameter's value: KServe parameters are booleans, numbers or strings.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Bool(bool),
+    Number(serde_json::Number),
+    String(String),
+}
+
+impl WireRequest {
+    /// The request, checked by the same code as the `Value` path; the small fields become
+    /// `Value`s again for it (their sizes are bounded by now), the numbers are moved.
+    fn build(self, binary: &[u8]) -> Result<InferRequest, String> {
+        let small = |t: WireTensor| {
+            let fields = SmallFields {
+                name: t.name.map(Value::String),
+                shape: t.shape.map(|s| Value::Array(s.into_iter().map(Value::from).collect())),
+                datatype: t.datatype.map(Value::String),
+                parameters: t.parameters.map(|p| {
+                    let size = p.binary_data_size.map_or(Value::Null, Value::from);
+                    serde_json::json!({ "binary_data_size": size })
+                }),
+            };
+            (fields, t.data)
+        };
+        let tensors: Vec<_> = self.inputs.into_iter().map(small).collect();
+        let parameters = self.parameters.map(|Members(p)| {
+            Value::Object(
+                p.into_iter()
+                    .map(|(k, v)| {
+                        let v = match v {
+                            Scalar::Bool(b) => Value::Bool(b),
+                            Scalar::Number(n) => Value::Number(n),
+                            Scalar::String(s) => Value::String(s),
+                        };
+                        (k, v)
+                    })
+                    .collect(),
+            )
+        });
+        let outputs = self.outputs.map(|o| {
+            Value::Array(
+                o.into_iter()
+                    .map(|o| {
+                        let binary = o.parameters.and_then(|p| p.binary_data).map_or(Value::Null, Value::Bool);
+                        serde_json::json!({ "name": o.name, "parameters": { "binary_data": binary } })
+                    })
+                    .collect(),
+            )
+        });
+        let id = self.id.map(Value::String);
+        let mut tensors = tensors;
+        let fields = tensors.iter_mut().map(|(f, data)| {
+            let fields = TensorFields {
+                name: f.name.as_ref(),
+                shape: f.shape.as_ref(),
+                datatype: f.datatype.as_ref(),
+                data: data.take(),
+                binary: None,
+            };
+            (fields, f.parameters.as_ref())
+        });
+        build_request(id.as_ref(), fields, parameters.as_ref(), outputs.as_ref(), binary)
+    }
+}
+
+/// A typed tensor's small fields as `Value`s, for the checks both paths share.
+struct SmallFields {
+    name: Option<Value>,
+    shape: Option<Value>,
+    datatype: Option<Value>,
+    parameters: Option<Value>,
 }
 
 /// The request-level parameter asking for every output as binary data.
@@ -147,6 +246,9 @@ fn build_request<'a>(
     };
     if inputs.len() == 0 {
         return Err("inputs: expected at least one tensor".into());
+    }
+    if inputs.len() > MAX_TENSORS {
+        return Err(format!("inputs: {} tensors, at most {MAX_TENSORS} entries", inputs.len()));
     }
     let mut rest = binary;
     let mut tensors = Vec::with_capacity(inputs.len());
@@ -183,6 +285,9 @@ fn build_request<'a>(
     };
     let parameters = match parameters {
         None | Some(Value::Null) => Vec::new(),
+        Some(Value::Object(m)) if m.len() > MAX_PARAMETERS => {
+            return Err(format!("parameters: {} members, at most {MAX_PARAMETERS} entries", m.len()));
+        }
         Some(Value::Object(m)) => m
             .iter()
             .filter(|(k, _)| k.as_str() != BINARY_OUTPUT)
@@ -213,6 +318,9 @@ fn binary_data_size(i: usize, parameters: Option<&Value>) -> Result<Option<usize
 fn output_choice(outputs: Option<&Value>, binary: bool) -> Result<OutputChoice, String> {
     let requested = match outputs {
         None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) if items.len() > MAX_TENSORS => {
+            return Err(format!("outputs: {} asked for, at most {MAX_TENSORS} entries", items.len()));
+        }
         Some(Value::Array(items)) => items
             .iter()
             .enumerate()
@@ -410,6 +518,62 @@ mod tests {
         ) {
             let _ = parse_request(&body, Some(n));
         }
+    }
+
+    /// A body of about 2 MiB whose request-level parameters are `n` tiny members.
+    fn with_parameters(n: usize) -> Vec<u8> {
+        let members: Vec<String> = (0..n).map(|i| format!("\"p{i}\":0")).collect();
+        format!(
+            r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"UINT8","data":[1]}}],"parameters":{{{}}}}}"#,
+            members.join(",")
+        )
+        .into_bytes()
+    }
+
+    /// Before admission, a body must not become a structure many times its size: a few
+    /// bytes per parameter, output or dimension are refused past their caps instead of
+    /// being held, and a large refused body is not parsed again as a `Value` tree.
+    #[test]
+    fn what_a_body_may_hold_before_admission_is_bounded() {
+        assert!(parse_request(&with_parameters(MAX_PARAMETERS), None).is_ok());
+        let big = with_parameters(200_000);
+        assert!(big.len() > VALUE_PATH_MAX_BYTES);
+        let e = parse_request(&big, None).unwrap_err();
+        assert!(e.starts_with("body: invalid length") && e.contains("at most 64 entries"), "{e}");
+        // A small body past the cap gets the same refusal from the typed path.
+        let e = parse_request(&with_parameters(MAX_PARAMETERS + 1), None).unwrap_err();
+        assert!(e.contains("at most 64 entries"), "{e}");
+
+        let outputs: Vec<String> = (0..=MAX_TENSORS).map(|i| format!(r#"{{"name":"o{i}"}}"#)).collect();
+        let body = format!(
+            r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"UINT8","data":[1]}}],"outputs":[{}]}}"#,
+            outputs.join(",")
+        );
+        let e = parse_request(body.as_bytes(), None).unwrap_err();
+        assert!(e.contains("at most 64 entries"), "{e}");
+
+        // Members the node does not read are skipped, however large, without being held.
+        let unknown = format!(
+            r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"UINT8","data":[1]}}],"extra":[{}0]}}"#,
+            "[],".repeat(500_000)
+        );
+        assert_eq!(parse_request(unknown.as_bytes(), None).unwrap().inputs.len(), 1);
+        // A large body that is wrong is refused with the typed parser's message.
+        let wrong = unknown.replace(r#""shape":[1]"#, r#""shape":["one"]"#);
+        let e = parse_request(wrong.as_bytes(), None).unwrap_err();
+        assert!(e.starts_with("body: invalid type: string \"one\""), "{e}");
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/kserve_request.rs): the typed path skipped a member
+    /// it does not read without checking its string, so a body that is not UTF-8 there was
+    /// accepted, while the same body with any other flaw was refused as "not valid JSON".
+    #[test]
+    fn a_body_that_is_not_utf8_is_refused_wherever_the_bad_bytes_are() {
+        let good = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"UINT8","data":[1]}],"other":"a"}"#;
+        assert!(parse_request(good, None).is_ok());
+        let bad = [&good[..good.len() - 3], b"\xf2\"}"].concat();
+        let e = parse_request(&bad, None).unwrap_err();
+        assert!(e.starts_with("body is not valid JSON: invalid utf-8"), "{e}");
     }
 
     #[test]

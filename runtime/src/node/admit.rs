@@ -21,7 +21,7 @@ pub(super) async fn admit(node: &Node, ctx: &Ctx<'_>) -> Result<Admitted, ServeE
     let share = match &ctx.origin {
         Origin::Client => None,
         // One edge may not take every place while others wait.
-        Origin::Downstream { peer, .. } => match ctx.route.share.try_admit(peer) {
+        Origin::Downstream { peer, .. } => match ctx.route.share.try_admit(peer.as_str()) {
             Ok(permit) => Some(permit),
             Err(why) => {
                 tracing::debug!(%peer, %route, %why, "escalation refused");

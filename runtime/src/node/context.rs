@@ -11,6 +11,7 @@ use super::route::Route;
 use crate::sandbox::Request;
 use crate::telemetry::Stage;
 use crate::tensor::Tensor;
+use crate::transport::PeerName;
 
 /// Who sent a request, which decides whether it may escalate further.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,9 +20,10 @@ pub enum Origin {
     Client,
     /// A downstream node escalating to this one: it is answered here, never passed on.
     Downstream {
-        /// The downstream node's identity, which its fair share is keyed by.
-        peer: String,
-        /// The name the downstream node gave itself.
+        /// The downstream node's verified name (from its certificate), which its fair share
+        /// is keyed by.
+        peer: PeerName,
+        /// The name the downstream node gave itself (for logs only: it is not verified).
         node: String,
     },
 }

@@ -8,7 +8,7 @@ use parking_lot::RwLock;
 use super::Node;
 use super::error::NodeError;
 use crate::protocol::EscalationRequest;
-use crate::transport::{RequestContext, ServerConfig, TierServer, TlsIdentity};
+use crate::transport::{RequestContext, TierServer, TlsIdentity};
 
 /// The node requests go to. A reload swaps in a whole new node; requests already running
 /// finish on the node they started on, which is dropped after the last of them.
@@ -36,7 +36,7 @@ impl CurrentNode {
     pub fn listen_quic(&self) -> Result<Option<TierServer>, NodeError> {
         let node = self.get();
         let settings = &node.config().settings;
-        let (Some(addr), Some(tls)) = (settings.quic, &settings.quic_tls) else {
+        let (Some(config), Some(tls)) = (crate::convert::quic_server(settings), &settings.quic_tls) else {
             return Ok(None);
         };
         let identity = TlsIdentity::from_files(&tls.cert, &tls.key, &tls.ca)?;
@@ -44,6 +44,6 @@ impl CurrentNode {
         let handler = move |request: EscalationRequest, context: RequestContext| {
             current.get().answer_escalation(request, context)
         };
-        Ok(Some(TierServer::bind(&identity, ServerConfig::new(addr), handler)?))
+        Ok(Some(TierServer::bind(&identity, config, handler)?))
     }
 }

@@ -95,6 +95,9 @@ pub enum ServeError {
     Internal(String),
 }
 
+/// Longest error message sent to a client, in characters.
+const MAX_CLIENT_MESSAGE_CHARS: usize = 500;
+
 fn detail_suffix(detail: &Option<String>) -> String {
     detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default()
 }
@@ -121,6 +124,18 @@ impl ServeError {
         }
     }
 
+    /// The message a client (or a downstream node) gets: this error's first line, without
+    /// what a plugin's trap carries after it (a wasm backtrace) and cut to a length a client
+    /// can show. The node logs the whole error.
+    pub fn client_message(&self) -> String {
+        let text = self.to_string();
+        let first = text.lines().next().unwrap_or_default();
+        match first.char_indices().nth(MAX_CLIENT_MESSAGE_CHARS) {
+            Some((cut, _)) => format!("{}…", &first[..cut]),
+            None => first.to_owned(),
+        }
+    }
+
     /// The error frame that answers a downstream node's escalation.
     pub fn to_frame(&self, id: u64) -> ErrorFrame {
         let (kind, retryable) = match self {
@@ -131,7 +146,7 @@ impl ServeError {
             ServeError::DeadlineExceeded { .. } => (protocol::ErrorKind::DeadlineExceeded, false),
             ServeError::NoAnswer { .. } => (protocol::ErrorKind::Unavailable, true),
         };
-        ErrorFrame { id, kind, retryable, message: self.to_string() }
+        ErrorFrame { id, kind, retryable, message: self.client_message() }
     }
 }
 
@@ -151,5 +166,13 @@ mod tests {
         assert_eq!((frame.id, frame.kind, frame.retryable), (7, protocol::ErrorKind::Overloaded, true));
         let frame = ServeError::BadRequest("x".into()).to_frame(1);
         assert_eq!((frame.kind, frame.retryable), (protocol::ErrorKind::BadRequest, false));
+        let trap = ServeError::Plugin {
+            plugin: "p".into(),
+            kind: "trap",
+            message: format!("unreachable\nwasm backtrace:\n    0: 0x1d2 - p!f\n{}", "x".repeat(900)),
+        };
+        assert_eq!(trap.client_message(), "plugin `p` failed (trap): unreachable");
+        let long = ServeError::BadRequest("y".repeat(2000)).client_message();
+        assert_eq!(long.chars().count(), MAX_CLIENT_MESSAGE_CHARS + 1);
     }
 }

@@ -14,7 +14,6 @@ use crate::policy::{Decision, DegradedReason};
 use crate::protocol::{EscalationRequest, NamedTensor};
 use crate::sandbox::{Answer, Outcome};
 use crate::telemetry::Stage;
-use crate::transport;
 
 pub(super) async fn escalate(
     node: &Node,
@@ -95,14 +94,14 @@ async fn upstream_reply(
             .iter()
             .map(|(name, tensor)| NamedTensor { name: name.clone(), tensor: tensor.clone() })
             .collect(),
-        deadline_unix_us: transport::deadline_in(budget),
+        budget_us: crate::protocol::budget_us(budget),
         trace: None,
         node_id: node.name().to_owned(),
         local_confidence,
     };
     let answer = upstream.client.escalate(&request).await.map_err(|e| {
         tracing::info!(error = %e, "escalation failed; answering locally");
-        e.to_string()
+        e.summary()
     })?;
     let timings: Vec<(String, u64)> = answer.timings.into_iter().map(|t| (t.stage, t.micros)).collect();
     if let Some(&(_, us)) = timings.iter().find(|(stage, _)| stage == Stage::Sandbox.name()) {

@@ -181,10 +181,12 @@ impl Node {
             self.telemetry.request(UNKNOWN_ROUTE, RequestOutcome::Rejected, AnswerTier::None);
             return Err(ServeError::UnknownRoute(request.route).to_frame(id));
         };
-        let origin = Origin::Downstream { peer: context.remote.to_string(), node: request.node_id.clone() };
+        let origin = Origin::Downstream { peer: context.peer.clone(), node: request.node_id.clone() };
         let inputs = request.inputs.into_iter().map(|t| (t.name, t.tensor)).collect();
-        let ctx = Ctx::new(self.new_id(), route, inputs, Vec::new(), context.deadline, origin);
-        let span = tracing::info_span!("escalation_in", route = %request.route, from = %request.node_id);
+        // The requester's budget, but never more than this node gives the route itself.
+        let deadline = context.deadline.min(context.received + route.settings.deadline);
+        let ctx = Ctx::new(self.new_id(), route, inputs, Vec::new(), deadline, origin);
+        let span = tracing::info_span!("escalation_in", route = %request.route, from = %context.peer);
         let reply = self.serve(&ctx).instrument(span).await.map_err(|e| e.to_frame(id))?;
         Ok(EscalationAnswer {
             id,

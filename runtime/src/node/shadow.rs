@@ -77,7 +77,7 @@ pub(super) fn after_local_answer(node: &Node, ctx: &Ctx<'_>, label: Option<&str>
             .iter()
             .map(|(name, t)| NamedTensor { name: name.clone(), tensor: t.clone() })
             .collect(),
-        deadline_unix_us: transport::deadline_in(upstream.settings.request_timeout),
+        budget_us: crate::protocol::budget_us(upstream.settings.request_timeout),
         trace: None,
         node_id: node.name().to_owned(),
         local_confidence: Some(confidence),

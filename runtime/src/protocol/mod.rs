@@ -3,7 +3,7 @@
 //! Nothing here touches a socket or a clock: [`encode`] turns a [`Frame`] into bytes and a
 //! [`FrameDecoder`] turns bytes, as they arrive, back into frames. The transport wraps both.
 //!
-//! # Wire format (version 1)
+//! # Wire format (version 2)
 //!
 //! ```text
 //! +---------+----------------------+----------------------------+
@@ -21,6 +21,9 @@
 //!
 //! One escalation uses one stream: the requester sends a [`Frame::Request`], the upstream
 //! answers with one [`Frame::Answer`] or [`Frame::Error`].
+//!
+//! Version 2 replaced version 1's absolute deadline (which trusted both machines' clocks to
+//! agree) with a relative budget, written when the frame is sent.
 
 mod decoder;
 mod wire;
@@ -32,7 +35,7 @@ use crate::tensor::Tensor;
 pub use decoder::FrameDecoder;
 
 /// The protocol version this build speaks, sent as the first byte of every frame.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Bytes before the body: the version byte and the u32 body length.
 pub const HEADER_BYTES: usize = 5;
@@ -102,10 +105,11 @@ pub struct EscalationRequest {
     /// Input tensors.
     #[serde(deserialize_with = "wire::bounded_vec::<_, _, MAX_TENSORS>")]
     pub inputs: Vec<NamedTensor>,
-    /// Absolute deadline, microseconds since the Unix epoch. Absolute rather than relative so
-    /// that chained tiers share one budget; it assumes the tiers' clocks are synchronised
-    /// (NTP keeps them within a few milliseconds, well under escalation deadlines).
-    pub deadline_unix_us: u64,
+    /// Microseconds the requester gives the upstream to answer, counted from when the
+    /// upstream has the whole request (relative, as the tiers' clocks need not agree). The
+    /// requester's transport rewrites it with the time actually left as each attempt is sent
+    /// (see [`encode_request`]); the upstream clamps it to its own route deadline.
+    pub budget_us: u64,
     /// Trace context, if the request is traced.
     pub trace: Option<TraceContext>,
     /// Id of the node that escalates.
@@ -255,28 +259,65 @@ impl ProtocolError {
 pub fn encode(frame: &Frame, limits: &ProtocolLimits) -> Result<Vec<u8>, ProtocolError> {
     check_counts(frame)?;
     let frame = match frame {
-        Frame::Request(r) => FrameRef::Request(r),
+        Frame::Request(r) => FrameRef::Request(RequestRef::Whole(r)),
         Frame::Answer(a) => FrameRef::Answer(a),
         Frame::Error(e) => FrameRef::Error(e),
     };
     encode_ref(&frame, limits)
 }
 
-/// Encodes a request frame without taking the request (a client may send it again).
+/// Encodes a request frame whose budget is `budget` (the time left as it is sent), without
+/// taking or copying the request: a client may send it again, with less time left.
 pub fn encode_request(
     request: &EscalationRequest,
+    budget: std::time::Duration,
     limits: &ProtocolLimits,
 ) -> Result<Vec<u8>, ProtocolError> {
     check_request_counts(request)?;
-    encode_ref(&FrameRef::Request(request), limits)
+    let request = BorrowedRequest {
+        id: request.id,
+        route: &request.route,
+        inputs: &request.inputs,
+        budget_us: budget_us(budget),
+        trace: &request.trace,
+        node_id: &request.node_id,
+        local_confidence: request.local_confidence,
+    };
+    encode_ref(&FrameRef::Request(RequestRef::Borrowed(request)), limits)
+}
+
+/// `budget` as [`EscalationRequest::budget_us`] (saturating).
+pub fn budget_us(budget: std::time::Duration) -> u64 {
+    u64::try_from(budget.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Serializes exactly like [`Frame`] (same variants in the same order), by reference.
 #[derive(Serialize)]
 enum FrameRef<'a> {
-    Request(&'a EscalationRequest),
+    Request(RequestRef<'a>),
     Answer(&'a EscalationAnswer),
     Error(&'a ErrorFrame),
+}
+
+/// Serializes exactly like [`EscalationRequest`]: a request as stored, or a borrowed copy with
+/// the budget rewritten. Postcard writes a struct as its fields in order, so the borrowed
+/// mirror's fields must stay in [`EscalationRequest`]'s order (a test checks they do).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum RequestRef<'a> {
+    Whole(&'a EscalationRequest),
+    Borrowed(BorrowedRequest<'a>),
+}
+
+#[derive(Serialize)]
+struct BorrowedRequest<'a> {
+    id: u64,
+    route: &'a str,
+    inputs: &'a [NamedTensor],
+    budget_us: u64,
+    trace: &'a Option<TraceContext>,
+    node_id: &'a str,
+    local_confidence: Option<f32>,
 }
 
 fn encode_ref(frame: &FrameRef<'_>, limits: &ProtocolLimits) -> Result<Vec<u8>, ProtocolError> {

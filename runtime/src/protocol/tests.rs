@@ -118,12 +118,12 @@ fn frame() -> impl Strategy<Value = Frame> {
         ".{0,12}",
         prop::option::of(finite()),
     )
-        .prop_map(|(id, route, inputs, deadline_unix_us, trace, node_id, local_confidence)| {
+        .prop_map(|(id, route, inputs, budget_us, trace, node_id, local_confidence)| {
             Frame::Request(EscalationRequest {
                 id,
                 route,
                 inputs,
-                deadline_unix_us,
+                budget_us,
                 trace,
                 node_id,
                 local_confidence,
@@ -178,6 +178,16 @@ proptest! {
     }
 
     #[test]
+    fn a_request_sent_with_a_new_budget_decodes_as_the_same_request_with_that_budget(
+        frame in frame(), budget_us in any::<u64>()) {
+        let Frame::Request(request) = frame else { return Ok(()) };
+        let limits = ProtocolLimits::default();
+        let sent = encode_request(&request, std::time::Duration::from_micros(budget_us), &limits).unwrap();
+        let expected = Frame::Request(EscalationRequest { budget_us, ..request });
+        prop_assert_eq!(decode(&sent, &limits).unwrap(), expected);
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic_nor_overallocate(bytes in prop::collection::vec(any::<u8>(), 0..2048),
                                                     valid_header in any::<bool>(),
                                                     chunks in prop::collection::vec(1usize..512, 1..4)) {
@@ -220,7 +230,7 @@ fn request(inputs: Vec<NamedTensor>) -> Frame {
         id: 7,
         route: "digits".into(),
         inputs,
-        deadline_unix_us: 1,
+        budget_us: 1,
         trace: None,
         node_id: "edge-1".into(),
         local_confidence: Some(0.5),
@@ -230,10 +240,11 @@ fn request(inputs: Vec<NamedTensor>) -> Frame {
 #[test]
 fn unknown_version_is_refused_with_an_error_frame() {
     let mut bytes = encode(&request(vec![]), &SMALL).unwrap();
-    bytes[0] = 2;
+    // Version 1, which carried an absolute deadline: refused, not misread.
+    bytes[0] = 1;
     let err = decode(&bytes, &SMALL).unwrap_err();
-    assert_eq!(err, ProtocolError::UnsupportedVersion { got: 2 });
-    assert_eq!(err.to_string(), "unsupported tier protocol version 2 (this node speaks version 1)");
+    assert_eq!(err, ProtocolError::UnsupportedVersion { got: 1 });
+    assert_eq!(err.to_string(), "unsupported tier protocol version 1 (this node speaks version 2)");
     let reply = err.to_error_frame(0);
     assert_eq!((reply.kind, reply.retryable), (ErrorKind::UnsupportedVersion, false));
     // The version alone is enough to refuse: no length needs to arrive.

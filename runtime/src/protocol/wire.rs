@@ -6,12 +6,12 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::marker::PhantomData;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, Visitor};
 
 use super::{MAX_DIMS, NamedTensor};
+use crate::bounded::AtMost;
 use crate::tensor::{DType, Tensor};
 
 thread_local! {
@@ -55,40 +55,16 @@ impl TryFrom<NamedTensorWire> for NamedTensor {
     }
 }
 
-/// Deserializes a sequence of at most `MAX` items, refusing longer ones before allocating.
+/// Deserializes a sequence of at most `MAX` items, refusing longer ones before allocating
+/// (the reason is noted for the error message).
 pub(super) fn bounded_vec<'de, D, T, const MAX: usize>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    struct Bounded<T, const MAX: usize>(PhantomData<T>);
-
-    impl<'de, T: Deserialize<'de>, const MAX: usize> Visitor<'de> for Bounded<T, MAX> {
-        type Value = Vec<T>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "a sequence of at most {MAX} items")
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-            let declared = seq.size_hint().unwrap_or(0);
-            if declared > MAX {
-                note(format!("{declared} items where at most {MAX} are allowed"));
-                return Err(de::Error::invalid_length(declared, &self));
-            }
-            let mut out = Vec::with_capacity(declared);
-            while let Some(item) = seq.next_element()? {
-                if out.len() == MAX {
-                    note(format!("more than {MAX} items"));
-                    return Err(de::Error::invalid_length(MAX + 1, &self));
-                }
-                out.push(item);
-            }
-            Ok(out)
-        }
-    }
-
-    d.deserialize_seq(Bounded::<T, MAX>(PhantomData))
+    d.deserialize_seq(AtMost::<Vec<T>, MAX>::new(|why| {
+        note(why);
+    }))
 }
 
 /// Deserializes bytes as one slice of the input, so a declared length larger than what was

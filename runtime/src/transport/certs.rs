@@ -1,10 +1,13 @@
 //! A deployment CA and the node certificates it issues, in memory: what `edge-node certs`
 //! writes to files, and what tests and benchmarks use directly.
 //!
-//! Node certificates carry both the server and client authentication purposes, since a
-//! node is the client of its upstream and the server of its downstream edges. The node's
-//! name is its common name and first DNS name; edges connect to an upstream by one of its
-//! DNS names.
+//! A node certificate says what its holder may do by its extended key usages, which both
+//! sides of a connection check (rustls/webpki): a [`Role::Edge`] certificate (client
+//! authentication only) may escalate to an upstream but not serve escalations; a
+//! [`Role::Central`] one (server authentication only) may serve them but not escalate; a
+//! [`Role::Relay`] (a middle tier) may do both. The node's name is its common name and first
+//! DNS name: edges connect to an upstream by one of its DNS names, and an upstream knows
+//! (and may allowlist) its downstream nodes by their names.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -40,6 +43,64 @@ pub enum CertError {
     /// Key generation or signing failed.
     #[error("cannot sign: {0}")]
     Sign(String),
+}
+
+/// What a node certificate allows its holder to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Escalates to an upstream (TLS client authentication only).
+    Edge,
+    /// Answers escalations from downstream nodes (TLS server authentication only).
+    Central,
+    /// A middle tier: answers escalations and escalates further (both).
+    Relay,
+}
+
+impl Role {
+    /// Every role, in the order `certs issue --help` lists them.
+    pub const ALL: [Role; 3] = [Role::Edge, Role::Central, Role::Relay];
+
+    /// The role's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Edge => "edge",
+            Role::Central => "central",
+            Role::Relay => "relay",
+        }
+    }
+
+    /// What a certificate of this role may do, in words (`certs issue` prints it).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Role::Edge => "may escalate to upstreams that trust this CA; may not accept escalations",
+            Role::Central => "may accept escalations from nodes this CA signed; may not escalate",
+            Role::Relay => "may accept escalations and escalate further",
+        }
+    }
+
+    fn key_usages(self) -> Vec<ExtendedKeyUsagePurpose> {
+        match self {
+            Role::Edge => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Role::Central => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Role::Relay => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Role, String> {
+        Role::ALL.into_iter().find(|r| r.name() == s).ok_or_else(|| {
+            format!("unknown role {s:?}: expected edge (escalates), central (answers) or relay (both)")
+        })
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A node's certificate and private key, as PEM.
@@ -141,9 +202,9 @@ impl Ca {
         &self.key_pem
     }
 
-    /// A certificate for node `name` (and the extra `dns` names or IP addresses), valid for
-    /// three years.
-    pub fn issue(&self, name: &str, dns: &[String]) -> Result<Issued, CertError> {
+    /// A certificate for node `name` in `role` (and the extra `dns` names or IP addresses),
+    /// valid for three years.
+    pub fn issue(&self, name: &str, role: Role, dns: &[String]) -> Result<Issued, CertError> {
         check_name(name)?;
         let mut names = vec![name.to_owned()];
         names.extend(dns.iter().filter(|d| d.as_str() != name).cloned());
@@ -151,16 +212,16 @@ impl Ca {
         let mut params = CertificateParams::new(names).map_err(sign_err)?;
         params.distinguished_name.push(DnType::CommonName, name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = role.key_usages();
         set_validity(&mut params, 3);
         let cert = params.signed_by(&key, &self.issuer).map_err(sign_err)?;
         Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
-    /// An identity for node `name` signed by this CA, trusting `trusted`'s certificates.
-    pub fn identity(&self, name: &str, trusted: &Ca) -> Result<TlsIdentity, TransportError> {
-        let issued = self.issue(name, &[]).map_err(|e| TransportError::Tls(e.to_string()))?;
+    /// An identity for node `name` in `role` signed by this CA, trusting `trusted`'s
+    /// certificates.
+    pub fn identity(&self, name: &str, role: Role, trusted: &Ca) -> Result<TlsIdentity, TransportError> {
+        let issued = self.issue(name, role, &[]).map_err(|e| TransportError::Tls(e.to_string()))?;
         TlsIdentity::from_pem(
             issued.cert_pem.as_bytes(),
             issued.key_pem.as_bytes(),
@@ -176,9 +237,9 @@ mod tests {
     #[test]
     fn issued_certificates_load_as_identities_and_keys_stay_with_their_ca() {
         let ca = Ca::new().unwrap();
-        ca.identity("central", &ca).unwrap();
+        ca.identity("central", Role::Central, &ca).unwrap();
         let again = Ca::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
-        let issued = again.issue("edge-1", &["127.0.0.1".into()]).unwrap();
+        let issued = again.issue("edge-1", Role::Edge, &["127.0.0.1".into()]).unwrap();
         TlsIdentity::from_pem(
             issued.cert_pem.as_bytes(),
             issued.key_pem.as_bytes(),
@@ -187,6 +248,6 @@ mod tests {
         .unwrap();
         let other = Ca::new().unwrap();
         assert!(matches!(Ca::from_pem(ca.cert_pem(), other.key_pem()), Err(CertError::KeyMismatch)));
-        assert!(matches!(ca.issue("bad name", &[]), Err(CertError::BadName(_))));
+        assert!(matches!(ca.issue("bad name", Role::Edge, &[]), Err(CertError::BadName(_))));
     }
 }

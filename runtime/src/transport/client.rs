@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::{ReadFailure, TlsIdentity, TransportError, read_frame, time_left, transport_config};
+use super::{ReadFailure, TlsIdentity, TransportError, read_frame, transport_config};
 use crate::protocol::{
     ErrorFrame, EscalationAnswer, EscalationRequest, Frame, ProtocolLimits, encode_request,
 };
@@ -95,17 +95,23 @@ impl TierClient {
     }
 
     /// Sends `request` on a new stream and waits for the upstream's [`Response`], at most
-    /// until the request's deadline.
-    pub async fn request(&self, request: &EscalationRequest) -> Result<Response, TransportError> {
+    /// until `deadline`. The frame carries the time left when it is sent as its budget (the
+    /// request's own `budget_us` is not used).
+    pub async fn request(
+        &self,
+        request: &EscalationRequest,
+        deadline: Instant,
+    ) -> Result<Response, TransportError> {
         let addr = self.config.addr;
-        let started = Instant::now();
-        let budget = time_left(request.deadline_unix_us);
-        if budget.is_zero() {
+        if deadline <= Instant::now() {
             return Err(TransportError::DeadlineExceeded { addr });
         }
-        let bytes = encode_request(request, &self.config.limits).map_err(TransportError::Encode)?;
-        let connection = self.connection(started + budget).await?;
-        let left = budget.saturating_sub(started.elapsed());
+        let connection = self.connection(deadline).await?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(TransportError::DeadlineExceeded { addr });
+        }
+        let bytes = encode_request(request, left, &self.config.limits).map_err(TransportError::Encode)?;
         match tokio::time::timeout(left, self.exchange(&connection, &bytes, request.id)).await {
             Ok(reply) => reply,
             // Dropping the exchange resets its stream, so the upstream stops sending.
@@ -129,7 +135,12 @@ impl TierClient {
         id: u64,
     ) -> Result<Response, TransportError> {
         let addr = self.config.addr;
-        let lost = |reason: String| TransportError::ConnectionLost { addr, reason };
+        // Stream errors only say "connection lost"; the connection knows why (the upstream
+        // may have said, as when it refuses this node's name).
+        let lost = |reason: String| TransportError::ConnectionLost {
+            addr,
+            reason: connection.close_reason().map_or(reason, |why| why.to_string()),
+        };
         let (mut send, mut recv) = connection.open_bi().await.map_err(|e| lost(e.to_string()))?;
         send.write_all(bytes).await.map_err(|e| lost(e.to_string()))?;
         send.finish().map_err(|e| lost(e.to_string()))?;

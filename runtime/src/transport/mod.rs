@@ -17,13 +17,15 @@
 
 pub mod certs;
 mod client;
+mod peer;
 mod server;
 mod tls;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use client::{ClientConfig, Response, TierClient};
-pub use server::{Handler, RequestContext, ServerConfig, TierServer};
+pub use peer::{Allowlist, PeerName};
+pub use server::{CONNECTION_WINDOW_FRAMES, Handler, RequestContext, ServerConfig, TierServer};
 pub use tls::TlsIdentity;
 
 use crate::protocol::ProtocolError;
@@ -112,19 +114,9 @@ impl TransportError {
     }
 }
 
-/// Microseconds since the Unix epoch, the unit of [`crate::protocol::EscalationRequest::deadline_unix_us`].
+/// Microseconds since the Unix epoch (for timestamps in logs and records).
 pub fn unix_micros(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_micros().min(u64::MAX.into()) as u64).unwrap_or(0)
-}
-
-/// Time left until an absolute deadline in Unix microseconds; zero if it has passed.
-pub fn time_left(deadline_unix_us: u64) -> Duration {
-    Duration::from_micros(deadline_unix_us.saturating_sub(unix_micros(SystemTime::now())))
-}
-
-/// The absolute deadline `budget` from now, in Unix microseconds.
-pub fn deadline_in(budget: Duration) -> u64 {
-    unix_micros(SystemTime::now() + budget)
 }
 
 /// Transport settings shared by both sides.

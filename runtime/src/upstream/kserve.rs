@@ -10,7 +10,7 @@
 //! {"id": "42", "inputs": [{"name": "image", "datatype": "UINT8", "shape": [28, 28], "data": [0, 3, ...]}]}
 //! ```
 //!
-//! The request's absolute deadline becomes the HTTP request's timeout. The response is read
+//! The escalation's deadline becomes the HTTP request's timeout. The response is read
 //! strictly: every output needs a name, a datatype this node knows (`FP32`, `UINT8`, `INT8`,
 //! `INT32`, `INT64`), a shape, and exactly as many values (flat or nested) as the shape
 //! holds, each valid for the datatype; at least one output; `id` and `model_name`, when the
@@ -41,7 +41,6 @@ use serde_json::{Value, json};
 use crate::kserve::tensor::{TensorFields, decode_tensor, tensor_values};
 use crate::protocol::{EscalationAnswer, EscalationRequest, MAX_TENSORS, NamedTensor};
 use crate::tensor::{DType, confidence};
-use crate::transport::time_left;
 
 /// Largest response body accepted, in bytes: as large as a tier protocol frame may be.
 const MAX_RESPONSE_BYTES: usize = 16 << 20;
@@ -171,10 +170,14 @@ impl KserveClient {
         &self.server
     }
 
-    /// Sends `request` and reads the answer, within the request's deadline.
-    pub async fn infer(&self, request: &EscalationRequest) -> Result<EscalationAnswer, KserveError> {
+    /// Sends `request` and reads the answer, by `deadline`.
+    pub async fn infer(
+        &self,
+        request: &EscalationRequest,
+        deadline: Instant,
+    ) -> Result<EscalationAnswer, KserveError> {
         let body = encode_request(request)?;
-        let timeout = time_left(request.deadline_unix_us);
+        let timeout = deadline.saturating_duration_since(Instant::now());
         if timeout.is_zero() {
             return Err(KserveError::Timeout(timeout));
         }
@@ -232,7 +235,7 @@ async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, Kserve
 }
 
 /// The `error` field of a KServe error body, or the start of whatever the body is.
-fn error_message(body: &[u8]) -> String {
+pub(crate) fn error_message(body: &[u8]) -> String {
     let from_json = serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| v.get("error").map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_owned)));
@@ -269,7 +272,7 @@ fn encode_request(request: &EscalationRequest) -> Result<Vec<u8>, KserveError> {
 }
 
 /// Reads a 2xx body as the answer to request `id` for `model`. See the module doc.
-fn decode_response(body: &[u8], id: u64, model: &str) -> Result<EscalationAnswer, KserveError> {
+pub(crate) fn decode_response(body: &[u8], id: u64, model: &str) -> Result<EscalationAnswer, KserveError> {
     let bad = |m: String| KserveError::Response(m);
     let value: Value = serde_json::from_slice(body).map_err(|e| bad(format!("body is not JSON: {e}")))?;
     let obj = value.as_object().ok_or_else(|| bad("body: expected a JSON object".into()))?;
@@ -343,7 +346,7 @@ mod tests {
                 },
                 NamedTensor { name: "scale".into(), tensor: Tensor::from_f32(vec![1], &[0.5]).unwrap() },
             ],
-            deadline_unix_us: crate::transport::deadline_in(deadline),
+            budget_us: crate::protocol::budget_us(deadline),
             trace: None,
             node_id: "edge".into(),
             local_confidence: Some(0.4),
@@ -474,7 +477,10 @@ mod tests {
         .await;
         let client = KserveClient::new(&KserveConfig::new(format!("{url}/"), "central")).unwrap();
         assert_eq!(format!("http://{}", client.server()), url);
-        let answer = client.infer(&request(Duration::from_secs(5))).await.unwrap();
+        let answer = client
+            .infer(&request(Duration::from_secs(5)), Instant::now() + Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(answer.label, Some(1));
         let received = server.await.unwrap();
         assert!(received.starts_with("POST /v2/models/central/infer HTTP/1.1\r\n"), "{received}");
@@ -488,7 +494,10 @@ mod tests {
         let (url, _server) =
             serve_once("400 Bad Request", r#"{"error":"input `image` has the wrong shape"}"#).await;
         let client = KserveClient::new(&KserveConfig::new(url, "central")).unwrap();
-        let err = client.infer(&request(Duration::from_secs(5))).await.unwrap_err();
+        let err = client
+            .infer(&request(Duration::from_secs(5)), Instant::now() + Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert_eq!(
             err,
             KserveError::Status { status: 400, message: "input `image` has the wrong shape".into() }
@@ -498,7 +507,10 @@ mod tests {
 
         let (url, _server) = serve_once("503 Service Unavailable", "model not ready").await;
         let client = KserveClient::new(&KserveConfig::new(url, "central")).unwrap();
-        let err = client.infer(&request(Duration::from_secs(5))).await.unwrap_err();
+        let err = client
+            .infer(&request(Duration::from_secs(5)), Instant::now() + Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert_eq!(err, KserveError::Status { status: 503, message: "model not ready".into() });
         assert!(err.retryable());
         assert_eq!(err.server_failed(), Some(true));
@@ -511,7 +523,10 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let client = KserveClient::new(&KserveConfig::new(format!("http://{addr}"), "m")).unwrap();
-        let err = client.infer(&request(Duration::from_secs(5))).await.unwrap_err();
+        let err = client
+            .infer(&request(Duration::from_secs(5)), Instant::now() + Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert!(matches!(err, KserveError::Connect(_)), "{err}");
         assert!(err.retryable());
 
@@ -525,7 +540,10 @@ mod tests {
         });
         let client = KserveClient::new(&KserveConfig::new(format!("http://{addr}"), "m")).unwrap();
         let started = Instant::now();
-        let err = client.infer(&request(Duration::from_millis(200))).await.unwrap_err();
+        let err = client
+            .infer(&request(Duration::from_millis(200)), Instant::now() + Duration::from_millis(200))
+            .await
+            .unwrap_err();
         assert!(matches!(err, KserveError::Timeout(_)), "{err}");
         assert!(err.retryable());
         assert!(started.elapsed() < Duration::from_secs(2), "the deadline bounds the wait");

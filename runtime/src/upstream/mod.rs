@@ -21,7 +21,7 @@ mod health;
 pub mod kserve;
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -33,7 +33,7 @@ pub use kserve::{KserveClient, KserveConfig, KserveError};
 
 use crate::config::{UpstreamKind, UpstreamSettings};
 use crate::protocol::{ErrorKind, EscalationAnswer, EscalationRequest};
-use crate::transport::{ClientConfig, TierClient, TlsIdentity, TransportError, time_left};
+use crate::transport::{ClientConfig, TierClient, TlsIdentity, TransportError};
 
 /// Upstreams and how to treat them.
 #[derive(Debug, Clone)]
@@ -133,6 +133,40 @@ pub enum EscalationError {
 }
 
 impl EscalationError {
+    /// What went wrong, for the client of the request that was degraded by it: which kind
+    /// of failure, without the upstream's addresses or messages (those go to this node's
+    /// log, where an operator reads them).
+    pub fn summary(&self) -> String {
+        match self {
+            EscalationError::Upstream { kind, .. } => format!("the upstream answered: {kind}"),
+            EscalationError::Transport { source, .. } => match source {
+                TransportError::Connect { .. } => "cannot connect to the upstream",
+                TransportError::Backoff { .. } => "the upstream is unreachable (waiting to reconnect)",
+                TransportError::ConnectionLost { .. } => "the connection to the upstream was lost",
+                TransportError::DeadlineExceeded { .. } => "the upstream did not answer in time",
+                TransportError::Protocol { .. } | TransportError::UnexpectedFrame { .. } => {
+                    "the upstream sent an invalid answer"
+                }
+                TransportError::Encode(_) => "the request is too large to escalate",
+                TransportError::Tls(_) | TransportError::Bind { .. } => {
+                    "this node cannot reach its upstream (see its log)"
+                }
+            }
+            .into(),
+            EscalationError::Kserve { source, .. } => match source {
+                KserveError::Connect(_) => "cannot connect to the upstream".into(),
+                KserveError::Timeout(_) => "the upstream did not answer in time".into(),
+                KserveError::Status { status, .. } => format!("the upstream answered HTTP {status}"),
+                KserveError::Response(_) => "the upstream sent an invalid answer".into(),
+                KserveError::Encode(_) => "the request cannot be sent to the upstream".into(),
+                KserveError::Url { .. } | KserveError::Client(_) => {
+                    "this node cannot reach its upstream (see its log)".into()
+                }
+            },
+            EscalationError::NoUpstream | EscalationError::DeadlineExceeded => self.to_string(),
+        }
+    }
+
     /// Where the failure came from.
     pub fn origin(&self) -> Origin {
         match self {
@@ -179,11 +213,12 @@ impl Member {
         &self,
         request: &EscalationRequest,
         started: Instant,
+        deadline: Instant,
     ) -> Result<EscalationAnswer, (AttemptResult, EscalationError)> {
         match self {
             Member::Quic(client) => {
                 let addr = client.addr();
-                match client.request(request).await {
+                match client.request(request, deadline).await {
                     Ok(Ok(answer)) => Ok(answer),
                     Ok(Err(e)) => {
                         // Refusals about the request itself say the upstream is healthy.
@@ -213,7 +248,7 @@ impl Member {
                     }
                 }
             }
-            Member::Kserve(client) => client.infer(request).await.map_err(|source| {
+            Member::Kserve(client) => client.infer(request, deadline).await.map_err(|source| {
                 let outcome = match source.server_failed() {
                     Some(true) => AttemptResult::Failure,
                     Some(false) => AttemptResult::Success(started.elapsed()),
@@ -227,7 +262,11 @@ impl Member {
 
 /// How long past an escalation's deadline its attempts may take to report that they ran out
 /// of time, before the escalation is cut off regardless.
-const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+const DEADLINE_GRACE: Duration = Duration::from_millis(100);
+
+/// Longest budget an escalation is given, whatever the caller asked: beyond it the clock
+/// arithmetic could overflow.
+const MAX_BUDGET: Duration = Duration::from_secs(24 * 3600);
 
 struct State {
     balancer: Balancer,
@@ -343,14 +382,16 @@ impl UpstreamClient {
 
     /// Sends `request` to an upstream and returns its answer, retrying on another upstream
     /// when the failure is retryable, the retry budget allows and the deadline leaves time.
-    /// Every result, retries included, feeds [`UpstreamClient::health`].
+    /// The request's `budget_us`, from now, is its deadline; each attempt carries what is
+    /// left of it. Every result, retries included, feeds [`UpstreamClient::health`].
     pub async fn escalate(&self, request: &EscalationRequest) -> Result<EscalationAnswer, EscalationError> {
         let started = Instant::now();
+        let budget = Duration::from_micros(request.budget_us).min(MAX_BUDGET);
+        let deadline = started + budget;
         // The attempts watch the deadline themselves, and report an attempt that ran out of
         // time as the upstream's failure; this only bounds whatever else they wait on, so it
         // fires a little after the deadline rather than cancel them first.
-        let limit = time_left(request.deadline_unix_us) + DEADLINE_GRACE;
-        let result = tokio::time::timeout(limit, self.attempts(request))
+        let result = tokio::time::timeout(budget + DEADLINE_GRACE, self.attempts(request, deadline))
             .await
             .unwrap_or(Err(EscalationError::DeadlineExceeded));
         let mut state = self.state.lock();
@@ -361,7 +402,11 @@ impl UpstreamClient {
         result
     }
 
-    async fn attempts(&self, request: &EscalationRequest) -> Result<EscalationAnswer, EscalationError> {
+    async fn attempts(
+        &self,
+        request: &EscalationRequest,
+        deadline: Instant,
+    ) -> Result<EscalationAnswer, EscalationError> {
         let max_attempts = {
             let mut state = self.state.lock();
             state.budget.record_request(Instant::now());
@@ -369,7 +414,7 @@ impl UpstreamClient {
         };
         let mut failed: Option<(usize, EscalationError)> = None;
         for tries in 1..=max_attempts {
-            if time_left(request.deadline_unix_us).is_zero() {
+            if Instant::now() >= deadline {
                 return Err(EscalationError::DeadlineExceeded);
             }
             // A retry goes to another upstream, never the one that just failed.
@@ -379,7 +424,7 @@ impl UpstreamClient {
             };
             let in_flight = InFlight { state: &self.state, index, attempt: Some(attempt) };
             let started = Instant::now();
-            let (result, error) = match self.members[index].attempt(request, started).await {
+            let (result, error) = match self.members[index].attempt(request, started, deadline).await {
                 Ok(answer) => {
                     in_flight.settle(AttemptResult::Success(started.elapsed()));
                     return Ok(answer);
@@ -389,7 +434,7 @@ impl UpstreamClient {
             in_flight.settle(result);
             let retry = error.retryable()
                 && tries < max_attempts
-                && !time_left(request.deadline_unix_us).is_zero()
+                && Instant::now() < deadline
                 && self.state.lock().budget.try_retry(Instant::now());
             if !retry {
                 return Err(error);

@@ -14,7 +14,7 @@ use cascade_runtime::upstream::{
     BreakerConfig, BreakerState, EscalationError, KserveConfig, KserveError, KserveUpstreamConfig, Origin,
     UpstreamClient,
 };
-use cascade_runtime::{ReferenceModel, Tensor, reference, transport};
+use cascade_runtime::{ReferenceModel, Tensor, reference};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -162,7 +162,7 @@ fn request(id: u64) -> EscalationRequest {
             name: "image".into(),
             tensor: Tensor::from_u8(vec![2], vec![1, 2]).unwrap(),
         }],
-        deadline_unix_us: transport::deadline_in(Duration::from_secs(5)),
+        budget_us: cascade_runtime::protocol::budget_us(Duration::from_secs(5)),
         trace: None,
         node_id: "edge".into(),
         local_confidence: None,

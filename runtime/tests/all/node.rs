@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use cascade_runtime::config::TensorDeclConfig;
 use cascade_runtime::protocol::{EscalationRequest, NamedTensor};
-use cascade_runtime::transport::{self, RequestContext};
+use cascade_runtime::transport::RequestContext;
 use cascade_runtime::{
     CacheStatus, CurrentNode, DegradedReason, Mode, Node, ReferenceModel, Rejection, ServeError, Tensor,
 };
@@ -102,13 +102,14 @@ async fn an_escalation_from_downstream_is_answered_here_and_never_passed_on() {
         id: 7,
         route: "digits".into(),
         inputs: image(0).into_iter().map(|(name, tensor)| NamedTensor { name, tensor }).collect(),
-        deadline_unix_us: transport::deadline_in(Duration::from_secs(2)),
+        budget_us: cascade_runtime::protocol::budget_us(Duration::from_secs(2)),
         trace: None,
         node_id: "edge-below".into(),
         local_confidence: Some(0.2),
     };
     let context = RequestContext {
         remote: "127.0.0.1:40000".parse().unwrap(),
+        peer: "edge-below".into(),
         received: Instant::now(),
         deadline: Instant::now() + Duration::from_secs(2),
     };

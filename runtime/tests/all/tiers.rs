@@ -10,10 +10,9 @@ use cascade_runtime::Tensor;
 use cascade_runtime::protocol::{
     ErrorFrame, ErrorKind, EscalationAnswer, EscalationRequest, Frame, NamedTensor, StageTiming, decode,
 };
-use cascade_runtime::transport::certs::{Ca, Issued};
+use cascade_runtime::transport::certs::{Ca, Issued, Role};
 use cascade_runtime::transport::{
-    ClientConfig, RequestContext, ServerConfig, TierClient, TierServer, TlsIdentity, TransportError,
-    deadline_in,
+    ClientConfig, RequestContext, Response, ServerConfig, TierClient, TierServer, TlsIdentity, TransportError,
 };
 use cascade_runtime::upstream::{
     BreakerConfig, BreakerState, EscalationError, Origin, RetryConfig, UpstreamClient, UpstreamConfig,
@@ -21,17 +20,17 @@ use cascade_runtime::upstream::{
 use rustls::pki_types::pem::PemObject;
 
 /// A CA for one test, named so that tests can make several.
-fn new_ca(name: &str) -> Ca {
+pub(crate) fn new_ca(name: &str) -> Ca {
     Ca::named(name).unwrap()
 }
 
-const CENTRAL: &str = "central.cascade";
+pub(crate) const CENTRAL: &str = "central.cascade";
 
-fn loopback() -> SocketAddr {
+pub(crate) fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
-fn request(id: u64, budget: Duration) -> EscalationRequest {
+pub(crate) fn request(id: u64, budget: Duration) -> EscalationRequest {
     let pixels: Vec<f32> = (0..784).map(|i| (i % 255) as f32 / 255.0).collect();
     EscalationRequest {
         id,
@@ -40,15 +39,26 @@ fn request(id: u64, budget: Duration) -> EscalationRequest {
             name: "input".into(),
             tensor: Tensor::from_f32(vec![1, 1, 28, 28], &pixels).unwrap(),
         }],
-        deadline_unix_us: deadline_in(budget),
+        budget_us: budget.as_micros() as u64,
         trace: None,
         node_id: "edge-1".into(),
         local_confidence: Some(0.42),
     }
 }
 
+/// Sends `request` with its budget, counted from now.
+pub(crate) async fn send(
+    client: &TierClient,
+    request: &EscalationRequest,
+) -> Result<Response, TransportError> {
+    client.request(request, Instant::now() + Duration::from_micros(request.budget_us)).await
+}
+
 /// Answers with the sum of the input, so the test can check the input really arrived.
-async fn sum_handler(req: EscalationRequest, ctx: RequestContext) -> Result<EscalationAnswer, ErrorFrame> {
+pub(crate) async fn sum_handler(
+    req: EscalationRequest,
+    ctx: RequestContext,
+) -> Result<EscalationAnswer, ErrorFrame> {
     let sum: f32 = req.inputs[0].tensor.to_f32().unwrap().iter().sum();
     let left = ctx.deadline.saturating_duration_since(Instant::now());
     Ok(EscalationAnswer {
@@ -61,7 +71,7 @@ async fn sum_handler(req: EscalationRequest, ctx: RequestContext) -> Result<Esca
     })
 }
 
-fn client(identity: &TlsIdentity, addr: SocketAddr, name: &str) -> TierClient {
+pub(crate) fn client(identity: &TlsIdentity, addr: SocketAddr, name: &str) -> TierClient {
     let mut config = ClientConfig::new(addr, name);
     // Loopback handshakes take milliseconds; a short connect timeout lets a 1 s request see
     // a dead upstream as a failed connection rather than running out its deadline.
@@ -73,17 +83,20 @@ fn client(identity: &TlsIdentity, addr: SocketAddr, name: &str) -> TierClient {
 #[tokio::test]
 async fn request_and_answer_round_trip() {
     let ca = new_ca("test ca");
-    let server =
-        TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), ServerConfig::new(loopback()), sum_handler)
-            .unwrap();
-    let client = client(&ca.identity("edge-1", &ca).unwrap(), server.local_addr(), CENTRAL);
+    let server = TierServer::bind(
+        &ca.identity(CENTRAL, Role::Central, &ca).unwrap(),
+        ServerConfig::new(loopback()),
+        sum_handler,
+    )
+    .unwrap();
+    let client = client(&ca.identity("edge-1", Role::Edge, &ca).unwrap(), server.local_addr(), CENTRAL);
 
     let req = request(11, Duration::from_secs(5));
     let expected: f32 = req.inputs[0].tensor.to_f32().unwrap().iter().sum();
     for id in [11, 12] {
         let mut req = req.clone();
         req.id = id;
-        let answer = client.request(&req).await.unwrap().expect("an answer");
+        let answer = send(&client, &req).await.unwrap().expect("an answer");
         assert_eq!(answer.id, id);
         assert_eq!(answer.outputs[0].tensor.to_f32().unwrap(), vec![expected]);
         assert_eq!((answer.confidence, answer.label), (0.99, Some(7)));
@@ -102,18 +115,21 @@ async fn overloaded(req: EscalationRequest, _ctx: RequestContext) -> Result<Esca
 #[tokio::test]
 async fn upstream_error_frames_reach_the_client() {
     let ca = new_ca("test ca");
-    let server =
-        TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), ServerConfig::new(loopback()), overloaded)
-            .unwrap();
-    let client = client(&ca.identity("edge-1", &ca).unwrap(), server.local_addr(), CENTRAL);
-    let Err(e) = client.request(&request(3, Duration::from_secs(5))).await.unwrap() else {
+    let server = TierServer::bind(
+        &ca.identity(CENTRAL, Role::Central, &ca).unwrap(),
+        ServerConfig::new(loopback()),
+        overloaded,
+    )
+    .unwrap();
+    let client = client(&ca.identity("edge-1", Role::Edge, &ca).unwrap(), server.local_addr(), CENTRAL);
+    let Err(e) = send(&client, &request(3, Duration::from_secs(5))).await.unwrap() else {
         panic!("expected an error frame")
     };
     assert_eq!((e.id, e.kind, e.retryable), (3, ErrorKind::Overloaded, true));
 }
 
 /// A server whose handler counts its calls.
-fn counting_server(ca: &Ca) -> (TierServer, Arc<AtomicUsize>) {
+pub(crate) fn counting_server(ca: &Ca) -> (TierServer, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
     let handler = move |req: EscalationRequest, ctx: RequestContext| {
@@ -121,7 +137,12 @@ fn counting_server(ca: &Ca) -> (TierServer, Arc<AtomicUsize>) {
         sum_handler(req, ctx)
     };
     (
-        TierServer::bind(&ca.identity(CENTRAL, ca).unwrap(), ServerConfig::new(loopback()), handler).unwrap(),
+        TierServer::bind(
+            &ca.identity(CENTRAL, Role::Central, ca).unwrap(),
+            ServerConfig::new(loopback()),
+            handler,
+        )
+        .unwrap(),
         calls,
     )
 }
@@ -133,8 +154,8 @@ async fn client_signed_by_another_ca_is_refused() {
     let (server, calls) = counting_server(&ca);
     // Signed by the rogue CA, but trusting the real one: it can verify the server, the server
     // cannot verify it.
-    let client = client(&rogue.identity("edge-1", &ca).unwrap(), server.local_addr(), CENTRAL);
-    let err = client.request(&request(1, Duration::from_secs(3))).await.unwrap_err();
+    let client = client(&rogue.identity("edge-1", Role::Edge, &ca).unwrap(), server.local_addr(), CENTRAL);
+    let err = send(&client, &request(1, Duration::from_secs(3))).await.unwrap_err();
     assert!(
         matches!(err, TransportError::Connect { .. } | TransportError::ConnectionLost { .. }),
         "unexpected error: {err}"
@@ -144,7 +165,7 @@ async fn client_signed_by_another_ca_is_refused() {
 
 /// A bare quinn client config trusting `ca`, presenting `identity` (PEM cert and key) if any:
 /// lets a test speak to the server without going through `TierClient`.
-fn raw_quic_client(ca: &Ca, identity: Option<Issued>) -> quinn::crypto::rustls::QuicClientConfig {
+pub(crate) fn raw_quic_client(ca: &Ca, identity: Option<Issued>) -> quinn::crypto::rustls::QuicClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap()).unwrap();
     let builder =
@@ -169,7 +190,7 @@ fn raw_quic_client(ca: &Ca, identity: Option<Issued>) -> quinn::crypto::rustls::
 async fn unknown_protocol_version_gets_an_error_frame() {
     let ca = new_ca("deployment ca");
     let (server, calls) = counting_server(&ca);
-    let quic = raw_quic_client(&ca, Some(ca.issue("edge-1", &[]).unwrap()));
+    let quic = raw_quic_client(&ca, Some(ca.issue("edge-1", Role::Edge, &[]).unwrap()));
     let endpoint = quinn::Endpoint::client(loopback()).unwrap();
     let connection = endpoint
         .connect_with(quinn::ClientConfig::new(Arc::new(quic)), server.local_addr(), CENTRAL)
@@ -177,9 +198,12 @@ async fn unknown_protocol_version_gets_an_error_frame() {
         .await
         .unwrap();
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
-    let mut frame =
-        cascade_runtime::protocol::encode_request(&request(5, Duration::from_secs(3)), &Default::default())
-            .unwrap();
+    let mut frame = cascade_runtime::protocol::encode_request(
+        &request(5, Duration::from_secs(3)),
+        Duration::from_secs(3),
+        &Default::default(),
+    )
+    .unwrap();
     frame[0] = 99; // a future version
     send.write_all(&frame).await.unwrap();
     send.finish().unwrap();
@@ -213,6 +237,7 @@ async fn client_without_certificate_is_refused() {
                 let (mut send, mut recv) = connection.open_bi().await?;
                 let req = cascade_runtime::protocol::encode_request(
                     &request(1, Duration::from_secs(3)),
+                    Duration::from_secs(3),
                     &Default::default(),
                 )?;
                 send.write_all(&req).await?;
@@ -234,8 +259,8 @@ async fn client_trusting_another_ca_refuses_the_server() {
     let other = new_ca("other ca");
     let (server, calls) = counting_server(&ca);
     // A valid certificate from the deployment CA, but it trusts only the other CA.
-    let client = client(&ca.identity("edge-1", &other).unwrap(), server.local_addr(), CENTRAL);
-    let err = client.request(&request(1, Duration::from_secs(3))).await.unwrap_err();
+    let client = client(&ca.identity("edge-1", Role::Edge, &other).unwrap(), server.local_addr(), CENTRAL);
+    let err = send(&client, &request(1, Duration::from_secs(3))).await.unwrap_err();
     assert!(matches!(err, TransportError::Connect { .. }), "unexpected error: {err}");
     assert!(err.to_string().contains("UnknownIssuer"), "unexpected error: {err}");
     assert!(err.retryable());
@@ -246,8 +271,9 @@ async fn client_trusting_another_ca_refuses_the_server() {
 async fn wrong_server_name_is_refused() {
     let ca = new_ca("deployment ca");
     let (server, calls) = counting_server(&ca);
-    let client = client(&ca.identity("edge-1", &ca).unwrap(), server.local_addr(), "elsewhere.cascade");
-    let err = client.request(&request(1, Duration::from_secs(3))).await.unwrap_err();
+    let client =
+        client(&ca.identity("edge-1", Role::Edge, &ca).unwrap(), server.local_addr(), "elsewhere.cascade");
+    let err = send(&client, &request(1, Duration::from_secs(3))).await.unwrap_err();
     assert!(matches!(err, TransportError::Connect { .. }), "unexpected error: {err}");
     assert!(err.to_string().contains("not valid for name"), "unexpected error: {err}");
     assert_eq!(calls.load(Ordering::SeqCst), 0);
@@ -275,12 +301,15 @@ async fn hung_server_hits_the_deadline_on_both_sides() {
             sum_handler(req, ctx).await
         }
     };
-    let server =
-        TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), ServerConfig::new(loopback()), handler)
-            .unwrap();
-    let client = client(&ca.identity("edge-1", &ca).unwrap(), server.local_addr(), CENTRAL);
+    let server = TierServer::bind(
+        &ca.identity(CENTRAL, Role::Central, &ca).unwrap(),
+        ServerConfig::new(loopback()),
+        handler,
+    )
+    .unwrap();
+    let client = client(&ca.identity("edge-1", Role::Edge, &ca).unwrap(), server.local_addr(), CENTRAL);
     let started = Instant::now();
-    let err = client.request(&request(1, Duration::from_millis(300))).await.unwrap_err();
+    let err = send(&client, &request(1, Duration::from_millis(300))).await.unwrap_err();
     let waited = started.elapsed();
     assert!(matches!(err, TransportError::DeadlineExceeded { .. }), "unexpected error: {err}");
     // Promptly: at the deadline, not at the handler's 30 s. (A wide margin for a busy machine.)
@@ -296,14 +325,15 @@ async fn hung_server_hits_the_deadline_on_both_sides() {
 #[tokio::test]
 async fn restarted_server_on_the_same_port_is_reconnected() {
     let ca = new_ca("deployment ca");
-    let server_id = ca.identity(CENTRAL, &ca).unwrap();
+    let server_id = ca.identity(CENTRAL, Role::Central, &ca).unwrap();
     let server = TierServer::bind(&server_id, ServerConfig::new(loopback()), sum_handler).unwrap();
     let addr = server.local_addr();
-    let client = client(&ca.identity("edge-1", &ca).unwrap(), addr, CENTRAL);
-    assert!(matches!(client.request(&request(1, Duration::from_secs(3))).await, Ok(Ok(_))));
+    let client = client(&ca.identity("edge-1", Role::Edge, &ca).unwrap(), addr, CENTRAL);
+    assert!(matches!(send(&client, &request(1, Duration::from_secs(3))).await, Ok(Ok(_))));
 
     server.shutdown().await;
-    let err = client.request(&request(2, Duration::from_secs(1))).await.unwrap_err();
+    drop(server);
+    let err = send(&client, &request(2, Duration::from_secs(1))).await.unwrap_err();
     assert!(err.retryable(), "a lost upstream is worth retrying: {err}");
 
     // The port is free again once the old endpoint's socket is closed.
@@ -322,7 +352,7 @@ async fn restarted_server_on_the_same_port_is_reconnected() {
     let mut attempts = 0;
     loop {
         attempts += 1;
-        match client.request(&request(3, Duration::from_secs(1))).await {
+        match send(&client, &request(3, Duration::from_secs(1))).await {
             Ok(Ok(a)) => {
                 assert_eq!(a.id, 3);
                 break;
@@ -348,7 +378,7 @@ fn upstream_client(ca: &Ca, addrs: &[SocketAddr], breaker: BreakerConfig) -> Ups
         })
         .collect();
     let config = UpstreamConfig { upstreams: configs, breaker, retry: RetryConfig::default() };
-    UpstreamClient::new(&ca.identity("edge-1", ca).unwrap(), config).unwrap()
+    UpstreamClient::new(&ca.identity("edge-1", Role::Edge, ca).unwrap(), config).unwrap()
 }
 
 #[tokio::test]
@@ -363,9 +393,12 @@ async fn slow_upstream_trips_the_breaker_and_a_probe_closes_it() {
             sum_handler(req, ctx).await
         }
     };
-    let server =
-        TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), ServerConfig::new(loopback()), handler)
-            .unwrap();
+    let server = TierServer::bind(
+        &ca.identity(CENTRAL, Role::Central, &ca).unwrap(),
+        ServerConfig::new(loopback()),
+        handler,
+    )
+    .unwrap();
     let breaker = BreakerConfig {
         failure_threshold: 3,
         latency_limit: Duration::from_millis(100),
@@ -412,9 +445,12 @@ async fn a_cancelled_probe_does_not_leave_the_breaker_stuck() {
             }
         }
     };
-    let server =
-        TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), ServerConfig::new(loopback()), handler)
-            .unwrap();
+    let server = TierServer::bind(
+        &ca.identity(CENTRAL, Role::Central, &ca).unwrap(),
+        ServerConfig::new(loopback()),
+        handler,
+    )
+    .unwrap();
     let breaker = BreakerConfig {
         failure_threshold: 1,
         latency_limit: Duration::from_millis(100),
@@ -444,13 +480,19 @@ async fn a_cancelled_probe_does_not_leave_the_breaker_stuck() {
 #[tokio::test]
 async fn escalation_fails_over_to_a_live_upstream() {
     let ca = new_ca("deployment ca");
-    let live =
-        TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), ServerConfig::new(loopback()), sum_handler)
-            .unwrap();
+    let live = TierServer::bind(
+        &ca.identity(CENTRAL, Role::Central, &ca).unwrap(),
+        ServerConfig::new(loopback()),
+        sum_handler,
+    )
+    .unwrap();
     // An address where nothing listens any more.
-    let dead =
-        TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), ServerConfig::new(loopback()), sum_handler)
-            .unwrap();
+    let dead = TierServer::bind(
+        &ca.identity(CENTRAL, Role::Central, &ca).unwrap(),
+        ServerConfig::new(loopback()),
+        sum_handler,
+    )
+    .unwrap();
     let dead_addr = dead.local_addr();
     dead.shutdown().await;
 
@@ -473,25 +515,28 @@ async fn escalation_fails_over_to_a_live_upstream() {
 #[tokio::test]
 async fn requests_fail_fast_while_a_dead_upstream_backs_off() {
     let ca = new_ca("deployment ca");
-    let dead =
-        TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), ServerConfig::new(loopback()), sum_handler)
-            .unwrap();
+    let dead = TierServer::bind(
+        &ca.identity(CENTRAL, Role::Central, &ca).unwrap(),
+        ServerConfig::new(loopback()),
+        sum_handler,
+    )
+    .unwrap();
     let addr = dead.local_addr();
     dead.shutdown().await;
     let mut config = ClientConfig::new(addr, CENTRAL);
     config.connect_timeout = Duration::from_millis(300);
     config.backoff_initial = Duration::from_secs(30);
     config.backoff_max = Duration::from_secs(60);
-    let client = TierClient::new(&ca.identity("edge-1", &ca).unwrap(), config).unwrap();
+    let client = TierClient::new(&ca.identity("edge-1", Role::Edge, &ca).unwrap(), config).unwrap();
 
     // Concurrent requests share one connection attempt, which fails on its own timeout.
     let (first, second) = (request(1, Duration::from_secs(5)), request(2, Duration::from_secs(5)));
-    let (a, b) = tokio::join!(client.request(&first), client.request(&second));
+    let (a, b) = tokio::join!(send(&client, &first), send(&client, &second));
     for err in [a.unwrap_err(), b.unwrap_err()] {
         assert!(matches!(err, TransportError::Connect { .. }), "unexpected error: {err}");
     }
     // Then the backoff answers at once, with no new attempt.
-    let err = client.request(&request(3, Duration::from_secs(5))).await.unwrap_err();
+    let err = send(&client, &request(3, Duration::from_secs(5))).await.unwrap_err();
     let TransportError::Backoff { retry_in, .. } = err else { panic!("unexpected error: {err}") };
     assert!(retry_in > Duration::from_secs(25));
     assert!(err.retryable());
@@ -502,8 +547,9 @@ async fn a_stream_that_stalls_before_its_request_is_dropped() {
     let ca = new_ca("deployment ca");
     let mut config = ServerConfig::new(loopback());
     config.read_timeout = Duration::from_millis(200);
-    let server = TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), config, sum_handler).unwrap();
-    let quic = raw_quic_client(&ca, Some(ca.issue("edge-1", &[]).unwrap()));
+    let server =
+        TierServer::bind(&ca.identity(CENTRAL, Role::Central, &ca).unwrap(), config, sum_handler).unwrap();
+    let quic = raw_quic_client(&ca, Some(ca.issue("edge-1", Role::Edge, &[]).unwrap()));
     let endpoint = quinn::Endpoint::client(loopback()).unwrap();
     let connection = endpoint
         .connect_with(quinn::ClientConfig::new(Arc::new(quic)), server.local_addr(), CENTRAL)
@@ -523,12 +569,18 @@ async fn a_stream_that_stalls_before_its_request_is_dropped() {
 #[tokio::test]
 async fn overloaded_upstream_is_retried_elsewhere_within_the_budget() {
     let ca = new_ca("deployment ca");
-    let busy =
-        TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), ServerConfig::new(loopback()), overloaded)
-            .unwrap();
-    let idle =
-        TierServer::bind(&ca.identity(CENTRAL, &ca).unwrap(), ServerConfig::new(loopback()), sum_handler)
-            .unwrap();
+    let busy = TierServer::bind(
+        &ca.identity(CENTRAL, Role::Central, &ca).unwrap(),
+        ServerConfig::new(loopback()),
+        overloaded,
+    )
+    .unwrap();
+    let idle = TierServer::bind(
+        &ca.identity(CENTRAL, Role::Central, &ca).unwrap(),
+        ServerConfig::new(loopback()),
+        sum_handler,
+    )
+    .unwrap();
     let breaker = BreakerConfig { failure_threshold: 1000, ..BreakerConfig::default() };
 
     let both = upstream_client(&ca, &[busy.local_addr(), idle.local_addr()], breaker);
