@@ -49,12 +49,16 @@
 mod admission;
 mod backend;
 mod batcher;
+mod bounded;
 mod cache;
 pub mod calibrate;
 pub mod config;
 mod convert;
 mod dataset;
 mod fair_share;
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guest_build;
 pub mod kserve;
 mod models;
@@ -77,7 +81,8 @@ pub use backend::cpu::{CpuTuning, KernelKnob, configure_cpu_kernels, cpu_kernel_
 pub use backend::tract::TractBackend;
 pub use backend::wgpu::{AdapterSummary, WgpuBackend};
 pub use backend::{
-    Backend, BackendError, BackendKind, ModelInfo, Precision, PreparedModel, TensorSpec, check_inputs,
+    Backend, BackendError, BackendKind, InputShape, ModelInfo, Precision, PrepareOptions, PreparedModel,
+    TensorSpec, check_inputs,
 };
 pub use batcher::{BatchObserver, BatchSettings, BatchStats, BatchedModel, BatchingBackend};
 pub use cache::{Cache, CacheKey, CacheStatus, Lookup, LruStore};
