@@ -5,7 +5,7 @@
 #        rustup's wasm32-unknown-unknown target when it is installed, otherwise Debian's
 #        rustc-web + rust-web-src + lld, used with -Zbuild-std (the route guest_build.rs documents);
 #   2. lavapipe (Vulkan on the CPU), so the wgpu backend runs on machines without a GPU;
-#   3. a Python venv at target/peer-venv with onnxruntime and the `kserve` model server: the
+#   3. a Python venv at target/peer-venv with onnxruntime, onnx and the `kserve` model server: the
 #      peers the benchmarks compare against (tools/peer-requirements.txt) and the real KServe v2
 #      upstream the tests start (tools/kserve-requirements.txt). `--bench-peer` is accepted for
 #      older instructions; the venv is part of every run now.
@@ -65,10 +65,13 @@ fi
 step "lavapipe (Vulkan on the CPU) for the wgpu backend"
 apt_install mesa-vulkan-drivers libvulkan1
 
+step "a font for the charts, and headless Chromium for the test that renders the demo report"
+apt_install fonts-dejavu-core chromium
+
 step "Python venv for the benchmark peers and the KServe upstream tests (target/peer-venv)"
 venv="$root/target/peer-venv"
 requirements=(-r "$root/tools/peer-requirements.txt" -r "$root/tools/kserve-requirements.txt")
-if ! "$venv/bin/python" -c 'import onnxruntime, kserve, starlette, uvicorn' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import onnx, onnxruntime, kserve, starlette, uvicorn' 2>/dev/null; then
   # `python -m pip`, not `bin/pip`: a venv copied from another path keeps scripts that point
   # at that path. pip only adds what is missing from an existing venv.
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv" || fail "python3 -m venv failed; install python3-venv"

@@ -29,7 +29,8 @@ enum Command {
         /// Concurrent HTTP clients driving the edge node.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
-        /// Test images sent through the two tiers (the split has 2,000).
+        /// Test images used (the split has 2,000): scored by each model alone, sent through the
+        /// two tiers, and as many calibration images behind the report's threshold curve.
         #[arg(long, default_value_t = 2000)]
         limit: usize,
         /// The edge's escalation threshold (max-probability confidence below it escalates).
@@ -38,6 +39,18 @@ enum Command {
         /// Only evaluate the models; do not start the two tiers.
         #[arg(long)]
         models_only: bool,
+        /// Write the run as one self-contained HTML page (inline SVG charts, no network).
+        #[arg(long, value_name = "FILE.html")]
+        report: Option<PathBuf>,
+        /// Kill the central node (SIGKILL) once this share of the requests is answered, and
+        /// restart it a few seconds later on the same ports: `50%` or `0.5`.
+        #[arg(long, value_name = "P")]
+        kill_central_at: Option<demo::Share>,
+        /// Requests per second sent to the edge (default: as fast as the clients go; with
+        /// --kill-central-at, a pace that spreads the rest of the run over the outage and
+        /// the recovery).
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// Choose a route's escalation thresholds from evidence: what each threshold does on a
     /// labelled set, a recommendation per mode with 90% intervals, checked on held-out data.
@@ -118,6 +131,9 @@ fn main() -> anyhow::Result<()> {
             limit,
             threshold,
             models_only,
+            report,
+            kill_central_at,
+            rate,
         } => {
             let options = demo::DemoOptions {
                 models_dir: models,
@@ -127,14 +143,24 @@ fn main() -> anyhow::Result<()> {
                 limit,
                 threshold,
                 models_only,
+                rate,
+                kill_central_at,
+                report,
             };
-            demo::run(&options)?.print(json);
+            let run = demo::run(&options)?;
+            // The figures first, failures included, then the verdict.
+            run.figures.print(json);
+            run.check()?;
         }
         Command::Calibrate(args) => {
             let json = args.json;
             edge_node::calibrate_cmd::run(&args)?.print(json);
         }
-        Command::Check { config } => print!("{}", edge_node::check_cmd::run(&config)?),
+        Command::Check { config } => {
+            if !edge_node::check_cmd::main(&config) {
+                std::process::exit(1);
+            }
+        }
         Command::Plugin(PluginCommand::Build { crate_dir, out, target_dir }) => {
             edge_node::plugin_cmd::run_build(&crate_dir, out, target_dir.as_deref())?;
         }

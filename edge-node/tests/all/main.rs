@@ -4,8 +4,11 @@
 // Tests panic on failure by design.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod demo;
+mod http;
 mod kserve_clients;
 mod kserve_upstream;
+mod reload;
 mod serve;
 mod thresholds;
 mod tiers;
