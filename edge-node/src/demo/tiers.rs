@@ -64,11 +64,10 @@ impl Tiers {
             up.request_timeout_ms = ESCALATION_TIMEOUT_MS;
             up.breaker.open_ms = BREAKER_OPEN_MS;
         }
-        // The edge stays in `normal` mode. With automatic switching, failed escalations push
-        // its upstream error rate into `emergency`, whose escalation budget is 0; the error
-        // rate only falls on successful escalations, which `emergency` forbids, so the edge
-        // never leaves it and escalations never resume after the restart (a runtime issue,
-        // reported; the demo shows the breaker's recovery meanwhile).
+        // The edge stays in `normal` mode, so the recovery the demo shows is the breaker's
+        // alone: with automatic switching, the failed escalations would also put it in
+        // `emergency` (no escalations), which ends only once the upstream error rate has
+        // faded and the modes' dwell times have passed, tens of seconds for this short run.
         edge.node.modes.switching.automatic = false;
         let central_config = write_config(&central, dir.path())?;
         let edge_config = write_config(&edge, dir.path())?;

@@ -44,7 +44,7 @@ impl Node {
         ModeSignals {
             queue_fraction: self.admission.queue_fraction(),
             upstream_latency: health.as_ref().and_then(|h| h.latency()),
-            upstream_error_rate: health.map_or(0.0, |h| h.error_rate()),
+            upstream_error_rate: health.map_or(0.0, |h| h.error_rate(Instant::now())),
         }
     }
 

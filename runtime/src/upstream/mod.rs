@@ -396,8 +396,8 @@ impl UpstreamClient {
             .unwrap_or(Err(EscalationError::DeadlineExceeded));
         let mut state = self.state.lock();
         match &result {
-            Ok(_) => state.health.record_success(started.elapsed()),
-            Err(_) => state.health.record_failure(),
+            Ok(_) => state.health.record_success(started.elapsed(), Instant::now()),
+            Err(_) => state.health.record_failure(Instant::now()),
         }
         result
     }
