@@ -149,6 +149,9 @@ pub enum CacheStatus {
 }
 
 impl CacheStatus {
+    /// Every status, for metrics that list each from the start.
+    pub const ALL: [CacheStatus; 3] = [CacheStatus::Hit, CacheStatus::Miss, CacheStatus::Coalesced];
+
     /// Lowercase name, for response parameters and metric labels.
     pub fn name(self) -> &'static str {
         match self {

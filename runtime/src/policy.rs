@@ -55,6 +55,15 @@ pub enum DegradedReason {
 }
 
 impl DegradedReason {
+    /// Every reason, for metrics that list each from the start.
+    pub const ALL: [DegradedReason; 5] = [
+        DegradedReason::NoUpstream,
+        DegradedReason::BreakerOpen,
+        DegradedReason::DeadlineTooShort,
+        DegradedReason::BudgetExhausted,
+        DegradedReason::UpstreamFailed,
+    ];
+
     /// Stable snake_case name, for response parameters and metric labels.
     pub fn name(self) -> &'static str {
         match self {

@@ -28,6 +28,7 @@
 //! `sum(rate(cascade_escalations_total[1m])) / sum(rate(cascade_requests_total[1m]))`, the
 //! cache hit ratio `rate(cascade_cache_total{status="hit"}[1m]) / rate(cascade_cache_total[1m])`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus::{
@@ -198,6 +199,10 @@ pub struct Telemetry {
     shadow: IntCounterVec,
     shadow_dropped: IntCounterVec,
     receipts_dropped: IntCounterVec,
+    guest_log_dropped: IntCounterVec,
+    /// The sandbox's own count of dropped guest log lines when last read, so the counter
+    /// grows by what is new (a reload starts a new sandbox, counting from 0 again).
+    guest_log_dropped_seen: AtomicU64,
 }
 
 /// Registers a metric made by `make`, naming it in any error.
@@ -310,10 +315,48 @@ impl Telemetry {
                 "Receipts not logged because the writer fell behind.",
                 &[],
             )?,
+            guest_log_dropped: counter(
+                "cascade_guest_log_lines_dropped_total",
+                "Plugin log lines dropped by the per-plugin rate limit.",
+                &[],
+            )?,
+            guest_log_dropped_seen: AtomicU64::new(0),
             registry: r,
         };
         t.set_mode(Mode::Normal);
         Ok(t)
+    }
+
+    /// Lists `route`'s series at zero, so that dashboards and alerts (which compute rates)
+    /// see every outcome, tier, reason and status from the start, not after its first event.
+    pub fn prepare_route(&self, route: &str) {
+        let answered = [
+            (RequestOutcome::Answered, AnswerTier::Local),
+            (RequestOutcome::Answered, AnswerTier::Upstream),
+            (RequestOutcome::Degraded, AnswerTier::Local),
+            (RequestOutcome::Rejected, AnswerTier::None),
+            (RequestOutcome::Failed, AnswerTier::None),
+        ];
+        for (outcome, tier) in answered {
+            self.requests.with_label_values(&[route, outcome.name(), tier.name()]);
+        }
+        for result in ["ok", "failed"] {
+            self.escalations.with_label_values(&[route, result]);
+        }
+        for reason in DegradedReason::ALL {
+            self.degraded.with_label_values(&[route, reason.name()]);
+        }
+        for status in CacheStatus::ALL {
+            self.cache.with_label_values(&[route, status.name()]);
+        }
+    }
+
+    /// Takes the sandbox's running total of dropped guest log lines.
+    pub fn guest_log_lines_dropped(&self, total: u64) {
+        let seen = self.guest_log_dropped_seen.swap(total, Ordering::Relaxed);
+        // Below what was seen: a new sandbox, whose whole count is new.
+        let new = if total >= seen { total - seen } else { total };
+        self.guest_log_dropped.with_label_values::<&str>(&[]).inc_by(new);
     }
 
     /// Counts a finished request.
@@ -485,5 +528,28 @@ mod tests {
         assert_eq!(value("cascade_mode{", &["mode=\"normal\""]), "0");
         assert_eq!(value("cascade_mode_switches_total{", &["to=\"surge\"", "cause=\"admin\""]), "1");
         assert!(text.contains("# TYPE cascade_stage_seconds histogram"), "{text}");
+    }
+
+    /// Rates over a series that appears only with its first event hide that event from
+    /// alerts; a prepared route lists every series at zero.
+    #[test]
+    fn a_prepared_route_lists_its_series_at_zero_and_dropped_log_lines_count_what_is_new() {
+        let t = Telemetry::new().unwrap();
+        t.prepare_route("digits");
+        let text = t.render().unwrap();
+        for reason in DegradedReason::ALL {
+            let l = line(&text, "cascade_degraded_total{", &["route=\"digits\"", reason.name()]);
+            assert!(l.is_some_and(|l| l.ends_with(" 0")), "{reason} in\n{text}");
+        }
+        for labels in [&["result=\"failed\""][..], &["status=\"hit\""], &["outcome=\"failed\""]] {
+            assert!(line(&text, "", labels).is_some_and(|l| l.ends_with(" 0")), "{labels:?} in\n{text}");
+        }
+
+        t.guest_log_lines_dropped(5);
+        t.guest_log_lines_dropped(7);
+        // A reloaded node's sandbox counts from zero again.
+        t.guest_log_lines_dropped(3);
+        let text = t.render().unwrap();
+        assert!(text.contains("cascade_guest_log_lines_dropped_total 10"), "{text}");
     }
 }

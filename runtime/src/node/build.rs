@@ -93,6 +93,7 @@ impl Node {
             None => None,
         };
         telemetry.set_mode(Mode::Normal);
+        routes.keys().for_each(|route| telemetry.prepare_route(route));
         let node = Arc::new(Node {
             admission: Admission::from_settings(settings, now),
             cache: Cache::with_filter(CACHE_BUDGET_BYTES, super::Reply::weigh, super::Reply::cacheable),

@@ -138,6 +138,7 @@ impl Node {
                 self.telemetry.set_upstream_latency(latency);
             }
         }
+        self.telemetry.guest_log_lines_dropped(self.sandbox.stats().log_lines_dropped);
         self.telemetry.render()
     }
 
