@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::backend::{Backend, BackendError, BackendKind, ModelInfo, PreparedModel, check_inputs};
+use crate::backend::{Backend, BackendError, BackendKind, ModelInfo, PrepareOptions, PreparedModel, check_inputs};
 use crate::tensor::Tensor;
 
 /// Callers that may wait by default, in multiples of `max_batch`, before more are refused.
@@ -139,8 +139,13 @@ impl Backend for BatchingBackend {
         self.inner.kind()
     }
 
-    fn prepare(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn PreparedModel>, BackendError> {
-        let model = self.inner.prepare(name, onnx)?;
+    fn prepare_with(
+        &self,
+        name: &str,
+        onnx: &[u8],
+        options: &PrepareOptions,
+    ) -> Result<Arc<dyn PreparedModel>, BackendError> {
+        let model = self.inner.prepare_with(name, onnx, options)?;
         Ok(Arc::new(BatchedModel::new(model, self.settings.clone(), self.observer.clone())?))
     }
 }

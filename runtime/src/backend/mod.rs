@@ -190,25 +190,19 @@ pub trait Backend: Send + Sync + Debug {
     /// Which implementation this is.
     fn kind(&self) -> BackendKind;
 
-    /// Parses, validates and plans `onnx` (the bytes of an ONNX file) as model `name`.
-    fn prepare(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn PreparedModel>, BackendError>;
+    /// Parses, validates and plans `onnx` (the bytes of an ONNX file) as model `name`, its
+    /// input shapes as the file gives them.
+    fn prepare(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn PreparedModel>, BackendError> {
+        self.prepare_with(name, onnx, &PrepareOptions::default())
+    }
 
-    /// [`Backend::prepare`] with input shapes fixed by `options`. A backend that cannot fix
-    /// shapes refuses any options that fix something.
+    /// [`Backend::prepare`] with input shapes fixed by `options`.
     fn prepare_with(
         &self,
         name: &str,
         onnx: &[u8],
         options: &PrepareOptions,
-    ) -> Result<Arc<dyn PreparedModel>, BackendError> {
-        if options.inputs.is_empty() {
-            return self.prepare(name, onnx);
-        }
-        Err(BackendError::Unsupported {
-            model: name.to_owned(),
-            why: format!("the {} backend cannot fix input shapes from the config", self.kind().name()),
-        })
-    }
+    ) -> Result<Arc<dyn PreparedModel>, BackendError>;
 }
 
 /// A model ready to run batches. Cheap to share across threads.

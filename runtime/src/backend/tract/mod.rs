@@ -72,10 +72,6 @@ impl Backend for TractBackend {
         BackendKind::Tract
     }
 
-    fn prepare(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn PreparedModel>, BackendError> {
-        self.prepare_with(name, onnx, &PrepareOptions::default())
-    }
-
     fn prepare_with(
         &self,
         name: &str,
