@@ -17,5 +17,6 @@ pub mod check_cmd;
 pub mod demo;
 pub mod deployment;
 pub mod figures;
+mod font;
 pub mod plugin_cmd;
 pub mod serve;

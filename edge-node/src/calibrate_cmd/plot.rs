@@ -4,7 +4,6 @@
 //! extension.
 
 use std::path::Path;
-use std::sync::OnceLock;
 
 use anyhow::{Context, bail};
 use cascade_runtime::calibrate::grid;
@@ -13,34 +12,9 @@ use plotters::prelude::*;
 
 use super::report::Report;
 
-/// A TrueType font for the labels: plotters measures text with it even for SVG.
-const FONTS: [&str; 2] = [
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-];
-
-fn register_font() -> anyhow::Result<()> {
-    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
-    REGISTERED
-        .get_or_init(|| {
-            let Some(bytes) = FONTS.iter().find_map(|f| std::fs::read(f).ok()) else {
-                return Err(format!(
-                    "no TrueType font found at {}; install one (Debian: apt-get install fonts-dejavu-core)",
-                    FONTS.join(" or ")
-                ));
-            };
-            // plotters keeps fonts for the process's life.
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-                .map_err(|_| "the font file is not a usable TrueType font".to_owned())
-        })
-        .clone()
-        .map_err(anyhow::Error::msg)
-}
-
 /// Draws `report` into `file` (`.svg` or `.png`).
 pub(super) fn draw(file: &Path, report: &Report) -> anyhow::Result<()> {
-    register_font()?;
+    crate::font::register()?;
     let size = (1000, 650);
     match file.extension().and_then(|e| e.to_str()) {
         Some("svg") => chart(&SVGBackend::new(file, size).into_drawing_area(), report),

@@ -7,12 +7,12 @@ mod split;
 mod threshold;
 mod timeline;
 
-use std::sync::OnceLock;
-
 use anyhow::anyhow;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use crate::font::FAMILY;
 
 use super::answer::Class;
 
@@ -27,8 +27,6 @@ const WIDTH: u32 = 960;
 const CAPTION: u32 = 19;
 const LABEL: u32 = 14;
 const SMALL: u32 = 13;
-/// The font family the SVG asks for; the browser picks the face.
-const FAMILY: &str = "sans-serif";
 
 /// The colour of each class, the same in every chart.
 fn color(class: Class) -> RGBColor {
@@ -48,39 +46,12 @@ const RECOVERING: RGBColor = RGBColor(240, 180, 0);
 /// How opaque the shading is.
 const SHADE: f64 = 0.13;
 
-/// A TrueType font for plotters to measure text with (it lays out SVG text too); the
-/// browser draws the text with its own `sans-serif`.
-const FONTS: [&str; 2] = [
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-];
-
-fn register_font() -> anyhow::Result<()> {
-    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
-    REGISTERED
-        .get_or_init(|| {
-            let Some(bytes) = FONTS.iter().find_map(|f| std::fs::read(f).ok()) else {
-                return Err(format!(
-                    "no TrueType font found at {}; install one (Debian: apt-get install fonts-dejavu-core, \
-                     or run tools/setup.sh)",
-                    FONTS.join(" or ")
-                ));
-            };
-            // plotters keeps fonts for the process's life.
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            plotters::style::register_font(FAMILY, FontStyle::Normal, bytes)
-                .map_err(|_| "the font file is not a usable TrueType font".to_owned())
-        })
-        .clone()
-        .map_err(anyhow::Error::msg)
-}
-
 /// The drawing area charts draw on.
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
 /// Draws `height` pixels of chart with `draw` and returns the `<svg>` element.
 fn svg(height: u32, draw: impl FnOnce(&Area) -> anyhow::Result<()>) -> anyhow::Result<String> {
-    register_font()?;
+    crate::font::register()?;
     let mut out = String::new();
     {
         let root = SVGBackend::with_string(&mut out, (WIDTH, height)).into_drawing_area();
