@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::backend::{Backend, BackendError, BackendKind, ModelInfo, PrepareOptions, PreparedModel, check_inputs};
+use crate::backend::{
+    Backend, BackendError, BackendKind, ModelInfo, PrepareOptions, PreparedModel, check_inputs,
+};
 use crate::tensor::Tensor;
 
 /// Callers that may wait by default, in multiples of `max_batch`, before more are refused.

@@ -8,6 +8,7 @@ mod response;
 pub mod tensor;
 
 pub use request::{
-    HEADER_LENGTH, InferRequest, MAX_PARAMETERS, OutputChoice, VALUE_PATH_MAX_BYTES, json_length, parse_request,
+    HEADER_LENGTH, InferRequest, MAX_PARAMETERS, OutputChoice, VALUE_PATH_MAX_BYTES, json_length,
+    parse_request,
 };
 pub use response::{EncodedReply, encode_reply};

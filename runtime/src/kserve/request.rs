@@ -199,7 +199,8 @@ impl WireRequest {
             Value::Array(
                 o.into_iter()
                     .map(|o| {
-                        let binary = o.parameters.and_then(|p| p.binary_data).map_or(Value::Null, Value::Bool);
+                        let binary =
+                            o.parameters.and_then(|p| p.binary_data).map_or(Value::Null, Value::Bool);
                         serde_json::json!({ "name": o.name, "parameters": { "binary_data": binary } })
                     })
                     .collect(),

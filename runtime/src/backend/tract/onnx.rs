@@ -147,7 +147,10 @@ fn parse_refusal(proto: &ModelProto, e: TractError) -> String {
         Err(_) => Some(format!("ONNX type {elem}")),
     };
     let elem_of = |info: &ValueInfoProto| {
-        info.r#type.as_ref().and_then(|t| t.value.as_ref()).map(|type_proto::Value::TensorType(t)| t.elem_type)
+        info.r#type
+            .as_ref()
+            .and_then(|t| t.value.as_ref())
+            .map(|type_proto::Value::TensorType(t)| t.elem_type)
     };
     let tensors = graph.input.iter().map(|i| ("input", i)).chain(graph.output.iter().map(|o| ("output", o)));
     for (kind, info) in tensors {
