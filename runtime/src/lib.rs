@@ -79,6 +79,7 @@ pub mod upstream;
 pub use admission::{Admission, Permit, Rejection, RouteLimits};
 pub use backend::cpu::{CpuTuning, KernelKnob, configure_cpu_kernels, cpu_kernel_table};
 pub use backend::tract::TractBackend;
+#[cfg(feature = "gpu")]
 pub use backend::wgpu::{AdapterSummary, WgpuBackend};
 pub use backend::{
     Backend, BackendError, BackendKind, InputShape, ModelInfo, Precision, PrepareOptions, PreparedModel,

@@ -18,10 +18,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::backend::tract::TractBackend;
+#[cfg(feature = "gpu")]
 use crate::backend::wgpu::WgpuBackend;
 use crate::backend::{Backend, BackendError, BackendKind, PrepareOptions, PreparedModel};
 use crate::batcher::{BatchObserver, BatchSettings, BatchedModel};
 use crate::config::{Digest, ResolvedModel};
+
+/// Why a build without the `gpu` feature runs no model on wgpu.
+#[cfg(not(feature = "gpu"))]
+const NO_GPU_BUILD: &str = "this build has no GPU support (edge-node built without its `gpu` feature)";
 
 /// Why a model could not be prepared. Every message names the model.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +76,9 @@ impl LoadedModel {
         let fallback = self.fallback.as_deref().map(|why| format!("{why}; falls back: ")).unwrap_or_default();
         match self.backend {
             BackendKind::Tract => format!("{fallback}runs on tract, {precision}"),
+            #[cfg(not(feature = "gpu"))]
+            BackendKind::Wgpu => unreachable!("a build without the gpu feature runs no model on wgpu"),
+            #[cfg(feature = "gpu")]
             BackendKind::Wgpu => {
                 let adapter = WgpuBackend::shared()
                     .map(|gpu| {
@@ -148,6 +156,28 @@ impl ModelStore {
         if spec.backend == BackendKind::Tract {
             return on_tract(None);
         }
+        #[cfg(not(feature = "gpu"))]
+        {
+            let why = NO_GPU_BUILD.to_owned();
+            if spec.fallback_to_tract {
+                return on_tract(Some(why));
+            }
+            Err(ModelError::NoFallback { model: name.to_owned(), why })
+        }
+        #[cfg(feature = "gpu")]
+        Self::prepare_on_gpu(name, resolved, &options, loaded, on_tract)
+    }
+
+    /// The wgpu half of [`ModelStore::prepare`].
+    #[cfg(feature = "gpu")]
+    fn prepare_on_gpu(
+        name: &str,
+        resolved: &ResolvedModel,
+        options: &PrepareOptions,
+        loaded: impl Fn(BackendKind, Option<String>, Arc<dyn PreparedModel>) -> LoadedModel,
+        on_tract: impl Fn(Option<String>) -> Result<LoadedModel, ModelError>,
+    ) -> Result<LoadedModel, ModelError> {
+        let spec = &resolved.spec;
         let gpu = match WgpuBackend::shared() {
             Ok(gpu) => gpu,
             Err(e) if spec.fallback_to_tract => return on_tract(Some(e.to_string())),
@@ -158,7 +188,7 @@ impl ModelStore {
             let why = format!("the only wgpu adapter, {} via {}, runs on the CPU", adapter.name, adapter.api);
             return on_tract(Some(why));
         }
-        match gpu.prepare_with(name, &resolved.bytes, &options) {
+        match gpu.prepare_with(name, &resolved.bytes, options) {
             Ok(model) => Ok(loaded(BackendKind::Wgpu, None, model)),
             // Neither backend can run a file that does not parse, or inputs the file and
             // config leave unservable: falling back would only repeat the refusal.
@@ -176,5 +206,38 @@ impl ModelStore {
     /// Every model, by name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<LoadedModel>)> {
         self.models.iter().map(|(n, m)| (n.as_str(), m))
+    }
+}
+
+/// What a CPU-only build (`--no-default-features`) does with a model configured for wgpu;
+/// `tools/test.sh` runs these in such a build.
+#[cfg(all(test, not(feature = "gpu")))]
+mod without_gpu {
+    use super::*;
+    use crate::config::ModelSpec;
+    use crate::reference::{ReferenceModel, default_models_dir};
+
+    fn resolved(fallback_to_tract: bool) -> ResolvedModel {
+        let path = ReferenceModel::EdgeInt8.path(&default_models_dir());
+        let bytes = std::fs::read(&path).unwrap();
+        let spec = ModelSpec {
+            path,
+            backend: BackendKind::Wgpu,
+            fallback_to_tract,
+            pinned: None,
+            inputs: Default::default(),
+        };
+        ResolvedModel::new(spec, bytes)
+    }
+
+    #[test]
+    fn a_wgpu_model_runs_on_tract_where_it_may_and_is_refused_naming_the_build_where_not() {
+        let loaded = ModelStore::prepare("edge", &resolved(true)).unwrap();
+        assert_eq!(loaded.backend, BackendKind::Tract);
+        assert!(loaded.describe().starts_with(&format!("{NO_GPU_BUILD}; falls back: runs on tract")));
+
+        let e = ModelStore::prepare("edge", &resolved(false)).unwrap_err().to_string();
+        assert!(e.contains("model edge") && e.contains("without its `gpu` feature"), "{e}");
+        assert!(e.contains("fallback_to_tract = true"), "{e}");
     }
 }

@@ -20,6 +20,7 @@ use crate::tensor::{DType, Tensor};
 pub(crate) mod cpu;
 mod quant;
 pub(crate) mod tract;
+#[cfg(feature = "gpu")]
 pub(crate) mod wgpu;
 
 /// Name, element type and per-item shape (without the batch dimension) of a model input

@@ -237,7 +237,8 @@ pub(crate) fn tract_model(
     Ok(model)
 }
 
-/// [`read_proto`] then [`tract_model`].
+/// [`read_proto`] then [`tract_model`], for the wgpu backend's import.
+#[cfg(feature = "gpu")]
 pub(crate) fn parse_onnx(
     name: &str,
     onnx: &[u8],
