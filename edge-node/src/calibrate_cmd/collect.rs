@@ -53,7 +53,7 @@ enum Upstream {
     /// A bigger model run here behind the same plugin.
     Local(Tier),
     /// The configured upstream, live.
-    Live(UpstreamClient, tokio::runtime::Runtime, String),
+    Live(Box<UpstreamClient>, tokio::runtime::Runtime, String),
 }
 
 /// The edge tier and the upstream.
@@ -105,7 +105,7 @@ impl Tiers {
                 let runtime = tokio::runtime::Runtime::new()?;
                 let client = runtime.block_on(async { UpstreamClient::from_settings(settings) })?;
                 let name = settings.server_name.clone();
-                (Upstream::Live(client, runtime, name.clone()), format!("the upstream: {name}, live"))
+                (Upstream::Live(Box::new(client), runtime, name.clone()), format!("the upstream: {name}, live"))
             }
         };
         Ok(Tiers { route: route.to_owned(), edge, upstream, described })
@@ -143,7 +143,12 @@ impl Tiers {
 
     fn upstream_label(&self, id: u64, inputs: Vec<(String, Tensor)>) -> anyhow::Result<Option<String>> {
         Ok(match &self.upstream {
-            Upstream::Local(tier) => tier.run(&inputs).ok().and_then(|o| o.label),
+            // The upstream stands for the truth the edge is measured against: an answer it
+            // could not give would count as a wrong upstream answer and bend every figure.
+            Upstream::Local(tier) => match tier.run(&inputs) {
+                Ok(observed) => observed.label,
+                Err(e) => bail!("the upstream model failed on example {id}: {e}"),
+            },
             Upstream::Live(client, runtime, name) => {
                 let request = EscalationRequest {
                     id,

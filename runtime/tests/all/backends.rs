@@ -343,7 +343,7 @@ print(json.dumps(sess.run(None, {"input": x})[0].argmax(1).tolist()))
 }
 
 #[test]
-fn qdq_int8_runs_as_int8_on_tract_and_agrees_with_onnxruntime_on_999_per_mille() {
+fn qdq_int8_runs_as_int8_on_tract_and_keeps_the_files_answers() {
     let test = test_split();
     let key = ReferenceModel::EdgeInt8Qdq;
     let bytes = model_bytes(key);
@@ -356,9 +356,17 @@ fn qdq_int8_runs_as_int8_on_tract_and_agrees_with_onnxruntime_on_999_per_mille()
     assert_eq!(plain.info().precision, Precision::Int8AsFp32);
     let agreement = |got: &[usize]| got.iter().zip(&expected).filter(|(a, b)| a == b).count();
     let got = reference::predict(&*tract, &test, 100).unwrap();
+    // The file's own arithmetic, read literally in fp32, is the reference: the int8 rewrite
+    // must not change an answer beyond a near-tie per thousand.
+    let literal = reference::predict(&*plain, &test, 100).unwrap();
+    let same = got.iter().zip(&literal).filter(|(a, b)| a == b).count();
+    assert!(same * 1000 >= test.len() * 999, "tract: argmax agrees with the literal reading on {same}");
+    // onnxruntime's own int8 kernels differ by CPU: on an AVX2 machine without VNNI its u8s8
+    // path rounds differently (measured: 1995 of 2000 against both ours and the literal
+    // reading, which agree on all 2000). Within half a percent of it, on every machine.
     let agree = agreement(&got);
     assert!(
-        agree * 1000 >= expected.len() * 999,
+        agree * 1000 >= expected.len() * 995,
         "tract: argmax agrees with onnxruntime on {agree} of {}",
         expected.len()
     );
@@ -367,7 +375,7 @@ fn qdq_int8_runs_as_int8_on_tract_and_agrees_with_onnxruntime_on_999_per_mille()
         let model = gpu.prepare(key.key(), &bytes).unwrap();
         assert_eq!(model.info().precision, Precision::Int8AsFp32);
         let agree = agreement(&reference::predict(&*model, &test, 100).unwrap());
-        assert!(agree * 1000 >= expected.len() * 999, "wgpu: argmax agrees with onnxruntime on {agree}");
+        assert!(agree * 1000 >= expected.len() * 995, "wgpu: argmax agrees with onnxruntime on {agree}");
     }
 }
 
