@@ -8,6 +8,7 @@
 
 mod backends;
 mod edge;
+mod faults;
 mod loadgen;
 mod sandbox;
 mod tiers;
@@ -75,6 +76,17 @@ enum Suite {
         #[command(flatten)]
         reference: Reference,
     },
+    /// Faults, overload, slow and hostile clients, plugins and peers, reloads (issue 14).
+    Faults {
+        #[command(flatten)]
+        run: Run,
+        #[command(flatten)]
+        reference: Reference,
+        /// Run only these scenarios (comma-separated: central_kill, cancel_storm, netem,
+        /// overload, slow_clients, peer_flood, hostile, reload); default all.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
 }
 
 /// The `edge-node` binary beside this one, which suites start as `serve` processes.
@@ -133,6 +145,9 @@ fn main() -> anyhow::Result<()> {
         Suite::Edge { run, reference } => {
             let repo = repository(&reference.models);
             edge::run(&reference.models, &reference.plugin, &repo, run.quick)?.print(run.json)
+        }
+        Suite::Faults { run, reference, only } => {
+            faults::run(&reference.models, &reference.plugin, run.quick, &only)?.print(run.json)
         }
     }
     Ok(())

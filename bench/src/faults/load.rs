@@ -1,0 +1,524 @@
+//! Too much of a good thing and too little of it: 3x the capacity of an edge, and thousands
+//! of clients that connect and then send nothing, or next to nothing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use edge_node::figures::percentile;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::runtime::Runtime;
+
+use super::{Figure, Setup, loopback, open_fds, peak_rss_mib};
+use crate::loadgen::{self, Conn, Load, Measured};
+
+/// The route's bulkhead in the overload scenario, sized for the one core the node gets: two
+/// requests run at once and one waits; beyond that the node refuses (503) at once. Every
+/// admitted request waits behind at most the others admitted, so a deeper bulkhead trades
+/// admitted latency for fewer refusals.
+const IN_FLIGHT: u32 = 2;
+const QUEUE: u32 = 1;
+
+/// How long a client waits for an answer before counting it as failed.
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Distinct requests the load cycles through.
+const BODIES: usize = 2000;
+
+/// Drives `requests` at `rate` for `duration` over `connections` keep-alive connections.
+fn drive(
+    addr: SocketAddr,
+    requests: &Arc<Vec<Vec<u8>>>,
+    rate: f64,
+    duration: Duration,
+    connections: usize,
+) -> Result<Measured> {
+    loadgen::drive(&Load { addr, requests, rate, duration, connections, timeout: TIMEOUT, accept: |_| true })
+}
+
+/// `faults.overload.*`: an edge (no upstream, every answer local) first driven closed-loop to
+/// measure its capacity, then open-loop at a tenth of it (unloaded) and at three times it
+/// (loaded), alternating; the p99 of the admitted requests loaded over unloaded, the share
+/// the node refused (429 or 503), and the edge's peak RSS.
+///
+/// Where the machine has two cores or more, the node runs on one and the generator on
+/// another: on cores they share, a CPU-bound node's capacity is whatever the generator
+/// leaves it, and the generator cannot offer three times that (it falls behind its own
+/// schedule, which then shows as latency that is not the node's).
+pub(super) fn overload(s: &Setup, rt: &Runtime) -> Result<Vec<Figure>> {
+    let (rounds, window) = s.pick((1, Duration::from_secs(2)), (2, Duration::from_secs(4)));
+    let mut edge = s.edge(0.0)?;
+    edge.config.route.max_in_flight = IN_FLIGHT;
+    edge.config.route.queue_len = QUEUE;
+    let process = rt.block_on(s.start(&edge, "overload-edge"))?;
+    let cores = Cores::split(process.id());
+    let addr = loopback(edge.http);
+    let requests = s.requests(edge.http, BODIES);
+    let capacity = capacity(
+        addr,
+        &requests,
+        IN_FLIGHT as usize,
+        s.pick(Duration::from_secs(2), Duration::from_secs(3)),
+        cores,
+    )?;
+    eprintln!("faults.overload: capacity {capacity:.0} answers/s closed-loop with {IN_FLIGHT} clients");
+    anyhow::ensure!(capacity > 0.0, "the edge answered nothing closed-loop");
+
+    let (mut unloaded, mut loaded) = (Scheduled::default(), Scheduled::default());
+    for round in 0..rounds {
+        let calm = scheduled(addr, &requests, (capacity / 10.0).max(50.0), window, 8, cores)?;
+        eprintln!("faults.overload: round {round}, unloaded: {calm}");
+        unloaded.add(calm);
+        // Twice the connections the node admits and queues, so the node, not the client,
+        // decides what waits, and few enough threads that the generator stays near its
+        // schedule.
+        let storm =
+            scheduled(addr, &requests, 3.0 * capacity, window, 2 * (IN_FLIGHT + QUEUE) as usize, cores)?;
+        eprintln!("faults.overload: round {round}, 3x capacity: {storm}");
+        loaded.add(storm);
+    }
+    anyhow::ensure!(
+        !unloaded.admitted_us.is_empty() && !loaded.admitted_us.is_empty(),
+        "no admitted request to measure"
+    );
+    let (calm_p99, storm_p99) =
+        (percentile(&mut unloaded.admitted_us, 0.99), percentile(&mut loaded.admitted_us, 0.99));
+    eprintln!("faults.overload: admitted p99 {storm_p99:.0} us at 3x, {calm_p99:.0} us unloaded");
+    Ok(vec![
+        ("faults.overload.admitted_p99_ratio", storm_p99 / calm_p99, "ratio"),
+        ("faults.overload.rejected_share", loaded.rejected as f64 / loaded.sent().max(1) as f64, "fraction"),
+        ("faults.overload.peak_rss_mib", peak_rss_mib(process.id())?, "MiB"),
+    ])
+}
+
+/// Which core the load generator's threads run on, once the node has the other.
+#[derive(Debug, Clone, Copy)]
+struct Cores {
+    generator: Option<usize>,
+}
+
+impl Cores {
+    /// Moves every thread of process `pid` to the last core this process may use, and
+    /// keeps the first for the generator; with fewer than two cores, or where affinity
+    /// cannot be set, leaves both where they are and says so.
+    fn split(pid: u32) -> Cores {
+        let allowed = allowed_cores();
+        let (Some(&first), Some(&last)) = (allowed.first(), allowed.last()) else {
+            eprintln!("faults.overload: cannot read this process's cores; node and generator share them");
+            return Cores { generator: None };
+        };
+        if first == last {
+            eprintln!("faults.overload: one core only; node and generator share it");
+            return Cores { generator: None };
+        }
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect::<Vec<_>>());
+        let moved = tasks.map(|tasks| {
+            tasks.iter().filter_map(|t| t.file_name().to_str()?.parse::<i32>().ok()).all(|tid| pin(tid, last))
+        });
+        if moved.unwrap_or(false) {
+            eprintln!("faults.overload: the node runs on core {last}, the generator on core {first}");
+            Cores { generator: Some(first) }
+        } else {
+            eprintln!(
+                "faults.overload: could not pin the node's threads; node and generator share the cores"
+            );
+            Cores { generator: None }
+        }
+    }
+
+    /// Pins the calling thread to the generator's core, if there is one.
+    fn enter(self) {
+        if let Some(core) = self.generator {
+            pin(0, core);
+        }
+    }
+}
+
+/// The cores this process may run on.
+fn allowed_cores() -> Vec<usize> {
+    // SAFETY: sched_getaffinity writes into the one cpu_set_t passed, of the size given.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}
+
+/// Pins thread `tid` (0: the calling thread) to `core`; whether that worked.
+fn pin(tid: i32, core: usize) -> bool {
+    // SAFETY: the set is built here and passed with its size; sched_setaffinity changes
+    // only the scheduling of thread `tid`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// What [`scheduled`] measured.
+#[derive(Debug, Default)]
+struct Scheduled {
+    /// Latencies of the 200 answers, µs from each request's scheduled time.
+    admitted_us: Vec<f64>,
+    /// Answers 429 or 503: refused by the node.
+    rejected: usize,
+    /// Anything else: another status, an error, a timeout.
+    failed: usize,
+    /// The generator's own lateness: how far behind schedule requests were sent, at worst (µs).
+    worst_send_lag_us: f64,
+}
+
+impl Scheduled {
+    fn sent(&self) -> usize {
+        self.admitted_us.len() + self.rejected + self.failed
+    }
+
+    fn add(&mut self, other: Scheduled) {
+        self.admitted_us.extend(other.admitted_us);
+        self.rejected += other.rejected;
+        self.failed += other.failed;
+        self.worst_send_lag_us = self.worst_send_lag_us.max(other.worst_send_lag_us);
+    }
+}
+
+impl std::fmt::Display for Scheduled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} admitted, {} refused, {} failed; the generator sent up to {:.0} us late",
+            self.admitted_us.len(),
+            self.rejected,
+            self.failed,
+            self.worst_send_lag_us
+        )
+    }
+}
+
+/// Open-loop load at `rate` for `length` over `connections` blocking keep-alive connections
+/// of [`Conn`], each on a thread of its own with its share of the schedule (request `k` of
+/// connection `c` is due at `t0 + (c + k·connections) / rate`). Unlike [`loadgen::drive`],
+/// a refusal keeps its connection (the response was whole), so a node that refuses most
+/// requests does not make the generator reconnect for each. An admitted request's latency
+/// runs from when it was sent: what the node made it wait (its queue and its run). At three
+/// times capacity on one core the generator itself falls behind its schedule (it has one
+/// request in flight per connection), and latency from the scheduled time would measure that
+/// lag, not the node; the worst lag is reported beside the figures instead.
+fn scheduled(
+    addr: SocketAddr,
+    requests: &Arc<Vec<Vec<u8>>>,
+    rate: f64,
+    length: Duration,
+    connections: usize,
+    cores: Cores,
+) -> Result<Scheduled> {
+    let total = (rate * length.as_secs_f64()).round() as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let t0 = Instant::now() + Duration::from_millis(50);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..connections)
+            .map(|c| {
+                scope.spawn(move || -> Result<Scheduled> {
+                    cores.enter();
+                    let mut conn = Conn::connect(addr)?;
+                    let mut out = Scheduled::default();
+                    for k in (c..total).step_by(connections) {
+                        let due = t0 + interval.mul_f64(k as f64);
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        out.worst_send_lag_us = out.worst_send_lag_us.max(due.elapsed().as_secs_f64() * 1e6);
+                        let sent = Instant::now();
+                        match conn.round_trip(&requests[k % requests.len()]) {
+                            Ok((200, _)) => out.admitted_us.push(sent.elapsed().as_secs_f64() * 1e6),
+                            Ok((429 | 503, _)) => out.rejected += 1,
+                            Ok(_) => out.failed += 1,
+                            Err(_) => {
+                                out.failed += 1;
+                                conn = Conn::connect(addr)?;
+                            }
+                        }
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        let mut all = Scheduled::default();
+        for w in workers {
+            all.add(w.join().map_err(|_| anyhow::anyhow!("a load thread panicked"))??);
+        }
+        Ok(all)
+    })
+}
+
+/// Says on stderr how a rung of [`loadgen::drive`] went.
+fn report(what: &str, round: usize, m: &Measured) {
+    eprintln!(
+        "faults: round {round}, {what}: {} answered, {} not{}",
+        m.latencies_us.len(),
+        m.errors,
+        m.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default()
+    );
+}
+
+/// Answers per second from `clients` blocking clients sending back to back for `length`.
+fn capacity(
+    addr: SocketAddr,
+    requests: &Arc<Vec<Vec<u8>>>,
+    clients: usize,
+    length: Duration,
+    cores: Cores,
+) -> Result<f64> {
+    let until = Instant::now() + length;
+    let answered = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..clients)
+            .map(|c| {
+                scope.spawn(move || -> Result<usize> {
+                    cores.enter();
+                    let mut conn = Conn::connect(addr)?;
+                    let mut ok = 0;
+                    let mut i = c;
+                    while Instant::now() < until {
+                        if conn.round_trip(&requests[i % requests.len()])?.0 == 200 {
+                            ok += 1;
+                        }
+                        i += clients;
+                    }
+                    Ok(ok)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().map_err(|_| anyhow::anyhow!("a client panicked"))?)
+            .sum::<Result<usize>>()
+    })?;
+    Ok(answered as f64 / length.as_secs_f64())
+}
+
+/// Slow connections held open against the edge.
+const SLOW: usize = 2000;
+
+/// `faults.slow_clients.*`: normal traffic at a moderate rate, alternately alone and beside
+/// [`SLOW`] connections that send nothing, half a header, or a body a byte at a time
+/// (reopened when the node closes them); the good traffic's p99 beside them over alone, and
+/// the most file descriptors the edge held.
+pub(super) fn slow_clients(s: &Setup, rt: &Runtime) -> Result<Vec<Figure>> {
+    let (rounds, window) = s.pick((1, Duration::from_secs(3)), (3, Duration::from_secs(4)));
+    let mut edge = s.edge(0.0)?;
+    // Room for every slow connection and the good ones: what is measured is what they cost
+    // while held, not the refusal beyond the cap.
+    edge.config.node.listeners.http_max_connections = 4096;
+    let process = rt.block_on(s.start(&edge, "slow-edge"))?;
+    let (addr, pid) = (loopback(edge.http), process.id());
+    let requests = s.requests(edge.http, BODIES);
+    let rate = 300.0;
+    let (mut alone, mut beside, mut peak_fds) = (Vec::new(), Vec::new(), 0usize);
+    // Warm the node and the connections.
+    drive(addr, &requests, rate, Duration::from_millis(500), 8)?;
+    for round in 0..rounds {
+        // The same sampler runs alone and beside the slow clients, so both pay for it.
+        let sampler = FdSampler::start(pid);
+        let quiet = drive(addr, &requests, rate, window, 8);
+        sampler.stop();
+        let quiet = quiet?;
+        report("alone", round, &quiet);
+        alone.extend(quiet.latencies_us);
+
+        let pool = SlowPool::start(addr)?;
+        pool.wait_open(SLOW, Duration::from_secs(10));
+        // Let the node settle after accepting them all.
+        std::thread::sleep(Duration::from_millis(500));
+        let sampler = FdSampler::start(pid);
+        let busy = drive(addr, &requests, rate, window, 8);
+        let (peak, opened, reopened) = (sampler.stop(), pool.open(), pool.stop()?);
+        let busy = busy?;
+        eprintln!(
+            "faults.slow_clients: round {round}: {opened} slow connections open at the end, {reopened} reopened; edge held up to {peak} fds"
+        );
+        report("beside slow clients", round, &busy);
+        peak_fds = peak_fds.max(peak);
+        beside.extend(busy.latencies_us);
+    }
+    anyhow::ensure!(!alone.is_empty() && !beside.is_empty(), "no good answer to measure");
+    let (p_alone, p_beside) = (percentile(&mut alone, 0.99), percentile(&mut beside, 0.99));
+    eprintln!("faults.slow_clients: good p99 {p_beside:.0} us beside slow clients, {p_alone:.0} us alone");
+    Ok(vec![
+        ("faults.slow_clients.good_p99_ratio", p_beside / p_alone, "ratio"),
+        ("faults.slow_clients.peak_fds", peak_fds as f64, "count"),
+    ])
+}
+
+/// Samples a process's open file descriptors every 100 ms on a thread of its own.
+struct FdSampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl FdSampler {
+    fn start(pid: u32) -> FdSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(Ordering::Relaxed) {
+                peak = peak.max(open_fds(pid).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            peak
+        });
+        FdSampler { stop, thread }
+    }
+
+    /// The most descriptors seen.
+    fn stop(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
+}
+
+/// [`SLOW`] misbehaving connections, each reopened when the node closes it, on a thread and
+/// runtime of their own until stopped.
+struct SlowPool {
+    stop: Arc<AtomicBool>,
+    open: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<Result<usize>>,
+}
+
+impl SlowPool {
+    fn start(addr: SocketAddr) -> Result<SlowPool> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (flag, count) = (stop.clone(), open.clone());
+        let thread =
+            std::thread::Builder::new().name("slow-clients".into()).spawn(move || -> Result<usize> {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                rt.block_on(async move {
+                    let tasks: Vec<_> = (0..SLOW)
+                        .map(|i| {
+                            tokio::spawn(slow_connection(addr, Kind::of(i), flag.clone(), count.clone()))
+                        })
+                        .collect();
+                    let mut reopened = 0;
+                    for t in tasks {
+                        reopened += t.await.context("a slow client panicked")?;
+                    }
+                    Ok(reopened)
+                })
+            })?;
+        Ok(SlowPool { stop, open, thread })
+    }
+
+    /// Connections open now.
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` connections are open, or `limit` passed.
+    fn wait_open(&self, n: usize, limit: Duration) {
+        let start = Instant::now();
+        while self.open() < n && start.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "faults.slow_clients: {} slow connections open after {:.1} s",
+            self.open(),
+            start.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Closes every connection; returns how many times the node closed one first.
+    fn stop(self) -> Result<usize> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().map_err(|_| anyhow::anyhow!("the slow-client thread panicked"))?
+    }
+}
+
+/// What a slow connection does once connected.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// Sends nothing.
+    Idle,
+    /// Sends half a request head, then one more header byte a second.
+    HalfHeader,
+    /// Sends a whole head announcing a body, then one body byte a second.
+    TrickledBody,
+}
+
+impl Kind {
+    /// Half idle, a quarter each of the others.
+    fn of(i: usize) -> Kind {
+        match i % 4 {
+            0 | 1 => Kind::Idle,
+            2 => Kind::HalfHeader,
+            _ => Kind::TrickledBody,
+        }
+    }
+
+    fn opening(self) -> &'static [u8] {
+        match self {
+            Kind::Idle => b"",
+            Kind::HalfHeader => b"POST /v2/models/digits/infer HTTP/1.1\r\nhost: edge\r\nx-slow: ",
+            Kind::TrickledBody => {
+                b"POST /v2/models/digits/infer HTTP/1.1\r\nhost: edge\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{"
+            }
+        }
+    }
+}
+
+/// One slow connection, reopened each time the node closes it, until `stop`. Returns the
+/// number of reopenings.
+async fn slow_connection(
+    addr: SocketAddr,
+    kind: Kind,
+    stop: Arc<AtomicBool>,
+    open: Arc<AtomicUsize>,
+) -> usize {
+    let mut reopened = 0;
+    let mut first = true;
+    while !stop.load(Ordering::Relaxed) {
+        if !first {
+            reopened += 1;
+        }
+        first = false;
+        let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        if stream.write_all(kind.opening()).await.is_err() {
+            continue;
+        }
+        open.fetch_add(1, Ordering::Relaxed);
+        hold(&mut stream, kind, &stop).await;
+        open.fetch_sub(1, Ordering::Relaxed);
+    }
+    reopened
+}
+
+/// Keeps `stream` open, trickling as `kind` says, until the node closes it or `stop`.
+async fn hold(stream: &mut tokio::net::TcpStream, kind: Kind, stop: &AtomicBool) {
+    let mut buf = [0u8; 1024];
+    while !stop.load(Ordering::Relaxed) {
+        tokio::select! {
+            read = stream.read(&mut buf) => {
+                if matches!(read, Ok(0) | Err(_)) {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                let byte: &[u8] = match kind {
+                    Kind::Idle => b"",
+                    Kind::HalfHeader => b"x",
+                    Kind::TrickledBody => b" ",
+                };
+                if !byte.is_empty() && stream.write_all(byte).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
