@@ -105,7 +105,10 @@ impl Tiers {
                 let runtime = tokio::runtime::Runtime::new()?;
                 let client = runtime.block_on(async { UpstreamClient::from_settings(settings) })?;
                 let name = settings.server_name.clone();
-                (Upstream::Live(Box::new(client), runtime, name.clone()), format!("the upstream: {name}, live"))
+                (
+                    Upstream::Live(Box::new(client), runtime, name.clone()),
+                    format!("the upstream: {name}, live"),
+                )
             }
         };
         Ok(Tiers { route: route.to_owned(), edge, upstream, described })
