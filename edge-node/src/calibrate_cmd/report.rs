@@ -224,9 +224,15 @@ fn describe(mode: Mode, r: &Recommendation) {
     } else {
         format!("NOT MET with 90% confidence (holds in {:.0}% of resamples at best)", 100.0 * r.holds)
     };
+    // A goal that bounds escalation is safe on the lower side: its margin gains edge share.
+    let margin = if r.margin_cost >= 0.0 {
+        format!("costs {:.1} points of edge share", 100.0 * r.margin_cost)
+    } else {
+        format!("adds {:.1} points of edge share", -100.0 * r.margin_cost)
+    };
     eprintln!(
         "{mode}: threshold {:.3} for {goal}: edge share {:.1}% [{:.1}, {:.1}], accuracy {:.2}% [{:.2}, {:.2}]; {sure}; \
-         the margin over the naive {:.3} costs {:.1} points of edge share",
+         the margin over the naive {:.3} {margin}",
         r.threshold,
         100.0 * e.point.edge_share,
         100.0 * e.edge_share.lo,
@@ -235,6 +241,5 @@ fn describe(mode: Mode, r: &Recommendation) {
         100.0 * e.accuracy.lo,
         100.0 * e.accuracy.hi,
         r.naive_threshold,
-        100.0 * r.margin_cost
     );
 }

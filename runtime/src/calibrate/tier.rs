@@ -9,6 +9,10 @@ use crate::models::{ModelError, ModelStore};
 use crate::sandbox::{LoadError, Outcome, Request, Sandbox, SandboxConfig};
 use crate::tensor::{DType, Tensor, confidence};
 
+/// The least time a plugin gets per example while calibrating (its serving deadline may be
+/// shorter): a slow answer on a busy machine is still an answer.
+const OFFLINE_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Why a tier could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TierError {
@@ -79,9 +83,13 @@ impl Tier {
             Some(model) => plugin.spec.models.iter().map(|name| (name.clone(), model.clone())).collect(),
             None => config.models.clone(),
         };
+        // Calibration runs offline: a busy machine must not turn a slow answer into a failed
+        // one, so the plugin gets a generous deadline instead of its serving one.
+        let mut plugin = plugin.clone();
+        plugin.spec.deadline = plugin.spec.deadline.max(OFFLINE_DEADLINE);
         let store = ModelStore::load(&models, None)?;
         let sandbox = Sandbox::new(SandboxConfig { guest_logs: false, ..SandboxConfig::default() })?;
-        sandbox.load_plugin(&settings.plugin, plugin, &store)?;
+        sandbox.load_plugin(&settings.plugin, &plugin, &store)?;
         Ok(Tier { sandbox, route: route.to_owned(), plugin: settings.plugin.clone(), _models: store })
     }
 
