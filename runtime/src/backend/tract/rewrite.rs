@@ -33,20 +33,10 @@ pub(crate) fn rewrite_pools(model: &mut TypedModel) -> TractResult<usize> {
         let node = model.node(id);
         let Some(pool) = node.op_as::<MaxPool>() else { continue };
         let spec = &pool.pool_spec;
-        let unpadded = match &spec.padding {
-            PaddingSpec::Valid => true,
-            PaddingSpec::Explicit(before, after) => before.iter().chain(after).all(|&p| p == 0),
-            PaddingSpec::ExplicitOnnxPool(before, after, ceil) => {
-                !ceil && before.iter().chain(after).all(|&p| p == 0)
-            }
-            PaddingSpec::SameUpper | PaddingSpec::SameLower => false,
-        };
-        let undilated = spec.dilations.as_ref().is_none_or(|d| d.iter().all(|&d| d == 1));
         if pool.with_index_outputs.is_some()
             || spec.kernel_shape.len() != 2
             || spec.kernel_shape.iter().any(|&k| k < 2)
-            || !unpadded
-            || !undilated
+            || !plain_windows(spec)
         {
             continue;
         }
@@ -309,6 +299,18 @@ fn pool_2x2_after(model: &TypedModel, outlet: OutletId) -> TractResult<Option<us
     let next = model.node(successors[0].node);
     let Some(pool) = next.op_as::<MaxPool>() else { return Ok(None) };
     let spec = &pool.pool_spec;
+    let strides = spec.strides();
+    let plain = pool.with_index_outputs.is_none()
+        && spec.data_format == DataFormat::NCHW
+        && spec.kernel_shape[..] == [2, 2]
+        && strides[..] == [2, 2]
+        && plain_windows(spec);
+    Ok(plain.then_some(next.id))
+}
+
+/// Whether a pool's windows are neither padded nor dilated: the only windows the pool
+/// rewrites handle.
+fn plain_windows(spec: &PoolSpec) -> bool {
     let unpadded = match &spec.padding {
         PaddingSpec::Valid => true,
         PaddingSpec::Explicit(before, after) => before.iter().chain(after).all(|&p| p == 0),
@@ -317,14 +319,7 @@ fn pool_2x2_after(model: &TypedModel, outlet: OutletId) -> TractResult<Option<us
         }
         PaddingSpec::SameUpper | PaddingSpec::SameLower => false,
     };
-    let strides = spec.strides();
-    let plain = pool.with_index_outputs.is_none()
-        && spec.data_format == DataFormat::NCHW
-        && spec.kernel_shape[..] == [2, 2]
-        && strides[..] == [2, 2]
-        && spec.dilations.as_ref().is_none_or(|d| d.iter().all(|&d| d == 1))
-        && unpadded;
-    Ok(plain.then_some(next.id))
+    unpadded && spec.dilations.as_ref().is_none_or(|d| d.iter().all(|&d| d == 1))
 }
 
 /// The Relu (`Max` with a constant zero) that alone consumes `outlet`, if there is one.
