@@ -169,7 +169,7 @@ impl Summary {
             .collect()
     }
 
-    /// The run's figures, as `../shared/BENCH.md` names them.
+    /// The run's figures, one `{"figure", "value", "unit"}` line each (README, "Benchmarks").
     pub(super) fn figures(&self, figures: &mut Figures) {
         let all: Vec<f64> =
             self.records.iter().filter(|r| r.answer.is_ok()).map(Record::latency_us).collect();
