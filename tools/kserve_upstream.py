@@ -11,7 +11,8 @@ What the edge escalates is its client's request as it came in, so the model take
 client sends the node: one UINT8 tensor of 784 pixels (`[28, 28]`, `[1, 28, 28]` or `[784]`),
 scaled to pixel/255 as the mnist-classifier plugin does, or FP32 already shaped like the
 model's input. It answers the raw model output, `logits` FP32 [N, 10], as any KServe
-predictor would: the node derives confidence and label from it.
+predictor would, and says so in its model metadata (`GET /v2/models/NAME`), as Triton does:
+the node checks its route's `from_upstream` mapping against that at start.
 
 Prints one line `kserve_upstream: loaded ...` once the model is loaded; the server accepts
 requests shortly after, which `GET /v2/health/ready` tells.
@@ -79,6 +80,13 @@ class OnnxModel(kserve.Model):
             f"input `{tensor.name}`: expected UINT8 pixels or FP32 [N, 1, 28, 28], "
             f"got {tensor.datatype} {list(values.shape)}"
         )
+
+    def get_input_types(self) -> list:
+        return [{"name": "image", "datatype": "UINT8", "shape": [28, 28]}]
+
+    def get_output_types(self) -> list:
+        dims = [d if isinstance(d, int) else -1 for d in self.session.get_outputs()[0].shape]
+        return [{"name": self.output_name, "datatype": "FP32", "shape": dims}]
 
     async def predict(self, payload: InferRequest, headers=None, response_headers=None) -> InferResponse:
         x = self._model_input(payload)

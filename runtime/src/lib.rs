@@ -53,6 +53,7 @@ mod bounded;
 mod cache;
 pub mod calibrate;
 pub mod config;
+pub mod contract;
 mod convert;
 mod dataset;
 mod fair_share;

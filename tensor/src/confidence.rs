@@ -1,5 +1,5 @@
 //! Turning a model's scores into a class and a confidence in [0, 1]: what a classifier
-//! plugin reports, what the host derives from a KServe upstream's scores, and what a
+//! plugin reports, what a route's mapping reads from an upstream's raw scores, and what a
 //! calibration run compares.
 
 /// Softmax of `logits`, computed stably (the largest logit is subtracted first).

@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cascade_runtime::calibrate::{Example, Observed, Tier};
-use cascade_runtime::config::{ModelSpec, ResolvedConfig, ResolvedModel};
+use cascade_runtime::config::{ModelSpec, ResolvedConfig, ResolvedModel, RouteSettings};
+use cascade_runtime::contract;
 use cascade_runtime::protocol::{EscalationRequest, NamedTensor};
 use cascade_runtime::upstream::UpstreamClient;
 use cascade_runtime::{BackendKind, Digits, ReferenceModel, Tensor, reference};
@@ -52,8 +53,8 @@ impl Observation {
 enum Upstream {
     /// A bigger model run here behind the same plugin.
     Local(Tier),
-    /// The configured upstream, live.
-    Live(Box<UpstreamClient>, tokio::runtime::Runtime, String),
+    /// The configured upstream, live, its answers read through the route's contract.
+    Live(Box<UpstreamClient>, tokio::runtime::Runtime, String, Box<RouteSettings>),
 }
 
 /// The edge tier and the upstream.
@@ -105,8 +106,13 @@ impl Tiers {
                 let runtime = tokio::runtime::Runtime::new()?;
                 let client = runtime.block_on(async { UpstreamClient::from_settings(settings) })?;
                 let name = settings.server_name.clone();
+                let route_settings = config
+                    .settings
+                    .routes
+                    .get(route)
+                    .with_context(|| format!("no route `{route}` in {}", config.file.display()))?;
                 (
-                    Upstream::Live(Box::new(client), runtime, name.clone()),
+                    Upstream::Live(Box::new(client), runtime, name.clone(), Box::new(route_settings.clone())),
                     format!("the upstream: {name}, live"),
                 )
             }
@@ -152,7 +158,7 @@ impl Tiers {
                 Ok(observed) => observed.label,
                 Err(e) => bail!("the upstream model failed on example {id}: {e}"),
             },
-            Upstream::Live(client, runtime, name) => {
+            Upstream::Live(client, runtime, name, settings) => {
                 let request = EscalationRequest {
                     id,
                     route: self.route.clone(),
@@ -162,9 +168,18 @@ impl Tiers {
                     node_id: "calibrate".into(),
                     local_confidence: None,
                 };
-                match runtime.block_on(client.escalate(&request)) {
-                    Ok(answer) => answer.label.map(|l| l.to_string()),
+                let answer = match runtime.block_on(client.escalate(&request)) {
+                    Ok(answer) => contract::upstream_answer(settings, answer).map_err(|why| {
+                        anyhow::anyhow!("the upstream {name}'s answer does not fit the route: {why}")
+                    })?,
                     Err(e) => bail!("the upstream {name} did not answer: {e}"),
+                };
+                match answer.label {
+                    Some(label) => Some(label),
+                    None => bail!(
+                        "the upstream {name} answers with no label to compare: set `label` in [routes.{}.from_upstream]",
+                        self.route
+                    ),
                 }
             }
         })

@@ -64,6 +64,7 @@ impl Live {
             None => None,
         };
         let node = tokio::task::block_in_place(|| old.successor(config))?;
+        node.check_upstream(super::UPSTREAM_CHECK_TIMEOUT).await.context("reload")?;
         if let (Some(server), Some(identity)) = (&self.quic, &identity) {
             server
                 .reconfigure(

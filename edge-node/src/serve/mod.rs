@@ -30,6 +30,10 @@ pub use listener::ListenerLimits;
 use listener::Serving;
 use live::Live;
 
+/// How long start and reload wait for a KServe upstream's model metadata, to check the
+/// routes' answer contracts against it, before going on without it.
+const UPSTREAM_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A running node: its listeners and the tasks serving them.
 pub struct Server {
     live: Live,
@@ -52,7 +56,9 @@ impl Server {
             None => None,
         };
         // Models and plugins compile here, which blocks: keep it off the runtime's workers.
-        let node = CurrentNode::new(tokio::task::block_in_place(|| Node::new(config))?);
+        let node = tokio::task::block_in_place(|| Node::new(config))?;
+        node.check_upstream(UPSTREAM_CHECK_TIMEOUT).await?;
+        let node = CurrentNode::new(node);
         let quic = node.listen_quic()?.map(Arc::new);
         let live = Live::new(node.clone(), quic.clone(), admin_token);
         let listener = tokio::net::TcpListener::bind(settings.http)

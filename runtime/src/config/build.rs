@@ -94,6 +94,7 @@ impl RouteConfig {
             rate_burst: None,
             inputs: Vec::new(),
             outputs: Vec::new(),
+            from_upstream: None,
             shadow: 0.0,
             auto_threshold: None,
         }

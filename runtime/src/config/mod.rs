@@ -28,8 +28,9 @@ use std::time::Duration;
 pub use digest::{Digest, DigestParseError};
 pub use mode::{Hysteresis, Mode, SignalThresholds};
 pub use schema::{
-    AutoThresholdConfig, BatchingConfig, ListenersConfig, ModelConfig, ModelInputConfig, NodeConfig,
-    PluginConfig, ReceiptsConfig, RouteConfig, ShadowConfig, TensorDeclConfig, UpstreamConfig,
+    AutoThresholdConfig, BatchingConfig, FromUpstreamConfig, ListenersConfig, ModelConfig, ModelInputConfig,
+    NodeConfig, OutputMapConfig, PluginConfig, ReceiptsConfig, RouteConfig, ShadowConfig, TensorDeclConfig,
+    UpstreamConfig,
 };
 
 use crate::backend::{BackendKind, InputShape};
@@ -366,6 +367,8 @@ pub struct RouteSettings {
     pub inputs: Vec<TensorDecl>,
     /// Declared output tensors (empty: none declared).
     pub outputs: Vec<TensorDecl>,
+    /// How the upstream's answers become this route's.
+    pub from_upstream: FromUpstream,
     /// Fraction of local answers also sent upstream to check them.
     pub shadow: f64,
     /// Moving the `normal` threshold toward a target agreement, if on.
@@ -412,6 +415,47 @@ impl TensorDecl {
     /// The dimensions as KServe writes them (`-1` for any size).
     pub fn kserve_shape(&self) -> Vec<i64> {
         self.shape.iter().map(|d| d.map_or(-1, |d| i64::try_from(d).unwrap_or(i64::MAX))).collect()
+    }
+}
+
+/// `[routes.<name>.from_upstream]`, checked: every name it uses is a declared output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FromUpstream {
+    /// Each declared output from an upstream output (empty: the upstream's by their names).
+    pub outputs: Vec<OutputMap>,
+    /// The declared output whose largest value is the confidence (`None`: the upstream's).
+    pub confidence: Option<String>,
+    /// The declared output whose argmax is the label (`None`: the upstream's).
+    pub label: Option<String>,
+}
+
+/// One declared output, made from one of the upstream's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputMap {
+    /// The route's output.
+    pub name: String,
+    /// The upstream's output.
+    pub from: String,
+    /// What is done to its values.
+    pub transform: Transform,
+}
+
+/// What [`OutputMap`] does to the upstream's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    /// Nothing: the values as they come.
+    None,
+    /// Softmax over the last dimension (FP32).
+    Softmax,
+}
+
+impl Transform {
+    /// Its name in config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transform::None => "none",
+            Transform::Softmax => "softmax",
+        }
     }
 }
 

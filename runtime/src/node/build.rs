@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -48,6 +48,35 @@ impl Node {
             node.enter(mode);
         }
         Ok(node)
+    }
+
+    /// Checks every route's answer contract against what a KServe upstream says its model
+    /// answers (its model metadata), so that a mapping that cannot hold stops the node at
+    /// start, naming the output, instead of degrading every escalation. An upstream that
+    /// does not answer within `timeout` is not waited for: the node must start while its
+    /// upstream is down, and each escalated answer is held to the contract anyway.
+    pub async fn check_upstream(&self, timeout: Duration) -> Result<(), NodeError> {
+        let Some(up) = &self.upstream else { return Ok(()) };
+        for (server, offered) in up.client.offered_outputs(timeout).await {
+            let offered = match offered {
+                Ok(offered) if !offered.is_empty() => offered,
+                // Servers may leave a model's outputs out of its metadata (KServe's Python
+                // server does unless the model says them).
+                Ok(_) => {
+                    tracing::warn!(%server, "the upstream model's metadata lists no outputs; its answers are checked as they come");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(%server, error = %e, "cannot read the upstream model's metadata; its answers are checked as they come");
+                    continue;
+                }
+            };
+            for route in self.routes.values() {
+                crate::contract::check_offered(&route.name, &route.settings, &offered)
+                    .map_err(|why| NodeError::UpstreamContract { server: server.clone(), why })?;
+            }
+        }
+        Ok(())
     }
 
     fn build(config: ResolvedConfig, telemetry: Option<Arc<Telemetry>>) -> Result<Arc<Node>, NodeError> {

@@ -30,6 +30,14 @@ pub enum NodeError {
     /// The upstream client could not be set up.
     #[error("{0}")]
     Upstream(#[from] SetupError),
+    /// A route's declared outputs cannot come from what the KServe upstream's model answers.
+    #[error("kserve upstream {server}: {why}")]
+    UpstreamContract {
+        /// Which server (`host:port`).
+        server: String,
+        /// Which output, and what to change.
+        why: String,
+    },
     /// The shadow store could not be opened.
     #[error("{0}")]
     Shadow(#[from] StoreError),

@@ -10,6 +10,7 @@ use super::decide::Decided;
 use super::error::ServeError;
 use super::reply::{Degraded, Reply};
 use super::shadow;
+use crate::contract;
 use crate::policy::{Decision, DegradedReason};
 use crate::protocol::{EscalationRequest, NamedTensor};
 use crate::sandbox::{Answer, Outcome};
@@ -99,18 +100,26 @@ async fn upstream_reply(
         node_id: node.name().to_owned(),
         local_confidence,
     };
-    let answer = upstream.client.escalate(&request).await.map_err(|e| {
+    let mut answer = upstream.client.escalate(&request).await.map_err(|e| {
         tracing::info!(error = %e, "escalation failed; answering locally");
         e.summary()
     })?;
-    let timings: Vec<(String, u64)> = answer.timings.into_iter().map(|t| (t.stage, t.micros)).collect();
+    let timings: Vec<(String, u64)> =
+        std::mem::take(&mut answer.timings).into_iter().map(|t| (t.stage, t.micros)).collect();
     if let Some(&(_, us)) = timings.iter().find(|(stage, _)| stage == Stage::Sandbox.name()) {
         node.cost.lock().record_upstream_compute(Duration::from_micros(us));
     }
+    let models = std::mem::take(&mut answer.model_version);
+    // The route's answer contract holds for escalated answers too: one that cannot carry the
+    // declared outputs is a failed escalation, and the client gets the local answer.
+    let answer = contract::upstream_answer(&ctx.route.settings, answer).map_err(|why| {
+        tracing::info!(%why, "the upstream's answer does not fit the route; answering locally");
+        format!("the upstream's answer does not fit the route: {why}")
+    })?;
     Ok(Reply {
-        outputs: answer.outputs.into_iter().map(|t| (t.name, t.tensor)).collect(),
+        outputs: answer.outputs,
         confidence: answer.confidence,
-        label: answer.label.map(|l| l.to_string()),
+        label: answer.label,
         tier: upstream.settings.server_name.clone(),
         escalated: true,
         degraded: None,
@@ -118,7 +127,7 @@ async fn upstream_reply(
         edge_confidence: None,
         threshold: 0.0,
         mode: crate::config::Mode::Normal,
-        models: answer.model_version,
+        models,
         upstream_timings: timings,
         request: Default::default(),
     })

@@ -8,6 +8,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use super::Node;
 use super::context::Ctx;
 use super::error::ServeError;
+use crate::contract;
 use crate::sandbox::{GuestError, Outcome, Request, RequestError};
 use crate::telemetry::Stage;
 
@@ -33,10 +34,21 @@ pub(super) async fn handle(node: &Node, ctx: &Ctx<'_>) -> Result<Outcome, ServeE
     if !inference.is_zero() {
         ctx.timings.add(Stage::Inference, inference);
     }
-    outcome.map_err(|e| match e {
+    let outcome = outcome.map_err(|e| match e {
         RequestError::Plugin { error: GuestError::BadRequest(m), .. } => ServeError::BadRequest(m),
         e => ServeError::Plugin { plugin: plugin.to_owned(), kind: e.kind().name(), message: e.to_string() },
-    })
+    })?;
+    // The route's declared outputs are its answers' contract: a plugin that breaks it fails
+    // the request rather than hand the client something else.
+    match outcome {
+        Outcome::Answer(mut answer) => {
+            answer.outputs = contract::local_outputs(&ctx.route.settings, answer.outputs).map_err(|why| {
+                ServeError::Plugin { plugin: plugin.to_owned(), kind: "contract", message: why }
+            })?;
+            Ok(Outcome::Answer(answer))
+        }
+        escalate => Ok(escalate),
+    }
 }
 
 /// Runs a plugin from a worker of a multi-threaded runtime without stalling the runtime's

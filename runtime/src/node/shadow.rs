@@ -84,11 +84,17 @@ pub(super) fn after_local_answer(node: &Node, ctx: &Ctx<'_>, label: Option<&str>
     };
     let (upstream, store, telemetry) = (upstream.clone(), shadow.store.clone(), node.telemetry.clone());
     let (route, label) = (route.to_owned(), label.to_owned());
+    let settings = ctx.route.settings.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        match upstream.client.escalate(&request).await {
+        // The upstream's label as the route reads it (its `from_upstream` mapping).
+        let answer = upstream.client.escalate(&request).await.map_err(|e| e.to_string()).and_then(|answer| {
+            crate::contract::upstream_answer(&settings, answer)
+                .map_err(|why| format!("does not fit the route: {why}"))
+        });
+        match answer {
             Ok(answer) => {
-                let upstream_label = answer.label.map(|l| l.to_string()).unwrap_or_default();
+                let upstream_label = answer.label.unwrap_or_default();
                 let record = Record {
                     route,
                     at_us: now_us(),

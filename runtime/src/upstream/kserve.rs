@@ -19,12 +19,12 @@
 //!
 //! # Confidence and label
 //!
-//! A KServe server returns raw model outputs only. When the answer has exactly one `FP32`
-//! output shaped `[1, K]` (K ≥ 1), those are taken as a classifier's logits: the answer's
-//! `label` is their argmax and its `confidence` the largest softmax probability, as the
-//! mnist-classifier plugin computes them on a Cascade tier. Any other answer is passed on
-//! with confidence 1.0 and no label: the upstream is the last word, and there is no rule
-//! that would read a confidence out of arbitrary tensors.
+//! A KServe server returns raw model outputs only: the answer carries them by the server's
+//! names, with confidence 1.0 (the upstream is the last word) and no label. How they become
+//! a route's outputs, and which of them gives the confidence and the label, is the route's
+//! `[routes.<name>.from_upstream]` ([`crate::contract`]), not a rule built in here.
+//! [`KserveClient::outputs`] reads what the model answers from the server's model metadata
+//! (`GET {url}/v2/models/{model}`), so the node can check that mapping at start.
 //!
 //! # Errors
 //!
@@ -38,9 +38,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::config::TensorDecl;
 use crate::kserve::tensor::{TensorFields, decode_tensor, tensor_values};
 use crate::protocol::{EscalationAnswer, EscalationRequest, MAX_TENSORS, NamedTensor};
-use crate::tensor::{DType, confidence};
+use crate::tensor::DType;
 
 /// Largest response body accepted, in bytes: as large as a tier protocol frame may be.
 const MAX_RESPONSE_BYTES: usize = 16 << 20;
@@ -137,6 +138,7 @@ impl KserveError {
 pub struct KserveClient {
     http: reqwest::Client,
     infer_url: String,
+    metadata_url: String,
     server: String,
     model: String,
 }
@@ -153,7 +155,8 @@ impl KserveClient {
             return Err(bad("no host"));
         };
         let server = format!("{host}:{port}");
-        let infer_url = format!("{}/v2/models/{}/infer", url.as_str().trim_end_matches('/'), config.model);
+        let metadata_url = format!("{}/v2/models/{}", url.as_str().trim_end_matches('/'), config.model);
+        let infer_url = format!("{metadata_url}/infer");
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             // Close idle connections before the server does (uvicorn-based servers such as
@@ -162,12 +165,32 @@ impl KserveClient {
             .pool_idle_timeout(Duration::from_secs(4))
             .build()
             .map_err(|e| KserveError::Client(e.to_string()))?;
-        Ok(KserveClient { http, infer_url, server, model: config.model.clone() })
+        Ok(KserveClient { http, infer_url, metadata_url, server, model: config.model.clone() })
     }
 
     /// The server's `host:port`, for messages and as the tier name.
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    /// The outputs the model answers, from the server's model metadata, within `timeout`.
+    pub async fn outputs(&self, timeout: Duration) -> Result<Vec<TensorDecl>, KserveError> {
+        let exchange = async {
+            let response = self
+                .http
+                .get(&self.metadata_url)
+                .send()
+                .await
+                .map_err(|e| KserveError::Connect(error_chain(&e)))?;
+            let status = response.status().as_u16();
+            Ok::<_, KserveError>((status, read_limited(response).await?))
+        };
+        let (status, bytes) =
+            tokio::time::timeout(timeout, exchange).await.map_err(|_| KserveError::Timeout(timeout))??;
+        if !(200..300).contains(&status) {
+            return Err(KserveError::Status { status, message: error_message(&bytes) });
+        }
+        decode_metadata(&bytes)
     }
 
     /// Sends `request` and reads the answer, by `deadline`.
@@ -300,12 +323,11 @@ pub(crate) fn decode_response(body: &[u8], id: u64, model: &str) -> Result<Escal
         .enumerate()
         .map(|(i, t)| decode_output(i, t).map_err(bad))
         .collect::<Result<Vec<NamedTensor>, KserveError>>()?;
-    let (confidence, label) = classify(&outputs);
     let model_version = match obj.get("model_version").and_then(Value::as_str) {
         Some(v) if !v.is_empty() => format!("{model}@{v}"),
         _ => model.to_owned(),
     };
-    Ok(EscalationAnswer { id, outputs, confidence, label, model_version, timings: Vec::new() })
+    Ok(EscalationAnswer { id, outputs, confidence: 1.0, label: None, model_version, timings: Vec::new() })
 }
 
 fn decode_output(i: usize, t: &Value) -> Result<NamedTensor, String> {
@@ -314,18 +336,32 @@ fn decode_output(i: usize, t: &Value) -> Result<NamedTensor, String> {
     Ok(NamedTensor { name, tensor })
 }
 
-/// Confidence and label under the module doc's rule.
-fn classify(outputs: &[NamedTensor]) -> (f32, Option<u32>) {
-    let logits = match outputs {
-        [only] if only.tensor.dtype() == DType::F32 && matches!(only.tensor.shape(), [1, k] if *k > 0) => {
-            only.tensor.to_f32().ok()
-        }
-        _ => None,
-    };
-    let Some(logits) = logits else { return (1.0, None) };
-    let probs = confidence::softmax(&logits);
-    let label = confidence::argmax(&probs).and_then(|i| u32::try_from(i).ok());
-    (confidence::max_probability(&probs), label)
+/// The outputs a model's metadata (`GET /v2/models/{model}`) says it answers, with `-1`
+/// dimensions as "any size"; outputs of a datatype this node does not know are left out (no
+/// route can use them). See [`KserveClient::outputs`].
+pub(crate) fn decode_metadata(body: &[u8]) -> Result<Vec<TensorDecl>, KserveError> {
+    let bad = |m: String| KserveError::Response(format!("model metadata: {m}"));
+    let value: Value = serde_json::from_slice(body).map_err(|e| bad(format!("body is not JSON: {e}")))?;
+    let outputs =
+        value.get("outputs").and_then(Value::as_array).ok_or_else(|| bad("no `outputs` array".into()))?;
+    outputs
+        .iter()
+        .take(MAX_TENSORS)
+        .enumerate()
+        .filter_map(|(i, o)| {
+            let name = o.get("name").and_then(Value::as_str);
+            let dtype = o.get("datatype").and_then(Value::as_str).and_then(DType::from_kserve_name);
+            let shape = o.get("shape").and_then(Value::as_array).map(|dims| {
+                dims.iter().map(|d| d.as_i64().map(|d| usize::try_from(d).ok())).collect::<Option<Vec<_>>>()
+            });
+            match (name, shape) {
+                (Some(name), Some(Some(shape))) => {
+                    dtype.map(|dtype| Ok(TensorDecl { name: name.to_owned(), dtype, shape }))
+                }
+                _ => Some(Err(bad(format!("outputs[{i}] needs a name and a shape of integers")))),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -372,19 +408,17 @@ mod tests {
     }
 
     #[test]
-    fn logits_give_softmax_confidence_and_argmax_label() {
+    fn answers_carry_the_raw_outputs_as_the_last_word() {
         let body = br#"{"model_name":"central","model_version":"3","id":"42","outputs":[
             {"name":"logits","datatype":"FP32","shape":[1,3],"data":[[1.0, 3.0, 2.0]]}]}"#;
         let answer = decode_response(body, 42, "central").unwrap();
         assert_eq!(answer.id, 42);
-        assert_eq!(answer.label, Some(1));
-        let expected = 1.0 / (1.0 + (-1.0f32).exp() + (-2.0f32).exp());
-        assert!((answer.confidence - expected).abs() < 1e-6, "{}", answer.confidence);
+        // No rule reads a label or a confidence into logits here: the route's mapping does.
+        assert_eq!((answer.confidence, answer.label), (1.0, None));
         assert_eq!(answer.model_version, "central@3");
         assert_eq!(answer.outputs[0].name, "logits");
         assert_eq!(answer.outputs[0].tensor.to_f32().unwrap(), vec![1.0, 3.0, 2.0]);
 
-        // Not one [1, K] FP32 tensor: passed on as the last word, with no label.
         let body = br#"{"outputs":[{"name":"y","datatype":"INT64","shape":[2],"data":[7,-8]}]}"#;
         let answer = decode_response(body, 1, "m").unwrap();
         assert_eq!((answer.confidence, answer.label, answer.model_version.as_str()), (1.0, None, "m"));
@@ -481,7 +515,7 @@ mod tests {
             .infer(&request(Duration::from_secs(5)), Instant::now() + Duration::from_secs(5))
             .await
             .unwrap();
-        assert_eq!(answer.label, Some(1));
+        assert_eq!(answer.outputs[0].tensor.to_f32().unwrap(), vec![0.0, 1.0]);
         let received = server.await.unwrap();
         assert!(received.starts_with("POST /v2/models/central/infer HTTP/1.1\r\n"), "{received}");
         let body = &received[received.find("\r\n\r\n").unwrap() + 4..];
@@ -547,6 +581,40 @@ mod tests {
         assert!(matches!(err, KserveError::Timeout(_)), "{err}");
         assert!(err.retryable());
         assert!(started.elapsed() < Duration::from_secs(2), "the deadline bounds the wait");
+    }
+
+    #[test]
+    fn model_metadata_gives_the_outputs_the_model_answers() {
+        let body = br#"{"name":"central","platform":"onnx","inputs":[],"outputs":[
+            {"name":"logits","datatype":"FP32","shape":[-1,10]},
+            {"name":"embedding","datatype":"BF16","shape":[-1,64]}]}"#;
+        let outputs = decode_metadata(body).unwrap();
+        assert_eq!(
+            outputs,
+            vec![TensorDecl { name: "logits".into(), dtype: DType::F32, shape: vec![None, Some(10)] }]
+        );
+        for (body, needle) in [
+            (&br#"{"name":"m"}"#[..], "no `outputs` array"),
+            (br#"{"outputs":[{"name":"y","datatype":"FP32","shape":["a"]}]}"#, "outputs[0]"),
+            (b"<html>", "not JSON"),
+        ] {
+            let err = decode_metadata(body).unwrap_err();
+            assert!(err.to_string().contains(needle), "`{err}` does not say `{needle}`");
+        }
+    }
+
+    #[tokio::test]
+    async fn metadata_is_read_from_the_models_endpoint() {
+        let (url, server) = serve_once(
+            "200 OK",
+            r#"{"name":"central","outputs":[{"name":"logits","datatype":"FP32","shape":[1,2]}]}"#,
+        )
+        .await;
+        let client = KserveClient::new(&KserveConfig::new(url, "central")).unwrap();
+        let outputs = client.outputs(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(outputs[0].name, "logits");
+        let received = server.await.unwrap();
+        assert!(received.starts_with("GET /v2/models/central HTTP/1.1\r\n"), "{received}");
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub use budget::{RetryBudget, RetryConfig};
 pub use health::UpstreamHealth;
 pub use kserve::{KserveClient, KserveConfig, KserveError};
 
-use crate::config::{UpstreamKind, UpstreamSettings};
+use crate::config::{TensorDecl, UpstreamKind, UpstreamSettings};
 use crate::protocol::{ErrorKind, EscalationAnswer, EscalationRequest};
 use crate::transport::{ClientConfig, TierClient, TlsIdentity, TransportError};
 
@@ -364,6 +364,22 @@ impl UpstreamClient {
             .map(|c| KserveClient::new(c).map(Member::Kserve))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(UpstreamClient::with_members(members, config.breaker, config.retry))
+    }
+
+    /// For each KServe server, its `host:port` and the outputs its model metadata says it
+    /// answers (or why it could not say, within `timeout`); empty for Cascade nodes, whose
+    /// routes declare their own outputs.
+    pub async fn offered_outputs(
+        &self,
+        timeout: Duration,
+    ) -> Vec<(String, Result<Vec<TensorDecl>, KserveError>)> {
+        let mut out = Vec::new();
+        for member in &self.members {
+            if let Member::Kserve(client) = member {
+                out.push((client.server().to_owned(), client.outputs(timeout).await));
+            }
+        }
+        out
     }
 
     fn with_members(members: Vec<Member>, breaker: BreakerConfig, retry: RetryConfig) -> UpstreamClient {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use cascade_runtime::config::{self, ConfigError, UpstreamKind};
+use cascade_runtime::config::{self, ConfigError, OutputMap, Transform, UpstreamKind};
 use cascade_runtime::protocol::{EscalationRequest, NamedTensor};
 use cascade_runtime::upstream::{
     BreakerConfig, BreakerState, EscalationError, KserveConfig, KserveError, KserveUpstreamConfig, Origin,
@@ -152,6 +152,88 @@ fn unusable_kserve_urls_and_kinds_are_refused() {
         &["not a usable name"],
     );
     assert_problem("kind = \"grpc\"", "upstream.kind", &["unknown kind `grpc`", "`quic` or `kserve`"]);
+}
+
+/// The example's mapping of the server's `logits` onto the route's `probabilities` is read
+/// as written; mappings that cannot work are refused naming the field.
+#[test]
+fn answer_mappings_are_read_and_checked() {
+    let edge = config::load(&examples_dir().join("edge-kserve.toml")).unwrap();
+    let map = &edge.settings.routes["digits"].from_upstream;
+    assert_eq!(
+        map.outputs,
+        vec![OutputMap {
+            name: "probabilities".into(),
+            from: "logits".into(),
+            transform: Transform::Softmax
+        }]
+    );
+    assert_eq!(
+        (map.confidence.as_deref(), map.label.as_deref()),
+        (Some("probabilities"), Some("probabilities"))
+    );
+
+    // `[routes.digits]` declaring `probabilities` (FP32) and `top` (INT64), then `extra`.
+    let problems = |extra: &str| -> Vec<String> {
+        let declared = r#"outputs = [
+  { name = "probabilities", datatype = "FP32", shape = [1, 10] },
+  { name = "top", datatype = "INT64", shape = [1] },
+]"#;
+        let upstream = "kind = \"kserve\"\nurl = \"http://127.0.0.1:8500\"\nmodel = \"central\"";
+        let text = with_upstream(upstream).replace(
+            "thresholds = { normal = 0.9 }",
+            &format!("thresholds = {{ normal = 0.9 }}\n{declared}\n{extra}"),
+        );
+        match config::parse(&text, Path::new("node.toml")) {
+            Err(ConfigError::Invalid { problems, .. }) => problems.iter().map(ToString::to_string).collect(),
+            Err(other) => panic!("expected invalid fields, got: {other}"),
+            Ok(_) => Vec::new(),
+        }
+    };
+    let good = r#"from_upstream = { outputs = [
+  { name = "probabilities", from = "logits", transform = "softmax" },
+  { name = "top", from = "top_class" },
+], confidence = "probabilities", label = "probabilities" }"#;
+    assert_eq!(problems(good), Vec::<String>::new());
+    for (extra, field, needle) in [
+        (
+            r#"from_upstream = { outputs = [{ name = "probabilities", from = "logits", transform = "softmax" }] }"#,
+            "routes.digits.from_upstream.outputs:",
+            "declared output `top` is not mapped",
+        ),
+        (
+            r#"from_upstream = { outputs = [{ name = "probs", from = "logits" }, { name = "top", from = "t" }] }"#,
+            "routes.digits.from_upstream.outputs[0].name:",
+            "`probs` is not a declared output",
+        ),
+        (
+            r#"from_upstream = { outputs = [{ name = "probabilities", from = "l", transform = "sigmoid" }, { name = "top", from = "t" }] }"#,
+            "routes.digits.from_upstream.outputs[0].transform:",
+            "unknown transform `sigmoid`",
+        ),
+        (
+            r#"from_upstream = { outputs = [{ name = "probabilities", from = "l" }, { name = "top", from = "t", transform = "softmax" }] }"#,
+            "routes.digits.from_upstream.outputs[1].transform:",
+            "`top` is declared INT64",
+        ),
+        (
+            r#"from_upstream = { confidence = "top" }"#,
+            "routes.digits.from_upstream.confidence:",
+            "not probabilities",
+        ),
+        (
+            r#"from_upstream = { label = "nothing" }"#,
+            "routes.digits.from_upstream.label:",
+            "not a declared output",
+        ),
+        ("shadow = 0.05", "routes.digits.shadow:", "a KServe server's answers carry none"),
+    ] {
+        let all = problems(extra);
+        assert!(
+            all.iter().any(|p| p.starts_with(field) && p.contains(needle)),
+            "`{extra}`: no `{field}` problem saying `{needle}` in {all:#?}"
+        );
+    }
 }
 
 fn request(id: u64) -> EscalationRequest {

@@ -27,7 +27,9 @@ pub use listeners::ListenersConfig;
 pub use models::{ModelConfig, ModelInputConfig, PluginConfig};
 pub(super) use models::{default_memory_limit_mib, default_plugin_deadline_ms};
 pub use modes::{ModeSwitchesConfig, ModesConfig, SignalThresholdsConfig, SwitchingConfig};
-pub use routes::{AutoThresholdConfig, RouteConfig, TensorDeclConfig, ThresholdsConfig};
+pub use routes::{
+    AutoThresholdConfig, FromUpstreamConfig, OutputMapConfig, RouteConfig, TensorDeclConfig, ThresholdsConfig,
+};
 pub(super) use routes::{
     default_cache_ttl_s, default_queue_len, default_route_deadline_ms, default_route_in_flight,
 };

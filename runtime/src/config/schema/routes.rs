@@ -44,9 +44,17 @@ pub struct RouteConfig {
     #[serde(default)]
     pub inputs: Vec<TensorDeclConfig>,
     /// `outputs = [{ name = "probabilities", datatype = "FP32", shape = [1, 10] }]`: the
-    /// tensors its answers carry, for metadata. Default: none declared (the first model's).
+    /// tensors its answers carry, whichever tier answers: every answer (local, escalated,
+    /// cached or degraded) carries exactly these, in this order, and one that cannot is not
+    /// given to the client (a plugin's is a failed request, an upstream's a degraded local
+    /// answer). Reported by `GET /v2/models/<route>`. Default: none declared (answers carry
+    /// whatever their tier gives; metadata shows the first model's).
     #[serde(default)]
     pub outputs: Vec<TensorDeclConfig>,
+    /// `[routes.<name>.from_upstream]`: how the upstream's answers become this route's, when
+    /// its outputs are not already the route's (a KServe server returning raw logits).
+    /// Default: the upstream's outputs as they come, its confidence and its label.
+    pub from_upstream: Option<FromUpstreamConfig>,
     /// `shadow = 0.05`: the fraction of locally answered requests also sent upstream, after
     /// the answer, to check it: the agreement between this node's answers and the upstream's
     /// is recorded in `[shadow] store` and exported as metrics, and feeds
@@ -115,6 +123,51 @@ fn default_auto_step() -> f64 {
 
 fn default_auto_interval_s() -> u64 {
     10
+}
+
+/// `[routes.<name>.from_upstream]`: how an upstream's raw answer becomes the route's.
+///
+/// ```toml
+/// [routes.digits.from_upstream]
+/// outputs = [{ name = "probabilities", from = "logits", transform = "softmax" }]
+/// confidence = "probabilities"   # the answer's confidence: the largest value of this output
+/// label = "probabilities"        # the answer's label: the index of that largest value
+/// ```
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FromUpstreamConfig {
+    /// `outputs = [{ name = "probabilities", from = "logits", transform = "softmax" }]`: each
+    /// of the route's declared outputs, from which of the upstream's outputs, transformed
+    /// how. When set, it maps every declared output. Default: the upstream's outputs by
+    /// their own names.
+    #[serde(default)]
+    pub outputs: Vec<OutputMapConfig>,
+    /// `confidence = "probabilities"`: a declared FP32 output holding one row of
+    /// probabilities; its largest value is the answer's confidence. Default: the upstream's
+    /// own (a Cascade node's plugin's; 1.0 from a KServe server, which sends none).
+    pub confidence: Option<String>,
+    /// `label = "probabilities"`: a declared output holding one row of scores; the index of
+    /// its largest value is the answer's label. Default: the upstream's own (none from a
+    /// KServe server).
+    pub label: Option<String>,
+}
+
+/// One entry of `from_upstream.outputs`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputMapConfig {
+    /// `name = "probabilities"`: the route's declared output. Required.
+    pub name: String,
+    /// `from = "logits"`: the upstream's output it is made from. Required.
+    pub from: String,
+    /// `transform = "softmax"`: `"none"` (the values as they come) or `"softmax"` (over the
+    /// last dimension, FP32 only). Default `"none"`.
+    #[serde(default = "default_transform")]
+    pub transform: String,
+}
+
+fn default_transform() -> String {
+    "none".to_owned()
 }
 
 /// One tensor of a route's declared inputs or outputs.

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use super::{Checker, MAX_CACHE_TTL, MAX_WAIT};
 use crate::DType;
-use crate::config::schema::{NodeConfig, RouteConfig, TensorDeclConfig};
-use crate::config::{AutoThreshold, Mode, RateSettings, RouteSettings, TensorDecl};
+use crate::config::schema::{FromUpstreamConfig, NodeConfig, RouteConfig, TensorDeclConfig};
+use crate::config::{
+    AutoThreshold, FromUpstream, Mode, OutputMap, RateSettings, RouteSettings, TensorDecl, Transform,
+};
 
 /// A route's declared tensors: names unique and non-empty, known datatypes, dimensions
 /// non-negative or `-1`.
@@ -47,6 +49,94 @@ fn tensor_decls(c: &mut Checker, f: &str, decls: &[TensorDeclConfig]) -> Vec<Ten
             Some(TensorDecl { name: d.name.clone(), dtype: dtype?, shape })
         })
         .collect()
+}
+
+/// `[routes.<name>.from_upstream]`: it maps onto the route's declared outputs, all of them
+/// when it maps any, with known transforms, and names declared outputs for the confidence
+/// and the label.
+fn from_upstream(
+    c: &mut Checker,
+    raw: &NodeConfig,
+    route: &str,
+    m: &FromUpstreamConfig,
+    declared: &[TensorDecl],
+) -> FromUpstream {
+    let f = format!("{route}.from_upstream");
+    if raw.upstream.is_none() {
+        c.fail(&f, "set, but there is no upstream to map", "an `[upstream]` section, or no `from_upstream`");
+    }
+    if declared.is_empty() {
+        c.fail(
+            &f,
+            "maps onto declared outputs, and the route declares none",
+            format!("`{route}.outputs`, the tensors every answer carries"),
+        );
+    }
+    let find = |name: &str| declared.iter().find(|d| d.name == name);
+    let mut mapped = BTreeSet::new();
+    let mut outputs = Vec::with_capacity(m.outputs.len());
+    for (i, o) in m.outputs.iter().enumerate() {
+        let g = format!("{f}.outputs[{i}]");
+        let decl = find(&o.name);
+        if decl.is_none() && !declared.is_empty() {
+            c.fail(format!("{g}.name"), format!("`{}` is not a declared output", o.name), "one of `outputs`");
+        } else if !mapped.insert(o.name.as_str()) {
+            c.fail(format!("{g}.name"), format!("`{}` mapped twice", o.name), "each output mapped once");
+        }
+        if o.from.trim().is_empty() {
+            c.fail(format!("{g}.from"), "empty", "the upstream's output name, such as `logits`");
+        }
+        let transform = match o.transform.as_str() {
+            "none" => Transform::None,
+            "softmax" => Transform::Softmax,
+            other => {
+                c.fail(
+                    format!("{g}.transform"),
+                    format!("unknown transform `{other}`"),
+                    "`none` or `softmax`",
+                );
+                Transform::None
+            }
+        };
+        if transform == Transform::Softmax
+            && let Some(d) = decl
+            && d.dtype != DType::F32
+        {
+            c.fail(
+                format!("{g}.transform"),
+                format!("softmax gives FP32, and `{}` is declared {}", d.name, d.dtype.kserve_name()),
+                "`none`, or declare the output FP32",
+            );
+        }
+        outputs.push(OutputMap { name: o.name.clone(), from: o.from.clone(), transform });
+    }
+    if !m.outputs.is_empty() {
+        for d in declared.iter().filter(|d| !mapped.contains(d.name.as_str())) {
+            c.fail(
+                format!("{f}.outputs"),
+                format!("declared output `{}` is not mapped", d.name),
+                "an entry for every declared output",
+            );
+        }
+    }
+    let mut pick = |key: &str, value: &Option<String>, fp32: bool| {
+        let name = value.as_ref()?;
+        match find(name) {
+            None if !declared.is_empty() => {
+                c.fail(format!("{f}.{key}"), format!("`{name}` is not a declared output"), "one of `outputs`")
+            }
+            Some(d) if fp32 && d.dtype != DType::F32 => c.fail(
+                format!("{f}.{key}"),
+                format!("`{name}` is declared {}, not probabilities", d.dtype.kserve_name()),
+                "an FP32 output holding probabilities",
+            ),
+            _ => {}
+        }
+        Some(name.clone())
+    };
+    let confidence = pick("confidence", &m.confidence, true);
+    let label = pick("label", &m.label, false);
+    FromUpstream { outputs, confidence, label }
 }
 
 pub(super) fn route(c: &mut Checker, raw: &NodeConfig, name: &str, r: &RouteConfig) -> RouteSettings {
@@ -90,6 +180,10 @@ pub(super) fn route(c: &mut Checker, raw: &NodeConfig, name: &str, r: &RouteConf
     }
     let inputs = tensor_decls(c, &format!("{f}.inputs"), &r.inputs);
     let outputs = tensor_decls(c, &format!("{f}.outputs"), &r.outputs);
+    let from_upstream = match &r.from_upstream {
+        Some(m) => from_upstream(c, raw, &f, m, &outputs),
+        None => FromUpstream::default(),
+    };
     let shadow = c.unit(&format!("{f}.shadow"), r.shadow);
     let shadows = shadow > 0.0 || r.auto_threshold.is_some();
     if shadows && raw.upstream.is_none() {
@@ -104,6 +198,14 @@ pub(super) fn route(c: &mut Checker, raw: &NodeConfig, name: &str, r: &RouteConf
             "shadow",
             format!("missing, but route `{name}` records shadow traffic"),
             "a `[shadow]` section with `store = \"shadow.sqlite\"`",
+        );
+    }
+    let kserve = raw.upstream.as_ref().is_some_and(|u| u.kind == "kserve");
+    if shadows && kserve && from_upstream.label.is_none() {
+        c.fail(
+            format!("{f}.shadow"),
+            "shadow traffic compares labels, and a KServe server's answers carry none",
+            format!("`label = \"<output>\"` in `[{f}.from_upstream]`"),
         );
     }
     if r.auto_threshold.is_some() && shadow == 0.0 {
@@ -144,6 +246,7 @@ pub(super) fn route(c: &mut Checker, raw: &NodeConfig, name: &str, r: &RouteConf
         auto_threshold,
         inputs,
         outputs,
+        from_upstream,
         plugin: r.plugin.clone(),
         thresholds,
         deadline: c.positive_ms(&format!("{f}.deadline_ms"), r.deadline_ms),
