@@ -208,6 +208,22 @@ impl Admission {
         Ok(Permit { _route: route_permit, _node: node_permit })
     }
 
+    /// Why `route` would refuse a request right now for want of room (every slot taken and
+    /// the queue full, the node at its limit, or the route off in this mode), taking
+    /// nothing. A front door asks before it reads a request's body, so that a node that
+    /// will refuse spends nothing on the body; a request that passes may still be refused
+    /// by [`Admission::admit`] (the rate limit is left to it, as asking spends a token).
+    pub fn refuses_now(&self, route: &str) -> Option<Rejection> {
+        let gate = self.routes.get(route)?;
+        if self.disabled.lock().contains(route) {
+            return Some(Rejection::RouteDisabled);
+        }
+        if gate.slots.available_permits() == 0 && gate.queued.load(Ordering::Acquire) >= gate.queue_len {
+            return Some(Rejection::QueueFull);
+        }
+        (self.node.available_permits() == 0).then_some(Rejection::NodeBusy)
+    }
+
     /// The fullest route queue, as a fraction of its length (a mode-switching signal). A
     /// route without a queue counts as full when all its slots are taken.
     pub fn queue_fraction(&self) -> f64 {

@@ -192,17 +192,17 @@ async fn metrics(State(current): State<CurrentNode>) -> Response {
     }
 }
 
-/// An unknown route is a 404 whatever the body; then a body that does not parse is a 400.
-async fn infer(
-    State(current): State<CurrentNode>,
-    Path(route): Path<String>,
-    body: Result<InferBody, Response>,
-) -> Response {
+/// An unknown route is a 404 whatever the body; a route that would refuse the request for
+/// want of room is a 503 before the body is read; then a body that does not parse is a 400.
+async fn infer(State(current): State<CurrentNode>, Path(route): Path<String>, request: Request) -> Response {
     let node = current.get();
     if node.route(&route).is_none() {
         return Failure(ServeError::UnknownRoute(route)).into_response();
     }
-    let InferBody(request) = match body {
+    if let Err(refused) = node.refuse_early(&route) {
+        return Failure(refused).into_response();
+    }
+    let InferBody(request) = match InferBody::from_request(request, &()).await {
         Ok(b) => b,
         Err(refusal) => return refusal,
     };

@@ -154,11 +154,14 @@ async fn rate_limited_429_queue_full_503_and_plugin_timeout_500() {
     assert_eq!(full.status, 503, "{}", full.body);
     assert_eq!(full.retry_after, Some(1));
     assert!(full.body["error"].as_str().unwrap().contains("queue is full"));
+    // Refused before its body is read: a body that would be a 400 is a 503 too.
+    let unread = post(&c, addr, "hostile", b"{ not json").await;
+    assert_eq!(unread.status, 503, "{}", unread.body);
     let slow = slow.await.unwrap();
     assert_eq!(slow.status, 500, "{}", slow.body);
     assert!(slow.body["error"].as_str().unwrap().contains("(timeout)"), "{}", slow.body);
     let (_, metrics) = get_text(&c, addr, "/metrics").await;
-    assert_eq!(metric(&metrics, "cascade_rejections_total{", &["reason=\"queue_full\""]), Some(1.0));
+    assert_eq!(metric(&metrics, "cascade_rejections_total{", &["reason=\"queue_full\""]), Some(2.0));
     assert_eq!(metric(&metrics, "cascade_sandbox_failures_total{", &["kind=\"timeout\""]), Some(1.0));
     server.shutdown().await.unwrap();
 }

@@ -7,12 +7,26 @@ use super::context::{Ctx, Origin};
 use super::error::ServeError;
 use crate::admission::{Permit, Rejection};
 use crate::fair_share::{SharePermit, ShareRejection};
+use crate::telemetry::{AnswerTier, RequestOutcome};
 
 /// The places a running request holds; dropping them frees them.
 #[derive(Debug)]
 pub(super) struct Admitted {
     _share: Option<SharePermit>,
     _permit: Permit,
+}
+
+impl Node {
+    /// Refuses a request to `route` before its body is read when admission would refuse it
+    /// now ([`crate::admission::Admission::refuses_now`]), counted like any refusal: under
+    /// overload, the requests the node turns away cost it no parsing. `Ok` does not admit;
+    /// the request still meets this stage.
+    pub fn refuse_early(&self, route: &str) -> Result<(), ServeError> {
+        let Some(rejection) = self.admission.refuses_now(route) else { return Ok(()) };
+        self.telemetry.rejection(route, &rejection);
+        self.telemetry.request(route, RequestOutcome::Rejected, AnswerTier::None);
+        Err(ServeError::Rejected { route: route.to_owned(), rejection })
+    }
 }
 
 pub(super) async fn admit(node: &Node, ctx: &Ctx<'_>) -> Result<Admitted, ServeError> {
