@@ -5,9 +5,11 @@
 #        rustup's wasm32-unknown-unknown target when it is installed, otherwise Debian's
 #        rustc-web + rust-web-src + lld, used with -Zbuild-std (the route guest_build.rs documents);
 #   2. lavapipe (Vulkan on the CPU), so the wgpu backend runs on machines without a GPU;
-#   3. a Python venv at target/peer-venv with onnxruntime, onnx and the `kserve` model server: the
-#      peers the benchmarks compare against (tools/peer-requirements.txt) and the real KServe v2
-#      upstream the tests start (tools/kserve-requirements.txt). `--bench-peer` is accepted for
+#   3. a Python venv at target/peer-venv with onnxruntime, onnx, magika and the `kserve` model
+#      server: the peers the benchmarks compare against (tools/peer-requirements.txt) and the
+#      real KServe v2 upstream the tests start (tools/kserve-requirements.txt);
+#   4. third-party models taken from those packages, never committed: Magika's content-type
+#      model at target/third-party/magika_standard_v3_3.onnx, for examples/filetype-detector. `--bench-peer` is accepted for
 #      older instructions; the venv is part of every run now.
 #
 # Each step says what it does, and on failure what you can run instead.
@@ -71,7 +73,7 @@ apt_install fonts-dejavu-core chromium
 step "Python venv for the benchmark peers and the KServe upstream tests (target/peer-venv)"
 venv="$root/target/peer-venv"
 requirements=(-r "$root/tools/peer-requirements.txt" -r "$root/tools/kserve-requirements.txt")
-if ! "$venv/bin/python" -c 'import onnx, onnxruntime, kserve, starlette, uvicorn' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import onnx, onnxruntime, kserve, starlette, uvicorn, magika' 2>/dev/null; then
   # `python -m pip`, not `bin/pip`: a venv copied from another path keeps scripts that point
   # at that path. pip only adds what is missing from an existing venv.
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv" || fail "python3 -m venv failed; install python3-venv"
@@ -82,5 +84,13 @@ fi
 versions=$("$venv/bin/python" -c 'from importlib.metadata import version as v; print("onnxruntime", v("onnxruntime"), "kserve", v("kserve"))') \
   || fail "the venv at $venv does not import; remove it and run this script again"
 echo "venv: $versions" >&2
+
+step "third-party models from those packages (target/third-party)"
+magika_model=$("$venv/bin/python" -c 'import magika, os; print(os.path.join(os.path.dirname(magika.__file__), "models", "standard_v3_3", "model.onnx"))') \
+  || fail "the venv has no magika package; run: $venv/bin/python -m pip install -r tools/peer-requirements.txt"
+mkdir -p "$root/target/third-party"
+cp "$magika_model" "$root/target/third-party/magika_standard_v3_3.onnx" \
+  || fail "cannot copy $magika_model; reinstall magika: $venv/bin/python -m pip install --force-reinstall magika==1.0.3"
+echo "magika model: target/third-party/magika_standard_v3_3.onnx (Apache-2.0, from the magika package)" >&2
 
 step "setup done"

@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 tools/setup.sh
 # Guest plugins are workspaces of their own (built for wasm32 by the tests); format and lint
 # them too, for the host target, in one shared target directory.
-guests=(examples/mnist-classifier runtime/tests/plugins/hostile)
+guests=(examples/mnist-classifier examples/filetype-detector runtime/tests/plugins/hostile)
 echo "==> cargo fmt --check" >&2
 cargo fmt --all --check
 for g in "${guests[@]}"; do cargo fmt --manifest-path "$g/Cargo.toml" --check; done

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod demo;
+mod filetype;
 mod http;
 mod kserve_clients;
 mod kserve_upstream;

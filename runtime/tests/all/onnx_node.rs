@@ -213,3 +213,59 @@ fn onnx_node_cases_match_or_are_refused_in_one_line() {
         failures.join("\n")
     );
 }
+
+/// The second example's model (Google's Magika, from the `magika` package via
+/// `tools/setup.sh`) as a case: two rows of byte features, expected outputs from onnxruntime.
+fn magika_case() -> Case {
+    let python = cascade_testkit::onnx_python();
+    let model = cascade_testkit::repo().join("target/third-party/magika_standard_v3_3.onnx");
+    assert!(model.exists(), "{} is missing; run tools/setup.sh", model.display());
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"
+import sys, shutil, os
+import numpy as np, onnx, onnxruntime as ort
+from onnx import numpy_helper
+model, out = sys.argv[1], sys.argv[2]
+shutil.copy(model, os.path.join(out, "model.onnx"))
+data = os.path.join(out, "test_data_set_0")
+os.makedirs(data)
+rng = np.random.default_rng(7)
+# A text-like row and a binary-like row, the second padded (token 256) like a short file.
+rows = np.stack([rng.integers(32, 127, 2048), np.concatenate([rng.integers(0, 256, 1500), np.full(548, 256)])])
+x = rows.astype(np.int32)
+session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+name = session.get_inputs()[0].name
+(y,) = session.run(None, {name: x})
+open(os.path.join(data, "input_0.pb"), "wb").write(numpy_helper.from_array(x, name).SerializeToString())
+out_name = session.get_outputs()[0].name
+open(os.path.join(data, "output_0.pb"), "wb").write(numpy_helper.from_array(y, out_name).SerializeToString())
+"#;
+    let out = Command::new(&python).arg("-c").arg(script).arg(&model).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "magika case: {}", String::from_utf8_lossy(&out.stderr));
+    let mut case = load_case(dir.path());
+    case.name = "magika_standard_v3_3".into();
+    case
+}
+
+/// A published model the project did not make, of another kind than the digits: it runs
+/// under its graph's own names (`bytes` in, `target_label` out) and matches onnxruntime on
+/// each backend, or is refused at load in one line naming what it cannot run.
+#[test]
+fn the_second_examples_model_matches_onnxruntime_or_is_refused_in_one_line() {
+    let case = magika_case();
+    assert_eq!(
+        (case.inputs.as_slice(), case.outputs.as_slice()),
+        (&["bytes".to_owned()][..], &["target_label".to_owned()][..])
+    );
+    // tract must run it: the example depends on it.
+    assert_eq!(check(&TractBackend::new(), &case), Ok(true), "tract");
+    if let Some(gpu) = crate::backends::wgpu_backend() {
+        let result = check(&gpu, &case);
+        eprintln!(
+            "wgpu on {}: {}",
+            case.name,
+            if result == Ok(true) { "matches" } else { "refused at load" }
+        );
+        assert!(result.is_ok(), "wgpu: {}", result.unwrap_err());
+    }
+}
