@@ -3,7 +3,8 @@
 //!
 //! Each suite prints its figures as a table, or with `--json` one JSON object per line
 //! (`{"figure": ..., "value": ..., "unit": ...}`) and nothing else on stdout; progress goes
-//! to stderr. `--quick` gives the same figures from fewer samples. Suites that run nodes
+//! to stderr, starting with the machine: CPU model, vector extensions and the kernel paths
+//! taken on it (`cascade_runtime::machine_report`). `--quick` gives the same figures from fewer samples. Suites that run nodes
 //! start the `edge-node` binary that sits beside this one (`tools/bench.sh` builds both).
 
 mod backends;
@@ -131,6 +132,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     tracing::debug!(?tuning, "tract kernel knobs");
+    // Figures from different machines must never be compared blind.
+    eprintln!("{}", cascade_runtime::machine_report());
     match cli.suite {
         Suite::Sandbox { run, reference } => {
             sandbox::run(&reference.models, &reference.plugin, run.quick)?.print(run.json)

@@ -78,7 +78,7 @@ pub mod transport;
 pub mod upstream;
 
 pub use admission::{Admission, Permit, Rejection, RouteLimits};
-pub use backend::cpu::{CpuTuning, KernelKnob, configure_cpu_kernels, cpu_kernel_table};
+pub use backend::cpu::{CpuTuning, KernelKnob, configure_cpu_kernels, cpu_kernel_table, machine_report};
 pub use backend::tract::TractBackend;
 #[cfg(feature = "gpu")]
 pub use backend::wgpu::{AdapterSummary, WgpuBackend};

@@ -48,6 +48,55 @@ pub fn cpu_kernel_table() -> (&'static str, Vec<(&'static str, &'static str)>) {
     ("no tuning known for this CPU", Vec::new())
 }
 
+/// The CPU this process runs on and the instruction-set paths taken on it, in one line:
+/// its model name, the vector extensions that matter to the kernels (present or not), the
+/// path each of the node's own tract kernels takes, and tract's knob row. Every benchmark
+/// prints it, so that figures from different machines are never compared blind.
+pub fn machine_report() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|v| v.split_once(':')).map(|(_, v)| v.trim()))
+        .unwrap_or("unknown model");
+    let isa: Vec<String> =
+        isa_flags().into_iter().map(|(name, has)| format!("{}{name}", if has { "+" } else { "-" })).collect();
+    let paths: Vec<String> =
+        super::tract::kernel_paths().into_iter().map(|(k, p)| format!("{k}={p}")).collect();
+    let (row, _) = cpu_kernel_table();
+    format!(
+        "cpu: {model} ({}, {} threads); isa {}; kernels {}; tract knobs: {row}",
+        std::env::consts::ARCH,
+        std::thread::available_parallelism().map_or(0, usize::from),
+        isa.join(" "),
+        paths.join(" "),
+    )
+}
+
+/// The vector extensions the kernels (ours and tract's) choose between, and whether this
+/// CPU has each.
+fn isa_flags() -> Vec<(&'static str, bool)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        vec![
+            ("avx2", has!("avx2")),
+            ("fma", has!("fma")),
+            ("avx512f", has!("avx512f")),
+            ("avx512vnni", has!("avx512vnni")),
+            ("avxvnni", has!("avxvnni")),
+        ]
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        use std::arch::is_aarch64_feature_detected as has;
+        vec![("neon", has!("neon")), ("dotprod", has!("dotprod")), ("i8mm", has!("i8mm"))]
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        Vec::new()
+    }
+}
+
 /// Sets tract's kernel knobs for this CPU (see the module table) and returns the choice.
 ///
 /// Call it first thing in `main`, before any thread exists and before any model is loaded:
@@ -70,4 +119,24 @@ pub unsafe fn configure_cpu_kernels() -> CpuTuning {
         })
         .collect();
     CpuTuning { cpu, knobs }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_machine_report_names_the_cpu_the_extensions_and_every_kernel_path() {
+        let report = machine_report();
+        assert!(report.starts_with("cpu: "), "{report}");
+        assert!(report.contains(std::env::consts::ARCH), "{report}");
+        for (kernel, path) in crate::backend::tract::kernel_paths() {
+            assert!(report.contains(&format!("{kernel}={path}")), "{report}");
+        }
+        for (flag, has) in isa_flags() {
+            let mark = if has { '+' } else { '-' };
+            assert!(report.contains(&format!("{mark}{flag}")), "{report}");
+        }
+        assert!(!report.contains('\n'), "one line: {report}");
+    }
 }

@@ -410,6 +410,38 @@ fn pad_bias(g: &ConvGeometry, bias: &[f32]) -> Vec<f32> {
     padded
 }
 
+/// Which vector path each of this file's kernels takes on this CPU, in the order of the
+/// dispatches below (for benchmark reports; [`crate::backend::cpu::machine_report`]).
+pub(crate) fn kernel_paths() -> Vec<(&'static str, &'static str)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (avx512, avx2, fma) = (
+            is_x86_feature_detected!("avx512f"),
+            is_x86_feature_detected!("avx2"),
+            is_x86_feature_detected!("fma"),
+        );
+        let wide = if avx512 {
+            "avx512f"
+        } else if avx2 {
+            "avx2"
+        } else {
+            "portable"
+        };
+        let conv = if avx512 && fma {
+            "avx512f+fma"
+        } else if avx2 && fma {
+            "avx2+fma"
+        } else {
+            "portable"
+        };
+        vec![("direct_conv", conv), ("quantize", wide), ("requantize", wide)]
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        vec![("direct_conv", "portable"), ("quantize", "portable"), ("requantize", "portable")]
+    }
+}
+
 /// Picks the widest kernel this CPU runs.
 fn convolve(g: &ConvGeometry, padded: &[f32], packed: &[f32], bias: &[f32], relu: bool, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]

@@ -16,6 +16,7 @@
 //! per process by [`crate::configure_cpu_kernels`].
 
 mod conv;
+pub(crate) use conv::kernel_paths;
 pub(crate) mod onnx;
 mod pool;
 mod qdq;
