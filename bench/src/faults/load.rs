@@ -56,7 +56,7 @@ pub(super) fn overload(s: &Setup, rt: &Runtime) -> Result<Vec<Figure>> {
     edge.config.route.max_in_flight = IN_FLIGHT;
     edge.config.route.queue_len = QUEUE;
     let process = rt.block_on(s.start(&edge, "overload-edge"))?;
-    let cores = Cores::split(process.id());
+    let cores = Cores::split(process.id(), "overload");
     let addr = loopback(edge.http);
     let requests = s.requests(edge.http, BODIES);
     // As many closed-loop clients as the node admits, so that it is never idle.
@@ -103,14 +103,14 @@ impl Cores {
     /// Moves every thread of process `pid` to the last core this process may use, and
     /// keeps the first for the generator; with fewer than two cores, or where affinity
     /// cannot be set, leaves both where they are and says so.
-    fn split(pid: u32) -> Cores {
+    fn split(pid: u32, scenario: &str) -> Cores {
         let allowed = allowed_cores();
         let (Some(&first), Some(&last)) = (allowed.first(), allowed.last()) else {
-            eprintln!("faults.overload: cannot read this process's cores; node and generator share them");
+            eprintln!("faults.{scenario}: cannot read this process's cores; node and generator share them");
             return Cores { generator: None };
         };
         if first == last {
-            eprintln!("faults.overload: one core only; node and generator share it");
+            eprintln!("faults.{scenario}: one core only; node and generator share it");
             return Cores { generator: None };
         }
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect::<Vec<_>>());
@@ -118,11 +118,11 @@ impl Cores {
             tasks.iter().filter_map(|t| t.file_name().to_str()?.parse::<i32>().ok()).all(|tid| pin(tid, last))
         });
         if moved.unwrap_or(false) {
-            eprintln!("faults.overload: the node runs on core {last}, the generator on core {first}");
+            eprintln!("faults.{scenario}: the node runs on core {last}, the generators on core {first}");
             Cores { generator: Some(first) }
         } else {
             eprintln!(
-                "faults.overload: could not pin the node's threads; node and generator share the cores"
+                "faults.{scenario}: could not pin the node's threads; node and generator share the cores"
             );
             Cores { generator: None }
         }
@@ -133,6 +133,18 @@ impl Cores {
         if let Some(core) = self.generator {
             pin(0, core);
         }
+    }
+
+    /// Runs `f` with the calling thread on the generator's core, and every thread `f`
+    /// starts too (threads inherit their creator's cores); then gives the thread back the
+    /// cores it had.
+    fn run_here<T>(self, f: impl FnOnce() -> T) -> T {
+        let Some(core) = self.generator else { return f() };
+        let had = allowed_cores();
+        pin(0, core);
+        let out = f();
+        pin_to(0, &had);
+        out
     }
 }
 
@@ -150,11 +162,18 @@ fn allowed_cores() -> Vec<usize> {
 
 /// Pins thread `tid` (0: the calling thread) to `core`; whether that worked.
 fn pin(tid: i32, core: usize) -> bool {
+    pin_to(tid, &[core])
+}
+
+/// Lets thread `tid` (0: the calling thread) run on `cores` only; whether that worked.
+fn pin_to(tid: i32, cores: &[usize]) -> bool {
     // SAFETY: the set is built here and passed with its size; sched_setaffinity changes
     // only the scheduling of thread `tid`.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core, &mut set);
+        for &core in cores {
+            libc::CPU_SET(core, &mut set);
+        }
         libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &set) == 0
     }
 }
@@ -315,15 +334,30 @@ pub(super) fn slow_clients(s: &Setup, rt: &Runtime) -> Result<Vec<Figure>> {
     edge.config.node.listeners.http_max_connections = 4096;
     let process = rt.block_on(s.start(&edge, "slow-edge"))?;
     let (addr, pid) = (loopback(edge.http), process.id());
+    // As in the overload scenario: the node on one core, every client on the other, so that
+    // what is measured is what the slow connections cost the node, not the CPU their own
+    // client takes from it.
     let requests = s.requests(edge.http, BODIES);
+    let cores = Cores::split(pid, "slow_clients");
+    cores.run_here(|| slow_rounds(addr, pid, &requests, rounds, window))
+}
+
+/// The slow-clients rounds against the node at `addr` (process `pid`).
+fn slow_rounds(
+    addr: SocketAddr,
+    pid: u32,
+    requests: &Arc<Vec<Vec<u8>>>,
+    rounds: usize,
+    window: Duration,
+) -> Result<Vec<Figure>> {
     let rate = 300.0;
     let (mut alone, mut beside, mut peak_fds) = (Vec::new(), Vec::new(), 0usize);
     // Warm the node and the connections.
-    drive(addr, &requests, rate, Duration::from_millis(500), 8)?;
+    drive(addr, requests, rate, Duration::from_millis(500), 8)?;
     for round in 0..rounds {
         // The same sampler runs alone and beside the slow clients, so both pay for it.
         let sampler = FdSampler::start(pid);
-        let quiet = drive(addr, &requests, rate, window, 8);
+        let quiet = drive(addr, requests, rate, window, 8);
         sampler.stop();
         let quiet = quiet?;
         report("alone", round, &quiet);
@@ -334,7 +368,7 @@ pub(super) fn slow_clients(s: &Setup, rt: &Runtime) -> Result<Vec<Figure>> {
         // Let the node settle after accepting them all.
         std::thread::sleep(Duration::from_millis(500));
         let sampler = FdSampler::start(pid);
-        let busy = drive(addr, &requests, rate, window, 8);
+        let busy = drive(addr, requests, rate, window, 8);
         let (peak, opened, reopened) = (sampler.stop(), pool.open(), pool.stop()?);
         let busy = busy?;
         eprintln!(
