@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The CPU-only device build (README, "On devices"): wgpu left out (`--no-default-features`),
+# The CPU-only device build (README, "On devices"): wgpu and the plugin compiler left out
+# (`--no-default-features`; it loads only precompiled plugins),
 # built with the `device` profile (fat LTO, one codegen unit, stripped).
 #
 #   tools/device.sh          lint and test the CPU-only configuration, build it, print its size
@@ -13,7 +14,7 @@ tools/setup.sh
 echo "==> cargo clippy, CPU-only (warnings are errors)" >&2
 cargo clippy -p cascade-runtime -p edge-node --no-default-features --locked -- -D warnings
 echo "==> what a CPU-only build does with a model configured for wgpu" >&2
-cargo test -p cascade-runtime --no-default-features --locked --lib without_gpu
+cargo test -p cascade-runtime --no-default-features --locked --lib without_
 echo "==> cargo build --profile device -p edge-node --no-default-features" >&2
 cargo build --profile device -p edge-node --no-default-features --locked
 bin=target/device/edge-node

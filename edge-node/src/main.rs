@@ -94,6 +94,11 @@ enum PluginCommand {
         /// Shared build directory for guests (default: the workspace's target/wasm-guests).
         #[arg(long)]
         target_dir: Option<PathBuf>,
+        /// Also write the plugin precompiled for this target (`x86_64-unknown-linux-gnu`,
+        /// `aarch64-unknown-linux-gnu`, ...), as `<out>.<target>.cwasm`: what a node built
+        /// without the compiler (the device build) loads.
+        #[arg(long)]
+        target: Option<String>,
     },
 }
 
@@ -161,8 +166,8 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-        Command::Plugin(PluginCommand::Build { crate_dir, out, target_dir }) => {
-            edge_node::plugin_cmd::run_build(&crate_dir, out, target_dir.as_deref())?;
+        Command::Plugin(PluginCommand::Build { crate_dir, out, target_dir, target }) => {
+            edge_node::plugin_cmd::run_build(&crate_dir, out, target_dir.as_deref(), target.as_deref())?;
         }
         Command::Certs { command } => {
             for path in certs_cmd::run(command)? {

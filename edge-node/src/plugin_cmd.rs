@@ -27,11 +27,42 @@ pub fn build(crate_dir: &Path, out: &Path, target_dir: Option<&Path>) -> anyhow:
     Ok(built)
 }
 
-/// Runs `edge-node plugin build` and prints the component's path, size and sha256.
-pub fn run_build(crate_dir: &Path, out: Option<PathBuf>, target_dir: Option<&Path>) -> anyhow::Result<()> {
+/// Where `plugin build --target T` writes the precompiled plugin: `<out>.<T>.cwasm`.
+pub fn precompiled_output(out: &Path, target: &str) -> PathBuf {
+    out.with_extension(format!("{target}.cwasm"))
+}
+
+/// Runs `edge-node plugin build` and prints the component's path, size and sha256; with
+/// `target`, also the precompiled plugin's.
+pub fn run_build(
+    crate_dir: &Path,
+    out: Option<PathBuf>,
+    target_dir: Option<&Path>,
+    target: Option<&str>,
+) -> anyhow::Result<()> {
     let out = out.unwrap_or_else(|| default_output(crate_dir));
     let built = build(crate_dir, &out, target_dir)?;
     println!("wrote {} ({} bytes, built with {:?})", out.display(), built.component.len(), built.toolchain);
     println!("sha256 {}", built.digest);
+    if let Some(target) = target {
+        let file = precompiled_output(&out, target);
+        let bytes = precompile(&built.component, target)?;
+        std::fs::write(&file, &bytes).with_context(|| format!("writing {}", file.display()))?;
+        println!("wrote {} ({} bytes, precompiled for {target})", file.display(), bytes.len());
+        println!("sha256 {}", cascade_runtime::config::Digest::of(&bytes));
+    }
     Ok(())
+}
+
+#[cfg(feature = "compiler")]
+fn precompile(component: &[u8], target: &str) -> anyhow::Result<Vec<u8>> {
+    cascade_runtime::precompiled::precompile(component, target)
+        .map_err(|why| anyhow::anyhow!("precompiling: {why}"))
+}
+
+#[cfg(not(feature = "compiler"))]
+fn precompile(_component: &[u8], _target: &str) -> anyhow::Result<Vec<u8>> {
+    anyhow::bail!(
+        "this edge-node was built without the compiler: run `plugin build --target` with a default build"
+    )
 }

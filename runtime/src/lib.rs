@@ -97,6 +97,7 @@ pub use modes::{ModeChange, ModeController, ModeSignals, SwitchCause};
 pub use node::{CurrentNode, Degraded, Node, NodeError, Origin, Reply, RequestReceipt, Route, ServeError};
 pub use policy::{Decision, DegradedReason, EscalationPolicy, PluginOutcome, PolicyInput, UpstreamView};
 pub use reference::ReferenceModel;
+pub use sandbox::precompiled;
 pub use sandbox::{
     Answer, ErrorKind, GuestError, LoadError, Outcome, PluginInstance, PluginLimits, Request, RequestError,
     Sandbox, SandboxConfig, SandboxStats,

@@ -16,19 +16,21 @@ use crate::upstream::SetupError;
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     /// A model could not be prepared.
-    #[error("{0}")]
+    #[error(transparent)]
     Model(#[from] ModelError),
-    /// The sandbox could not be created, or a plugin could not be loaded into it.
-    #[error("sandbox: {0}")]
+    /// The sandbox could not be created, or a plugin could not be loaded into it (the error
+    /// names the plugin). Transparent, like the others: a prefix with the error as its
+    /// source too would print every refusal twice.
+    #[error(transparent)]
     Sandbox(#[from] LoadError),
     /// The telemetry registry could not be built.
-    #[error("telemetry: {0}")]
+    #[error(transparent)]
     Telemetry(#[from] TelemetryError),
     /// The QUIC listener could not be set up.
-    #[error("quic: {0}")]
+    #[error(transparent)]
     Transport(#[from] TransportError),
     /// The upstream client could not be set up.
-    #[error("{0}")]
+    #[error(transparent)]
     Upstream(#[from] SetupError),
     /// A route's declared outputs cannot come from what the KServe upstream's model answers.
     #[error("kserve upstream {server}: {why}")]
@@ -39,7 +41,7 @@ pub enum NodeError {
         why: String,
     },
     /// The shadow store could not be opened.
-    #[error("{0}")]
+    #[error(transparent)]
     Shadow(#[from] StoreError),
     /// The receipt log could not be opened.
     #[error("telemetry.receipts.path: cannot open {}: {source}", file.display())]

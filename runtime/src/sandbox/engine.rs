@@ -61,6 +61,20 @@ impl Default for SandboxConfig {
     }
 }
 
+/// The settings that shape compiled code, the same for plugins compiled here and those
+/// precompiled for another machine ([`super::precompiled`]): wasmtime refuses a precompiled
+/// file made with others.
+pub(super) fn compile_settings(wasm: &mut wasmtime::Config, max_wasm_stack: usize) {
+    // Guests built from Rust need no GC proposal, and the workspace builds wasmtime without a
+    // collector: turn GC support off rather than fail at engine creation.
+    wasm.wasm_component_model(true)
+        .wasm_gc(false)
+        .wasm_function_references(false)
+        .gc_support(false)
+        .epoch_interruption(true)
+        .max_wasm_stack(max_wasm_stack);
+}
+
 impl Sandbox {
     /// Creates the engine, its instance pool and its epoch ticker.
     pub fn new(config: SandboxConfig) -> Result<Sandbox, LoadError> {
@@ -90,16 +104,8 @@ impl Sandbox {
                 .pagemap_scan(Enabled::Yes);
         }
         let mut wasm = wasmtime::Config::new();
-        // Guests built from Rust need no GC proposal, and the workspace builds wasmtime
-        // without a collector: turn GC support off rather than fail at engine creation.
-        wasm.wasm_component_model(true)
-            .wasm_gc(false)
-            .wasm_function_references(false)
-            .gc_support(false)
-            .epoch_interruption(true)
-            .max_wasm_stack(config.max_wasm_stack)
-            .memory_init_cow(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        compile_settings(&mut wasm, config.max_wasm_stack);
+        wasm.memory_init_cow(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm).map_err(engine_err)?;
         // The generated bindings link the capabilities the host may copy whole (bounded by
         // the store's hostcall fuel); `compute` and `log` take views (see `budget.rs`).

@@ -38,6 +38,7 @@
 //! already running hold the old version to the end.
 //!
 //! Files: this one holds the types and the loading of plugins; `engine.rs` creates the engine,
+//! `precompiled.rs` tells components from precompiled plugins (and makes the latter),
 //! `instance.rs` runs each request on its fresh instance.
 
 pub(crate) mod bindings;
@@ -48,6 +49,7 @@ mod error;
 pub(crate) mod inference;
 mod instance;
 mod logging;
+pub mod precompiled;
 mod ticker;
 
 use std::collections::{BTreeMap, HashMap};
@@ -56,7 +58,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Engine, ResourceLimiter};
 
 use self::bindings::PluginPre;
@@ -339,12 +341,10 @@ impl Sandbox {
                 .ok_or_else(|| LoadError::UnknownModel { plugin: name.to_owned(), model: model.clone() })?;
             allowed.insert(model.clone(), loaded.model.clone());
         }
-        let compile_err = |e: wasmtime::Error| LoadError::Compile {
-            plugin: name.to_owned(),
-            file: plugin.spec.path.clone(),
-            why: format!("{e:#}"),
-        };
-        let component = Component::new(&self.inner.engine, &plugin.bytes).map_err(compile_err)?;
+        let refused =
+            |why: String| LoadError::Compile { plugin: name.to_owned(), file: plugin.spec.path.clone(), why };
+        let compile_err = |e: wasmtime::Error| refused(format!("{e:#}"));
+        let component = precompiled::component(&self.inner.engine, &plugin.bytes).map_err(refused)?;
         let pre = self.inner.linker.instantiate_pre(&component).map_err(compile_err)?;
         let pre = PluginPre::new(pre).map_err(compile_err)?;
         let version = self.inner.versions.fetch_add(1, Ordering::Relaxed) + 1;

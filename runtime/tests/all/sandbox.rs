@@ -10,7 +10,7 @@ use std::time::Duration;
 use cascade_runtime::config::{ModelSpec, RateSettings, ResolvedModel, ResolvedPlugin};
 use cascade_runtime::{
     BackendKind, Digits, ErrorKind, LoadError, ModelStore, Outcome, PreparedModel, ReferenceModel, Request,
-    RequestError, Sandbox, SandboxConfig, Split, Tensor, reference,
+    RequestError, Sandbox, SandboxConfig, Split, Tensor, precompiled, reference,
 };
 use cascade_testkit::{Guest, fixture};
 
@@ -224,6 +224,42 @@ fn failed_loads_name_what_is_wrong_and_swap_nothing_in() {
     assert!(matches!(err, RequestError::UnknownPlugin { .. }));
     sandbox.load_plugin("mnist", &plugin(&fixture().mnist, &[]), &models).unwrap();
     assert!(sandbox.plugin_version("mnist").is_some());
+}
+
+/// A plugin precompiled for this machine (as `edge-node plugin build --target` writes it)
+/// loads and answers exactly as its component does; one precompiled for another target is
+/// refused naming that target and this node's.
+#[test]
+fn precompiled_plugins_answer_as_their_component_and_other_targets_are_refused() {
+    let (sandbox, models, _) = node();
+    let host = precompiled::host_target();
+    let component = plugin(&fixture().mnist, &[]);
+    let mut native = component.clone();
+    native.bytes = precompiled::precompile(&component.bytes, &host).unwrap().into();
+    sandbox.load_plugin("from_wasm", &component, &models).unwrap();
+    sandbox.load_plugin("precompiled", &native, &models).unwrap();
+    let test = Digits::load_split(&reference::default_models_dir(), Split::Test).unwrap();
+    for i in 0..50 {
+        let request = image_request(test.image(i));
+        let (Outcome::Answer(a), Outcome::Answer(b)) = (
+            sandbox.handle("from_wasm", request.request()).unwrap(),
+            sandbox.handle("precompiled", request.request()).unwrap(),
+        ) else {
+            panic!("image {i}: escalated");
+        };
+        assert_eq!((a.label, a.confidence, a.outputs), (b.label, b.confidence, b.outputs), "image {i}");
+    }
+
+    let other =
+        if host.starts_with("aarch64") { "x86_64-unknown-linux-gnu" } else { "aarch64-unknown-linux-gnu" };
+    let mut foreign = component.clone();
+    foreign.bytes = precompiled::precompile(&component.bytes, other).unwrap().into();
+    let err = sandbox.load_plugin("foreign", &foreign, &models).unwrap_err().to_string();
+    let other_arch = other.split('-').next().unwrap();
+    assert!(err.contains(&format!("'{other_arch}'")), "names the file's architecture: {err}");
+    assert!(err.contains(&format!("wasmtime {} on {host}", precompiled::WASMTIME_VERSION)), "{err}");
+    assert!(err.contains(&format!("--target {host}")), "{err}");
+    assert!(!err.contains('\n'), "{err}");
 }
 
 #[test]
