@@ -75,7 +75,7 @@ pub fn local_outputs(
 /// marked degraded, as for any failed escalation.
 pub fn upstream_answer(route: &RouteSettings, answer: EscalationAnswer) -> Result<RouteAnswer, String> {
     let map = &route.from_upstream;
-    let mut offered: Vec<(String, Tensor)> = answer.outputs.into_iter().map(|t| (t.name, t.tensor)).collect();
+    let offered: Vec<(String, Tensor)> = answer.outputs.into_iter().map(|t| (t.name, t.tensor)).collect();
     let outputs = if map.outputs.is_empty() {
         local_outputs(route, offered)?
     } else {
@@ -92,7 +92,6 @@ pub fn upstream_answer(route: &RouteSettings, answer: EscalationAnswer) -> Resul
                 .map_err(|why| format!("upstream output `{}`: {why}", m.from))?;
             outputs.push((decl.name.clone(), fits(decl, tensor)?));
         }
-        offered.clear();
         outputs
     };
     let row = |name: &str| -> Result<Vec<f32>, String> {

@@ -17,10 +17,8 @@ use crate::loadgen::{self, Conn, Load, Measured};
 /// The route's bulkhead in the overload scenario, sized for the one core the node gets: one
 /// request runs and one waits, so the core never idles between answers; beyond that the
 /// node refuses (503) before reading the body. A CPU-bound plugin gains nothing from running
-/// two at once on one core: each takes twice as long. Measured at 3x capacity (same
-/// machine, one sitting, `cascade-bench faults --only overload`): two running and one
-/// waiting answered as many requests a second as this, with an admitted p99 2.6x unloaded
-/// against 1.5x here; none waiting, 0.9x, refusing a little more.
+/// two at once on one core: each takes twice as long. The sizes compared are in
+/// docs/performance.md, "Overload bulkhead".
 const IN_FLIGHT: u32 = 1;
 const QUEUE: u32 = 1;
 

@@ -1,6 +1,7 @@
 //! A route as the node serves it: its settings, plugin and models resolved once, when the
 //! node is built, so a request looks its route up once and carries it.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::backend::ModelInfo;
@@ -15,7 +16,7 @@ pub struct Route {
     /// Its name: what clients call (`/v2/models/<name>/infer`).
     pub name: String,
     /// Its settings from the config.
-    pub settings: RouteSettings,
+    pub settings: Arc<RouteSettings>,
     plugin_digest: Digest,
     /// Digests of the models the plugin may call, in name order.
     model_digests: Vec<Digest>,
@@ -24,7 +25,7 @@ pub struct Route {
     /// The plugin's models' tensors, for metadata.
     models: Vec<ModelInfo>,
     /// The route's capacity, shared fairly among the downstream nodes escalating to it.
-    pub(super) share: std::sync::Arc<FairShare>,
+    pub(super) share: Arc<FairShare>,
     /// The `normal` threshold in force, as `f64` bits: the config's, or where the
     /// auto-threshold or an admin moved it.
     normal: AtomicU64,
@@ -56,7 +57,7 @@ impl Route {
             model_names.iter().filter_map(|m| store.get(m)).map(|m| m.model.info().clone()).collect();
         Route {
             name: name.to_owned(),
-            settings: settings.clone(),
+            settings: Arc::new(settings.clone()),
             plugin_digest,
             model_digests,
             model_version,

@@ -84,7 +84,8 @@ pub(super) fn after_local_answer(node: &Node, ctx: &Ctx<'_>, label: Option<&str>
     };
     let (upstream, store, telemetry) = (upstream.clone(), shadow.store.clone(), node.telemetry.clone());
     let (route, label) = (route.to_owned(), label.to_owned());
-    let settings = ctx.route.settings.clone();
+    // Shared, not copied: the check runs on a task of its own after the answer.
+    let settings = Arc::clone(&ctx.route.settings);
     tokio::spawn(async move {
         let _permit = permit;
         // The upstream's label as the route reads it (its `from_upstream` mapping).
