@@ -9,7 +9,9 @@
 //!
 //! Before optimising, the backend applies exact graph rewrites where tract 0.23 is slow
 //! ([`rewrite`]: our own im2col-free convolution, fp32 and int8, with its Relu, pool and int8
-//! edges fused ([`conv`]); and a 2x2 max pool ([`pool`])). [`TractBackend::without_rewrites`]
+//! edges fused ([`conv`]); and a 2x2 max pool ([`pool`])), after two on the ONNX graph: QDQ
+//! patterns folded into integer ops ([`qdq`]) and quantised matmuls with constant weights
+//! turned into 1x1 convolutions ([`qmatmul`]). [`TractBackend::without_rewrites`]
 //! skips them and is the reference the conformance suite checks the rewritten graphs
 //! against; it also runs every batch through one plan, where the rewritten backend runs
 //! batches above [`CHUNK`] in chunks of that size. Kernel selection inside tract is set once
@@ -20,6 +22,7 @@ pub(crate) use conv::kernel_paths;
 pub(crate) mod onnx;
 mod pool;
 mod qdq;
+mod qmatmul;
 mod rewrite;
 
 use std::collections::HashMap;
@@ -95,6 +98,10 @@ impl TractBackend {
             let folded = qdq::fold_qdq(&mut proto);
             if folded > 0 {
                 tracing::debug!(model = name, folded, "QDQ patterns folded into integer ops");
+            }
+            let convs = qmatmul::matmuls_as_convs(&mut proto);
+            if convs > 0 {
+                tracing::debug!(model = name, convs, "quantised matmuls run as 1x1 convolutions");
             }
         }
         let model = tract_model(name, &proto, "tract")?;
