@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         /// File.
         path: PathBuf,
         /// Cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file is not the IDX file it should be.
     #[error("{path} is not a valid IDX {what} file: {why}")]
@@ -69,7 +69,7 @@ impl Split {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, DatasetError> {
-    std::fs::read(path).map_err(|source| DatasetError::Io { path: path.to_owned(), source })
+    std::fs::read(path).map_err(|cause| DatasetError::Io { path: path.to_owned(), cause })
 }
 
 /// Parses an IDX header with the given magic and dimension count; returns dims and payload.

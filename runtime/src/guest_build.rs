@@ -50,14 +50,14 @@ pub enum GuestBuildError {
         stderr: String,
     },
     /// A file could not be read or cargo could not be started.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}: {cause}")]
     Io {
         /// What was being done.
         what: &'static str,
         /// The file or program.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The core module could not be turned into a valid component.
     #[error("guest module {file} cannot be made into a component: {why}")]
@@ -214,13 +214,13 @@ impl GuestBuilder {
                 .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", "wasm-ld")
                 .arg("-Zbuild-std=std,panic_abort");
         }
-        let out = cmd.output().map_err(|source| GuestBuildError::Io {
+        let out = cmd.output().map_err(|cause| GuestBuildError::Io {
             what: "cannot run",
             path: PathBuf::from(match toolchain {
                 GuestToolchain::Rustup => "cargo",
                 GuestToolchain::DebianBuildStd => "/usr/bin/cargo",
             }),
-            source,
+            cause,
         })?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -233,10 +233,10 @@ impl GuestBuilder {
             });
         }
         let file = target_dir.join(TARGET).join("release").join(artifact);
-        let core = std::fs::read(&file).map_err(|source| GuestBuildError::Io {
+        let core = std::fs::read(&file).map_err(|cause| GuestBuildError::Io {
             what: "cannot read the built module",
             path: file.clone(),
-            source,
+            cause,
         })?;
         let component = encode_component(&core).map_err(|why| GuestBuildError::Encode { file, why })?;
         Ok(BuiltGuest { digest: Digest::of(&component), component, toolchain })

@@ -36,7 +36,7 @@ impl NodeConfig {
     /// directory), and validates what was written.
     pub fn write(&self, path: &Path) -> Result<ValidatedConfig, ConfigError> {
         let text = self.to_toml()?;
-        std::fs::write(path, &text).map_err(|source| ConfigError::Write { path: path.to_owned(), source })?;
+        std::fs::write(path, &text).map_err(|cause| ConfigError::Write { path: path.to_owned(), cause })?;
         super::parse(&text, path)
     }
 

@@ -39,12 +39,12 @@ use crate::backend::{BackendKind, InputShape};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         /// Config file.
         path: PathBuf,
         /// Cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file is not TOML, or names a section or field the schema does not have.
     #[error("{path}: {message}")]
@@ -63,7 +63,7 @@ pub enum ConfigError {
         problems: Vec<FieldProblem>,
     },
     /// A file the config names (model, plugin, certificate) could not be read.
-    #[error("{config}: {field}: cannot read {file}: {source}")]
+    #[error("{config}: {field}: cannot read {file}: {cause}")]
     ReadFile {
         /// Config file.
         config: PathBuf,
@@ -72,7 +72,7 @@ pub enum ConfigError {
         /// The file, resolved against the config file's directory.
         file: PathBuf,
         /// Cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A config built in code could not be written as TOML.
     #[error("cannot write the config as TOML: {message}")]
@@ -81,12 +81,12 @@ pub enum ConfigError {
         message: String,
     },
     /// A config file could not be written.
-    #[error("cannot write config file {path}: {source}")]
+    #[error("cannot write config file {path}: {cause}")]
     Write {
         /// The file.
         path: PathBuf,
         /// Cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A model or plugin file is not the one its `sha256` pins.
     #[error("{0}")]
@@ -138,7 +138,7 @@ fn invalid_message(path: &Path, problems: &[FieldProblem]) -> String {
 /// file's directory.
 pub fn load(path: &Path) -> Result<ValidatedConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        .map_err(|cause| ConfigError::Read { path: path.to_owned(), cause })?;
     parse(&text, path)
 }
 
@@ -632,11 +632,11 @@ impl ValidatedConfig {
             for (field, file) in [("ca", &up.ca), ("cert", &up.cert), ("key", &up.key)] {
                 // Only existence here: the transport parses them, and keys stay out of memory
                 // until then.
-                std::fs::metadata(file).map_err(|source| ConfigError::ReadFile {
+                std::fs::metadata(file).map_err(|cause| ConfigError::ReadFile {
                     config: self.file.clone(),
                     field: format!("upstream.{field}"),
                     file: file.clone(),
-                    source,
+                    cause,
                 })?;
             }
         }
@@ -649,11 +649,11 @@ impl ValidatedConfig {
         file: &Path,
         pinned: Option<Digest>,
     ) -> Result<(Digest, Arc<[u8]>), ConfigError> {
-        let bytes = std::fs::read(file).map_err(|source| ConfigError::ReadFile {
+        let bytes = std::fs::read(file).map_err(|cause| ConfigError::ReadFile {
             config: self.file.clone(),
             field: format!("{section}.path"),
             file: file.to_owned(),
-            source,
+            cause,
         })?;
         let actual = Digest::of(&bytes);
         if let Some(expected) = pinned

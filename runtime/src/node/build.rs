@@ -117,7 +117,7 @@ impl Node {
         };
         let receipts = match &settings.telemetry.receipts {
             Some(r) => Some(
-                ReceiptLog::open(r).map_err(|source| NodeError::Receipts { file: r.path.clone(), source })?,
+                ReceiptLog::open(r).map_err(|cause| NodeError::Receipts { file: r.path.clone(), cause })?,
             ),
             None => None,
         };

@@ -44,12 +44,12 @@ pub enum NodeError {
     #[error(transparent)]
     Shadow(#[from] StoreError),
     /// The receipt log could not be opened.
-    #[error("telemetry.receipts.path: cannot open {}: {source}", file.display())]
+    #[error("telemetry.receipts.path: cannot open {}: {cause}", file.display())]
     Receipts {
         /// The log file.
         file: std::path::PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 

@@ -85,7 +85,7 @@ impl TierClient {
             (Ipv6Addr::UNSPECIFIED, 0).into()
         };
         let endpoint =
-            quinn::Endpoint::client(local).map_err(|source| TransportError::Bind { addr: local, source })?;
+            quinn::Endpoint::client(local).map_err(|cause| TransportError::Bind { addr: local, cause })?;
         Ok(TierClient { endpoint, quic, config, state: Arc::new(Mutex::new(ConnState::default())) })
     }
 

@@ -40,12 +40,12 @@ pub enum TransportError {
     #[error("tls identity: {0}")]
     Tls(String),
     /// The UDP socket could not be bound.
-    #[error("cannot bind quic endpoint on {addr}: {source}")]
+    #[error("cannot bind quic endpoint on {addr}: {cause}")]
     Bind {
         /// Address asked for.
         addr: std::net::SocketAddr,
         /// The socket error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The connection to the upstream could not be established (unreachable, handshake or
     /// certificate refused).

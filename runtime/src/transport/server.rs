@@ -262,7 +262,7 @@ impl TierServer {
         handler: H,
     ) -> Result<TierServer, TransportError> {
         let server = config.quic(identity)?;
-        let bind_err = |source| TransportError::Bind { addr: config.listen, source };
+        let bind_err = |cause| TransportError::Bind { addr: config.listen, cause };
         let endpoint = quinn::Endpoint::server(server, config.listen).map_err(bind_err)?;
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
         let (stop, stopping) = watch::channel(false);

@@ -110,6 +110,9 @@ fn resolve_reads_and_pins_real_files() {
     let err =
         config::parse(&minimal("plugins/missing.wasm", None), &cfg_path).unwrap().resolve().unwrap_err();
     assert!(matches!(&err, ConfigError::ReadFile { field, .. } if field == "plugins.p.path"), "{err}");
+    // The message carries the cause; a source as well would print it twice in a chain.
+    assert!(std::error::Error::source(&err).is_none(), "{err}");
+    assert_eq!(err.to_string().matches("os error").count(), 1, "{err}");
 }
 
 #[test]
