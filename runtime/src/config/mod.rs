@@ -137,8 +137,8 @@ fn invalid_message(path: &Path, problems: &[FieldProblem]) -> String {
 /// Reads and validates a config file. Relative paths inside it are resolved against the
 /// file's directory.
 pub fn load(path: &Path) -> Result<ValidatedConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|cause| ConfigError::Read { path: path.to_owned(), cause })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.to_owned(), cause })?;
     parse(&text, path)
 }
 
