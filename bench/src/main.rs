@@ -8,6 +8,7 @@
 //! start the `edge-node` binary that sits beside this one (`tools/bench.sh` builds both).
 
 mod backends;
+mod device;
 mod edge;
 mod faults;
 mod loadgen;
@@ -88,6 +89,18 @@ enum Suite {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// The device build: binary size per architecture, start to ready and to first answer
+    /// with a precompiled plugin, idle memory (build it first: tools/device.sh, tools/cross.sh).
+    Device {
+        #[command(flatten)]
+        run: Run,
+        #[command(flatten)]
+        reference: Reference,
+        /// The cargo target directory holding the device builds (`device/edge-node`, and
+        /// `cross/aarch64-unknown-linux-gnu/device/edge-node`); default: this binary's.
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+    },
 }
 
 /// The `edge-node` binary beside this one, which suites start as `serve` processes.
@@ -151,6 +164,18 @@ fn main() -> anyhow::Result<()> {
         }
         Suite::Faults { run, reference, only } => {
             faults::run(&reference.models, &reference.plugin, run.quick, &only)?.print(run.json)
+        }
+        Suite::Device { run, reference, target_dir } => {
+            let target_dir = match target_dir {
+                Some(dir) => dir,
+                None => std::env::current_exe()
+                    .context("cannot find this program's path")?
+                    .parent()
+                    .and_then(Path::parent)
+                    .context("this binary is not in a cargo target directory: pass --target-dir")?
+                    .to_path_buf(),
+            };
+            device::run(&reference.models, &reference.plugin, &target_dir, run.quick)?.print(run.json)
         }
     }
     Ok(())
