@@ -16,3 +16,7 @@ for g in "${guests[@]}"; do
 done
 echo "==> cargo test" >&2
 cargo test --workspace --locked
+# The deployment files (deploy/): systemd unit, container recipe, Kubernetes manifests,
+# alert rules and dashboard, checked against a live pair of nodes built by the tests.
+echo "==> deployment checks (tools/check-deploy.sh)" >&2
+tools/check-deploy.sh "${CARGO_TARGET_DIR:-target}/debug/edge-node"
