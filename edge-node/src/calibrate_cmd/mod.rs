@@ -7,7 +7,8 @@
 //! `examples/mnist-classifier`). It prints what each threshold does, recommends one per mode
 //! for the goal (the threshold at which the goal holds in at least 90% of bootstrap
 //! resamples), checks the choice on the held-out test split, and compares confidence
-//! measures by AUROC. `--from-shadow` does the same from a node's shadow records, without
+//! measures by AUROC; `--coverage N` checks, over N random re-splits, that the 90% intervals
+//! hold about 90% of the time. `--from-shadow` does the same from a node's shadow records, without
 //! labels.
 
 mod collect;
@@ -68,6 +69,11 @@ pub struct CalibrateArgs {
     /// by the file's extension.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Also check the intervals themselves: re-split the calibration and test examples at
+    /// random this many times, calibrate on one part and check on the other, and report how
+    /// often each realised figure fell inside its 90% interval.
+    #[arg(long, default_value_t = 0)]
+    pub coverage: usize,
     /// Print the headline as one JSON figure per line.
     #[arg(long)]
     pub json: bool,
@@ -116,7 +122,10 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<Figures> {
     let test = load(args, Split::Test)?;
     let calib = tiers.observe(&calib, "calibration split")?;
     let test = tiers.observe(&test, "test split")?;
-    let report = report::Report::new(&calib, &test, args.agreement, goal, budgets, RESAMPLES);
+    let mut report = report::Report::new(&calib, &test, args.agreement, goal, budgets, RESAMPLES);
+    if args.coverage > 0 {
+        report.measure_coverage(&calib, &test, args.agreement, args.coverage, RESAMPLES);
+    }
     report.print(&args.route, tiers.describe());
     if let Some(file) = &args.plot {
         plot::draw(file, &report).with_context(|| format!("drawing {}", file.display()))?;

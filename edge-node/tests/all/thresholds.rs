@@ -171,6 +171,7 @@ async fn shadow_traffic_tunes_the_threshold_when_inputs_drift() {
         agreement: true,
         from_shadow: Some(Path::new("").to_path_buf()),
         plot: None,
+        coverage: 0,
         json: true,
         plugin: cascade_testkit::repo().join("examples/mnist-classifier"),
     };
@@ -203,6 +204,7 @@ fn calibrate_recommends_a_threshold_checks_it_and_plots_it() {
         agreement: false,
         from_shadow: None,
         plot: Some(plot.clone()),
+        coverage: 2,
         json: true,
         plugin: cascade_testkit::repo().join("examples/mnist-classifier"),
     };
@@ -229,6 +231,10 @@ fn calibrate_recommends_a_threshold_checks_it_and_plots_it() {
     assert!(lo <= mid && mid <= hi, "{lo} {mid} {hi}");
     assert!(figure("calibration.realised.edge_share") > 0.85);
     assert!(figure("calibration.realised.accuracy") >= figure("calibration.edge_only.accuracy"));
+    for name in ["edge_share", "accuracy", "goal_held"] {
+        let share = figure(&format!("calibration.coverage.{name}"));
+        assert!((0.0..=1.0).contains(&share), "coverage {name} {share}");
+    }
     for measure in ["plugin", "max_probability", "margin", "entropy"] {
         assert!(figure(&format!("calibration.auroc.{measure}")) > 0.8, "{measure}");
     }

@@ -12,6 +12,8 @@
 //!   accuracy, agreement and upstream load.
 //! - [`Bootstrap`] puts a 90% interval on every figure and [`Bootstrap::recommend`] picks,
 //!   for a [`Goal`], the threshold at which the goal holds in at least 90% of resamples.
+//! - [`coverage`] checks that the intervals mean what they say: over many random re-splits
+//!   of the examples, how often a held-out figure falls inside its predicted interval.
 //! - [`auroc`] compares confidence measures (max-probability, margin, entropy) by how well
 //!   they separate right answers from wrong ones.
 //!
@@ -19,11 +21,13 @@
 //! same [`Curve`] from its shadow records.
 
 mod auroc;
+mod coverage;
 mod curve;
 mod recommend;
 mod tier;
 
 pub use auroc::auroc;
+pub use coverage::{Coverage, coverage};
 pub use curve::{Curve, Example, Point, grid};
 pub use recommend::{Bootstrap, CONFIDENCE, Estimate, Goal, Interval, Recommendation};
 pub use tier::{Observed, Tier, TierError};

@@ -81,7 +81,7 @@ pub struct Bootstrap {
 }
 
 /// xorshift64*: reproducible resampling without a dependency.
-fn next(state: &mut u64) -> u64 {
+pub(super) fn next(state: &mut u64) -> u64 {
     *state ^= *state >> 12;
     *state ^= *state << 25;
     *state ^= *state >> 27;
@@ -149,7 +149,7 @@ impl Bootstrap {
     }
 
     /// Whether `goal` holds on `curve` at `threshold`.
-    fn holds_on(curve: &Curve, goal: Goal, threshold: f64) -> bool {
+    pub(super) fn holds_on(curve: &Curve, goal: Goal, threshold: f64) -> bool {
         let p = curve.at(threshold);
         match goal {
             Goal::TargetAccuracy(a) => p.accuracy >= a,
