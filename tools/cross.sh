@@ -9,7 +9,7 @@
 #      size as `device.aarch64.binary_bytes`;
 #   2. runs the runtime's unit tests there, under qemu-aarch64: the portable paths of our
 #      convolution kernels and tract's NEON kernels are what run on aarch64;
-#   3. runs `edge-node demo --models-only --json` under qemu and on this machine, and checks
+#   3. runs `edge-node demo --models-only --json --limit 500` under qemu and on this machine, and checks
 #      that each model's accuracy, size and work are the same (latencies are not compared:
 #      qemu emulates);
 #   4. precompiles the mnist-classifier plugin for aarch64 (`plugin build --target`), serves
@@ -74,8 +74,8 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 step "edge-node demo --models-only --json: under qemu (aarch64) and here ($(uname -m))"
-"${qemu[@]}" "$bin" demo --models-only --json --latency-samples 20 >"$work/aarch64.json"
-"$host_bin" demo --models-only --json --latency-samples 20 >"$work/host.json"
+"${qemu[@]}" "$bin" demo --models-only --json --latency-samples 20 --limit 500 >"$work/aarch64.json"
+"$host_bin" demo --models-only --json --latency-samples 20 --limit 500 >"$work/host.json"
 python3 - "$work/host.json" "$work/aarch64.json" <<'EOF'
 import json, sys
 def figures(path):

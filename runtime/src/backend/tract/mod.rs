@@ -11,7 +11,7 @@
 //! ([`rewrite`]: our own im2col-free convolution, fp32 and int8, with its Relu, pool and int8
 //! edges fused ([`conv`]); and a 2x2 max pool ([`pool`])), after two on the ONNX graph: QDQ
 //! patterns folded into integer ops ([`qdq`]) and quantised matmuls with constant weights
-//! turned into 1x1 convolutions ([`qmatmul`]). [`TractBackend::without_rewrites`]
+//! turned into convolutions ([`qmatmul`]). [`TractBackend::without_rewrites`]
 //! skips them and is the reference the conformance suite checks the rewritten graphs
 //! against; it also runs every batch through one plan, where the rewritten backend runs
 //! batches above [`CHUNK`] in chunks of that size. Kernel selection inside tract is set once
@@ -101,7 +101,7 @@ impl TractBackend {
             }
             let convs = qmatmul::matmuls_as_convs(&mut proto);
             if convs > 0 {
-                tracing::debug!(model = name, convs, "quantised matmuls run as 1x1 convolutions");
+                tracing::debug!(model = name, convs, "quantised matmuls run as convolutions");
             }
         }
         let model = tract_model(name, &proto, "tract")?;

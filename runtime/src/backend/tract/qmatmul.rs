@@ -1,19 +1,22 @@
-//! A quantised matmul with constant weights run as a 1x1 convolution, on the ONNX graph,
-//! before tract sees it.
+//! A quantised matmul with constant weights run as a convolution, on the ONNX graph, before
+//! tract sees it.
 //!
 //! tract 0.23 runs `QLinearMatMul` on its integer matrix multiply. On the int8 edge model's
 //! classifier, a `[1, 784] x [784, 10]` product after a Flatten that tract folds into the
 //! product as three reduction axes, that took about 90% of the model's time at batch 1 on an
 //! AVX2 machine: far more than its 7,840 multiply-adds (`docs/performance.md`, "Quantised
-//! matmul"). The same product is a 1x1 convolution, which the rewrites run as our direct
-//! int8 convolution ([`super::conv`]):
+//! matmul"). The same product is a convolution of one input channel whose kernel covers the
+//! whole input plane (one output pixel, `N` output channels), which the rewrites run as our
+//! direct int8 convolution ([`super::conv`]). `K` is laid out as a plane of `rows x K / rows`
+//! (`rows` the divisor of `K` closest to its square root; tract treats a plane of one row as
+//! a 1-D convolution, which the direct convolution does not take):
 //!
 //! ```text
 //! Y = QLinearMatMul(A, sa, za, B, sb, zb, sy, zy)          A: [..., K], B: [K, N] constant
 //!   becomes
-//! rows = Reshape(A, [-1, K, 1, 1])
-//! conv = QLinearConv(rows, sa, za, W, sb, zb, sy, zy)      W = Bᵀ as [N, K, 1, 1]
-//! Y    = Reshape(conv, Concat(Shape(A)[:-1], [N]))
+//! plane = Reshape(A, [-1, 1, rows, K / rows])
+//! conv  = QLinearConv(plane, sa, za, W, sb, zb, sy, zy, 0)  W = Bᵀ as [N, 1, rows, K / rows]
+//! Y     = Reshape(conv, Concat(Shape(A)[:-1], [N]))
 //! ```
 //!
 //! Exact: both ops compute `saturate(round(Σ (a - za)(b - zb) · sa·sb/sy) + zy)` for each
@@ -59,7 +62,7 @@ fn kernel_rows(k: i64) -> Option<i64> {
 
 /// A matching matmul: its weights transposed into convolution weights.
 struct AsConv {
-    /// `Bᵀ` as `[N, K, 1, 1]`.
+    /// `Bᵀ` as `[N, 1, rows, K / rows]`.
     weights: TensorProto,
     k: i64,
     n: i64,
