@@ -26,9 +26,11 @@
 //!   uvicorn, same KServe v2 JSON) driven by the same generator and ladder:
 //!   `edge.peer.p50_us`, `edge.peer.p99_us`, `edge.peer.max_rps` and
 //!   `edge.speedup_vs_python_ort.max_rps` (ours / peer);
-//! - CPU time per request, both servers at the same rate ([`CPU_RPS`]), from each process's
-//!   user + system time in `/proc` (Linux): `edge.local.cpu_us_per_request`,
-//!   `edge.peer.cpu_us_per_request` and `edge.ratio_ours_over_python_ort.cpu_us_per_request`.
+//! - CPU time per request, both servers at the same rate, from each process's user + system
+//!   time in `/proc` (Linux): `edge.local.cpu_us_per_request`, `edge.peer.cpu_us_per_request`
+//!   and `edge.ratio_ours_over_python_ort.cpu_us_per_request`, at `edge.cpu_rate_rps`:
+//!   [`CPU_RPS`] when both servers pass that rung, otherwise the highest rung both pass
+//!   (CPU per request falls as the rate rises, so only equal rates compare).
 //!   Unlike `max_rps`, this does not depend on how many cores each server gets to use.
 //!
 //! The generator runs in this process and shares the machine's cores with the server under
@@ -63,8 +65,7 @@ const LADDER: [f64; 25] = [
     32000.0,
 ];
 
-/// The rate at which both servers' CPU time per request is taken: a rung of the ladder
-/// that both pass here.
+/// The rate at which both servers' CPU time per request is taken when both pass it.
 pub(crate) const CPU_RPS: f64 = 5000.0;
 
 /// A rung passes with p99 under this.
@@ -107,8 +108,26 @@ struct Ladder {
     moderate: Option<Rung>,
     max_rps: f64,
     top_passed: bool,
-    /// CPU time per answered request at [`CPU_RPS`], in microseconds.
-    cpu_us_per_request: Option<f64>,
+    /// CPU time per answered request, in microseconds, at each rate passed: `(rate, us)`.
+    cpu_us_per_request: Vec<(f64, f64)>,
+}
+
+impl Ladder {
+    fn cpu_at(&self, rate: f64) -> Option<f64> {
+        self.cpu_us_per_request.iter().find(|(r, _)| *r == rate).map(|(_, us)| *us)
+    }
+
+    /// The rate to compare CPU per request at: [`CPU_RPS`] if both ladders have it, else the
+    /// highest rate both have (`other` absent: this ladder's own).
+    fn cpu_rate(&self, other: Option<&Ladder>) -> Option<f64> {
+        let shared: Vec<f64> = self
+            .cpu_us_per_request
+            .iter()
+            .map(|(r, _)| *r)
+            .filter(|r| other.is_none_or(|o| o.cpu_at(*r).is_some()))
+            .collect();
+        if shared.contains(&CPU_RPS) { Some(CPU_RPS) } else { shared.into_iter().reduce(f64::max) }
+    }
 }
 
 /// One server under test, as the generator sees it.
@@ -208,20 +227,31 @@ pub(crate) fn run(
     if ladder.top_passed {
         eprintln!("note: the node passed the ladder's top rung; edge.local.max_rps is a lower bound");
     }
-    if let Some(cpu) = ladder.cpu_us_per_request {
-        figures.push("edge.local.cpu_us_per_request", cpu, "us");
-    }
     node.kill();
 
     // The node's figures are taken: a peer that cannot run costs only its own.
-    if let Err(e) = peer_figures(repo, &model, &bodies, step, &ladder, &mut figures) {
+    let peer = peer_figures(repo, &model, &bodies, step, &ladder, &mut figures).unwrap_or_else(|e| {
         eprintln!("no python peer figures: {e:#}. Printing our figures only.");
+        None
+    });
+    match ladder.cpu_rate(peer.as_ref()) {
+        Some(rate) => {
+            figures.push("edge.cpu_rate_rps", rate, "items_per_s");
+            let ours = ladder.cpu_at(rate).unwrap_or_default();
+            figures.push("edge.local.cpu_us_per_request", ours, "us");
+            if let Some(theirs) = peer.as_ref().and_then(|p| p.cpu_at(rate)) {
+                figures.push("edge.peer.cpu_us_per_request", theirs, "us");
+                figures.push("edge.ratio_ours_over_python_ort.cpu_us_per_request", ours / theirs, "ratio");
+            }
+        }
+        None => eprintln!("no rung passed by both servers: no CPU per request"),
     }
     Ok(figures)
 }
 
-/// Drives the Python peer up the same ladder and adds its figures, and the ratios, to
-/// `figures` (none if the peer's venv is missing: that is said, not an error).
+/// Drives the Python peer up the same ladder, adds its figures and the max-rate ratio to
+/// `figures`, and returns its ladder (none if the peer's venv is missing: that is said, not
+/// an error).
 fn peer_figures(
     repo: &Path,
     model: &Path,
@@ -229,8 +259,8 @@ fn peer_figures(
     step: Duration,
     ours: &Ladder,
     figures: &mut Figures,
-) -> anyhow::Result<()> {
-    let Some(mut peer) = Peer::start(repo, model)? else { return Ok(()) };
+) -> anyhow::Result<Option<Ladder>> {
+    let Some(mut peer) = Peer::start(repo, model)? else { return Ok(None) };
     wait_ready(peer.addr, "python peer", || peer.child.try_wait().ok().flatten())?;
     let target = Target::new("python onnxruntime peer", peer.addr, peer.child.id(), bodies, |_| true);
     let mut theirs = drive_ladder(&target, step)?;
@@ -239,18 +269,12 @@ fn peer_figures(
         figures.push("edge.peer.p99_us", m.p(0.99), "us");
     }
     figures.push("edge.peer.max_rps", theirs.max_rps, "items_per_s");
-    if let Some(cpu) = theirs.cpu_us_per_request {
-        figures.push("edge.peer.cpu_us_per_request", cpu, "us");
-        if let Some(ours) = ours.cpu_us_per_request {
-            figures.push("edge.ratio_ours_over_python_ort.cpu_us_per_request", ours / cpu, "ratio");
-        }
-    }
     if theirs.max_rps > 0.0 {
         figures.push("edge.speedup_vs_python_ort.max_rps", ours.max_rps / theirs.max_rps, "ratio");
     } else {
         eprintln!("the peer passed no rung of the ladder: no speedup ratio");
     }
-    Ok(())
+    Ok(Some(theirs))
 }
 
 /// The node's config: no upstream, threshold 0 (every answer local), no cache, no mode
@@ -343,7 +367,8 @@ fn measure_overhead(
 
 /// Drives `target` up the ladder: every rung up to the moderate rate, then on until one fails.
 fn drive_ladder(target: &Target<'_>, step: Duration) -> anyhow::Result<Ladder> {
-    let mut ladder = Ladder { moderate: None, max_rps: 0.0, top_passed: false, cpu_us_per_request: None };
+    let mut ladder =
+        Ladder { moderate: None, max_rps: 0.0, top_passed: false, cpu_us_per_request: Vec::new() };
     // Warm the connections and both sides' caches at the lowest rate first.
     drive(target, LADDER[0], Duration::from_millis(500))?;
     for (n, &rate) in LADDER.iter().enumerate() {
@@ -371,9 +396,9 @@ fn drive_ladder(target: &Target<'_>, step: Duration) -> anyhow::Result<Ladder> {
             ladder.max_rps = rung.rate;
             ladder.top_passed = n + 1 == LADDER.len();
         }
-        if rate == CPU_RPS && passes {
-            ladder.cpu_us_per_request =
-                rung.cpu.map(|cpu| cpu.as_secs_f64() * 1e6 / rung.latencies_us.len().max(1) as f64);
+        if passes && let Some(cpu) = rung.cpu {
+            let us = cpu.as_secs_f64() * 1e6 / rung.latencies_us.len().max(1) as f64;
+            ladder.cpu_us_per_request.push((rate, us));
         }
         if rate == MODERATE_RPS {
             ladder.moderate = Some(rung);
@@ -498,8 +523,29 @@ impl Drop for Peer {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use cascade_runtime::config;
+
+    use super::*;
+
+    fn ladder(rates: &[f64]) -> Ladder {
+        let cpu_us_per_request = rates.iter().map(|&r| (r, 1e6 / r)).collect();
+        Ladder { moderate: None, max_rps: 0.0, top_passed: false, cpu_us_per_request }
+    }
+
+    #[test]
+    fn cpu_per_request_is_compared_at_a_rate_both_servers_passed() {
+        let ours = ladder(&[250.0, 500.0, 1000.0, 4000.0, 5000.0, 6000.0]);
+        // Both pass the preferred rate: it is the one.
+        assert_eq!(ours.cpu_rate(Some(&ladder(&[250.0, 5000.0]))), Some(CPU_RPS));
+        // The peer stops below it: the highest rate both passed.
+        assert_eq!(ours.cpu_rate(Some(&ladder(&[250.0, 500.0, 1000.0, 2000.0]))), Some(1000.0));
+        // No peer: the node's own preferred rate.
+        assert_eq!(ours.cpu_rate(None), Some(CPU_RPS));
+        assert_eq!(ladder(&[250.0, 500.0]).cpu_rate(None), Some(500.0));
+        // Nothing in common: nothing to compare.
+        assert_eq!(ladder(&[250.0]).cpu_rate(Some(&ladder(&[500.0]))), None);
+        assert_eq!(ours.cpu_at(1000.0), Some(1000.0));
+    }
 
     #[test]
     fn a_rung_passes_only_without_errors_and_with_p99_under_the_limit() {
