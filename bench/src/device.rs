@@ -16,7 +16,7 @@
 //! Each start is a fresh process; figures are medians over the starts.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -178,7 +178,7 @@ fn resident_mib(pid: u32) -> anyhow::Result<f64> {
 }
 
 /// The architecture an ELF executable is built for, from its header's `e_machine`.
-fn binary_arch(path: &PathBuf) -> anyhow::Result<&'static str> {
+fn binary_arch(path: &Path) -> anyhow::Result<&'static str> {
     let header = std::fs::read(path)
         .map(|b| b.get(..20).map(<[u8]>::to_vec))
         .with_context(|| format!("{} is missing", path.display()))?
