@@ -24,8 +24,9 @@
 //! a weight scale per output channel, which gives each channel its own multiplier; u8/i8
 //! output).
 //!
-//! int8 runs on the same fp32 loop, exactly: the input and weights are shifted by their
-//! zero points into small integers, whose products and sums are integers that f32 represents
+//! int8 runs on the CPU's integer dot-product instructions where it has them
+//! ([`super::intconv`]: AVX-512 VNNI, AVX-VNNI), and otherwise on the same fp32 loop,
+//! exactly: the input and weights are shifted by their zero points into small integers, whose products and sums are integers that f32 represents
 //! exactly while they stay below 2^24 in magnitude. The rewrite checks that bound per output
 //! channel at load (sum of |weight| times the largest |input|, plus |bias|) and leaves the
 //! convolution to tract if it could be exceeded. The integer accumulator is then requantised
@@ -38,6 +39,7 @@ use tract_onnx::tract_core::internal::{
 };
 use tract_onnx::tract_core::ndarray::{ArrayD, IxDyn};
 
+use super::intconv::IntConv;
 use crate::backend::quant::Requant;
 
 /// Output columns computed at once by the wide kernels (one AVX-512 register, two AVX ones).
@@ -73,21 +75,21 @@ pub(crate) struct ConvGeometry {
 }
 
 impl ConvGeometry {
-    fn taps(&self) -> usize {
+    pub(crate) fn taps(&self) -> usize {
         self.cin * self.kh * self.kw
     }
 
-    fn tiles(&self) -> usize {
+    pub(crate) fn tiles(&self) -> usize {
         self.ow.div_ceil(TILE)
     }
 
     /// Rows of the padded input copy.
-    fn padded_h(&self) -> usize {
+    pub(crate) fn padded_h(&self) -> usize {
         self.oh + self.kh - 1
     }
 
     /// Row stride of the padded input copy: wide enough for whole tiles at every tap.
-    fn padded_w(&self) -> usize {
+    pub(crate) fn padded_w(&self) -> usize {
         (self.tiles() * TILE + self.kw - 1).max(self.pad_left + self.w)
     }
 
@@ -147,6 +149,9 @@ pub(crate) struct DirectConv {
     pub(crate) int8: Option<Int8Output>,
     /// int8 form only: the range of the input's integer type (u8 or i8).
     x_range: (i32, i32),
+    /// int8 form only, on a CPU with integer dot-product instructions and weights that fit
+    /// an i8: the same convolution on those instructions ([`super::intconv`]).
+    int: Option<IntConv>,
     /// int8 form only: the input arrives in f32 and is quantised to the input's integer type
     /// on load, as the QuantizeLinear it replaces did (`(scale, zero point)`, tract's
     /// convention: the value is multiplied by `scale`).
@@ -171,6 +176,7 @@ impl DirectConv {
             pool: false,
             int8: None,
             x_range: (0, 0),
+            int: None,
             quantize_input: None,
             lookup: None,
         })
@@ -195,7 +201,7 @@ impl DirectConv {
             return None;
         }
         let x_max = f64::from((x_range.1 - rq.x_zero).abs().max((x_range.0 - rq.x_zero).abs()));
-        let shifted: Vec<f32> = weights.iter().map(|&w| (w - rq.w_zero) as f32).collect();
+        let shifted: Vec<i32> = weights.iter().map(|&w| w - rq.w_zero).collect();
         for (oc, row) in shifted.chunks_exact(geo.taps()).enumerate() {
             let bound =
                 row.iter().map(|&w| f64::from(w.abs())).sum::<f64>() * x_max + f64::from(bias[oc]).abs();
@@ -203,6 +209,8 @@ impl DirectConv {
                 return None;
             }
         }
+        let int = IntConv::new(geo, &shifted, bias, rq.x_zero, x_range);
+        let shifted: Vec<f32> = shifted.iter().map(|&w| w as f32).collect();
         let bias: Vec<f32> = bias.iter().map(|&b| b as f32).collect();
         Some(DirectConv {
             geo,
@@ -212,6 +220,7 @@ impl DirectConv {
             pool: false,
             int8: Some(int8),
             x_range,
+            int,
             quantize_input: None,
             lookup: None,
         })
@@ -275,42 +284,71 @@ fn requantize(acc: f32, scale: f32) -> i32 {
 /// [`requantize`]'s result and the output zero point added to it fit an i32.
 const MAX_SCALE: f32 = 64.0;
 
-/// What tract's QuantizeLinear (to u8 or i8, whose range is `range`) computes, minus the
-/// convolution's input zero point: `clamp(round_ties_even(x * scale) + zero, lo, hi) -
-/// x_zero`. Clamping in f32 before converting gives the same result for every finite and
-/// NaN input (NaN counts as 0, as tract's saturating cast makes it) and keeps the loop
-/// vectorised.
+/// What tract's QuantizeLinear (to u8 or i8, whose range is `range`) computes,
+/// `clamp(round_ties_even(x * scale) + zero, lo, hi)`, as an integer-valued f32 passed
+/// through `map` (which subtracts the convolution's input zero point for the f32 loop, or
+/// makes the integer an unsigned byte for [`super::intconv`]). Clamping in f32 before
+/// converting gives the same result for every finite and NaN input (NaN counts as 0, as
+/// tract's saturating cast makes it) and keeps the loop vectorised.
 #[inline(always)]
-fn quantize_loop(src: &[f32], scale: f32, zero: i32, x_zero: i32, range: (i32, i32), dst: &mut [f32]) {
-    let (zero, x_zero, lo, hi) = (zero as f32, x_zero as f32, range.0 as f32, range.1 as f32);
+fn quantize_loop<T>(
+    src: &[f32],
+    scale: f32,
+    zero: i32,
+    range: (i32, i32),
+    dst: &mut [T],
+    map: impl Fn(f32) -> T,
+) {
+    let (zero, lo, hi) = (zero as f32, range.0 as f32, range.1 as f32);
     for (d, &x) in dst.iter_mut().zip(src) {
         let v = x * scale;
         let r = if v.is_nan() { 0.0 } else { v.round_ties_even() };
-        *d = (r + zero).clamp(lo, hi) - x_zero;
+        *d = map((r + zero).clamp(lo, hi));
     }
 }
 
-fn quantize_all(src: &[f32], scale: f32, zero: i32, x_zero: i32, range: (i32, i32), dst: &mut [f32]) {
+fn quantize_all<T>(
+    src: &[f32],
+    scale: f32,
+    zero: i32,
+    range: (i32, i32),
+    dst: &mut [T],
+    map: impl Fn(f32) -> T,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]
-        fn avx512(src: &[f32], scale: f32, zero: i32, x_zero: i32, range: (i32, i32), dst: &mut [f32]) {
-            quantize_loop(src, scale, zero, x_zero, range, dst);
+        fn avx512<T>(
+            src: &[f32],
+            scale: f32,
+            zero: i32,
+            range: (i32, i32),
+            dst: &mut [T],
+            map: impl Fn(f32) -> T,
+        ) {
+            quantize_loop(src, scale, zero, range, dst, map);
         }
         #[target_feature(enable = "avx2")]
-        fn avx2(src: &[f32], scale: f32, zero: i32, x_zero: i32, range: (i32, i32), dst: &mut [f32]) {
-            quantize_loop(src, scale, zero, x_zero, range, dst);
+        fn avx2<T>(
+            src: &[f32],
+            scale: f32,
+            zero: i32,
+            range: (i32, i32),
+            dst: &mut [T],
+            map: impl Fn(f32) -> T,
+        ) {
+            quantize_loop(src, scale, zero, range, dst, map);
         }
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has the feature the function is compiled for.
-            return unsafe { avx512(src, scale, zero, x_zero, range, dst) };
+            return unsafe { avx512(src, scale, zero, range, dst, map) };
         }
         if is_x86_feature_detected!("avx2") {
             // SAFETY: as above.
-            return unsafe { avx2(src, scale, zero, x_zero, range, dst) };
+            return unsafe { avx2(src, scale, zero, range, dst, map) };
         }
     }
-    quantize_loop(src, scale, zero, x_zero, range, dst);
+    quantize_loop(src, scale, zero, range, dst, map);
 }
 
 /// An int8 output element type.
@@ -387,6 +425,7 @@ impl PartialEq for DirectConv {
                 == other.quantize_input.map(|(s, z)| (s.to_bits(), z))
             && self.int8 == other.int8
             && self.x_range == other.x_range
+            && self.int == other.int
             && self.lookup == other.lookup
     }
 }
@@ -434,11 +473,21 @@ pub(crate) fn kernel_paths() -> Vec<(&'static str, &'static str)> {
         } else {
             "portable"
         };
-        vec![("direct_conv", conv), ("quantize", wide), ("requantize", wide)]
+        vec![
+            ("direct_conv", conv),
+            ("int8_conv", super::intconv::kernel_path()),
+            ("quantize", wide),
+            ("requantize", wide),
+        ]
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        vec![("direct_conv", "portable"), ("quantize", "portable"), ("requantize", "portable")]
+        vec![
+            ("direct_conv", "portable"),
+            ("int8_conv", super::intconv::kernel_path()),
+            ("quantize", "portable"),
+            ("requantize", "portable"),
+        ]
     }
 }
 
@@ -755,7 +804,7 @@ impl EvalOp for DirectConv {
         }
         let n = shape[0];
         let out_shape = self.output_shape(n);
-        let mut acc = vec![0f32; n * g.cout * g.oh * g.ow];
+        let conv_len = n * g.cout * g.oh * g.ow;
         let plane = g.h * g.w;
         let pooled = |acc: Vec<f32>| {
             if self.pool { super::pool::pool(&acc, &[n, g.cout, g.oh, g.ow]).0 } else { acc }
@@ -763,44 +812,85 @@ impl EvalOp for DirectConv {
         let Some(q @ Int8Output { requant: rq, output, .. }) = &self.int8 else {
             let x = input.try_as_plain_ram()?;
             let x = x.as_slice::<f32>()?;
+            let mut acc = vec![0f32; conv_len];
             self.run(n, |p, dst| dst.copy_from_slice(&x[p * plane..][..plane]), &mut acc);
             let out = Tensor::from(ArrayD::from_shape_vec(IxDyn(&out_shape), pooled(acc))?);
             return Ok(tvec!(out.into_tvalue()));
         };
         let x_zero = rq.x_zero;
         let x = input.try_as_plain_ram()?;
-        match input.datum_type().unquantized() {
-            DatumType::F32 => {
-                let Some((scale, zero)) = self.quantize_input else {
-                    bail!("DirectConv int8 got an f32 input without quantisation parameters")
-                };
-                let x = x.as_slice::<f32>()?;
-                let load = |p: usize, dst: &mut [f32]| {
-                    quantize_all(&x[p * plane..][..plane], scale, zero, x_zero, self.x_range, dst);
-                };
-                self.run(n, load, &mut acc);
-            }
-            DatumType::U8 => {
-                let x = x.as_slice::<u8>()?;
-                let load = |p: usize, dst: &mut [f32]| {
-                    for (d, &v) in dst.iter_mut().zip(&x[p * plane..][..plane]) {
-                        *d = (i32::from(v) - x_zero) as f32;
-                    }
-                };
-                self.run(n, load, &mut acc);
-            }
-            DatumType::I8 => {
-                let x = x.as_slice::<i8>()?;
-                let load = |p: usize, dst: &mut [f32]| {
-                    for (d, &v) in dst.iter_mut().zip(&x[p * plane..][..plane]) {
-                        *d = (i32::from(v) - x_zero) as f32;
-                    }
-                };
-                self.run(n, load, &mut acc);
-            }
-            other => bail!("DirectConv does not implement int8 input {other:?}"),
+        let range = self.x_range;
+        let dt = input.datum_type().unquantized();
+        if dt == DatumType::F32 && self.quantize_input.is_none() {
+            bail!("DirectConv int8 got an f32 input without quantisation parameters")
         }
-        let acc = pooled(acc);
+        let (scale, zero) = self.quantize_input.unwrap_or_default();
+        let acc = if let Some(int) = &self.int {
+            // On integer dot-product instructions, pooled as it is stored: the input as
+            // unsigned bytes.
+            let mut acc = vec![0f32; out_shape.iter().product()];
+            match dt {
+                DatumType::F32 => {
+                    // Adding 2^23 leaves an integer in 0..=255 in the low mantissa bits: no
+                    // saturating conversion, so the loop stays vectorised.
+                    let (x, shift) = (x.as_slice::<f32>()?, int.shift() as f32 + 8_388_608.0);
+                    let load = |p: usize, dst: &mut [u8]| {
+                        let byte = |q: f32| (q + shift).to_bits() as u8;
+                        quantize_all(&x[p * plane..][..plane], scale, zero, range, dst, byte);
+                    };
+                    int.run(n, self.pool, load, &mut acc);
+                }
+                DatumType::U8 => {
+                    let x = x.as_slice::<u8>()?;
+                    int.run(n, self.pool, |p, dst| dst.copy_from_slice(&x[p * plane..][..plane]), &mut acc);
+                }
+                DatumType::I8 => {
+                    let x = x.as_slice::<i8>()?;
+                    let load = |p: usize, dst: &mut [u8]| {
+                        for (d, &v) in dst.iter_mut().zip(&x[p * plane..][..plane]) {
+                            *d = (v as u8) ^ 0x80;
+                        }
+                    };
+                    int.run(n, self.pool, load, &mut acc);
+                }
+                other => bail!("DirectConv does not implement int8 input {other:?}"),
+            }
+            acc
+        } else {
+            // On the f32 loop: the input as f32 integers minus the zero point.
+            let mut acc = vec![0f32; conv_len];
+            match dt {
+                DatumType::F32 => {
+                    let x = x.as_slice::<f32>()?;
+                    let load = |p: usize, dst: &mut [f32]| {
+                        quantize_all(&x[p * plane..][..plane], scale, zero, range, dst, |q| {
+                            q - x_zero as f32
+                        });
+                    };
+                    self.run(n, load, &mut acc);
+                }
+                DatumType::U8 => {
+                    let x = x.as_slice::<u8>()?;
+                    let load = |p: usize, dst: &mut [f32]| {
+                        for (d, &v) in dst.iter_mut().zip(&x[p * plane..][..plane]) {
+                            *d = (i32::from(v) - x_zero) as f32;
+                        }
+                    };
+                    self.run(n, load, &mut acc);
+                }
+                DatumType::I8 => {
+                    let x = x.as_slice::<i8>()?;
+                    let load = |p: usize, dst: &mut [f32]| {
+                        for (d, &v) in dst.iter_mut().zip(&x[p * plane..][..plane]) {
+                            *d = (i32::from(v) - x_zero) as f32;
+                        }
+                    };
+                    self.run(n, load, &mut acc);
+                }
+                other => bail!("DirectConv does not implement int8 input {other:?}"),
+            }
+            pooled(acc)
+        };
         // One output plane per (image, channel), each with its channel's multiplier.
         let plane_out = out_shape[2] * out_shape[3];
         fn requantize_planes<T: Quantized>(

@@ -1,0 +1,921 @@
+//! The int8 direct convolution on the CPU's integer dot-product instructions.
+//!
+//! [`super::conv`] runs an int8 convolution exactly on its f32 loop: one multiply-add per
+//! lane and instruction. Where the CPU has a four-way u8 x i8 dot product into i32 lanes
+//! (AVX-512 VNNI `vpdpbusd` on sixteen lanes, AVX-VNNI the same on eight), one instruction
+//! does four multiply-adds per lane, on inputs a quarter the size. This module is that path:
+//! weights packed at load, the input re-laid per image, and the kernels, one body for every
+//! instruction set ([`Lanes`]). It produces the f32 loop's accumulators bit for bit (the unit
+//! tests compare them on random convolutions, and run the same layout on an emulated
+//! instruction on any CPU), so pooling and requantisation after it are shared.
+//!
+//! **Arithmetic.** The instruction multiplies unsigned by signed bytes. The input is made
+//! unsigned (`u = x + 128` for i8, `u = x` for u8, the zero point likewise: `u_zero`); the
+//! weights, minus their zero point, must fit an i8 or this path is not built. Then
+//! `Σ (x - x_zero)(w - w_zero) = Σ u·w' - u_zero·Σ w'`, and the second term and the bias are
+//! one constant per output channel ([`Packed::offset`]). Padding is filled with `u_zero`, so
+//! a padded tap adds `u_zero·w'`, which that constant takes back. The i32 lanes wrap, so the
+//! sums are exact modulo 2^32; the true result is below 2^24 in magnitude (checked at load
+//! for the f32 loop), so it is exact, and exact again as the f32 the shared tail takes.
+//!
+//! **Layout.** The four bytes of a lane must be four terms of one output's sum. The input of
+//! an image is re-laid as *quads*: for each group of four virtual channels, each padded row
+//! and column, those channels' four bytes side by side. A virtual channel is an input channel
+//! (the kernel keeps its width), or, for few input channels, an input channel shifted left by
+//! `dx` columns (the kernel becomes one column wide, with `cin x kw` channels): whichever
+//! takes fewer instructions, chosen at load. One tap of one group for sixteen output columns
+//! is then one 64-byte load, which each output channel adds with its four weights broadcast:
+//! `groups x kh x kw'` instructions per channel and sixteen outputs, where the f32 loop
+//! takes `cin x kh x kw`.
+//!
+//! A convolution with one output pixel whose kernel covers its whole unpadded input (a
+//! quantised matmul: [`super::qmatmul`]) is a dot product over the input instead: lanes run
+//! along it, sixty-four terms per instruction.
+
+use super::conv::ConvGeometry;
+
+/// Output columns per tile, as in the f32 loop: sixteen i32 lanes.
+const TILE: usize = 16;
+/// Output channels per packed weight block.
+const BLOCK: usize = 16;
+/// Bytes of one vector: sixteen lanes of four.
+const VECTOR: usize = 64;
+/// Output channels the dot-product kernel computes at once (weights padded to a multiple).
+const DOT_CHANNELS: usize = 4;
+
+/// The dot-product instruction sets with a kernel here, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    /// AVX-512 VNNI: `vpdpbusd` on 512-bit vectors.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
+    /// AVX-VNNI: the same instruction on 256-bit vectors, two per sixteen lanes.
+    #[cfg(target_arch = "x86_64")]
+    AvxVnni,
+}
+
+impl Isa {
+    /// The best set this CPU has, if any.
+    fn best() -> Option<Isa> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512f") {
+                return Some(Isa::Avx512Vnni);
+            }
+            if is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2") {
+                return Some(Isa::AvxVnni);
+            }
+        }
+        None
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => "avx512vnni",
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => "avxvnni",
+        }
+    }
+}
+
+/// The path int8 convolutions take on this CPU (for benchmark reports): a dot-product
+/// instruction set, or the exact f32 loop of [`super::conv`].
+pub(crate) fn kernel_path() -> &'static str {
+    Isa::best().map_or("f32-exact", Isa::name)
+}
+
+/// How the input is laid out for the kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Lanes along output columns, over quads of virtual channels (module doc). `fold`: the
+    /// virtual channels are (input channel, column shift) pairs and the kernel is one column
+    /// wide; `kw` is the kernel width over quads (1 when folded).
+    Rows { fold: bool, groups: usize, kw: usize },
+    /// One output pixel: lanes along the input, `bytes` per image (zero padded to whole
+    /// vectors).
+    Dot { bytes: usize },
+}
+
+/// An int8 convolution packed for the dot-product kernels: independent of the instruction
+/// set, which [`IntConv`] adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Packed {
+    geo: ConvGeometry,
+    layout: Layout,
+    /// i8 weights. Rows: `[block][group][ky][kx'][BLOCK][4]`, four weights per output channel
+    /// and tap; Dot: `[channel][bytes]`, channels padded to a multiple of [`DOT_CHANNELS`].
+    weights: Vec<u8>,
+    /// Per output channel, padded like the weights: `bias - u_zero * Σ w'` (wrapping).
+    offset: Vec<i32>,
+    /// The input zero point, unsigned: what padding is filled with.
+    u_zero: u8,
+    /// Added to an input integer to make it unsigned: 128 for i8 inputs, 0 for u8.
+    shift: i32,
+}
+
+impl Packed {
+    /// Packs `weights` (OIHW, already minus their zero point) and `bias` for an input of
+    /// integer range `x_range` (u8 or i8) with zero point `x_zero`. `None` when a weight does
+    /// not fit an i8 or the input type is neither.
+    pub(crate) fn new(
+        geo: ConvGeometry,
+        weights: &[i32],
+        bias: &[i32],
+        x_zero: i32,
+        x_range: (i32, i32),
+    ) -> Option<Packed> {
+        let shift = match x_range {
+            (0, 255) => 0,
+            (-128, 127) => 128,
+            _ => return None,
+        };
+        let u_zero = u8::try_from(x_zero + shift).ok()?;
+        let taps = geo.cin * geo.kh * geo.kw;
+        if weights.len() != geo.cout * taps || bias.len() != geo.cout {
+            return None;
+        }
+        let weights: Vec<i8> = weights.iter().map(|&w| i8::try_from(w).ok()).collect::<Option<_>>()?;
+        let one_pixel = geo.oh == 1
+            && geo.ow == 1
+            && geo.pad_top == 0
+            && geo.pad_left == 0
+            && (geo.kh, geo.kw) == (geo.h, geo.w);
+        let layout = if one_pixel {
+            Layout::Dot { bytes: taps.div_ceil(VECTOR) * VECTOR }
+        } else {
+            let folded = (geo.cin * geo.kw).div_ceil(4) * geo.kh;
+            let grouped = geo.cin.div_ceil(4) * geo.kh * geo.kw;
+            if folded < grouped {
+                Layout::Rows { fold: true, groups: (geo.cin * geo.kw).div_ceil(4), kw: 1 }
+            } else {
+                Layout::Rows { fold: false, groups: geo.cin.div_ceil(4), kw: geo.kw }
+            }
+        };
+        let channels = match layout {
+            Layout::Rows { .. } => geo.cout.div_ceil(BLOCK) * BLOCK,
+            Layout::Dot { .. } => geo.cout.div_ceil(DOT_CHANNELS) * DOT_CHANNELS,
+        };
+        let mut offset = vec![0i32; channels];
+        for (oc, (o, row)) in offset.iter_mut().zip(weights.chunks_exact(taps)).enumerate() {
+            let sum: i32 = row.iter().map(|&w| i32::from(w)).sum();
+            *o = bias[oc].wrapping_sub(i32::from(u_zero).wrapping_mul(sum));
+        }
+        let weight = |oc: usize, ci: usize, ky: usize, kx: usize| {
+            weights[((oc * geo.cin + ci) * geo.kh + ky) * geo.kw + kx]
+        };
+        let packed = match layout {
+            Layout::Dot { bytes } => {
+                let mut packed = vec![0u8; channels * bytes];
+                for (row, dst) in weights.chunks_exact(taps).zip(packed.chunks_exact_mut(bytes)) {
+                    for (d, &w) in dst.iter_mut().zip(row) {
+                        *d = w as u8;
+                    }
+                }
+                packed
+            }
+            Layout::Rows { fold, groups, kw } => {
+                let quad_taps = groups * geo.kh * kw;
+                let mut packed = vec![0u8; channels * quad_taps * 4];
+                for oc in 0..geo.cout {
+                    let block = &mut packed[oc / BLOCK * quad_taps * BLOCK * 4..][..quad_taps * BLOCK * 4];
+                    for g in 0..groups {
+                        for ky in 0..geo.kh {
+                            for kx in 0..kw {
+                                let tap = (g * geo.kh + ky) * kw + kx;
+                                for j in 0..4 {
+                                    let v = g * 4 + j;
+                                    let w = match fold {
+                                        true if v < geo.cin * geo.kw => {
+                                            weight(oc, v / geo.kw, ky, v % geo.kw)
+                                        }
+                                        false if v < geo.cin => weight(oc, v, ky, kx),
+                                        _ => 0,
+                                    };
+                                    block[(tap * BLOCK + oc % BLOCK) * 4 + j] = w as u8;
+                                }
+                            }
+                        }
+                    }
+                }
+                packed
+            }
+        };
+        Some(Packed { geo, layout, weights: packed, offset, u_zero, shift })
+    }
+
+    /// Added to an input integer to make it unsigned (0 or 128).
+    pub(crate) fn shift(&self) -> i32 {
+        self.shift
+    }
+
+    /// Row stride of the quads, in columns: whole tiles at every tap.
+    fn quad_width(&self, kw: usize) -> usize {
+        self.geo.tiles() * TILE + kw - 1
+    }
+
+    /// The output shape of one image: `[cout][oh][ow]`, or pooled `[cout][oh / 2][ow / 2]`.
+    fn image_out(&self, pool: bool) -> usize {
+        let g = &self.geo;
+        if pool { g.cout * (g.oh / 2) * (g.ow / 2) } else { g.cout * g.oh * g.ow }
+    }
+
+    /// Convolves a batch of `n` images with the kernel body `L`, `OB` output channels at a
+    /// time (`OB` divides [`BLOCK`]), and with `pool` takes the max of each 2x2 window (stride
+    /// 2, odd trailing rows and columns dropped) before storing. `load(p, plane)` writes input
+    /// plane `p` (image `p / cin`, channel `p % cin`) as unsigned bytes. `out` is
+    /// `[n][cout][oh][ow]`, or pooled `[n][cout][oh / 2][ow / 2]`.
+    ///
+    /// # Safety
+    /// The CPU has the instructions `L` uses.
+    #[inline(always)]
+    unsafe fn run_with<L: Lanes, const OB: usize>(
+        &self,
+        n: usize,
+        pool: bool,
+        load: &mut dyn FnMut(usize, &mut [u8]),
+        out: &mut [f32],
+    ) {
+        let g = &self.geo;
+        let image_out = self.image_out(pool);
+        if image_out == 0 {
+            return;
+        }
+        let images = out.chunks_exact_mut(image_out).take(n).enumerate();
+        match self.layout {
+            Layout::Dot { bytes } => {
+                let mut input = vec![0u8; bytes];
+                for (img, dst) in images {
+                    for (ci, chunk) in input.chunks_mut(g.h * g.w).take(g.cin).enumerate() {
+                        load(img * g.cin + ci, chunk);
+                    }
+                    // SAFETY: forwarded from the caller. (One pixel: there is nothing to pool,
+                    // and `image_out` is 0 when pooling.)
+                    unsafe { dot::<L>(self, bytes, &input, dst) };
+                }
+            }
+            Layout::Rows { fold, groups, kw } => {
+                let (ph, pw) = (g.padded_h(), g.padded_w());
+                let qw = self.quad_width(kw);
+                let mut plane = vec![0u8; g.h * g.w];
+                let mut padded = vec![self.u_zero; g.cin * ph * pw];
+                let mut quads = vec![0u8; groups * ph * qw * 4];
+                for (img, dst) in images {
+                    for ci in 0..g.cin {
+                        load(img * g.cin + ci, &mut plane);
+                        let padded_plane = &mut padded[ci * ph * pw..][..ph * pw];
+                        for (y, row) in plane.chunks_exact(g.w).enumerate() {
+                            padded_plane[(g.pad_top + y) * pw + g.pad_left..][..g.w].copy_from_slice(row);
+                        }
+                    }
+                    self.fill_quads(fold, groups, qw, &padded, &mut quads);
+                    let rows = Rows { p: self, groups, kw, qw, quads: &quads };
+                    // SAFETY: forwarded from the caller.
+                    unsafe {
+                        if pool {
+                            rows.pooled::<L, OB>(dst);
+                        } else {
+                            rows.plain::<L, OB>(dst);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lays the padded input planes (`[cin][ph][pw]`) out as quads (`[group][ph][qw][4]`).
+    /// Inlined into the kernels, so it is compiled for their instructions.
+    #[inline(always)]
+    fn fill_quads(&self, fold: bool, groups: usize, qw: usize, padded: &[u8], quads: &mut [u8]) {
+        let g = &self.geo;
+        let (ph, pw) = (g.padded_h(), g.padded_w());
+        let zeros = vec![0u8; qw];
+        for group in 0..groups {
+            for y in 0..ph {
+                // The row of virtual channel `v`, shifted by its column offset when folded.
+                let source = |v: usize| -> &[u8] {
+                    let (ci, dx) = if fold { (v / g.kw, v % g.kw) } else { (v, 0) };
+                    if ci < g.cin { &padded[(ci * ph + y) * pw + dx..][..qw] } else { &zeros }
+                };
+                let (a, b) = (source(group * 4), source(group * 4 + 1));
+                let (c, d) = (source(group * 4 + 2), source(group * 4 + 3));
+                let dst = &mut quads[(group * ph + y) * qw * 4..][..qw * 4];
+                let columns = a.iter().zip(b).zip(c.iter().zip(d));
+                for (quad, ((&a, &b), (&c, &d))) in dst.chunks_exact_mut(4).zip(columns) {
+                    quad.copy_from_slice(&[a, b, c, d]);
+                }
+            }
+        }
+    }
+}
+
+/// The row kernel over one image's quads: lanes along output columns.
+struct Rows<'a> {
+    p: &'a Packed,
+    /// Groups of four virtual channels.
+    groups: usize,
+    /// Kernel width over quads.
+    kw: usize,
+    /// Row stride of the quads, in columns.
+    qw: usize,
+    quads: &'a [u8],
+}
+
+impl Rows<'_> {
+    /// The sums of output row `y`, columns `x0..x0 + 16`, for output channels `oc0..oc0 + OB`
+    /// (weights block `block`, channels `sub..` within it), bias and zero points included.
+    ///
+    /// # Safety
+    /// The CPU has the instructions `L` uses.
+    #[inline(always)]
+    unsafe fn tile<L: Lanes, const OB: usize>(
+        &self,
+        block: usize,
+        sub: usize,
+        y: usize,
+        x0: usize,
+    ) -> [L; OB] {
+        let (p, g) = (self.p, &self.p.geo);
+        let taps = self.groups * g.kh * self.kw;
+        let weights = &p.weights[(block * taps * BLOCK + sub) * 4..];
+        let oc0 = block * BLOCK + sub;
+        // SAFETY: the caller's CPU has `L`'s instructions, all `L`'s methods need; each
+        // `load` gets a 64-byte slice.
+        unsafe {
+            let mut acc = [L::splat(0); OB];
+            for (a, &o) in acc.iter_mut().zip(&p.offset[oc0..]) {
+                *a = L::splat(o);
+            }
+            for group in 0..self.groups {
+                for ky in 0..g.kh {
+                    let row = (group * g.padded_h() + y + ky) * self.qw + x0;
+                    // One slice per row, checked once; the taps below index within it.
+                    let row = &self.quads[row * 4..][..(TILE + self.kw - 1) * 4];
+                    let tap0 = (group * g.kh + ky) * self.kw;
+                    for kx in 0..self.kw {
+                        let v = L::load(&row[kx * 4..][..VECTOR]);
+                        let w = &weights[(tap0 + kx) * BLOCK * 4..][..OB * 4];
+                        for (a, quad) in acc.iter_mut().zip(w.chunks_exact(4)) {
+                            let word = i32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]);
+                            *a = a.dot(v, L::splat(word));
+                        }
+                    }
+                }
+            }
+            acc
+        }
+    }
+
+    /// Every output row into `out` (`[cout][oh][ow]`).
+    ///
+    /// # Safety
+    /// The CPU has the instructions `L` uses.
+    #[inline(always)]
+    unsafe fn plain<L: Lanes, const OB: usize>(&self, out: &mut [f32]) {
+        let g = &self.p.geo;
+        for (block, sub) in self.channel_tiles::<OB>() {
+            let oc0 = block * BLOCK + sub;
+            for y in 0..g.oh {
+                for x0 in (0..g.ow).step_by(TILE) {
+                    let cols = TILE.min(g.ow - x0);
+                    // SAFETY: the caller's CPU has `L`'s instructions.
+                    let acc = unsafe { self.tile::<L, OB>(block, sub, y, x0) };
+                    // Indexed, not iterated: an array iterator would move the vectors through
+                    // memory.
+                    for (ob, oc) in (oc0..g.cout.min(oc0 + OB)).enumerate() {
+                        let dst = &mut out[(oc * g.oh + y) * g.ow + x0..][..cols];
+                        // SAFETY: as above.
+                        unsafe { acc[ob].store(dst) };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every pair of output rows, max-pooled 2x2 with stride 2, into `out` (`[cout][oh /
+    /// 2][ow / 2]`).
+    ///
+    /// # Safety
+    /// The CPU has the instructions `L` uses.
+    #[inline(always)]
+    unsafe fn pooled<L: Lanes, const OB: usize>(&self, out: &mut [f32]) {
+        let g = &self.p.geo;
+        let (oh, ow) = (g.oh / 2, g.ow / 2);
+        for (block, sub) in self.channel_tiles::<OB>() {
+            let oc0 = block * BLOCK + sub;
+            for y in 0..oh {
+                for x0 in (0..2 * ow).step_by(TILE) {
+                    let cols = (TILE / 2).min(ow - x0 / 2);
+                    // SAFETY: the caller's CPU has `L`'s instructions.
+                    let (top, bottom) = unsafe {
+                        (
+                            self.tile::<L, OB>(block, sub, 2 * y, x0),
+                            self.tile::<L, OB>(block, sub, 2 * y + 1, x0),
+                        )
+                    };
+                    for (ob, oc) in (oc0..g.cout.min(oc0 + OB)).enumerate() {
+                        let dst = &mut out[(oc * oh + y) * ow + x0 / 2..][..cols];
+                        // SAFETY: as above.
+                        unsafe { top[ob].max(bottom[ob]).store_pair_max(dst) };
+                    }
+                }
+            }
+        }
+    }
+
+    /// The (block, first channel within it) of every tile of `OB` live output channels.
+    fn channel_tiles<const OB: usize>(&self) -> impl Iterator<Item = (usize, usize)> + use<OB> {
+        let cout = self.p.geo.cout;
+        (0..cout.div_ceil(BLOCK))
+            .flat_map(|block| (0..BLOCK).step_by(OB).map(move |sub| (block, sub)))
+            .filter(move |(block, sub)| block * BLOCK + sub < cout)
+    }
+}
+
+/// The one-pixel kernel: a dot product of the whole input (`bytes`, zero padded) with each
+/// channel's weights, [`DOT_CHANNELS`] channels sharing each input load.
+///
+/// # Safety
+/// The CPU has the instructions `L` uses.
+#[inline(always)]
+unsafe fn dot<L: Lanes>(p: &Packed, bytes: usize, input: &[u8], out: &mut [f32]) {
+    let cout = p.geo.cout;
+    let rows = p.weights.chunks_exact(bytes * DOT_CHANNELS);
+    for (chunk, weights) in rows.enumerate() {
+        let oc0 = chunk * DOT_CHANNELS;
+        // SAFETY: the caller's CPU has `L`'s instructions, all `L`'s methods need; each
+        // `load` gets a 64-byte slice.
+        let sums = unsafe {
+            let mut acc = [L::splat(0); DOT_CHANNELS];
+            for (i, x) in input[..bytes].chunks_exact(VECTOR).enumerate() {
+                let v = L::load(x);
+                for (c, a) in acc.iter_mut().enumerate() {
+                    *a = a.dot(v, L::load(&weights[c * bytes + i * VECTOR..][..VECTOR]));
+                }
+            }
+            acc.map(|a| a.sum())
+        };
+        for (oc, sum) in (oc0..cout).zip(sums) {
+            out[oc] = p.offset[oc].wrapping_add(sum) as f32;
+        }
+    }
+}
+
+/// Sixteen i32 lanes and the four-way u8 x i8 dot product, on one instruction set. Every
+/// method is `unsafe`: the CPU must have the instructions of the implementation. They are
+/// inlined into kernels compiled for those instructions.
+trait Lanes: Copy {
+    /// Every lane `v`.
+    unsafe fn splat(v: i32) -> Self;
+    /// Lane `i` from bytes `4i..4i + 4` of the first sixty-four of `bytes` (panics on fewer).
+    unsafe fn load(bytes: &[u8]) -> Self;
+    /// Per lane: `self + Σ_j u8(input byte j) * i8(weights byte j)`, wrapping.
+    unsafe fn dot(self, input: Self, weights: Self) -> Self;
+    /// Per lane, the larger.
+    unsafe fn max(self, other: Self) -> Self;
+    /// The first `dst.len()` (at most sixteen) lanes, as f32.
+    unsafe fn store(self, dst: &mut [f32]);
+    /// The larger of lanes `2i` and `2i + 1`, as f32, for the first `dst.len()` (at most
+    /// eight) `i`.
+    unsafe fn store_pair_max(self, dst: &mut [f32]);
+    /// The sum of the lanes, wrapping.
+    unsafe fn sum(self) -> i32;
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{Lanes, Packed, VECTOR};
+
+    /// AVX-512 VNNI: one 512-bit vector.
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx512(__m512i);
+
+    // Each method is compiled for the instructions, so the intrinsics inline into it and it
+    // into the kernels; callers run on a CPU that has them.
+    impl Lanes for Avx512 {
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512vnni")]
+        unsafe fn splat(v: i32) -> Avx512 {
+            Avx512(_mm512_set1_epi32(v))
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512vnni")]
+        unsafe fn load(bytes: &[u8]) -> Avx512 {
+            let bytes = &bytes[..VECTOR];
+            // SAFETY: `bytes` holds the 64 bytes read.
+            Avx512(unsafe { _mm512_loadu_si512(bytes.as_ptr().cast()) })
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512vnni")]
+        unsafe fn dot(self, input: Avx512, weights: Avx512) -> Avx512 {
+            Avx512(_mm512_dpbusd_epi32(self.0, input.0, weights.0))
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512vnni")]
+        unsafe fn max(self, other: Avx512) -> Avx512 {
+            Avx512(_mm512_max_epi32(self.0, other.0))
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512vnni")]
+        unsafe fn store(self, dst: &mut [f32]) {
+            let n = dst.len().min(16);
+            let mask: __mmask16 = if n == 16 { !0 } else { (1u16 << n) - 1 };
+            // SAFETY: the mask writes exactly `n <= dst.len()` floats.
+            unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr(), mask, _mm512_cvtepi32_ps(self.0)) };
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512vnni")]
+        unsafe fn store_pair_max(self, dst: &mut [f32]) {
+            // Even lanes and odd lanes side by side in the low halves of two vectors.
+            let even = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 14, 12, 10, 8, 6, 4, 2, 0);
+            let odd = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 15, 13, 11, 9, 7, 5, 3, 1);
+            let pairs = _mm512_max_epi32(
+                _mm512_permutexvar_epi32(even, self.0),
+                _mm512_permutexvar_epi32(odd, self.0),
+            );
+            let n = dst.len().min(8);
+            let mask: __mmask16 = (1u16 << n) - 1;
+            // SAFETY: the mask writes exactly `n <= dst.len()` floats.
+            unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr(), mask, _mm512_cvtepi32_ps(pairs)) };
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512vnni")]
+        unsafe fn sum(self) -> i32 {
+            _mm512_reduce_add_epi32(self.0)
+        }
+    }
+
+    /// AVX-VNNI: two 256-bit vectors.
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx256([__m256i; 2]);
+
+    impl Avx256 {
+        /// The sixteen lanes.
+        #[inline]
+        #[target_feature(enable = "avx2,avxvnni")]
+        fn lanes(self) -> [i32; 16] {
+            let mut lanes = [0i32; 16];
+            // SAFETY: each half of `lanes` holds 8 i32.
+            unsafe {
+                _mm256_storeu_si256(lanes.as_mut_ptr().cast(), self.0[0]);
+                _mm256_storeu_si256(lanes[8..].as_mut_ptr().cast(), self.0[1]);
+            }
+            lanes
+        }
+    }
+
+    // As for `Avx512`.
+    impl Lanes for Avx256 {
+        #[inline]
+        #[target_feature(enable = "avx2,avxvnni")]
+        unsafe fn splat(v: i32) -> Avx256 {
+            Avx256([_mm256_set1_epi32(v); 2])
+        }
+        #[inline]
+        #[target_feature(enable = "avx2,avxvnni")]
+        unsafe fn load(bytes: &[u8]) -> Avx256 {
+            let bytes = &bytes[..VECTOR];
+            // SAFETY: `bytes` holds the 64 bytes read, 32 per half.
+            unsafe {
+                Avx256([
+                    _mm256_loadu_si256(bytes.as_ptr().cast()),
+                    _mm256_loadu_si256(bytes[32..].as_ptr().cast()),
+                ])
+            }
+        }
+        #[inline]
+        #[target_feature(enable = "avx2,avxvnni")]
+        unsafe fn dot(self, input: Avx256, weights: Avx256) -> Avx256 {
+            Avx256([
+                _mm256_dpbusd_avx_epi32(self.0[0], input.0[0], weights.0[0]),
+                _mm256_dpbusd_avx_epi32(self.0[1], input.0[1], weights.0[1]),
+            ])
+        }
+        #[inline]
+        #[target_feature(enable = "avx2,avxvnni")]
+        unsafe fn max(self, other: Avx256) -> Avx256 {
+            Avx256([_mm256_max_epi32(self.0[0], other.0[0]), _mm256_max_epi32(self.0[1], other.0[1])])
+        }
+        #[inline]
+        #[target_feature(enable = "avx2,avxvnni")]
+        unsafe fn store(self, dst: &mut [f32]) {
+            for (d, v) in dst.iter_mut().zip(self.lanes()) {
+                *d = v as f32;
+            }
+        }
+        #[inline]
+        #[target_feature(enable = "avx2,avxvnni")]
+        unsafe fn store_pair_max(self, dst: &mut [f32]) {
+            for (d, pair) in dst.iter_mut().zip(self.lanes().chunks_exact(2)) {
+                *d = pair[0].max(pair[1]) as f32;
+            }
+        }
+        #[inline]
+        #[target_feature(enable = "avx2,avxvnni")]
+        unsafe fn sum(self) -> i32 {
+            self.lanes().iter().fold(0i32, |s, &v| s.wrapping_add(v))
+        }
+    }
+
+    /// Sixteen channels per tile on AVX-512 (sixteen zmm accumulators); eight when pooling
+    /// (two rows of eight) or when there are no more channels.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub(super) fn run_avx512(
+        p: &Packed,
+        n: usize,
+        pool: bool,
+        load: &mut dyn FnMut(usize, &mut [u8]),
+        out: &mut [f32],
+    ) {
+        // SAFETY: this function is compiled for, and only called on, AVX-512 VNNI.
+        unsafe {
+            if pool || p.geo.cout <= 8 {
+                p.run_with::<Avx512, 8>(n, pool, load, out);
+            } else {
+                p.run_with::<Avx512, 16>(n, pool, load, out);
+            }
+        }
+    }
+
+    /// Four channels per tile on AVX-VNNI: eight ymm accumulators of sixteen registers.
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub(super) fn run_avx256(
+        p: &Packed,
+        n: usize,
+        pool: bool,
+        load: &mut dyn FnMut(usize, &mut [u8]),
+        out: &mut [f32],
+    ) {
+        // SAFETY: this function is compiled for, and only called on, AVX-VNNI.
+        unsafe { p.run_with::<Avx256, 4>(n, pool, load, out) };
+    }
+}
+
+/// A packed int8 convolution and the instruction set that runs it on this CPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IntConv {
+    packed: Packed,
+    isa: Isa,
+}
+
+impl IntConv {
+    /// [`Packed::new`] on a CPU with a dot-product instruction set; `None` elsewhere (the
+    /// f32 loop runs the convolution) or when the weights do not fit.
+    pub(crate) fn new(
+        geo: ConvGeometry,
+        weights: &[i32],
+        bias: &[i32],
+        x_zero: i32,
+        x_range: (i32, i32),
+    ) -> Option<IntConv> {
+        let isa = Isa::best()?;
+        Some(IntConv { packed: Packed::new(geo, weights, bias, x_zero, x_range)?, isa })
+    }
+
+    /// Added to an input integer to make it unsigned (0 or 128).
+    pub(crate) fn shift(&self) -> i32 {
+        self.packed.shift()
+    }
+
+    /// Convolves `n` images into `out` (`[n][cout][oh][ow]`, bias added, before
+    /// requantisation), with `pool` max-pooled 2x2 with stride 2 (`[n][cout][oh / 2][ow /
+    /// 2]`); `load(p, plane)` writes input plane `p` as unsigned bytes.
+    pub(crate) fn run(&self, n: usize, pool: bool, mut load: impl FnMut(usize, &mut [u8]), out: &mut [f32]) {
+        match self.isa {
+            // SAFETY: `Isa::best` found the instructions on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => unsafe { x86::run_avx512(&self.packed, n, pool, &mut load, out) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => unsafe { x86::run_avx256(&self.packed, n, pool, &mut load, out) },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The instruction emulated in plain Rust: checks the packing and layout on any CPU.
+    #[derive(Clone, Copy)]
+    struct Emulated([i32; 16]);
+
+    impl Lanes for Emulated {
+        unsafe fn splat(v: i32) -> Emulated {
+            Emulated([v; 16])
+        }
+        unsafe fn load(bytes: &[u8]) -> Emulated {
+            Emulated(std::array::from_fn(|i| i32::from_le_bytes(bytes[i * 4..][..4].try_into().unwrap())))
+        }
+        unsafe fn max(self, other: Emulated) -> Emulated {
+            Emulated(std::array::from_fn(|i| self.0[i].max(other.0[i])))
+        }
+        unsafe fn store_pair_max(self, dst: &mut [f32]) {
+            for (d, pair) in dst.iter_mut().zip(self.0.chunks_exact(2)) {
+                *d = pair[0].max(pair[1]) as f32;
+            }
+        }
+        unsafe fn dot(self, input: Emulated, weights: Emulated) -> Emulated {
+            Emulated(std::array::from_fn(|i| {
+                let (x, w) = (input.0[i].to_le_bytes(), weights.0[i].to_le_bytes());
+                (0..4).fold(self.0[i], |s, j| s.wrapping_add(i32::from(x[j]) * i32::from(w[j] as i8)))
+            }))
+        }
+        unsafe fn store(self, dst: &mut [f32]) {
+            for (d, &v) in dst.iter_mut().zip(&self.0) {
+                *d = v as f32;
+            }
+        }
+        unsafe fn sum(self) -> i32 {
+            self.0.iter().fold(0i32, |s, &v| s.wrapping_add(v))
+        }
+    }
+
+    /// The reference: `Σ (x - x_zero) * w + bias` straight from the definition, in i64.
+    fn reference(geo: &ConvGeometry, x: &[i32], x_zero: i32, w: &[i32], bias: &[i32], n: usize) -> Vec<f32> {
+        let mut out = Vec::new();
+        for img in 0..n {
+            for oc in 0..geo.cout {
+                for oy in 0..geo.oh {
+                    for ox in 0..geo.ow {
+                        let mut acc = i64::from(bias[oc]);
+                        for ci in 0..geo.cin {
+                            for ky in 0..geo.kh {
+                                for kx in 0..geo.kw {
+                                    let (iy, ix) = (
+                                        (oy + ky) as i64 - geo.pad_top as i64,
+                                        (ox + kx) as i64 - geo.pad_left as i64,
+                                    );
+                                    if iy < 0 || ix < 0 || iy >= geo.h as i64 || ix >= geo.w as i64 {
+                                        continue;
+                                    }
+                                    let xv =
+                                        x[((img * geo.cin + ci) * geo.h + iy as usize) * geo.w + ix as usize];
+                                    let wv = w[((oc * geo.cin + ci) * geo.kh + ky) * geo.kw + kx];
+                                    acc += i64::from(xv - x_zero) * i64::from(wv);
+                                }
+                            }
+                        }
+                        out.push(acc as f32);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    struct Case {
+        geo: ConvGeometry,
+        x: Vec<i32>,
+        w: Vec<i32>,
+        bias: Vec<i32>,
+        x_zero: i32,
+        x_range: (i32, i32),
+        n: usize,
+    }
+
+    fn cases() -> Vec<Case> {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |m: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % m
+        };
+        let geo = |cin, cout, h, w, kh, kw, pad| ConvGeometry {
+            cin,
+            cout,
+            h,
+            w,
+            kh,
+            kw,
+            pad_top: pad,
+            pad_left: pad,
+            oh: h + 2 * pad + 1 - kh,
+            ow: w + 2 * pad + 1 - kw,
+        };
+        // The edge model's layers, its classifier as a convolution, then odd shapes: few
+        // and many channels, folded and grouped layouts, partial tiles and blocks.
+        let shapes = [
+            geo(1, 8, 28, 28, 3, 3, 1),
+            geo(8, 16, 14, 14, 3, 3, 1),
+            geo(1, 10, 28, 28, 28, 28, 0),
+            geo(3, 11, 9, 37, 3, 2, 1),
+            geo(2, 24, 5, 17, 3, 3, 0),
+            geo(5, 17, 6, 20, 1, 1, 0),
+            geo(7, 5, 8, 8, 5, 5, 2),
+            geo(16, 33, 7, 7, 3, 3, 1),
+            geo(3, 3, 4, 4, 4, 4, 0),
+        ];
+        let mut cases = Vec::new();
+        for (i, geo) in shapes.into_iter().enumerate() {
+            let x_range = if i % 2 == 0 { (0, 255) } else { (-128, 127) };
+            let span = (x_range.1 - x_range.0 + 1) as u64;
+            let n = 1 + i % 3;
+            let x = (0..n * geo.cin * geo.h * geo.w).map(|_| x_range.0 + next(span) as i32).collect();
+            // Extremes included: -128 and 127 weights, zero points at both ends.
+            let w = (0..geo.cout * geo.cin * geo.kh * geo.kw).map(|_| next(256) as i32 - 128).collect();
+            let bias = (0..geo.cout).map(|_| next(20_001) as i32 - 10_000).collect();
+            let x_zero = [x_range.0, x_range.1, x_range.0 + 37][i % 3];
+            cases.push(Case { geo, x, w, bias, x_zero, x_range, n });
+        }
+        cases
+    }
+
+    /// Packs `case` and runs it through `run` (pooled or not), loading its input as unsigned
+    /// bytes.
+    fn run_case(
+        case: &Case,
+        pool: bool,
+        run: impl Fn(&Packed, &mut dyn FnMut(usize, &mut [u8]), &mut [f32]),
+    ) -> Vec<f32> {
+        let g = &case.geo;
+        let packed = Packed::new(*g, &case.w, &case.bias, case.x_zero, case.x_range).expect("weights fit i8");
+        let plane = g.h * g.w;
+        let shift = packed.shift();
+        let mut load = |p: usize, dst: &mut [u8]| {
+            for (d, &v) in dst.iter_mut().zip(&case.x[p * plane..][..plane]) {
+                *d = (v + shift) as u8;
+            }
+        };
+        let mut out = vec![f32::NAN; case.n * packed.image_out(pool)];
+        run(&packed, &mut load, &mut out);
+        out
+    }
+
+    /// The reference for `case`, max-pooled by the f32 loop's pool when `pool`.
+    fn expected(case: &Case, pool: bool) -> Vec<f32> {
+        let g = &case.geo;
+        let plain = reference(g, &case.x, case.x_zero, &case.w, &case.bias, case.n);
+        if pool { crate::backend::tract::pool::pool(&plain, &[case.n, g.cout, g.oh, g.ow]).0 } else { plain }
+    }
+
+    #[test]
+    fn the_packed_layout_computes_the_convolution_exactly() {
+        for case in cases() {
+            for pool in [false, true] {
+                let expected = expected(&case, pool);
+                // SAFETY: the emulation needs no CPU feature.
+                let got = run_case(&case, pool, |p, load, out| unsafe {
+                    p.run_with::<Emulated, 16>(case.n, pool, load, out)
+                });
+                assert_eq!(bits(&expected), bits(&got), "{:?} pool {pool}", case.geo);
+                // SAFETY: as above.
+                let got = run_case(&case, pool, |p, load, out| unsafe {
+                    p.run_with::<Emulated, 4>(case.n, pool, load, out)
+                });
+                assert_eq!(bits(&expected), bits(&got), "{:?} pool {pool}", case.geo);
+            }
+        }
+    }
+
+    #[test]
+    fn every_dot_product_kernel_this_cpu_has_matches_the_reference_bit_for_bit() {
+        let mut ran = Vec::new();
+        for case in cases() {
+            for pool in [false, true] {
+                let expected = expected(&case, pool);
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512f") {
+                        // SAFETY: the CPU has the features.
+                        let got = run_case(&case, pool, |p, load, out| unsafe {
+                            x86::run_avx512(p, case.n, pool, load, out)
+                        });
+                        assert_eq!(bits(&expected), bits(&got), "avx512vnni {:?} pool {pool}", case.geo);
+                        ran.push("avx512vnni");
+                    }
+                    if is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2") {
+                        // SAFETY: the CPU has the features.
+                        let got = run_case(&case, pool, |p, load, out| unsafe {
+                            x86::run_avx256(p, case.n, pool, load, out)
+                        });
+                        assert_eq!(bits(&expected), bits(&got), "avxvnni {:?} pool {pool}", case.geo);
+                        ran.push("avxvnni");
+                    }
+                }
+            }
+        }
+        ran.sort();
+        ran.dedup();
+        eprintln!("dot-product kernels checked on this CPU: {ran:?} (best: {})", kernel_path());
+    }
+
+    #[test]
+    fn weights_outside_i8_or_foreign_input_types_are_left_to_the_f32_loop() {
+        let case = &cases()[0];
+        let g = case.geo;
+        assert!(Packed::new(g, &case.w, &case.bias, case.x_zero, case.x_range).is_some());
+        let mut wide = case.w.clone();
+        wide[3] = 128;
+        assert!(Packed::new(g, &wide, &case.bias, case.x_zero, case.x_range).is_none());
+        assert!(Packed::new(g, &case.w, &case.bias, 0, (-32768, 32767)).is_none());
+        assert!(Packed::new(g, &case.w, &case.bias, 300, (0, 255)).is_none());
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+}
