@@ -8,7 +8,8 @@
 #      default features (no wgpu, no plugin compiler), into target/cross/, and prints its
 #      size as `device.aarch64.binary_bytes`;
 #   2. runs the runtime's unit tests there, under qemu-aarch64: the portable paths of our
-#      convolution kernels and tract's NEON kernels are what run on aarch64;
+#      convolution kernels, the `sdot` int8 kernel (qemu's CPU has the dot-product
+#      extension) and tract's NEON kernels are what run on aarch64;
 #   3. runs `edge-node demo --models-only --json --limit 500` under qemu and on this machine, and checks
 #      that each model's accuracy, size and work are the same (latencies are not compared:
 #      qemu emulates);

@@ -2,7 +2,8 @@
 //!
 //! [`super::conv`] runs an int8 convolution exactly on its f32 loop: one multiply-add per
 //! lane and instruction. Where the CPU has a four-way u8 x i8 dot product into i32 lanes
-//! (AVX-512 VNNI `vpdpbusd` on sixteen lanes, AVX-VNNI the same on eight), one instruction
+//! (AVX-512 VNNI `vpdpbusd` on sixteen lanes, AVX-VNNI the same on eight; signed by signed,
+//! `sdot`, on aarch64 with the dot-product extension), one instruction
 //! does four multiply-adds per lane, on inputs a quarter the size. This module is that path:
 //! weights packed at load, the input re-laid per image, and the kernels, one body for every
 //! instruction set ([`Lanes`]). It produces the f32 loop's accumulators bit for bit (the unit
@@ -14,7 +15,9 @@
 //! weights, minus their zero point, must fit an i8 or this path is not built. Then
 //! `Σ (x - x_zero)(w - w_zero) = Σ u·w' - u_zero·Σ w'`, and the second term and the bias are
 //! one constant per output channel ([`Packed::offset`]). Padding is filled with `u_zero`, so
-//! a padded tap adds `u_zero·w'`, which that constant takes back. The i32 lanes wrap, so the
+//! a padded tap adds `u_zero·w'`, which that constant takes back. `sdot` multiplies signed
+//! bytes: its kernels load each input byte as `u - 128` and their constant adds `128·Σ w'`
+//! back ([`Lanes::SIGNED`]). The i32 lanes wrap, so the
 //! sums are exact modulo 2^32; the true result is below 2^24 in magnitude (checked at load
 //! for the f32 loop), so it is exact, and exact again as the f32 the shared tail takes.
 //!
@@ -52,6 +55,9 @@ enum Isa {
     /// AVX-VNNI: the same instruction on 256-bit vectors, two per sixteen lanes.
     #[cfg(target_arch = "x86_64")]
     AvxVnni,
+    /// aarch64's dot-product extension: `sdot` on four 128-bit vectors.
+    #[cfg(target_arch = "aarch64")]
+    Sdot,
 }
 
 impl Isa {
@@ -66,6 +72,10 @@ impl Isa {
                 return Some(Isa::AvxVnni);
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            return Some(Isa::Sdot);
+        }
         None
     }
 
@@ -75,6 +85,8 @@ impl Isa {
             Isa::Avx512Vnni => "avx512vnni",
             #[cfg(target_arch = "x86_64")]
             Isa::AvxVnni => "avxvnni",
+            #[cfg(target_arch = "aarch64")]
+            Isa::Sdot => "sdot",
         }
     }
 }
@@ -108,6 +120,8 @@ pub(crate) struct Packed {
     weights: Vec<u8>,
     /// Per output channel, padded like the weights: `bias - u_zero * Σ w'` (wrapping).
     offset: Vec<i32>,
+    /// The same for signed-input instructions: `bias - (u_zero - 128) * Σ w'`.
+    offset_signed: Vec<i32>,
     /// The input zero point, unsigned: what padding is filled with.
     u_zero: u8,
     /// Added to an input integer to make it unsigned: 128 for i8 inputs, 0 for u8.
@@ -156,10 +170,11 @@ impl Packed {
             Layout::Rows { .. } => geo.cout.div_ceil(BLOCK) * BLOCK,
             Layout::Dot { .. } => geo.cout.div_ceil(DOT_CHANNELS) * DOT_CHANNELS,
         };
-        let mut offset = vec![0i32; channels];
-        for (oc, (o, row)) in offset.iter_mut().zip(weights.chunks_exact(taps)).enumerate() {
+        let (mut offset, mut offset_signed) = (vec![0i32; channels], vec![0i32; channels]);
+        for (oc, row) in weights.chunks_exact(taps).enumerate() {
             let sum: i32 = row.iter().map(|&w| i32::from(w)).sum();
-            *o = bias[oc].wrapping_sub(i32::from(u_zero).wrapping_mul(sum));
+            offset[oc] = bias[oc].wrapping_sub(i32::from(u_zero).wrapping_mul(sum));
+            offset_signed[oc] = bias[oc].wrapping_sub((i32::from(u_zero) - 128).wrapping_mul(sum));
         }
         let weight = |oc: usize, ci: usize, ky: usize, kx: usize| {
             weights[((oc * geo.cin + ci) * geo.kh + ky) * geo.kw + kx]
@@ -201,7 +216,12 @@ impl Packed {
                 packed
             }
         };
-        Some(Packed { geo, layout, weights: packed, offset, u_zero, shift })
+        Some(Packed { geo, layout, weights: packed, offset, offset_signed, u_zero, shift })
+    }
+
+    /// The per-channel constants for kernel body `L`.
+    fn offsets<L: Lanes>(&self) -> &[i32] {
+        if L::SIGNED { &self.offset_signed } else { &self.offset }
     }
 
     /// Added to an input integer to make it unsigned (0 or 128).
@@ -343,7 +363,7 @@ impl Rows<'_> {
         // `load` gets a 64-byte slice.
         unsafe {
             let mut acc = [L::splat(0); OB];
-            for (a, &o) in acc.iter_mut().zip(&p.offset[oc0..]) {
+            for (a, &o) in acc.iter_mut().zip(&p.offsets::<L>()[oc0..]) {
                 *a = L::splat(o);
             }
             for group in 0..self.groups {
@@ -353,7 +373,7 @@ impl Rows<'_> {
                     let row = &self.quads[row * 4..][..(TILE + self.kw - 1) * 4];
                     let tap0 = (group * g.kh + ky) * self.kw;
                     for kx in 0..self.kw {
-                        let v = L::load(&row[kx * 4..][..VECTOR]);
+                        let v = L::load_input(&row[kx * 4..][..VECTOR]);
                         let w = &weights[(tap0 + kx) * BLOCK * 4..][..OB * 4];
                         for (a, quad) in acc.iter_mut().zip(w.chunks_exact(4)) {
                             let word = i32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]);
@@ -448,7 +468,7 @@ unsafe fn dot<L: Lanes>(p: &Packed, bytes: usize, input: &[u8], out: &mut [f32])
         let sums = unsafe {
             let mut acc = [L::splat(0); DOT_CHANNELS];
             for (i, x) in input[..bytes].chunks_exact(VECTOR).enumerate() {
-                let v = L::load(x);
+                let v = L::load_input(x);
                 for (c, a) in acc.iter_mut().enumerate() {
                     *a = a.dot(v, L::load(&weights[c * bytes + i * VECTOR..][..VECTOR]));
                 }
@@ -456,7 +476,7 @@ unsafe fn dot<L: Lanes>(p: &Packed, bytes: usize, input: &[u8], out: &mut [f32])
             acc.map(|a| a.sum())
         };
         for (oc, sum) in (oc0..cout).zip(sums) {
-            out[oc] = p.offset[oc].wrapping_add(sum) as f32;
+            out[oc] = p.offsets::<L>()[oc].wrapping_add(sum) as f32;
         }
     }
 }
@@ -465,11 +485,16 @@ unsafe fn dot<L: Lanes>(p: &Packed, bytes: usize, input: &[u8], out: &mut [f32])
 /// method is `unsafe`: the CPU must have the instructions of the implementation. They are
 /// inlined into kernels compiled for those instructions.
 trait Lanes: Copy {
+    /// The instruction multiplies signed input bytes: [`Lanes::load_input`] loads `u - 128`.
+    const SIGNED: bool;
     /// Every lane `v`.
     unsafe fn splat(v: i32) -> Self;
     /// Lane `i` from bytes `4i..4i + 4` of the first sixty-four of `bytes` (panics on fewer).
     unsafe fn load(bytes: &[u8]) -> Self;
-    /// Per lane: `self + Σ_j u8(input byte j) * i8(weights byte j)`, wrapping.
+    /// [`Lanes::load`] of unsigned input bytes, each less 128 where [`Lanes::SIGNED`].
+    unsafe fn load_input(bytes: &[u8]) -> Self;
+    /// Per lane: `self + Σ_j input byte j * i8(weights byte j)`, wrapping; input bytes are u8,
+    /// or i8 where [`Lanes::SIGNED`].
     unsafe fn dot(self, input: Self, weights: Self) -> Self;
     /// Per lane, the larger.
     unsafe fn max(self, other: Self) -> Self;
@@ -495,6 +520,13 @@ mod x86 {
     // Each method is compiled for the instructions, so the intrinsics inline into it and it
     // into the kernels; callers run on a CPU that has them.
     impl Lanes for Avx512 {
+        const SIGNED: bool = false;
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512vnni")]
+        unsafe fn load_input(bytes: &[u8]) -> Avx512 {
+            // SAFETY: same contract.
+            unsafe { Avx512::load(bytes) }
+        }
         #[inline]
         #[target_feature(enable = "avx512f,avx512vnni")]
         unsafe fn splat(v: i32) -> Avx512 {
@@ -568,6 +600,13 @@ mod x86 {
 
     // As for `Avx512`.
     impl Lanes for Avx256 {
+        const SIGNED: bool = false;
+        #[inline]
+        #[target_feature(enable = "avx2,avxvnni")]
+        unsafe fn load_input(bytes: &[u8]) -> Avx256 {
+            // SAFETY: same contract.
+            unsafe { Avx256::load(bytes) }
+        }
         #[inline]
         #[target_feature(enable = "avx2,avxvnni")]
         unsafe fn splat(v: i32) -> Avx256 {
@@ -653,6 +692,142 @@ mod x86 {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use std::arch::aarch64::*;
+    use std::arch::asm;
+
+    use super::{Lanes, Packed, VECTOR};
+
+    /// `sdot`: the signed dot product of four byte pairs into each i32 lane. Written as
+    /// assembly: its intrinsic (`vdotq_s32`) is not stable Rust yet.
+    #[inline]
+    #[target_feature(enable = "neon,dotprod")]
+    fn sdot(acc: int32x4_t, input: int8x16_t, weights: int8x16_t) -> int32x4_t {
+        let mut acc = acc;
+        // SAFETY: reads and writes only the three registers; the CPU has the dot-product
+        // extension (this function's target feature).
+        unsafe {
+            asm!(
+                ".arch_extension dotprod",
+                "sdot {acc:v}.4s, {input:v}.16b, {weights:v}.16b",
+                acc = inout(vreg) acc,
+                input = in(vreg) input,
+                weights = in(vreg) weights,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+        }
+        acc
+    }
+
+    /// Four 128-bit vectors.
+    #[derive(Clone, Copy)]
+    pub(super) struct Neon([int32x4_t; 4]);
+
+    impl Neon {
+        /// The sixteen lanes.
+        #[inline]
+        #[target_feature(enable = "neon,dotprod")]
+        fn lanes(self) -> [i32; 16] {
+            let mut lanes = [0i32; 16];
+            for (dst, v) in lanes.chunks_exact_mut(4).zip(self.0) {
+                // SAFETY: `dst` holds 4 i32.
+                unsafe { vst1q_s32(dst.as_mut_ptr(), v) };
+            }
+            lanes
+        }
+    }
+
+    // Each method is compiled for the instructions; callers run on a CPU that has them.
+    impl Lanes for Neon {
+        const SIGNED: bool = true;
+        #[inline]
+        #[target_feature(enable = "neon,dotprod")]
+        unsafe fn splat(v: i32) -> Neon {
+            Neon([vdupq_n_s32(v); 4])
+        }
+        #[inline]
+        #[target_feature(enable = "neon,dotprod")]
+        unsafe fn load(bytes: &[u8]) -> Neon {
+            let bytes = &bytes[..VECTOR];
+            // SAFETY: `bytes` holds the 64 bytes read, 16 per vector.
+            unsafe {
+                Neon([
+                    vld1q_s32(bytes.as_ptr().cast()),
+                    vld1q_s32(bytes[16..].as_ptr().cast()),
+                    vld1q_s32(bytes[32..].as_ptr().cast()),
+                    vld1q_s32(bytes[48..].as_ptr().cast()),
+                ])
+            }
+        }
+        #[inline]
+        #[target_feature(enable = "neon,dotprod")]
+        unsafe fn load_input(bytes: &[u8]) -> Neon {
+            // SAFETY: same contract.
+            let v = unsafe { Neon::load(bytes) };
+            let flip = vdupq_n_s32(0x8080_8080_u32 as i32);
+            Neon(v.0.map(|v| veorq_s32(v, flip)))
+        }
+        #[inline]
+        #[target_feature(enable = "neon,dotprod")]
+        unsafe fn dot(self, input: Neon, weights: Neon) -> Neon {
+            let mut acc = self.0;
+            for (a, (x, w)) in acc.iter_mut().zip(input.0.into_iter().zip(weights.0)) {
+                *a = sdot(*a, vreinterpretq_s8_s32(x), vreinterpretq_s8_s32(w));
+            }
+            Neon(acc)
+        }
+        #[inline]
+        #[target_feature(enable = "neon,dotprod")]
+        unsafe fn max(self, other: Neon) -> Neon {
+            let mut acc = self.0;
+            for (a, b) in acc.iter_mut().zip(other.0) {
+                *a = vmaxq_s32(*a, b);
+            }
+            Neon(acc)
+        }
+        #[inline]
+        #[target_feature(enable = "neon,dotprod")]
+        unsafe fn store(self, dst: &mut [f32]) {
+            for (d, v) in dst.iter_mut().zip(self.lanes()) {
+                *d = v as f32;
+            }
+        }
+        #[inline]
+        #[target_feature(enable = "neon,dotprod")]
+        unsafe fn store_pair_max(self, dst: &mut [f32]) {
+            for (d, pair) in dst.iter_mut().zip(self.lanes().chunks_exact(2)) {
+                *d = pair[0].max(pair[1]) as f32;
+            }
+        }
+        #[inline]
+        #[target_feature(enable = "neon,dotprod")]
+        unsafe fn sum(self) -> i32 {
+            self.0.iter().fold(0i32, |s, &v| s.wrapping_add(vaddvq_s32(v)))
+        }
+    }
+
+    /// Four channels per tile (sixteen of the thirty-two vector registers), two when pooling
+    /// keeps two rows.
+    #[target_feature(enable = "neon,dotprod")]
+    pub(super) fn run_sdot(
+        p: &Packed,
+        n: usize,
+        pool: bool,
+        load: &mut dyn FnMut(usize, &mut [u8]),
+        out: &mut [f32],
+    ) {
+        // SAFETY: this function is compiled for, and only called on, the dot-product extension.
+        unsafe {
+            if pool {
+                p.run_with::<Neon, 2>(n, pool, load, out);
+            } else {
+                p.run_with::<Neon, 4>(n, pool, load, out);
+            }
+        }
+    }
+}
+
 /// A packed int8 convolution and the instruction set that runs it on this CPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct IntConv {
@@ -690,6 +865,9 @@ impl IntConv {
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Isa::AvxVnni => unsafe { x86::run_avx256(&self.packed, n, pool, &mut load, out) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "aarch64")]
+            Isa::Sdot => unsafe { arm::run_sdot(&self.packed, n, pool, &mut load, out) },
         }
     }
 }
@@ -698,18 +876,25 @@ impl IntConv {
 mod tests {
     use super::*;
 
-    /// The instruction emulated in plain Rust: checks the packing and layout on any CPU.
+    /// The instruction emulated in plain Rust, unsigned (`vpdpbusd`) or signed (`sdot`)
+    /// input bytes: checks the packing, layout and constants on any CPU.
     #[derive(Clone, Copy)]
-    struct Emulated([i32; 16]);
+    struct Emulated<const SIGNED: bool>([i32; 16]);
 
-    impl Lanes for Emulated {
-        unsafe fn splat(v: i32) -> Emulated {
+    impl<const SIGNED: bool> Lanes for Emulated<SIGNED> {
+        const SIGNED: bool = SIGNED;
+        unsafe fn splat(v: i32) -> Self {
             Emulated([v; 16])
         }
-        unsafe fn load(bytes: &[u8]) -> Emulated {
+        unsafe fn load(bytes: &[u8]) -> Self {
             Emulated(std::array::from_fn(|i| i32::from_le_bytes(bytes[i * 4..][..4].try_into().unwrap())))
         }
-        unsafe fn max(self, other: Emulated) -> Emulated {
+        unsafe fn load_input(bytes: &[u8]) -> Self {
+            let flip = if SIGNED { 0x8080_8080_u32 as i32 } else { 0 };
+            // SAFETY: no CPU feature needed.
+            Emulated(unsafe { Self::load(bytes) }.0.map(|v| v ^ flip))
+        }
+        unsafe fn max(self, other: Self) -> Self {
             Emulated(std::array::from_fn(|i| self.0[i].max(other.0[i])))
         }
         unsafe fn store_pair_max(self, dst: &mut [f32]) {
@@ -717,10 +902,11 @@ mod tests {
                 *d = pair[0].max(pair[1]) as f32;
             }
         }
-        unsafe fn dot(self, input: Emulated, weights: Emulated) -> Emulated {
+        unsafe fn dot(self, input: Self, weights: Self) -> Self {
+            let byte = |b: u8| if SIGNED { i32::from(b as i8) } else { i32::from(b) };
             Emulated(std::array::from_fn(|i| {
                 let (x, w) = (input.0[i].to_le_bytes(), weights.0[i].to_le_bytes());
-                (0..4).fold(self.0[i], |s, j| s.wrapping_add(i32::from(x[j]) * i32::from(w[j] as i8)))
+                (0..4).fold(self.0[i], |s, j| s.wrapping_add(byte(x[j]) * i32::from(w[j] as i8)))
             }))
         }
         unsafe fn store(self, dst: &mut [f32]) {
@@ -859,14 +1045,14 @@ mod tests {
                 let expected = expected(&case, pool);
                 // SAFETY: the emulation needs no CPU feature.
                 let got = run_case(&case, pool, |p, load, out| unsafe {
-                    p.run_with::<Emulated, 16>(case.n, pool, load, out)
+                    p.run_with::<Emulated<false>, 16>(case.n, pool, load, out)
                 });
                 assert_eq!(bits(&expected), bits(&got), "{:?} pool {pool}", case.geo);
                 // SAFETY: as above.
                 let got = run_case(&case, pool, |p, load, out| unsafe {
-                    p.run_with::<Emulated, 4>(case.n, pool, load, out)
+                    p.run_with::<Emulated<true>, 4>(case.n, pool, load, out)
                 });
-                assert_eq!(bits(&expected), bits(&got), "{:?} pool {pool}", case.geo);
+                assert_eq!(bits(&expected), bits(&got), "signed {:?} pool {pool}", case.geo);
             }
         }
     }
@@ -895,6 +1081,15 @@ mod tests {
                         assert_eq!(bits(&expected), bits(&got), "avxvnni {:?} pool {pool}", case.geo);
                         ran.push("avxvnni");
                     }
+                }
+                #[cfg(target_arch = "aarch64")]
+                if std::arch::is_aarch64_feature_detected!("dotprod") {
+                    // SAFETY: the CPU has the feature.
+                    let got = run_case(&case, pool, |p, load, out| unsafe {
+                        arm::run_sdot(p, case.n, pool, load, out)
+                    });
+                    assert_eq!(bits(&expected), bits(&got), "sdot {:?} pool {pool}", case.geo);
+                    ran.push("sdot");
                 }
             }
         }
