@@ -3,12 +3,14 @@
 //! [`super::conv`] runs an int8 convolution exactly on its f32 loop: one multiply-add per
 //! lane and instruction. Where the CPU has a four-way u8 x i8 dot product into i32 lanes
 //! (AVX-512 VNNI `vpdpbusd` on sixteen lanes, AVX-VNNI the same on eight; signed by signed,
-//! `sdot`, on aarch64 with the dot-product extension), one instruction
-//! does four multiply-adds per lane, on inputs a quarter the size. This module is that path:
+//! `sdot`, on aarch64 with the dot-product extension), one instruction does four
+//! multiply-adds per lane, on inputs a quarter the size. This module is that path:
 //! weights packed at load, the input re-laid per image, and the kernels, one body for every
 //! instruction set ([`Lanes`]). It produces the f32 loop's accumulators bit for bit (the unit
 //! tests compare them on random convolutions, and run the same layout on an emulated
-//! instruction on any CPU), so pooling and requantisation after it are shared.
+//! instruction on any CPU), so requantisation after it is shared; the 2x2 max pool that
+//! often follows is taken on the sums before they are stored. The instruction-set bodies are
+//! in `x86.rs` and `arm.rs` beside this file.
 //!
 //! **Arithmetic.** The instruction multiplies unsigned by signed bytes. The input is made
 //! unsigned (`u = x + 128` for i8, `u = x` for u8, the zero point likewise: `u_zero`); the
@@ -17,9 +19,9 @@
 //! one constant per output channel ([`Packed::offset`]). Padding is filled with `u_zero`, so
 //! a padded tap adds `u_zero·w'`, which that constant takes back. `sdot` multiplies signed
 //! bytes: its kernels load each input byte as `u - 128` and their constant adds `128·Σ w'`
-//! back ([`Lanes::SIGNED`]). The i32 lanes wrap, so the
-//! sums are exact modulo 2^32; the true result is below 2^24 in magnitude (checked at load
-//! for the f32 loop), so it is exact, and exact again as the f32 the shared tail takes.
+//! back ([`Lanes::SIGNED`]). The i32 lanes wrap, so the sums are exact modulo 2^32; the true
+//! result is below 2^24 in magnitude (checked at load for the f32 loop), so it is exact, and
+//! exact again as the f32 the shared tail takes.
 //!
 //! **Layout.** The four bytes of a lane must be four terms of one output's sum. The input of
 //! an image is re-laid as *quads*: for each group of four virtual channels, each padded row
@@ -508,325 +510,10 @@ trait Lanes: Copy {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    use super::{Lanes, Packed, VECTOR};
-
-    /// AVX-512 VNNI: one 512-bit vector.
-    #[derive(Clone, Copy)]
-    pub(super) struct Avx512(__m512i);
-
-    // Each method is compiled for the instructions, so the intrinsics inline into it and it
-    // into the kernels; callers run on a CPU that has them.
-    impl Lanes for Avx512 {
-        const SIGNED: bool = false;
-        #[inline]
-        #[target_feature(enable = "avx512f,avx512vnni")]
-        unsafe fn load_input(bytes: &[u8]) -> Avx512 {
-            // SAFETY: same contract.
-            unsafe { Avx512::load(bytes) }
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f,avx512vnni")]
-        unsafe fn splat(v: i32) -> Avx512 {
-            Avx512(_mm512_set1_epi32(v))
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f,avx512vnni")]
-        unsafe fn load(bytes: &[u8]) -> Avx512 {
-            let bytes = &bytes[..VECTOR];
-            // SAFETY: `bytes` holds the 64 bytes read.
-            Avx512(unsafe { _mm512_loadu_si512(bytes.as_ptr().cast()) })
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f,avx512vnni")]
-        unsafe fn dot(self, input: Avx512, weights: Avx512) -> Avx512 {
-            Avx512(_mm512_dpbusd_epi32(self.0, input.0, weights.0))
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f,avx512vnni")]
-        unsafe fn max(self, other: Avx512) -> Avx512 {
-            Avx512(_mm512_max_epi32(self.0, other.0))
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f,avx512vnni")]
-        unsafe fn store(self, dst: &mut [f32]) {
-            let n = dst.len().min(16);
-            let mask: __mmask16 = if n == 16 { !0 } else { (1u16 << n) - 1 };
-            // SAFETY: the mask writes exactly `n <= dst.len()` floats.
-            unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr(), mask, _mm512_cvtepi32_ps(self.0)) };
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f,avx512vnni")]
-        unsafe fn store_pair_max(self, dst: &mut [f32]) {
-            // Even lanes and odd lanes side by side in the low halves of two vectors.
-            let even = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 14, 12, 10, 8, 6, 4, 2, 0);
-            let odd = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 15, 13, 11, 9, 7, 5, 3, 1);
-            let pairs = _mm512_max_epi32(
-                _mm512_permutexvar_epi32(even, self.0),
-                _mm512_permutexvar_epi32(odd, self.0),
-            );
-            let n = dst.len().min(8);
-            let mask: __mmask16 = (1u16 << n) - 1;
-            // SAFETY: the mask writes exactly `n <= dst.len()` floats.
-            unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr(), mask, _mm512_cvtepi32_ps(pairs)) };
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f,avx512vnni")]
-        unsafe fn sum(self) -> i32 {
-            _mm512_reduce_add_epi32(self.0)
-        }
-    }
-
-    /// AVX-VNNI: two 256-bit vectors.
-    #[derive(Clone, Copy)]
-    pub(super) struct Avx256([__m256i; 2]);
-
-    impl Avx256 {
-        /// The sixteen lanes.
-        #[inline]
-        #[target_feature(enable = "avx2,avxvnni")]
-        fn lanes(self) -> [i32; 16] {
-            let mut lanes = [0i32; 16];
-            // SAFETY: each half of `lanes` holds 8 i32.
-            unsafe {
-                _mm256_storeu_si256(lanes.as_mut_ptr().cast(), self.0[0]);
-                _mm256_storeu_si256(lanes[8..].as_mut_ptr().cast(), self.0[1]);
-            }
-            lanes
-        }
-    }
-
-    // As for `Avx512`.
-    impl Lanes for Avx256 {
-        const SIGNED: bool = false;
-        #[inline]
-        #[target_feature(enable = "avx2,avxvnni")]
-        unsafe fn load_input(bytes: &[u8]) -> Avx256 {
-            // SAFETY: same contract.
-            unsafe { Avx256::load(bytes) }
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,avxvnni")]
-        unsafe fn splat(v: i32) -> Avx256 {
-            Avx256([_mm256_set1_epi32(v); 2])
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,avxvnni")]
-        unsafe fn load(bytes: &[u8]) -> Avx256 {
-            let bytes = &bytes[..VECTOR];
-            // SAFETY: `bytes` holds the 64 bytes read, 32 per half.
-            unsafe {
-                Avx256([
-                    _mm256_loadu_si256(bytes.as_ptr().cast()),
-                    _mm256_loadu_si256(bytes[32..].as_ptr().cast()),
-                ])
-            }
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,avxvnni")]
-        unsafe fn dot(self, input: Avx256, weights: Avx256) -> Avx256 {
-            Avx256([
-                _mm256_dpbusd_avx_epi32(self.0[0], input.0[0], weights.0[0]),
-                _mm256_dpbusd_avx_epi32(self.0[1], input.0[1], weights.0[1]),
-            ])
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,avxvnni")]
-        unsafe fn max(self, other: Avx256) -> Avx256 {
-            Avx256([_mm256_max_epi32(self.0[0], other.0[0]), _mm256_max_epi32(self.0[1], other.0[1])])
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,avxvnni")]
-        unsafe fn store(self, dst: &mut [f32]) {
-            for (d, v) in dst.iter_mut().zip(self.lanes()) {
-                *d = v as f32;
-            }
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,avxvnni")]
-        unsafe fn store_pair_max(self, dst: &mut [f32]) {
-            for (d, pair) in dst.iter_mut().zip(self.lanes().chunks_exact(2)) {
-                *d = pair[0].max(pair[1]) as f32;
-            }
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,avxvnni")]
-        unsafe fn sum(self) -> i32 {
-            self.lanes().iter().fold(0i32, |s, &v| s.wrapping_add(v))
-        }
-    }
-
-    /// Sixteen channels per tile on AVX-512 (sixteen zmm accumulators); eight when pooling
-    /// (two rows of eight) or when there are no more channels.
-    #[target_feature(enable = "avx512f,avx512vnni")]
-    pub(super) fn run_avx512(
-        p: &Packed,
-        n: usize,
-        pool: bool,
-        load: &mut dyn FnMut(usize, &mut [u8]),
-        out: &mut [f32],
-    ) {
-        // SAFETY: this function is compiled for, and only called on, AVX-512 VNNI.
-        unsafe {
-            if pool || p.geo.cout <= 8 {
-                p.run_with::<Avx512, 8>(n, pool, load, out);
-            } else {
-                p.run_with::<Avx512, 16>(n, pool, load, out);
-            }
-        }
-    }
-
-    /// Four channels per tile on AVX-VNNI: eight ymm accumulators of sixteen registers.
-    #[target_feature(enable = "avx2,avxvnni")]
-    pub(super) fn run_avx256(
-        p: &Packed,
-        n: usize,
-        pool: bool,
-        load: &mut dyn FnMut(usize, &mut [u8]),
-        out: &mut [f32],
-    ) {
-        // SAFETY: this function is compiled for, and only called on, AVX-VNNI.
-        unsafe { p.run_with::<Avx256, 4>(n, pool, load, out) };
-    }
-}
+mod x86;
 
 #[cfg(target_arch = "aarch64")]
-mod arm {
-    use std::arch::aarch64::*;
-    use std::arch::asm;
-
-    use super::{Lanes, Packed, VECTOR};
-
-    /// `sdot`: the signed dot product of four byte pairs into each i32 lane. Written as
-    /// assembly: its intrinsic (`vdotq_s32`) is not stable Rust yet.
-    #[inline]
-    #[target_feature(enable = "neon,dotprod")]
-    fn sdot(acc: int32x4_t, input: int8x16_t, weights: int8x16_t) -> int32x4_t {
-        let mut acc = acc;
-        // SAFETY: reads and writes only the three registers; the CPU has the dot-product
-        // extension (this function's target feature).
-        unsafe {
-            asm!(
-                ".arch_extension dotprod",
-                "sdot {acc:v}.4s, {input:v}.16b, {weights:v}.16b",
-                acc = inout(vreg) acc,
-                input = in(vreg) input,
-                weights = in(vreg) weights,
-                options(pure, nomem, nostack, preserves_flags),
-            );
-        }
-        acc
-    }
-
-    /// Four 128-bit vectors.
-    #[derive(Clone, Copy)]
-    pub(super) struct Neon([int32x4_t; 4]);
-
-    impl Neon {
-        /// The sixteen lanes.
-        #[inline]
-        #[target_feature(enable = "neon,dotprod")]
-        fn lanes(self) -> [i32; 16] {
-            let mut lanes = [0i32; 16];
-            for (dst, v) in lanes.chunks_exact_mut(4).zip(self.0) {
-                // SAFETY: `dst` holds 4 i32.
-                unsafe { vst1q_s32(dst.as_mut_ptr(), v) };
-            }
-            lanes
-        }
-    }
-
-    // Each method is compiled for the instructions; callers run on a CPU that has them.
-    impl Lanes for Neon {
-        const SIGNED: bool = true;
-        #[inline]
-        #[target_feature(enable = "neon,dotprod")]
-        unsafe fn splat(v: i32) -> Neon {
-            Neon([vdupq_n_s32(v); 4])
-        }
-        #[inline]
-        #[target_feature(enable = "neon,dotprod")]
-        unsafe fn load(bytes: &[u8]) -> Neon {
-            let bytes = &bytes[..VECTOR];
-            // SAFETY: `bytes` holds the 64 bytes read, 16 per vector.
-            unsafe {
-                Neon([
-                    vld1q_s32(bytes.as_ptr().cast()),
-                    vld1q_s32(bytes[16..].as_ptr().cast()),
-                    vld1q_s32(bytes[32..].as_ptr().cast()),
-                    vld1q_s32(bytes[48..].as_ptr().cast()),
-                ])
-            }
-        }
-        #[inline]
-        #[target_feature(enable = "neon,dotprod")]
-        unsafe fn load_input(bytes: &[u8]) -> Neon {
-            // SAFETY: same contract.
-            let v = unsafe { Neon::load(bytes) };
-            let flip = vdupq_n_s32(0x8080_8080_u32 as i32);
-            Neon(v.0.map(|v| veorq_s32(v, flip)))
-        }
-        #[inline]
-        #[target_feature(enable = "neon,dotprod")]
-        unsafe fn dot(self, input: Neon, weights: Neon) -> Neon {
-            let mut acc = self.0;
-            for (a, (x, w)) in acc.iter_mut().zip(input.0.into_iter().zip(weights.0)) {
-                *a = sdot(*a, vreinterpretq_s8_s32(x), vreinterpretq_s8_s32(w));
-            }
-            Neon(acc)
-        }
-        #[inline]
-        #[target_feature(enable = "neon,dotprod")]
-        unsafe fn max(self, other: Neon) -> Neon {
-            let mut acc = self.0;
-            for (a, b) in acc.iter_mut().zip(other.0) {
-                *a = vmaxq_s32(*a, b);
-            }
-            Neon(acc)
-        }
-        #[inline]
-        #[target_feature(enable = "neon,dotprod")]
-        unsafe fn store(self, dst: &mut [f32]) {
-            for (d, v) in dst.iter_mut().zip(self.lanes()) {
-                *d = v as f32;
-            }
-        }
-        #[inline]
-        #[target_feature(enable = "neon,dotprod")]
-        unsafe fn store_pair_max(self, dst: &mut [f32]) {
-            for (d, pair) in dst.iter_mut().zip(self.lanes().chunks_exact(2)) {
-                *d = pair[0].max(pair[1]) as f32;
-            }
-        }
-        #[inline]
-        #[target_feature(enable = "neon,dotprod")]
-        unsafe fn sum(self) -> i32 {
-            self.0.iter().fold(0i32, |s, &v| s.wrapping_add(vaddvq_s32(v)))
-        }
-    }
-
-    /// Four channels per tile (sixteen of the thirty-two vector registers), two when pooling
-    /// keeps two rows.
-    #[target_feature(enable = "neon,dotprod")]
-    pub(super) fn run_sdot(
-        p: &Packed,
-        n: usize,
-        pool: bool,
-        load: &mut dyn FnMut(usize, &mut [u8]),
-        out: &mut [f32],
-    ) {
-        // SAFETY: this function is compiled for, and only called on, the dot-product extension.
-        unsafe {
-            if pool {
-                p.run_with::<Neon, 2>(n, pool, load, out);
-            } else {
-                p.run_with::<Neon, 4>(n, pool, load, out);
-            }
-        }
-    }
-}
+mod arm;
 
 /// A packed int8 convolution and the instruction set that runs it on this CPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
