@@ -39,7 +39,7 @@ use tract_onnx::tract_core::internal::{
 };
 use tract_onnx::tract_core::ndarray::{ArrayD, IxDyn};
 
-use super::intconv::IntConv;
+use super::intconv::{IntConv, Packed};
 use crate::backend::quant::Requant;
 
 /// Output columns computed at once by the wide kernels (one AVX-512 register, two AVX ones).
@@ -209,7 +209,7 @@ impl DirectConv {
                 return None;
             }
         }
-        let int = IntConv::new(geo, &shifted, bias, rq.x_zero, x_range);
+        let int = Packed::new(geo, &shifted, bias, rq.x_zero, x_range).and_then(IntConv::new);
         let shifted: Vec<f32> = shifted.iter().map(|&w| w as f32).collect();
         let bias: Vec<f32> = bias.iter().map(|&b| b as f32).collect();
         Some(DirectConv {

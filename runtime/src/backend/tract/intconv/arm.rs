@@ -96,16 +96,12 @@ impl Lanes for Neon {
     #[inline]
     #[target_feature(enable = "neon,dotprod")]
     unsafe fn store(self, dst: &mut [f32]) {
-        for (d, v) in dst.iter_mut().zip(self.lanes()) {
-            *d = v as f32;
-        }
+        super::store_lanes(self.lanes(), dst);
     }
     #[inline]
     #[target_feature(enable = "neon,dotprod")]
     unsafe fn store_pair_max(self, dst: &mut [f32]) {
-        for (d, pair) in dst.iter_mut().zip(self.lanes().chunks_exact(2)) {
-            *d = pair[0].max(pair[1]) as f32;
-        }
+        super::store_pair_max_lanes(self.lanes(), dst);
     }
     #[inline]
     #[target_feature(enable = "neon,dotprod")]

@@ -483,6 +483,20 @@ unsafe fn dot<L: Lanes>(p: &Packed, bytes: usize, input: &[u8], out: &mut [f32])
     }
 }
 
+/// [`Lanes::store`] for a set that reads its lanes out to memory.
+fn store_lanes(lanes: [i32; 16], dst: &mut [f32]) {
+    for (d, v) in dst.iter_mut().zip(lanes) {
+        *d = v as f32;
+    }
+}
+
+/// [`Lanes::store_pair_max`] for a set that reads its lanes out to memory.
+fn store_pair_max_lanes(lanes: [i32; 16], dst: &mut [f32]) {
+    for (d, pair) in dst.iter_mut().zip(lanes.chunks_exact(2)) {
+        *d = pair[0].max(pair[1]) as f32;
+    }
+}
+
 /// Sixteen i32 lanes and the four-way u8 x i8 dot product, on one instruction set. Every
 /// method is `unsafe`: the CPU must have the instructions of the implementation. They are
 /// inlined into kernels compiled for those instructions.
@@ -523,17 +537,10 @@ pub(crate) struct IntConv {
 }
 
 impl IntConv {
-    /// [`Packed::new`] on a CPU with a dot-product instruction set; `None` elsewhere (the
-    /// f32 loop runs the convolution) or when the weights do not fit.
-    pub(crate) fn new(
-        geo: ConvGeometry,
-        weights: &[i32],
-        bias: &[i32],
-        x_zero: i32,
-        x_range: (i32, i32),
-    ) -> Option<IntConv> {
-        let isa = Isa::best()?;
-        Some(IntConv { packed: Packed::new(geo, weights, bias, x_zero, x_range)?, isa })
+    /// `packed` on this CPU's best dot-product instruction set; `None` on a CPU without one
+    /// (the f32 loop runs the convolution).
+    pub(crate) fn new(packed: Packed) -> Option<IntConv> {
+        Some(IntConv { packed, isa: Isa::best()? })
     }
 
     /// Added to an input integer to make it unsigned (0 or 128).
@@ -585,9 +592,7 @@ mod tests {
             Emulated(std::array::from_fn(|i| self.0[i].max(other.0[i])))
         }
         unsafe fn store_pair_max(self, dst: &mut [f32]) {
-            for (d, pair) in dst.iter_mut().zip(self.0.chunks_exact(2)) {
-                *d = pair[0].max(pair[1]) as f32;
-            }
+            store_pair_max_lanes(self.0, dst);
         }
         unsafe fn dot(self, input: Self, weights: Self) -> Self {
             let byte = |b: u8| if SIGNED { i32::from(b as i8) } else { i32::from(b) };
@@ -597,9 +602,7 @@ mod tests {
             }))
         }
         unsafe fn store(self, dst: &mut [f32]) {
-            for (d, &v) in dst.iter_mut().zip(&self.0) {
-                *d = v as f32;
-            }
+            store_lanes(self.0, dst);
         }
         unsafe fn sum(self) -> i32 {
             self.0.iter().fold(0i32, |s, &v| s.wrapping_add(v))

@@ -130,16 +130,12 @@ impl Lanes for Avx256 {
     #[inline]
     #[target_feature(enable = "avx2,avxvnni")]
     unsafe fn store(self, dst: &mut [f32]) {
-        for (d, v) in dst.iter_mut().zip(self.lanes()) {
-            *d = v as f32;
-        }
+        super::store_lanes(self.lanes(), dst);
     }
     #[inline]
     #[target_feature(enable = "avx2,avxvnni")]
     unsafe fn store_pair_max(self, dst: &mut [f32]) {
-        for (d, pair) in dst.iter_mut().zip(self.lanes().chunks_exact(2)) {
-            *d = pair[0].max(pair[1]) as f32;
-        }
+        super::store_pair_max_lanes(self.lanes(), dst);
     }
     #[inline]
     #[target_feature(enable = "avx2,avxvnni")]
