@@ -1,0 +1,346 @@
+//! The f32 kernels of the direct convolution (AVX-512, AVX2+FMA, portable), chosen at run
+//! time, and the weight packing they read.
+
+use super::{BLOCK, ConvGeometry, TILE};
+
+pub(super) fn pack(g: &ConvGeometry, weights: &[f32]) -> Vec<f32> {
+    let taps = g.taps();
+    let mut packed = vec![0f32; g.blocks() * taps * BLOCK];
+    for (oc, row) in weights.chunks_exact(taps).enumerate() {
+        let block = &mut packed[oc / BLOCK * taps * BLOCK..][..taps * BLOCK];
+        for (tap, &w) in row.iter().enumerate() {
+            block[tap * BLOCK + oc % BLOCK] = w;
+        }
+    }
+    packed
+}
+
+pub(super) fn pad_bias(g: &ConvGeometry, bias: &[f32]) -> Vec<f32> {
+    let mut padded = vec![0f32; g.blocks() * BLOCK];
+    padded[..bias.len()].copy_from_slice(bias);
+    padded
+}
+
+/// Which vector path each of this file's kernels takes on this CPU, in the order of the
+/// dispatches below (for benchmark reports; [`crate::backend::cpu::machine_report`]).
+pub(crate) fn kernel_paths() -> Vec<(&'static str, &'static str)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (avx512, avx2, fma) = (
+            is_x86_feature_detected!("avx512f"),
+            is_x86_feature_detected!("avx2"),
+            is_x86_feature_detected!("fma"),
+        );
+        let wide = if avx512 {
+            "avx512f"
+        } else if avx2 {
+            "avx2"
+        } else {
+            "portable"
+        };
+        let conv = if avx512 && fma {
+            "avx512f+fma"
+        } else if avx2 && fma {
+            "avx2+fma"
+        } else {
+            "portable"
+        };
+        vec![
+            ("direct_conv", conv),
+            ("int8_conv", super::super::intconv::kernel_path()),
+            ("quantize", wide),
+            ("requantize", wide),
+        ]
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        vec![
+            ("direct_conv", "portable"),
+            ("int8_conv", super::super::intconv::kernel_path()),
+            ("quantize", "portable"),
+            ("requantize", "portable"),
+        ]
+    }
+}
+
+/// Picks the widest kernel this CPU runs.
+pub(super) fn convolve(
+    g: &ConvGeometry,
+    padded: &[f32],
+    packed: &[f32],
+    bias: &[f32],
+    relu: bool,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { convolve_avx512(g, padded, packed, bias, relu, out) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { convolve_avx2(g, padded, packed, bias, relu, out) };
+        }
+    }
+    convolve_portable(g, padded, packed, bias, relu, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+fn convolve_avx512(
+    g: &ConvGeometry,
+    padded: &[f32],
+    packed: &[f32],
+    bias: &[f32],
+    relu: bool,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    // 16 columns x two blocks of 8 channels: sixteen zmm accumulators, enough independent
+    // FMAs in flight for two FMA pipes; per tap one row load and sixteen broadcast weights
+    // feed sixteen FMAs. An odd last block runs alone, with eight.
+    let taps = g.taps();
+    let (pw, plane_in) = (g.padded_w(), g.padded_h() * g.padded_w());
+    let blocks = g.blocks();
+    #[inline(always)]
+    fn store(
+        g: &ConvGeometry,
+        acc: [__m512; BLOCK],
+        oc0: usize,
+        y: usize,
+        x0: usize,
+        relu: bool,
+        out: &mut [f32],
+    ) {
+        let plane_out = g.oh * g.ow;
+        let cols = TILE.min(g.ow - x0);
+        let mask: __mmask16 = if cols == TILE { !0 } else { (1u16 << cols) - 1 };
+        for (ob, a) in acc.into_iter().enumerate() {
+            let oc = oc0 + ob;
+            if oc >= g.cout {
+                break;
+            }
+            let a = if relu {
+                // SAFETY: both intrinsics need AVX-512F, which the caller is compiled with.
+                unsafe { _mm512_max_ps(a, _mm512_setzero_ps()) }
+            } else {
+                a
+            };
+            let dst = &mut out[oc * plane_out + y * g.ow + x0..][..cols];
+            // SAFETY: the mask writes exactly `cols` floats, the length of `dst`.
+            unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr(), mask, a) };
+        }
+    }
+    for first in (0..blocks - blocks % 2).step_by(2) {
+        let second = first + 1;
+        let weights_a = &packed[first * taps * BLOCK..][..taps * BLOCK];
+        let weights_b = &packed[second * taps * BLOCK..][..taps * BLOCK];
+        for y in 0..g.oh {
+            for tile in 0..g.tiles() {
+                let x0 = tile * TILE;
+                let mut acc_a = [_mm512_setzero_ps(); BLOCK];
+                let mut acc_b = [_mm512_setzero_ps(); BLOCK];
+                for ob in 0..BLOCK {
+                    acc_a[ob] = _mm512_set1_ps(bias[first * BLOCK + ob]);
+                    acc_b[ob] = _mm512_set1_ps(bias[second * BLOCK + ob]);
+                }
+                for ci in 0..g.cin {
+                    for ky in 0..g.kh {
+                        // Whole-row slices checked once, so the tap loop needs no checks.
+                        let row = &padded[ci * plane_in + (y + ky) * pw + x0..][..TILE + g.kw - 1];
+                        let tap0 = (ci * g.kh + ky) * g.kw;
+                        let row_a = &weights_a[tap0 * BLOCK..][..g.kw * BLOCK];
+                        let row_b = &weights_b[tap0 * BLOCK..][..g.kw * BLOCK];
+                        let taps_a = row_a.chunks_exact(BLOCK).zip(row_b.chunks_exact(BLOCK));
+                        for (input, (w_a, w_b)) in row.windows(TILE).zip(taps_a) {
+                            // SAFETY: `input` holds 16 floats.
+                            let v = unsafe { _mm512_loadu_ps(input.as_ptr()) };
+                            for ob in 0..BLOCK {
+                                acc_a[ob] = _mm512_fmadd_ps(_mm512_set1_ps(w_a[ob]), v, acc_a[ob]);
+                                acc_b[ob] = _mm512_fmadd_ps(_mm512_set1_ps(w_b[ob]), v, acc_b[ob]);
+                            }
+                        }
+                    }
+                }
+                store(g, acc_a, first * BLOCK, y, x0, relu, out);
+                store(g, acc_b, second * BLOCK, y, x0, relu, out);
+            }
+        }
+    }
+    if blocks % 2 == 1 {
+        let last = blocks - 1;
+        let weights = &packed[last * taps * BLOCK..][..taps * BLOCK];
+        for y in 0..g.oh {
+            for tile in 0..g.tiles() {
+                let x0 = tile * TILE;
+                let mut acc = [_mm512_setzero_ps(); BLOCK];
+                for (ob, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_set1_ps(bias[last * BLOCK + ob]);
+                }
+                for ci in 0..g.cin {
+                    for ky in 0..g.kh {
+                        let row = &padded[ci * plane_in + (y + ky) * pw + x0..][..TILE + g.kw - 1];
+                        let tap0 = (ci * g.kh + ky) * g.kw;
+                        let taps = weights[tap0 * BLOCK..][..g.kw * BLOCK].chunks_exact(BLOCK);
+                        for (input, w) in row.windows(TILE).zip(taps) {
+                            // SAFETY: `input` holds 16 floats.
+                            let v = unsafe { _mm512_loadu_ps(input.as_ptr()) };
+                            for ob in 0..BLOCK {
+                                acc[ob] = _mm512_fmadd_ps(_mm512_set1_ps(w[ob]), v, acc[ob]);
+                            }
+                        }
+                    }
+                }
+                store(g, acc, last * BLOCK, y, x0, relu, out);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn convolve_avx2(
+    g: &ConvGeometry,
+    padded: &[f32],
+    packed: &[f32],
+    bias: &[f32],
+    relu: bool,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    // 4 channels x 16 columns: eight ymm accumulators of the sixteen registers.
+    const OB: usize = 4;
+    let taps = g.taps();
+    let (pw, plane_in) = (g.padded_w(), g.padded_h() * g.padded_w());
+    let plane_out = g.oh * g.ow;
+    for block in 0..g.blocks() {
+        let weights = &packed[block * taps * BLOCK..][..taps * BLOCK];
+        for sub in 0..BLOCK / OB {
+            let oc0 = block * BLOCK + sub * OB;
+            if oc0 >= g.cout {
+                break;
+            }
+            for y in 0..g.oh {
+                for tile in 0..g.tiles() {
+                    let x0 = tile * TILE;
+                    let mut acc = [[_mm256_setzero_ps(); 2]; OB];
+                    for (ob, a) in acc.iter_mut().enumerate() {
+                        *a = [_mm256_set1_ps(bias[oc0 + ob]); 2];
+                    }
+                    for ci in 0..g.cin {
+                        for ky in 0..g.kh {
+                            let row = &padded[ci * plane_in + (y + ky) * pw + x0..];
+                            let tap0 = (ci * g.kh + ky) * g.kw;
+                            for kx in 0..g.kw {
+                                let input = &row[kx..][..TILE];
+                                let w = &weights[(tap0 + kx) * BLOCK + sub * OB..][..OB];
+                                // SAFETY: `input` holds 16 floats.
+                                let (lo, hi) = unsafe {
+                                    (_mm256_loadu_ps(input.as_ptr()), _mm256_loadu_ps(input[8..].as_ptr()))
+                                };
+                                for (a, &wv) in acc.iter_mut().zip(w) {
+                                    let wv = _mm256_set1_ps(wv);
+                                    a[0] = _mm256_fmadd_ps(wv, lo, a[0]);
+                                    a[1] = _mm256_fmadd_ps(wv, hi, a[1]);
+                                }
+                            }
+                        }
+                    }
+                    let cols = TILE.min(g.ow - x0);
+                    for (ob, a) in acc.iter().enumerate() {
+                        let oc = oc0 + ob;
+                        if oc >= g.cout {
+                            break;
+                        }
+                        let mut tile_out = [0f32; TILE];
+                        for (half, &v) in a.iter().enumerate() {
+                            let v = if relu { _mm256_max_ps(v, _mm256_setzero_ps()) } else { v };
+                            // SAFETY: each half of `tile_out` holds 8 floats.
+                            unsafe { _mm256_storeu_ps(tile_out[half * 8..].as_mut_ptr(), v) };
+                        }
+                        out[oc * plane_out + y * g.ow + x0..][..cols].copy_from_slice(&tile_out[..cols]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Everywhere else (baseline x86-64, aarch64): plain loops, one output channel at a time so
+/// the compiler vectorises along the columns.
+pub(super) fn convolve_portable(
+    g: &ConvGeometry,
+    padded: &[f32],
+    packed: &[f32],
+    bias: &[f32],
+    relu: bool,
+    out: &mut [f32],
+) {
+    convolve_with::<1>(g, padded, packed, bias, relu, out);
+}
+
+/// The convolution of one padded image, `OB` output channels at a time (`OB` divides
+/// [`BLOCK`]).
+#[inline(always)]
+fn convolve_with<const OB: usize>(
+    g: &ConvGeometry,
+    padded: &[f32],
+    packed: &[f32],
+    bias: &[f32],
+    relu: bool,
+    out: &mut [f32],
+) {
+    let taps = g.taps();
+    let (pw, plane_in) = (g.padded_w(), g.padded_h() * g.padded_w());
+    let plane_out = g.oh * g.ow;
+    for block in 0..g.blocks() {
+        let weights = &packed[block * taps * BLOCK..][..taps * BLOCK];
+        for sub in 0..BLOCK / OB {
+            let oc0 = block * BLOCK + sub * OB;
+            if oc0 >= g.cout {
+                break;
+            }
+            for y in 0..g.oh {
+                for tile in 0..g.tiles() {
+                    let x0 = tile * TILE;
+                    let mut acc = [[0f32; TILE]; OB];
+                    for (ob, a) in acc.iter_mut().enumerate() {
+                        *a = [bias[oc0 + ob]; TILE];
+                    }
+                    for ci in 0..g.cin {
+                        for ky in 0..g.kh {
+                            let row = &padded[ci * plane_in + (y + ky) * pw + x0..];
+                            let tap0 = (ci * g.kh + ky) * g.kw;
+                            for kx in 0..g.kw {
+                                // Exact-length views: one bounds check each, none in the loop.
+                                let input = &row[kx..][..TILE];
+                                let w = &weights[(tap0 + kx) * BLOCK + sub * OB..][..OB];
+                                for (a, &wv) in acc.iter_mut().zip(w) {
+                                    for (av, &iv) in a.iter_mut().zip(input) {
+                                        *av += wv * iv;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    let cols = TILE.min(g.ow - x0);
+                    for (ob, a) in acc.iter().enumerate() {
+                        let oc = oc0 + ob;
+                        if oc >= g.cout {
+                            break;
+                        }
+                        let dst = &mut out[oc * plane_out + y * g.ow + x0..][..cols];
+                        if relu {
+                            for (d, &v) in dst.iter_mut().zip(a) {
+                                *d = v.max(0.0);
+                            }
+                        } else {
+                            dst.copy_from_slice(&a[..cols]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,479 @@
+//! An im2col-free 2-D convolution, plugged into tract's typed graph as an op of its own.
+//!
+//! tract 0.23 lowers every convolution to im2col + matrix multiply. On the small CNNs an edge
+//! node runs (few input channels, 3x3 kernels, 28x28 planes) building the im2col matrix is a
+//! large share of an image's time, and for int8 tract builds it eagerly in u8, which made
+//! the int8 edge model slower than its fp32 twin. This op computes the convolution directly
+//! from a zero-padded copy of the input: for each output row and each block of output
+//! channels it keeps a tile of accumulators in registers and adds `weight * input row` once
+//! per kernel tap: AVX-512 (16 accumulators: 16 columns x 2 blocks of 8 channels) or
+//! AVX2+FMA kernels chosen at run time, and a plain-Rust kernel everywhere else (baseline
+//! x86-64, aarch64). Weights are packed at load in the order the loop reads them.
+//!
+//! Fused, all exactly (see [`super::rewrite::rewrite_convs`]): the bias; a following Relu
+//! (fp32); a following 2x2/s2 MaxPool (Relu and requantisation are non-decreasing, so
+//! pooling the accumulators first is the same); for int8, the f32-to-u8 QuantizeLinear that
+//! feeds the convolution and a u8 LookupTable that follows it.
+//!
+//! What it changed, measured against onnxruntime in the same run: `docs/performance.md`,
+//! "Direct convolution".
+//!
+//! Scope (anything else stays on tract's own op): NCHW with a batch axis, OIHW weights, one
+//! group, stride 1, no dilation, any zero padding, constant weights and bias; fp32, or the
+//! quantised form (QLinearConv: u8/i8 input and weights, scalar scales and zero points, or
+//! a weight scale per output channel, which gives each channel its own multiplier; u8/i8
+//! output).
+//!
+//! int8 runs on the CPU's integer dot-product instructions where it has them
+//! ([`super::intconv`]: AVX-512 VNNI, AVX-VNNI), and otherwise on the same fp32 loop,
+//! exactly: the input and weights are shifted by their zero points into small integers, whose products and sums are integers that f32 represents
+//! exactly while they stay below 2^24 in magnitude. The rewrite checks that bound per output
+//! channel at load (sum of |weight| times the largest |input|, plus |bias|) and leaves the
+//! convolution to tract if it could be exceeded. The integer accumulator is then requantised
+//! as tract does it: multiplied by the combined scale ([`Requant::mult`]) with tract's
+//! fixed-point `Scaler` (round half to even), offset by the output zero point, clamped.
+
+use tract_onnx::tract_core::internal::{
+    DatumType, EvalContext, EvalOp, IntoTValue, Op, StaticName, TValue, TVec, Tensor, TractResult, TypedFact,
+    TypedOp, as_op, bail, op_as_typed_op, op_out_of_plan, tvec,
+};
+use tract_onnx::tract_core::ndarray::{ArrayD, IxDyn};
+
+use super::intconv::{IntConv, Packed};
+use crate::backend::quant::Requant;
+use kernels::{convolve, pack, pad_bias};
+use quantize::{MAX_SCALE, Quantized, quantize_all, requantize_all};
+
+mod kernels;
+pub(crate) use kernels::kernel_paths;
+mod quantize;
+#[cfg(test)]
+mod tests;
+
+/// Output columns computed at once by the wide kernels (one AVX-512 register, two AVX ones).
+const TILE: usize = 16;
+/// Output channels per packed weight block: the most any kernel uses; the others split it.
+const BLOCK: usize = 8;
+/// Largest magnitude up to which every integer is exact in f32.
+const F32_EXACT: f64 = 16_777_216.0;
+
+/// Shape of one convolution, fixed at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConvGeometry {
+    /// Input channels.
+    pub(crate) cin: usize,
+    /// Output channels.
+    pub(crate) cout: usize,
+    /// Input height and width.
+    pub(crate) h: usize,
+    /// Input width.
+    pub(crate) w: usize,
+    /// Kernel height.
+    pub(crate) kh: usize,
+    /// Kernel width.
+    pub(crate) kw: usize,
+    /// Zero rows above the input.
+    pub(crate) pad_top: usize,
+    /// Zero columns left of the input.
+    pub(crate) pad_left: usize,
+    /// Output height.
+    pub(crate) oh: usize,
+    /// Output width.
+    pub(crate) ow: usize,
+}
+
+impl ConvGeometry {
+    pub(crate) fn taps(&self) -> usize {
+        self.cin * self.kh * self.kw
+    }
+
+    pub(crate) fn tiles(&self) -> usize {
+        self.ow.div_ceil(TILE)
+    }
+
+    /// Rows of the padded input copy.
+    pub(crate) fn padded_h(&self) -> usize {
+        self.oh + self.kh - 1
+    }
+
+    /// Row stride of the padded input copy: wide enough for whole tiles at every tap.
+    pub(crate) fn padded_w(&self) -> usize {
+        (self.tiles() * TILE + self.kw - 1).max(self.pad_left + self.w)
+    }
+
+    fn blocks(&self) -> usize {
+        self.cout.div_ceil(BLOCK)
+    }
+}
+
+/// The int8 form's output: how the integer accumulator is requantised, and the element type
+/// it is stored as.
+#[derive(Debug, Clone)]
+pub(crate) struct Int8Output {
+    /// The QLinearConv parameters.
+    pub(crate) requant: Requant,
+    /// Output element type (u8 or i8, possibly with quantisation parameters attached).
+    pub(crate) output: DatumType,
+    /// Per-channel weight scales: each output channel's multiplier, used instead of
+    /// `requant.mult`. `None` for per-tensor parameters, which keep the one multiplier.
+    pub(crate) channel_mults: Option<Vec<f32>>,
+}
+
+impl Int8Output {
+    /// The multiplier of output channel `c`.
+    fn mult(&self, c: usize) -> f32 {
+        self.channel_mults.as_ref().map_or(self.requant.mult, |m| m[c])
+    }
+}
+
+// Bitwise, as for [`DirectConv`].
+impl PartialEq for Int8Output {
+    fn eq(&self, other: &Int8Output) -> bool {
+        let bits =
+            |m: &Option<Vec<f32>>| m.as_ref().map(|m| m.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        self.requant == other.requant
+            && self.output == other.output
+            && bits(&self.channel_mults) == bits(&other.channel_mults)
+    }
+}
+impl Eq for Int8Output {}
+
+/// A direct convolution with its bias, and optionally a Relu, fused.
+#[derive(Debug, Clone)]
+pub(crate) struct DirectConv {
+    pub(crate) geo: ConvGeometry,
+    /// Weights in blocks of [`BLOCK`] output channels: `[block][ci][ky][kx][BLOCK]`, the last
+    /// block padded with zeros. For int8, weights minus their zero point.
+    packed: Vec<f32>,
+    /// Bias per output channel, padded to whole blocks (int8: the i32 bias, exact in f32).
+    bias: Vec<f32>,
+    /// Clamp negative outputs to zero (a fused Relu); fp32 only.
+    pub(crate) relu: bool,
+    /// Max over each 2x2 window, stride 2, after the convolution (a fused MaxPool; odd
+    /// trailing rows and columns dropped). Exact: Relu and requantisation are
+    /// non-decreasing, so pooling before them equals pooling after.
+    pub(crate) pool: bool,
+    /// Set for the int8 form.
+    pub(crate) int8: Option<Int8Output>,
+    /// int8 form only: the range of the input's integer type (u8 or i8).
+    x_range: (i32, i32),
+    /// int8 form only, on a CPU with integer dot-product instructions and weights that fit
+    /// an i8: the same convolution on those instructions ([`super::intconv`]).
+    int: Option<IntConv>,
+    /// int8 form only: the input arrives in f32 and is quantised to the input's integer type
+    /// on load, as the QuantizeLinear it replaces did (`(scale, zero point)`, tract's
+    /// convention: the value is multiplied by `scale`).
+    pub(crate) quantize_input: Option<(f32, i32)>,
+    /// int8 form with a u8 output only: a 256-entry table applied to each output (the
+    /// LookupTable tract puts between a pool and the next layer to change the
+    /// quantisation), and the element type it outputs.
+    pub(crate) lookup: Option<(Vec<u8>, DatumType)>,
+}
+
+impl DirectConv {
+    /// An fp32 convolution: `weights` is OIHW, `bias` one value per output channel.
+    pub(crate) fn fp32(geo: ConvGeometry, weights: &[f32], bias: &[f32], relu: bool) -> Option<DirectConv> {
+        if weights.len() != geo.cout * geo.taps() || bias.len() != geo.cout {
+            return None;
+        }
+        Some(DirectConv {
+            geo,
+            packed: pack(&geo, weights),
+            bias: pad_bias(&geo, bias),
+            relu,
+            pool: false,
+            int8: None,
+            x_range: (0, 0),
+            int: None,
+            quantize_input: None,
+            lookup: None,
+        })
+    }
+
+    /// An int8 convolution: `weights` are the stored integers (OIHW), `bias` the i32 bias;
+    /// `x_range` is the input type's range. `None` when the f32 accumulator could leave the
+    /// exact-integer range.
+    pub(crate) fn int8(
+        geo: ConvGeometry,
+        weights: &[i32],
+        bias: &[i32],
+        x_range: (i32, i32),
+        int8: Int8Output,
+    ) -> Option<DirectConv> {
+        let rq = &int8.requant;
+        // Subnormal, zero or negative scales would not match tract's fixed-point form.
+        let channels_ok = int8.channel_mults.as_ref().is_none_or(|m| m.len() == geo.cout);
+        let scale_ok = channels_ok
+            && (0..geo.cout).map(|c| int8.mult(c)).all(|m| m.is_normal() && m > 0.0 && m < MAX_SCALE);
+        if weights.len() != geo.cout * geo.taps() || bias.len() != geo.cout || !scale_ok {
+            return None;
+        }
+        let x_max = f64::from((x_range.1 - rq.x_zero).abs().max((x_range.0 - rq.x_zero).abs()));
+        let shifted: Vec<i32> = weights.iter().map(|&w| w - rq.w_zero).collect();
+        for (oc, row) in shifted.chunks_exact(geo.taps()).enumerate() {
+            let bound =
+                row.iter().map(|&w| f64::from(w.abs())).sum::<f64>() * x_max + f64::from(bias[oc]).abs();
+            if bound >= F32_EXACT {
+                return None;
+            }
+        }
+        let int = Packed::new(geo, &shifted, bias, rq.x_zero, x_range).and_then(IntConv::new);
+        let shifted: Vec<f32> = shifted.iter().map(|&w| w as f32).collect();
+        let bias: Vec<f32> = bias.iter().map(|&b| b as f32).collect();
+        Some(DirectConv {
+            geo,
+            packed: pack(&geo, &shifted),
+            bias: pad_bias(&geo, &bias),
+            relu: false,
+            pool: false,
+            int8: Some(int8),
+            x_range,
+            int,
+            quantize_input: None,
+            lookup: None,
+        })
+    }
+
+    /// Element type of the output: f32, the requantised type, or the lookup's.
+    fn output_datum_type(&self) -> DatumType {
+        match (&self.int8, &self.lookup) {
+            (_, Some((_, dt))) => *dt,
+            (Some(q), None) => q.output,
+            (None, None) => DatumType::F32,
+        }
+    }
+
+    /// Output shape for a batch of `n`.
+    fn output_shape(&self, n: usize) -> [usize; 4] {
+        if self.pool {
+            [n, self.geo.cout, self.geo.oh / 2, self.geo.ow / 2]
+        } else {
+            [n, self.geo.cout, self.geo.oh, self.geo.ow]
+        }
+    }
+
+    /// Convolves a batch of images already converted to f32 (int8: minus the zero point)
+    /// by `load`, into `out` (`[n][cout][oh][ow]`, bias added, Relu applied if fused).
+    fn run(&self, n: usize, load: impl Fn(usize, &mut [f32]), out: &mut [f32]) {
+        let g = &self.geo;
+        let (ph, pw) = (g.padded_h(), g.padded_w());
+        let mut padded = vec![0f32; g.cin * ph * pw];
+        let image_out = g.cout * g.oh * g.ow;
+        let mut plane = vec![0f32; g.h * g.w];
+        for (img, dst) in out.chunks_exact_mut(image_out).take(n).enumerate() {
+            for ci in 0..g.cin {
+                load(img * g.cin + ci, &mut plane);
+                let padded_plane = &mut padded[ci * ph * pw..][..ph * pw];
+                for (y, row) in plane.chunks_exact(g.w).enumerate() {
+                    padded_plane[(g.pad_top + y) * pw + g.pad_left..][..g.w].copy_from_slice(row);
+                }
+            }
+            convolve(g, &padded, &self.packed, &self.bias, self.relu, dst);
+        }
+    }
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+// tract compares ops to merge identical nodes; equality is bitwise so it is an equivalence.
+impl PartialEq for DirectConv {
+    fn eq(&self, other: &DirectConv) -> bool {
+        self.geo == other.geo
+            && same_bits(&self.packed, &other.packed)
+            && same_bits(&self.bias, &other.bias)
+            && self.relu == other.relu
+            && self.pool == other.pool
+            && self.quantize_input.map(|(s, z)| (s.to_bits(), z))
+                == other.quantize_input.map(|(s, z)| (s.to_bits(), z))
+            && self.int8 == other.int8
+            && self.x_range == other.x_range
+            && self.int == other.int
+            && self.lookup == other.lookup
+    }
+}
+impl Eq for DirectConv {}
+
+impl Op for DirectConv {
+    fn name(&self) -> StaticName {
+        "CascadeDirectConv".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let g = &self.geo;
+        Ok(vec![format!(
+            "{}->{} {}x{} on {}x{}, pad {},{}; relu: {}; pool: {}; int8: {}",
+            g.cin,
+            g.cout,
+            g.kh,
+            g.kw,
+            g.h,
+            g.w,
+            g.pad_top,
+            g.pad_left,
+            self.relu,
+            self.pool,
+            self.int8.is_some()
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for DirectConv {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let Some(input) = inputs.first() else { bail!("DirectConv needs one input") };
+        let g = &self.geo;
+        let shape = input.shape();
+        if shape.len() != 4 || shape[1..] != [g.cin, g.h, g.w] {
+            bail!("DirectConv planned for [N,{},{},{}], got {shape:?}", g.cin, g.h, g.w);
+        }
+        let n = shape[0];
+        let out_shape = self.output_shape(n);
+        let conv_len = n * g.cout * g.oh * g.ow;
+        let plane = g.h * g.w;
+        let pooled = |acc: Vec<f32>| {
+            if self.pool { super::pool::pool(&acc, &[n, g.cout, g.oh, g.ow]).0 } else { acc }
+        };
+        let Some(q @ Int8Output { requant: rq, output, .. }) = &self.int8 else {
+            let x = input.try_as_plain_ram()?;
+            let x = x.as_slice::<f32>()?;
+            let mut acc = vec![0f32; conv_len];
+            self.run(n, |p, dst| dst.copy_from_slice(&x[p * plane..][..plane]), &mut acc);
+            let out = Tensor::from(ArrayD::from_shape_vec(IxDyn(&out_shape), pooled(acc))?);
+            return Ok(tvec!(out.into_tvalue()));
+        };
+        let x_zero = rq.x_zero;
+        let x = input.try_as_plain_ram()?;
+        let range = self.x_range;
+        let dt = input.datum_type().unquantized();
+        if dt == DatumType::F32 && self.quantize_input.is_none() {
+            bail!("DirectConv int8 got an f32 input without quantisation parameters")
+        }
+        let (scale, zero) = self.quantize_input.unwrap_or_default();
+        let acc = if let Some(int) = &self.int {
+            // On integer dot-product instructions, pooled as it is stored: the input as
+            // unsigned bytes.
+            let mut acc = vec![0f32; out_shape.iter().product()];
+            match dt {
+                DatumType::F32 => {
+                    // Adding 2^23 leaves an integer in 0..=255 in the low mantissa bits: no
+                    // saturating conversion, so the loop stays vectorised.
+                    let (x, shift) = (x.as_slice::<f32>()?, int.shift() as f32 + 8_388_608.0);
+                    let load = |p: usize, dst: &mut [u8]| {
+                        let byte = |q: f32| (q + shift).to_bits() as u8;
+                        quantize_all(&x[p * plane..][..plane], scale, zero, range, dst, byte);
+                    };
+                    int.run(n, self.pool, load, &mut acc);
+                }
+                DatumType::U8 => {
+                    let x = x.as_slice::<u8>()?;
+                    int.run(n, self.pool, |p, dst| dst.copy_from_slice(&x[p * plane..][..plane]), &mut acc);
+                }
+                DatumType::I8 => {
+                    let x = x.as_slice::<i8>()?;
+                    let load = |p: usize, dst: &mut [u8]| {
+                        for (d, &v) in dst.iter_mut().zip(&x[p * plane..][..plane]) {
+                            *d = (v as u8) ^ 0x80;
+                        }
+                    };
+                    int.run(n, self.pool, load, &mut acc);
+                }
+                other => bail!("DirectConv does not implement int8 input {other:?}"),
+            }
+            acc
+        } else {
+            // On the f32 loop: the input as f32 integers minus the zero point.
+            let mut acc = vec![0f32; conv_len];
+            match dt {
+                DatumType::F32 => {
+                    let x = x.as_slice::<f32>()?;
+                    let load = |p: usize, dst: &mut [f32]| {
+                        quantize_all(&x[p * plane..][..plane], scale, zero, range, dst, |q| {
+                            q - x_zero as f32
+                        });
+                    };
+                    self.run(n, load, &mut acc);
+                }
+                DatumType::U8 => {
+                    let x = x.as_slice::<u8>()?;
+                    let load = |p: usize, dst: &mut [f32]| {
+                        for (d, &v) in dst.iter_mut().zip(&x[p * plane..][..plane]) {
+                            *d = (i32::from(v) - x_zero) as f32;
+                        }
+                    };
+                    self.run(n, load, &mut acc);
+                }
+                DatumType::I8 => {
+                    let x = x.as_slice::<i8>()?;
+                    let load = |p: usize, dst: &mut [f32]| {
+                        for (d, &v) in dst.iter_mut().zip(&x[p * plane..][..plane]) {
+                            *d = (i32::from(v) - x_zero) as f32;
+                        }
+                    };
+                    self.run(n, load, &mut acc);
+                }
+                other => bail!("DirectConv does not implement int8 input {other:?}"),
+            }
+            pooled(acc)
+        };
+        // One output plane per (image, channel), each with its channel's multiplier.
+        let plane_out = out_shape[2] * out_shape[3];
+        fn requantize_planes<T: Quantized>(
+            acc: &[f32],
+            plane: usize,
+            q: &Int8Output,
+            cout: usize,
+            out: &mut [T],
+        ) {
+            if q.channel_mults.is_none() || plane == 0 {
+                return requantize_all(acc, q.requant.mult, q.requant.y_zero, out);
+            }
+            for (p, (a, o)) in acc.chunks_exact(plane).zip(out.chunks_exact_mut(plane)).enumerate() {
+                requantize_all(a, q.mult(p % cout), q.requant.y_zero, o);
+            }
+        }
+        let mut out = match output.unquantized() {
+            DatumType::U8 => {
+                let mut data = vec![0u8; acc.len()];
+                requantize_planes(&acc, plane_out, q, g.cout, &mut data);
+                if let Some((table, _)) = &self.lookup {
+                    for v in &mut data {
+                        *v = table[usize::from(*v)];
+                    }
+                }
+                Tensor::from(ArrayD::from_shape_vec(IxDyn(&out_shape), data)?)
+            }
+            DatumType::I8 => {
+                let mut data = vec![0i8; acc.len()];
+                requantize_planes(&acc, plane_out, q, g.cout, &mut data);
+                Tensor::from(ArrayD::from_shape_vec(IxDyn(&out_shape), data)?)
+            }
+            other => bail!("DirectConv does not implement int8 output {other:?}"),
+        };
+        let dt = self.output_datum_type();
+        if out.datum_type() != dt {
+            // SAFETY: `dt` is a quantised view of the element type the data was built with
+            // (QU8 over u8, QI8 over i8).
+            unsafe { out.set_datum_type(dt) };
+        }
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for DirectConv {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let Some(input) = inputs.first() else { bail!("DirectConv needs one input") };
+        let Some(shape) = input.shape.as_concrete() else { bail!("DirectConv needs a concrete input shape") };
+        if shape.len() != 4 {
+            bail!("DirectConv needs an NCHW input, got shape {shape:?}");
+        }
+        let dt = self.output_datum_type();
+        Ok(tvec!(TypedFact::dt_shape(dt, &self.output_shape(shape[0])[..])))
+    }
+
+    as_op!();
+}

@@ -1,0 +1,73 @@
+//! The direct convolution's kernels and int8 edges against tract and each other.
+
+#[cfg(target_arch = "x86_64")]
+use super::kernels::convolve_avx2;
+use super::kernels::{convolve, convolve_portable};
+use super::quantize::requantize;
+use super::*;
+use tract_onnx::tract_core::tract_linalg::Scaler;
+use tract_onnx::tract_core::tract_linalg::mmm::RoundingPolicy;
+
+#[test]
+fn requantize_rounds_exactly_as_tracts_fixed_point_scaler() {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    // The edge model's two scales, powers of two (no multiplier), then random ones.
+    let mut scales = vec![0.00523031f32 * 0.003921569 / 0.01079464, 0.25, 1.0, 4.0];
+    scales.extend((0..40).map(|_| f32::from_bits(0x3000_0000 + (next() % 0x1000_0000) as u32)));
+    for scale in scales {
+        let scaler = Scaler::new(scale, RoundingPolicy::Even);
+        // Ties included: multiples of a power of two near 1/scale land on halves.
+        let mut accs: Vec<i32> = vec![0, 1, -1, 16_777_215, -16_777_215];
+        accs.extend((0..2000).map(|_| (next() % 33_554_431) as i32 - 16_777_215));
+        accs.extend((-300..300).map(|i| i * (1 << 12)));
+        for acc in accs {
+            assert_eq!(requantize(acc as f32, scale), scaler * acc, "acc {acc} scale {scale:e}");
+        }
+    }
+}
+
+#[test]
+fn every_kernel_this_cpu_runs_matches_the_portable_one() {
+    let geo =
+        ConvGeometry { cin: 3, cout: 11, h: 9, w: 37, kh: 3, kw: 2, pad_top: 1, pad_left: 0, oh: 9, ow: 36 };
+    let weights: Vec<f32> = (0..geo.cout * geo.taps()).map(|i| ((i * 37) % 17) as f32 / 8.0 - 1.0).collect();
+    let bias: Vec<f32> = (0..geo.cout).map(|i| i as f32 / 4.0 - 1.0).collect();
+    let conv = DirectConv::fp32(geo, &weights, &bias, true).unwrap();
+    let mut padded = vec![0f32; geo.cin * geo.padded_h() * geo.padded_w()];
+    for (i, v) in padded.iter_mut().enumerate() {
+        *v = ((i * 13) % 29) as f32 / 16.0 - 0.9;
+    }
+    let size = geo.cout * geo.oh * geo.ow;
+    let mut expected = vec![0f32; size];
+    convolve_portable(&geo, &padded, &conv.packed, &conv.bias, true, &mut expected);
+    let mut got = vec![0f32; size];
+    convolve(&geo, &padded, &conv.packed, &conv.bias, true, &mut got);
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 * x.abs().max(1.0));
+    assert!(close(&expected, &got));
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        let mut avx2 = vec![0f32; size];
+        // SAFETY: the CPU has the features.
+        unsafe { convolve_avx2(&geo, &padded, &conv.packed, &conv.bias, true, &mut avx2) };
+        assert!(close(&expected, &avx2));
+    }
+    assert!(expected.iter().any(|&v| v > 0.0) && expected.iter().all(|&v| v >= 0.0));
+}
+
+#[test]
+fn int8_refuses_weights_whose_sums_f32_cannot_hold_exactly() {
+    let geo =
+        ConvGeometry { cin: 600, cout: 1, h: 1, w: 1, kh: 1, kw: 1, pad_top: 0, pad_left: 0, oh: 1, ow: 1 };
+    let requant = Requant { x_zero: 0, w_zero: 0, y_zero: 0, mult: 0.01, lo: 0, hi: 255 };
+    let q = Int8Output { requant, output: DatumType::U8, channel_mults: None };
+    // 600 * 128 * 255 > 2^24; 400 * 128 * 255 < 2^24.
+    assert!(DirectConv::int8(geo, &[-128; 600], &[0], (0, 255), q.clone()).is_none());
+    let geo = ConvGeometry { cin: 400, ..geo };
+    assert!(DirectConv::int8(geo, &[-128; 400], &[0], (0, 255), q).is_some());
+}
