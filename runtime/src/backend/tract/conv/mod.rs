@@ -34,8 +34,8 @@
 //! fixed-point `Scaler` (round half to even), offset by the output zero point, clamped.
 
 use tract_onnx::tract_core::internal::{
-    DatumType, EvalContext, EvalOp, IntoTValue, Op, StaticName, TValue, TVec, Tensor, TractResult, TypedFact,
-    TypedOp, as_op, bail, op_as_typed_op, op_out_of_plan, tvec,
+    DatumType, EvalContext, EvalOp, IntoTValue, LaneId, Op, OpState, StaticName, TValue, TVec, Tensor,
+    TractResult, TypedFact, TypedOp, as_op, bail, op_as_typed_op, op_out_of_plan, tvec,
 };
 use tract_onnx::tract_core::ndarray::{ArrayD, IxDyn};
 
@@ -43,10 +43,12 @@ use super::intconv::{IntConv, Packed};
 use crate::backend::quant::Requant;
 use kernels::{convolve, pack, pad_bias};
 use quantize::{MAX_SCALE, Quantized, quantize_all, requantize_all};
+use scratch::{Scratch, sized};
 
 mod kernels;
 pub(crate) use kernels::kernel_paths;
 mod quantize;
+pub(super) mod scratch;
 #[cfg(test)]
 mod tests;
 
@@ -253,22 +255,29 @@ impl DirectConv {
     }
 
     /// Convolves a batch of images already converted to f32 (int8: minus the zero point)
-    /// by `load`, into `out` (`[n][cout][oh][ow]`, bias added, Relu applied if fused).
-    fn run(&self, n: usize, load: impl Fn(usize, &mut [f32]), out: &mut [f32]) {
+    /// by `load`, into `out` (`[n][cout][oh][ow]`, bias added, Relu applied if fused), with
+    /// the input planes in `padded` and `plane`.
+    fn run(
+        &self,
+        n: usize,
+        load: impl Fn(usize, &mut [f32]),
+        out: &mut [f32],
+        (padded, plane): (&mut Vec<f32>, &mut Vec<f32>),
+    ) {
         let g = &self.geo;
         let (ph, pw) = (g.padded_h(), g.padded_w());
-        let mut padded = vec![0f32; g.cin * ph * pw];
+        let padded = sized(padded, g.cin * ph * pw, 0.0);
+        let plane = sized(plane, g.h * g.w, 0.0);
         let image_out = g.cout * g.oh * g.ow;
-        let mut plane = vec![0f32; g.h * g.w];
         for (img, dst) in out.chunks_exact_mut(image_out).take(n).enumerate() {
             for ci in 0..g.cin {
-                load(img * g.cin + ci, &mut plane);
+                load(img * g.cin + ci, plane);
                 let padded_plane = &mut padded[ci * ph * pw..][..ph * pw];
                 for (y, row) in plane.chunks_exact(g.w).enumerate() {
                     padded_plane[(g.pad_top + y) * pw + g.pad_left..][..g.w].copy_from_slice(row);
                 }
             }
-            convolve(g, &padded, &self.packed, &self.bias, self.relu, dst);
+            convolve(g, padded, &self.packed, &self.bias, self.relu, dst);
         }
     }
 }
@@ -321,10 +330,37 @@ impl Op for DirectConv {
     op_as_typed_op!();
 }
 
+/// A `DirectConv` node's state in a tract run: its buffers, nothing that changes an answer.
+#[derive(Debug, Clone, Default)]
+struct ConvState(Scratch);
+
+impl OpState for ConvState {
+    fn eval(&mut self, _ctx: &EvalContext, op: &dyn Op, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let Some(op) = op.downcast_ref::<DirectConv>() else { bail!("ConvState runs only a DirectConv") };
+        op.eval_with(inputs, &mut self.0)
+    }
+
+    fn reset_lanes(&mut self, _lanes: &[LaneId]) -> TractResult<()> {
+        // Scratch only: no run's answer depends on an earlier one.
+        Ok(())
+    }
+}
+
 impl EvalOp for DirectConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        self.eval_with(inputs, &mut Scratch::default())
+    }
+
+    fn state(&self, _ctx: &EvalContext) -> TractResult<Option<Box<dyn OpState>>> {
+        Ok(Some(Box::new(ConvState::default())))
+    }
+}
+
+impl DirectConv {
+    /// Evaluates the op on `inputs` with buffers kept in `scratch`.
+    fn eval_with(&self, inputs: TVec<TValue>, scratch: &mut Scratch) -> TractResult<TVec<TValue>> {
         let Some(input) = inputs.first() else { bail!("DirectConv needs one input") };
         let g = &self.geo;
         let shape = input.shape();
@@ -335,15 +371,22 @@ impl EvalOp for DirectConv {
         let out_shape = self.output_shape(n);
         let conv_len = n * g.cout * g.oh * g.ow;
         let plane = g.h * g.w;
-        let pooled = |acc: Vec<f32>| {
-            if self.pool { super::pool::pool(&acc, &[n, g.cout, g.oh, g.ow]).0 } else { acc }
-        };
+        let Scratch { acc, padded, plane: unpadded, int: int_scratch } = scratch;
+        let f32_input = (padded, unpadded);
         let Some(q @ Int8Output { requant: rq, output, .. }) = &self.int8 else {
             let x = input.try_as_plain_ram()?;
             let x = x.as_slice::<f32>()?;
-            let mut acc = vec![0f32; conv_len];
-            self.run(n, |p, dst| dst.copy_from_slice(&x[p * plane..][..plane]), &mut acc);
-            let out = Tensor::from(ArrayD::from_shape_vec(IxDyn(&out_shape), pooled(acc))?);
+            let load = |p: usize, dst: &mut [f32]| dst.copy_from_slice(&x[p * plane..][..plane]);
+            let data = if self.pool {
+                let acc = sized(acc, conv_len, 0.0);
+                self.run(n, load, acc, f32_input);
+                super::pool::pool(acc, &[n, g.cout, g.oh, g.ow]).0
+            } else {
+                let mut out = vec![0f32; conv_len];
+                self.run(n, load, &mut out, f32_input);
+                out
+            };
+            let out = Tensor::from(ArrayD::from_shape_vec(IxDyn(&out_shape), data)?);
             return Ok(tvec!(out.into_tvalue()));
         };
         let x_zero = rq.x_zero;
@@ -354,10 +397,11 @@ impl EvalOp for DirectConv {
             bail!("DirectConv int8 got an f32 input without quantisation parameters")
         }
         let (scale, zero) = self.quantize_input.unwrap_or_default();
-        let acc = if let Some(int) = &self.int {
+        let pooled;
+        let acc: &[f32] = if let Some(int) = &self.int {
             // On integer dot-product instructions, pooled as it is stored: the input as
             // unsigned bytes.
-            let mut acc = vec![0f32; out_shape.iter().product()];
+            let acc = sized(acc, out_shape.iter().product(), 0.0);
             match dt {
                 DatumType::F32 => {
                     // Adding 2^23 leaves an integer in 0..=255 in the low mantissa bits: no
@@ -367,11 +411,12 @@ impl EvalOp for DirectConv {
                         let byte = |q: f32| (q + shift).to_bits() as u8;
                         quantize_all(&x[p * plane..][..plane], scale, zero, range, dst, byte);
                     };
-                    int.run(n, self.pool, load, &mut acc);
+                    int.run(n, self.pool, load, acc, int_scratch);
                 }
                 DatumType::U8 => {
                     let x = x.as_slice::<u8>()?;
-                    int.run(n, self.pool, |p, dst| dst.copy_from_slice(&x[p * plane..][..plane]), &mut acc);
+                    let load = |p: usize, dst: &mut [u8]| dst.copy_from_slice(&x[p * plane..][..plane]);
+                    int.run(n, self.pool, load, acc, int_scratch);
                 }
                 DatumType::I8 => {
                     let x = x.as_slice::<i8>()?;
@@ -380,14 +425,14 @@ impl EvalOp for DirectConv {
                             *d = (v as u8) ^ 0x80;
                         }
                     };
-                    int.run(n, self.pool, load, &mut acc);
+                    int.run(n, self.pool, load, acc, int_scratch);
                 }
                 other => bail!("DirectConv does not implement int8 input {other:?}"),
             }
-            acc
+            &*acc
         } else {
             // On the f32 loop: the input as f32 integers minus the zero point.
-            let mut acc = vec![0f32; conv_len];
+            let conv = sized(acc, conv_len, 0.0);
             match dt {
                 DatumType::F32 => {
                     let x = x.as_slice::<f32>()?;
@@ -396,7 +441,7 @@ impl EvalOp for DirectConv {
                             q - x_zero as f32
                         });
                     };
-                    self.run(n, load, &mut acc);
+                    self.run(n, load, conv, f32_input);
                 }
                 DatumType::U8 => {
                     let x = x.as_slice::<u8>()?;
@@ -405,7 +450,7 @@ impl EvalOp for DirectConv {
                             *d = (i32::from(v) - x_zero) as f32;
                         }
                     };
-                    self.run(n, load, &mut acc);
+                    self.run(n, load, conv, f32_input);
                 }
                 DatumType::I8 => {
                     let x = x.as_slice::<i8>()?;
@@ -414,11 +459,16 @@ impl EvalOp for DirectConv {
                             *d = (i32::from(v) - x_zero) as f32;
                         }
                     };
-                    self.run(n, load, &mut acc);
+                    self.run(n, load, conv, f32_input);
                 }
                 other => bail!("DirectConv does not implement int8 input {other:?}"),
             }
-            pooled(acc)
+            if self.pool {
+                pooled = super::pool::pool(conv, &[n, g.cout, g.oh, g.ow]).0;
+                &pooled
+            } else {
+                &*conv
+            }
         };
         // One output plane per (image, channel), each with its channel's multiplier.
         let plane_out = out_shape[2] * out_shape[3];
@@ -439,7 +489,7 @@ impl EvalOp for DirectConv {
         let mut out = match output.unquantized() {
             DatumType::U8 => {
                 let mut data = vec![0u8; acc.len()];
-                requantize_planes(&acc, plane_out, q, g.cout, &mut data);
+                requantize_planes(acc, plane_out, q, g.cout, &mut data);
                 if let Some((table, _)) = &self.lookup {
                     for v in &mut data {
                         *v = table[usize::from(*v)];
@@ -449,7 +499,7 @@ impl EvalOp for DirectConv {
             }
             DatumType::I8 => {
                 let mut data = vec![0i8; acc.len()];
-                requantize_planes(&acc, plane_out, q, g.cout, &mut data);
+                requantize_planes(acc, plane_out, q, g.cout, &mut data);
                 Tensor::from(ArrayD::from_shape_vec(IxDyn(&out_shape), data)?)
             }
             other => bail!("DirectConv does not implement int8 output {other:?}"),

@@ -61,6 +61,28 @@ fn every_kernel_this_cpu_runs_matches_the_portable_one() {
 }
 
 #[test]
+fn a_state_that_ran_other_input_answers_as_a_fresh_one() {
+    let geo =
+        ConvGeometry { cin: 3, cout: 11, h: 9, w: 37, kh: 3, kw: 3, pad_top: 1, pad_left: 1, oh: 9, ow: 37 };
+    let weights: Vec<f32> = (0..geo.cout * geo.taps()).map(|i| ((i * 37) % 17) as f32 / 8.0 - 1.0).collect();
+    let bias: Vec<f32> = (0..geo.cout).map(|i| i as f32 / 4.0 - 1.0).collect();
+    let input = |seed: usize| {
+        let data = (0..2 * geo.cin * geo.h * geo.w).map(|i| ((i * seed) % 31) as f32 / 8.0 - 2.0).collect();
+        Tensor::from(ArrayD::from_shape_vec(IxDyn(&[2, geo.cin, geo.h, geo.w]), data).unwrap()).into_tvalue()
+    };
+    let ctx = EvalContext::out_of_plan();
+    for pool in [false, true] {
+        let conv = DirectConv { pool, ..DirectConv::fp32(geo, &weights, &bias, true).unwrap() };
+        let mut state = ConvState::default();
+        state.eval(&ctx, &conv, tvec!(input(7))).unwrap();
+        let reused = state.eval(&ctx, &conv, tvec!(input(13))).unwrap();
+        let fresh = EvalOp::eval(&conv, &ctx, tvec!(input(13))).unwrap();
+        assert_eq!(*reused[0], *fresh[0], "pool {pool}");
+        assert_ne!(*reused[0], *EvalOp::eval(&conv, &ctx, tvec!(input(7))).unwrap()[0]);
+    }
+}
+
+#[test]
 fn int8_refuses_weights_whose_sums_f32_cannot_hold_exactly() {
     let geo =
         ConvGeometry { cin: 600, cout: 1, h: 1, w: 1, kh: 1, kw: 1, pad_top: 0, pad_left: 0, oh: 1, ow: 1 };

@@ -4,7 +4,7 @@
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-use super::{Lanes, Packed, VECTOR};
+use super::{IntScratch, Lanes, Packed, VECTOR};
 
 /// `sdot`: the signed dot product of four byte pairs into each i32 lane. Written as
 /// assembly: its intrinsic (`vdotq_s32`) is not stable Rust yet.
@@ -119,13 +119,14 @@ pub(super) fn run_sdot(
     pool: bool,
     load: &mut dyn FnMut(usize, &mut [u8]),
     out: &mut [f32],
+    scratch: &mut IntScratch,
 ) {
     // SAFETY: this function is compiled for, and only called on, the dot-product extension.
     unsafe {
         if pool {
-            p.run_with::<Neon, 2>(n, pool, load, out);
+            p.run_with::<Neon, 2>(n, pool, load, out, scratch);
         } else {
-            p.run_with::<Neon, 4>(n, pool, load, out);
+            p.run_with::<Neon, 4>(n, pool, load, out, scratch);
         }
     }
 }

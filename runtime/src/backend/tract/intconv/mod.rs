@@ -38,6 +38,8 @@
 //! along it, sixty-four terms per instruction.
 
 use super::conv::ConvGeometry;
+pub(crate) use super::conv::scratch::IntScratch;
+use super::conv::scratch::sized;
 
 /// Output columns per tile, as in the f32 loop: sixteen i32 lanes.
 const TILE: usize = 16;
@@ -246,7 +248,8 @@ impl Packed {
     /// time (`OB` divides [`BLOCK`]), and with `pool` takes the max of each 2x2 window (stride
     /// 2, odd trailing rows and columns dropped) before storing. `load(p, plane)` writes input
     /// plane `p` (image `p / cin`, channel `p % cin`) as unsigned bytes. `out` is
-    /// `[n][cout][oh][ow]`, or pooled `[n][cout][oh / 2][ow / 2]`.
+    /// `[n][cout][oh][ow]`, or pooled `[n][cout][oh / 2][ow / 2]`. `scratch` holds the
+    /// input's layouts between runs.
     ///
     /// # Safety
     /// The CPU has the instructions `L` uses.
@@ -257,6 +260,7 @@ impl Packed {
         pool: bool,
         load: &mut dyn FnMut(usize, &mut [u8]),
         out: &mut [f32],
+        scratch: &mut IntScratch,
     ) {
         let g = &self.geo;
         let image_out = self.image_out(pool);
@@ -266,32 +270,32 @@ impl Packed {
         let images = out.chunks_exact_mut(image_out).take(n).enumerate();
         match self.layout {
             Layout::Dot { bytes } => {
-                let mut input = vec![0u8; bytes];
+                let input = sized(&mut scratch.input, bytes, 0);
                 for (img, dst) in images {
                     for (ci, chunk) in input.chunks_mut(g.h * g.w).take(g.cin).enumerate() {
                         load(img * g.cin + ci, chunk);
                     }
                     // SAFETY: forwarded from the caller. (One pixel: there is nothing to pool,
                     // and `image_out` is 0 when pooling.)
-                    unsafe { dot::<L>(self, bytes, &input, dst) };
+                    unsafe { dot::<L>(self, bytes, input, dst) };
                 }
             }
             Layout::Rows { fold, groups, kw } => {
                 let (ph, pw) = (g.padded_h(), g.padded_w());
                 let qw = self.quad_width(kw);
-                let mut plane = vec![0u8; g.h * g.w];
-                let mut padded = vec![self.u_zero; g.cin * ph * pw];
-                let mut quads = vec![0u8; groups * ph * qw * 4];
+                let plane = sized(&mut scratch.plane, g.h * g.w, 0);
+                let padded = sized(&mut scratch.padded, g.cin * ph * pw, self.u_zero);
+                let quads = sized(&mut scratch.quads, groups * ph * qw * 4, 0);
                 for (img, dst) in images {
                     for ci in 0..g.cin {
-                        load(img * g.cin + ci, &mut plane);
+                        load(img * g.cin + ci, plane);
                         let padded_plane = &mut padded[ci * ph * pw..][..ph * pw];
                         for (y, row) in plane.chunks_exact(g.w).enumerate() {
                             padded_plane[(g.pad_top + y) * pw + g.pad_left..][..g.w].copy_from_slice(row);
                         }
                     }
-                    self.fill_quads(fold, groups, qw, &padded, &mut quads);
-                    let rows = Rows { p: self, groups, kw, qw, quads: &quads };
+                    self.fill_quads(fold, groups, qw, padded, quads);
+                    let rows = Rows { p: self, groups, kw, qw, quads };
                     // SAFETY: forwarded from the caller.
                     unsafe {
                         if pool {
@@ -553,17 +557,25 @@ impl IntConv {
     /// Convolves `n` images into `out` (`[n][cout][oh][ow]`, bias added, before
     /// requantisation), with `pool` max-pooled 2x2 with stride 2 (`[n][cout][oh / 2][ow /
     /// 2]`); `load(p, plane)` writes input plane `p` as unsigned bytes.
-    pub(crate) fn run(&self, n: usize, pool: bool, mut load: impl FnMut(usize, &mut [u8]), out: &mut [f32]) {
+    pub(crate) fn run(
+        &self,
+        n: usize,
+        pool: bool,
+        mut load: impl FnMut(usize, &mut [u8]),
+        out: &mut [f32],
+        scratch: &mut IntScratch,
+    ) {
+        let (p, load, s) = (&self.packed, &mut load, scratch);
         match self.isa {
             // SAFETY: `Isa::best` found the instructions on this CPU.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => unsafe { x86::run_avx512(&self.packed, n, pool, &mut load, out) },
+            Isa::Avx512Vnni => unsafe { x86::run_avx512(p, n, pool, load, out, s) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Isa::AvxVnni => unsafe { x86::run_avx256(&self.packed, n, pool, &mut load, out) },
+            Isa::AvxVnni => unsafe { x86::run_avx256(p, n, pool, load, out, s) },
             // SAFETY: as above.
             #[cfg(target_arch = "aarch64")]
-            Isa::Sdot => unsafe { arm::run_sdot(&self.packed, n, pool, &mut load, out) },
+            Isa::Sdot => unsafe { arm::run_sdot(p, n, pool, load, out, s) },
         }
     }
 }

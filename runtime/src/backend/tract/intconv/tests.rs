@@ -134,11 +134,12 @@ fn cases() -> Vec<Case> {
 }
 
 /// Packs `case` and runs it through `run` (pooled or not), loading its input as unsigned
-/// bytes.
+/// bytes. The scratch buffers were first used by a run on other input, as a pooled run
+/// state's are.
 fn run_case(
     case: &Case,
     pool: bool,
-    run: impl Fn(&Packed, &mut dyn FnMut(usize, &mut [u8]), &mut [f32]),
+    run: impl Fn(&Packed, &mut dyn FnMut(usize, &mut [u8]), &mut [f32], &mut IntScratch),
 ) -> Vec<f32> {
     let g = &case.geo;
     let packed = Packed::new(*g, &case.w, &case.bias, case.x_zero, case.x_range).expect("weights fit i8");
@@ -149,8 +150,11 @@ fn run_case(
             *d = (v + shift) as u8;
         }
     };
+    let mut scratch = IntScratch::default();
     let mut out = vec![f32::NAN; case.n * packed.image_out(pool)];
-    run(&packed, &mut load, &mut out);
+    run(&packed, &mut |_, dst: &mut [u8]| dst.fill(0xA5), &mut out, &mut scratch);
+    out.fill(f32::NAN);
+    run(&packed, &mut load, &mut out, &mut scratch);
     out
 }
 
@@ -167,13 +171,13 @@ fn the_packed_layout_computes_the_convolution_exactly() {
         for pool in [false, true] {
             let expected = expected(&case, pool);
             // SAFETY: the emulation needs no CPU feature.
-            let got = run_case(&case, pool, |p, load, out| unsafe {
-                p.run_with::<Emulated<false>, 16>(case.n, pool, load, out)
+            let got = run_case(&case, pool, |p, load, out, s| unsafe {
+                p.run_with::<Emulated<false>, 16>(case.n, pool, load, out, s)
             });
             assert_eq!(bits(&expected), bits(&got), "{:?} pool {pool}", case.geo);
             // SAFETY: as above.
-            let got = run_case(&case, pool, |p, load, out| unsafe {
-                p.run_with::<Emulated<true>, 4>(case.n, pool, load, out)
+            let got = run_case(&case, pool, |p, load, out, s| unsafe {
+                p.run_with::<Emulated<true>, 4>(case.n, pool, load, out, s)
             });
             assert_eq!(bits(&expected), bits(&got), "signed {:?} pool {pool}", case.geo);
         }
@@ -190,16 +194,16 @@ fn every_dot_product_kernel_this_cpu_has_matches_the_reference_bit_for_bit() {
             {
                 if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has the features.
-                    let got = run_case(&case, pool, |p, load, out| unsafe {
-                        x86::run_avx512(p, case.n, pool, load, out)
+                    let got = run_case(&case, pool, |p, load, out, s| unsafe {
+                        x86::run_avx512(p, case.n, pool, load, out, s)
                     });
                     assert_eq!(bits(&expected), bits(&got), "avx512vnni {:?} pool {pool}", case.geo);
                     ran.push("avx512vnni");
                 }
                 if is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2") {
                     // SAFETY: the CPU has the features.
-                    let got = run_case(&case, pool, |p, load, out| unsafe {
-                        x86::run_avx256(p, case.n, pool, load, out)
+                    let got = run_case(&case, pool, |p, load, out, s| unsafe {
+                        x86::run_avx256(p, case.n, pool, load, out, s)
                     });
                     assert_eq!(bits(&expected), bits(&got), "avxvnni {:?} pool {pool}", case.geo);
                     ran.push("avxvnni");
@@ -208,8 +212,8 @@ fn every_dot_product_kernel_this_cpu_has_matches_the_reference_bit_for_bit() {
             #[cfg(target_arch = "aarch64")]
             if std::arch::is_aarch64_feature_detected!("dotprod") {
                 // SAFETY: the CPU has the feature.
-                let got = run_case(&case, pool, |p, load, out| unsafe {
-                    arm::run_sdot(p, case.n, pool, load, out)
+                let got = run_case(&case, pool, |p, load, out, s| unsafe {
+                    arm::run_sdot(p, case.n, pool, load, out, s)
                 });
                 assert_eq!(bits(&expected), bits(&got), "sdot {:?} pool {pool}", case.geo);
                 ran.push("sdot");

@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Lanes, Packed, VECTOR};
+use super::{IntScratch, Lanes, Packed, VECTOR};
 
 /// AVX-512 VNNI: one 512-bit vector.
 #[derive(Clone, Copy)]
@@ -153,13 +153,14 @@ pub(super) fn run_avx512(
     pool: bool,
     load: &mut dyn FnMut(usize, &mut [u8]),
     out: &mut [f32],
+    scratch: &mut IntScratch,
 ) {
     // SAFETY: this function is compiled for, and only called on, AVX-512 VNNI.
     unsafe {
         if pool || p.geo.cout <= 8 {
-            p.run_with::<Avx512, 8>(n, pool, load, out);
+            p.run_with::<Avx512, 8>(n, pool, load, out, scratch);
         } else {
-            p.run_with::<Avx512, 16>(n, pool, load, out);
+            p.run_with::<Avx512, 16>(n, pool, load, out, scratch);
         }
     }
 }
@@ -172,7 +173,8 @@ pub(super) fn run_avx256(
     pool: bool,
     load: &mut dyn FnMut(usize, &mut [u8]),
     out: &mut [f32],
+    scratch: &mut IntScratch,
 ) {
     // SAFETY: this function is compiled for, and only called on, AVX-VNNI.
-    unsafe { p.run_with::<Avx256, 4>(n, pool, load, out) };
+    unsafe { p.run_with::<Avx256, 4>(n, pool, load, out, scratch) };
 }
