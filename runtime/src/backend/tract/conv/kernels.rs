@@ -96,104 +96,85 @@ fn convolve_avx512(
     relu: bool,
     out: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
-    // 16 columns x two blocks of 8 channels: sixteen zmm accumulators, enough independent
-    // FMAs in flight for two FMA pipes; per tap one row load and sixteen broadcast weights
-    // feed sixteen FMAs. An odd last block runs alone, with eight.
+    // Sixteen zmm accumulators, enough independent FMAs in flight for two FMA pipes: two
+    // output rows of 16 columns x eight channels, so that per tap two row loads and eight
+    // broadcast weights feed sixteen FMAs. Measured against one row x sixteen channels (a
+    // load per FMA) and four rows x four channels: `docs/performance.md`. An odd last row
+    // goes alone.
     let taps = g.taps();
-    let (pw, plane_in) = (g.padded_w(), g.padded_h() * g.padded_w());
-    let blocks = g.blocks();
-    #[inline(always)]
-    fn store(
-        g: &ConvGeometry,
-        acc: [__m512; BLOCK],
-        oc0: usize,
-        y: usize,
-        x0: usize,
-        relu: bool,
-        out: &mut [f32],
-    ) {
-        let plane_out = g.oh * g.ow;
-        let cols = TILE.min(g.ow - x0);
-        let mask: __mmask16 = if cols == TILE { !0 } else { (1u16 << cols) - 1 };
-        for (ob, a) in acc.into_iter().enumerate() {
-            let oc = oc0 + ob;
-            if oc >= g.cout {
-                break;
+    let pairs = g.oh - g.oh % 2;
+    for block in 0..g.blocks() {
+        let weights = &packed[block * taps * BLOCK..][..taps * BLOCK];
+        for tile in 0..g.tiles() {
+            let x0 = tile * TILE;
+            for y in (0..pairs).step_by(2) {
+                tile_avx512::<2>(g, padded, weights, bias, block, (y, x0), relu, out);
             }
-            let a = if relu {
-                // SAFETY: both intrinsics need AVX-512F, which the caller is compiled with.
-                unsafe { _mm512_max_ps(a, _mm512_setzero_ps()) }
-            } else {
-                a
-            };
-            let dst = &mut out[oc * plane_out + y * g.ow + x0..][..cols];
+            for y in pairs..g.oh {
+                tile_avx512::<1>(g, padded, weights, bias, block, (y, x0), relu, out);
+            }
+        }
+    }
+}
+
+/// `R` output rows from `y` x 16 columns from `x0` x the 8 channels of weight block `block`,
+/// in `R * 8` zmm accumulators.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn tile_avx512<const R: usize>(
+    g: &ConvGeometry,
+    padded: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    block: usize,
+    (y, x0): (usize, usize),
+    relu: bool,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let oc0 = block * BLOCK;
+    let (pw, plane_in) = (g.padded_w(), g.padded_h() * g.padded_w());
+    let mut acc = [[_mm512_setzero_ps(); BLOCK]; R];
+    for row in &mut acc {
+        for (c, a) in row.iter_mut().enumerate() {
+            *a = _mm512_set1_ps(bias[oc0 + c]);
+        }
+    }
+    for ci in 0..g.cin {
+        for ky in 0..g.kh {
+            // Whole-row slices checked once, so the tap loop needs no checks. (Plain loops, not
+            // closures: a closure is not compiled for this function's target features.)
+            let mut rows: [&[f32]; R] = [&[]; R];
+            for (r, row) in rows.iter_mut().enumerate() {
+                *row = &padded[ci * plane_in + (y + r + ky) * pw + x0..][..TILE + g.kw - 1];
+            }
+            let tap0 = (ci * g.kh + ky) * g.kw;
+            for (kx, w) in weights[tap0 * BLOCK..][..g.kw * BLOCK].chunks_exact(BLOCK).enumerate() {
+                let mut v = [_mm512_setzero_ps(); R];
+                for r in 0..R {
+                    // SAFETY: each row holds `TILE + kw - 1` floats, so 16 from `kx`.
+                    v[r] = unsafe { _mm512_loadu_ps(rows[r][kx..][..TILE].as_ptr()) };
+                }
+                for c in 0..BLOCK {
+                    let w = _mm512_set1_ps(w[c]);
+                    for r in 0..R {
+                        acc[r][c] = _mm512_fmadd_ps(w, v[r], acc[r][c]);
+                    }
+                }
+            }
+        }
+    }
+    let plane_out = g.oh * g.ow;
+    let cols = TILE.min(g.ow - x0);
+    let mask: __mmask16 = if cols == TILE { !0 } else { (1u16 << cols) - 1 };
+    for (r, row) in acc.into_iter().enumerate() {
+        for (c, a) in row.into_iter().enumerate().take(g.cout - oc0) {
+            let a = if relu { _mm512_max_ps(a, _mm512_setzero_ps()) } else { a };
+            let dst = &mut out[(oc0 + c) * plane_out + (y + r) * g.ow + x0..][..cols];
             // SAFETY: the mask writes exactly `cols` floats, the length of `dst`.
             unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr(), mask, a) };
-        }
-    }
-    for first in (0..blocks - blocks % 2).step_by(2) {
-        let second = first + 1;
-        let weights_a = &packed[first * taps * BLOCK..][..taps * BLOCK];
-        let weights_b = &packed[second * taps * BLOCK..][..taps * BLOCK];
-        for y in 0..g.oh {
-            for tile in 0..g.tiles() {
-                let x0 = tile * TILE;
-                let mut acc_a = [_mm512_setzero_ps(); BLOCK];
-                let mut acc_b = [_mm512_setzero_ps(); BLOCK];
-                for ob in 0..BLOCK {
-                    acc_a[ob] = _mm512_set1_ps(bias[first * BLOCK + ob]);
-                    acc_b[ob] = _mm512_set1_ps(bias[second * BLOCK + ob]);
-                }
-                for ci in 0..g.cin {
-                    for ky in 0..g.kh {
-                        // Whole-row slices checked once, so the tap loop needs no checks.
-                        let row = &padded[ci * plane_in + (y + ky) * pw + x0..][..TILE + g.kw - 1];
-                        let tap0 = (ci * g.kh + ky) * g.kw;
-                        let row_a = &weights_a[tap0 * BLOCK..][..g.kw * BLOCK];
-                        let row_b = &weights_b[tap0 * BLOCK..][..g.kw * BLOCK];
-                        let taps_a = row_a.chunks_exact(BLOCK).zip(row_b.chunks_exact(BLOCK));
-                        for (input, (w_a, w_b)) in row.windows(TILE).zip(taps_a) {
-                            // SAFETY: `input` holds 16 floats.
-                            let v = unsafe { _mm512_loadu_ps(input.as_ptr()) };
-                            for ob in 0..BLOCK {
-                                acc_a[ob] = _mm512_fmadd_ps(_mm512_set1_ps(w_a[ob]), v, acc_a[ob]);
-                                acc_b[ob] = _mm512_fmadd_ps(_mm512_set1_ps(w_b[ob]), v, acc_b[ob]);
-                            }
-                        }
-                    }
-                }
-                store(g, acc_a, first * BLOCK, y, x0, relu, out);
-                store(g, acc_b, second * BLOCK, y, x0, relu, out);
-            }
-        }
-    }
-    if blocks % 2 == 1 {
-        let last = blocks - 1;
-        let weights = &packed[last * taps * BLOCK..][..taps * BLOCK];
-        for y in 0..g.oh {
-            for tile in 0..g.tiles() {
-                let x0 = tile * TILE;
-                let mut acc = [_mm512_setzero_ps(); BLOCK];
-                for (ob, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_set1_ps(bias[last * BLOCK + ob]);
-                }
-                for ci in 0..g.cin {
-                    for ky in 0..g.kh {
-                        let row = &padded[ci * plane_in + (y + ky) * pw + x0..][..TILE + g.kw - 1];
-                        let tap0 = (ci * g.kh + ky) * g.kw;
-                        let taps = weights[tap0 * BLOCK..][..g.kw * BLOCK].chunks_exact(BLOCK);
-                        for (input, w) in row.windows(TILE).zip(taps) {
-                            // SAFETY: `input` holds 16 floats.
-                            let v = unsafe { _mm512_loadu_ps(input.as_ptr()) };
-                            for ob in 0..BLOCK {
-                                acc[ob] = _mm512_fmadd_ps(_mm512_set1_ps(w[ob]), v, acc[ob]);
-                            }
-                        }
-                    }
-                }
-                store(g, acc, last * BLOCK, y, x0, relu, out);
-            }
         }
     }
 }
