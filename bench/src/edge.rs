@@ -30,7 +30,11 @@
 //!   time in `/proc` (Linux): `edge.local.cpu_us_per_request`, `edge.peer.cpu_us_per_request`
 //!   and `edge.ratio_ours_over_python_ort.cpu_us_per_request`, at `edge.cpu_rate_rps`:
 //!   [`CPU_RPS`] when both servers pass that rung, otherwise the highest rung both pass
-//!   (CPU per request falls as the rate rises, so only equal rates compare).
+//!   (CPU per request falls as the rate rises, so only equal rates compare); beside them
+//!   `edge.local.context_switches_per_request` and `edge.peer.context_switches_per_request`,
+//!   voluntary and involuntary, summed over each process's threads from
+//!   `/proc/{pid}/task/*/status` at the same rate (a thread that exits during a rung takes its
+//!   count with it, so these are floors).
 //!   Unlike `max_rps`, this does not depend on how many cores each server gets to use.
 //!
 //! The generator runs in this process and shares the machine's cores with the server under
@@ -91,6 +95,8 @@ struct Rung {
     errors: usize,
     /// The server process's CPU time over the rung, where `/proc` tells.
     cpu: Option<Duration>,
+    /// The server's context switches over the rung, where `/proc` tells.
+    switches: Option<u64>,
 }
 
 impl Rung {
@@ -110,11 +116,17 @@ struct Ladder {
     top_passed: bool,
     /// CPU time per answered request, in microseconds, at each rate passed: `(rate, us)`.
     cpu_us_per_request: Vec<(f64, f64)>,
+    /// Context switches per answered request at each rate passed: `(rate, switches)`.
+    switches_per_request: Vec<(f64, f64)>,
 }
 
 impl Ladder {
     fn cpu_at(&self, rate: f64) -> Option<f64> {
         self.cpu_us_per_request.iter().find(|(r, _)| *r == rate).map(|(_, us)| *us)
+    }
+
+    fn switches_at(&self, rate: f64) -> Option<f64> {
+        self.switches_per_request.iter().find(|(r, _)| *r == rate).map(|(_, n)| *n)
     }
 
     /// The rate to compare CPU per request at: [`CPU_RPS`] if both ladders have it, else the
@@ -243,6 +255,12 @@ pub(crate) fn run(
                 figures.push("edge.peer.cpu_us_per_request", theirs, "us");
                 figures.push("edge.ratio_ours_over_python_ort.cpu_us_per_request", ours / theirs, "ratio");
             }
+            if let Some(switches) = ladder.switches_at(rate) {
+                figures.push("edge.local.context_switches_per_request", switches, "count");
+            }
+            if let Some(switches) = peer.as_ref().and_then(|p| p.switches_at(rate)) {
+                figures.push("edge.peer.context_switches_per_request", switches, "count");
+            }
         }
         None => eprintln!("no rung passed by both servers: no CPU per request"),
     }
@@ -367,8 +385,13 @@ fn measure_overhead(
 
 /// Drives `target` up the ladder: every rung up to the moderate rate, then on until one fails.
 fn drive_ladder(target: &Target<'_>, step: Duration) -> anyhow::Result<Ladder> {
-    let mut ladder =
-        Ladder { moderate: None, max_rps: 0.0, top_passed: false, cpu_us_per_request: Vec::new() };
+    let mut ladder = Ladder {
+        moderate: None,
+        max_rps: 0.0,
+        top_passed: false,
+        cpu_us_per_request: Vec::new(),
+        switches_per_request: Vec::new(),
+    };
     // Warm the connections and both sides' caches at the lowest rate first.
     drive(target, LADDER[0], Duration::from_millis(500))?;
     for (n, &rate) in LADDER.iter().enumerate() {
@@ -396,9 +419,12 @@ fn drive_ladder(target: &Target<'_>, step: Duration) -> anyhow::Result<Ladder> {
             ladder.max_rps = rung.rate;
             ladder.top_passed = n + 1 == LADDER.len();
         }
+        let answered = rung.latencies_us.len().max(1) as f64;
         if passes && let Some(cpu) = rung.cpu {
-            let us = cpu.as_secs_f64() * 1e6 / rung.latencies_us.len().max(1) as f64;
-            ladder.cpu_us_per_request.push((rate, us));
+            ladder.cpu_us_per_request.push((rate, cpu.as_secs_f64() * 1e6 / answered));
+        }
+        if passes && let Some(switches) = rung.switches {
+            ladder.switches_per_request.push((rate, switches as f64 / answered));
         }
         if rate == MODERATE_RPS {
             ladder.moderate = Some(rung);
@@ -414,6 +440,7 @@ fn drive_ladder(target: &Target<'_>, step: Duration) -> anyhow::Result<Ladder> {
 /// bounded by [`REQUEST_TIMEOUT`]).
 fn drive(target: &Target<'_>, rate: f64, duration: Duration) -> anyhow::Result<Rung> {
     let cpu_before = process_cpu_time(target.pid);
+    let switches_before = process_context_switches(target.pid);
     let measured = loadgen::drive(&Load {
         addr: target.addr,
         requests: &target.requests,
@@ -429,7 +456,10 @@ fn drive(target: &Target<'_>, rate: f64, duration: Duration) -> anyhow::Result<R
     }
     let cpu =
         process_cpu_time(target.pid).zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
-    Ok(Rung { rate, latencies_us: measured.latencies_us, errors: measured.errors, cpu })
+    let switches = process_context_switches(target.pid)
+        .zip(switches_before)
+        .map(|(after, before)| after.saturating_sub(before));
+    Ok(Rung { rate, latencies_us: measured.latencies_us, errors: measured.errors, cpu, switches })
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -462,6 +492,27 @@ fn wait_ready<T: std::fmt::Debug>(
 fn process_cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_cpu_ticks(&stat).map(|ticks| Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second()))
+}
+
+/// Context switches, voluntary and involuntary, of process `pid`'s live threads so far, from
+/// `/proc/{pid}/task/*/status`; `None` where there is no such directory (not Linux).
+fn process_context_switches(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let statuses =
+        tasks.flatten().filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok());
+    Some(statuses.map(|status| parse_context_switches(&status)).sum())
+}
+
+/// `voluntary_ctxt_switches + nonvoluntary_ctxt_switches` from a `/proc/.../status` file.
+fn parse_context_switches(status: &str) -> u64 {
+    status
+        .lines()
+        .filter_map(|line| {
+            line.strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+        })
+        .filter_map(|count| count.trim().parse::<u64>().ok())
+        .sum()
 }
 
 /// `utime + stime` from a `/proc/{pid}/stat` line, in clock ticks. Fields 14 and 15 count
@@ -529,7 +580,13 @@ mod tests {
 
     fn ladder(rates: &[f64]) -> Ladder {
         let cpu_us_per_request = rates.iter().map(|&r| (r, 1e6 / r)).collect();
-        Ladder { moderate: None, max_rps: 0.0, top_passed: false, cpu_us_per_request }
+        Ladder {
+            moderate: None,
+            max_rps: 0.0,
+            top_passed: false,
+            cpu_us_per_request,
+            switches_per_request: Vec::new(),
+        }
     }
 
     #[test]
@@ -550,14 +607,14 @@ mod tests {
     #[test]
     fn a_rung_passes_only_without_errors_and_with_p99_under_the_limit() {
         let fast = || (1..=100).map(|i| i as f64 * 10.0).collect::<Vec<_>>();
-        assert!(Rung { rate: 1.0, latencies_us: fast(), errors: 0, cpu: None }.passes());
-        assert!(!Rung { rate: 1.0, latencies_us: fast(), errors: 1, cpu: None }.passes());
-        assert!(!Rung { rate: 1.0, latencies_us: Vec::new(), errors: 0, cpu: None }.passes());
+        assert!(Rung { rate: 1.0, latencies_us: fast(), errors: 0, cpu: None, switches: None }.passes());
+        assert!(!Rung { rate: 1.0, latencies_us: fast(), errors: 1, cpu: None, switches: None }.passes());
+        assert!(!Rung { rate: 1.0, latencies_us: Vec::new(), errors: 0, cpu: None, switches: None }.passes());
         // 2 of 100 answers over the limit put the p99 over it.
         let mut slow = fast();
         slow[98] = P99_LIMIT_US + 1.0;
         slow[99] = P99_LIMIT_US + 1.0;
-        assert!(!Rung { rate: 1.0, latencies_us: slow, errors: 0, cpu: None }.passes());
+        assert!(!Rung { rate: 1.0, latencies_us: slow, errors: 0, cpu: None, switches: None }.passes());
     }
 
     /// The benchmark's premise: no upstream, every answer local, no cache.
@@ -585,6 +642,16 @@ mod tests {
         assert_eq!(parse_cpu_ticks("4242 (short) S 1"), None);
         let own = process_cpu_time(std::process::id());
         assert!(cfg!(not(target_os = "linux")) || own.is_some());
+    }
+
+    #[test]
+    fn context_switches_add_both_kinds_over_every_thread() {
+        let status = "Name:\tedge-node\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(parse_context_switches(status), 127);
+        assert_eq!(parse_context_switches("Name:\tx\n"), 0);
+        // This test's process has at least its own thread, which has switched at least once.
+        let own = process_context_switches(std::process::id());
+        assert!(cfg!(not(target_os = "linux")) || own.is_some_and(|n| n > 0));
     }
 
     #[test]
