@@ -63,21 +63,41 @@ pub(crate) fn kernel_paths() -> Vec<(&'static str, &'static str)> {
     }
 }
 
-/// Picks the widest kernel this CPU runs.
+/// Whether [`convolve`] takes the 2x2 max pool as it stores on this CPU (AVX-512), rather
+/// than through a full-size buffer.
+pub(super) fn pools_in_kernel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+        return true;
+    }
+    false
+}
+
+/// Picks the widest kernel this CPU runs. With `pool`, `out` is max-pooled 2x2 with stride 2
+/// (`[cout][oh / 2][ow / 2]`, odd trailing rows and columns dropped); callers pass it only
+/// where [`pools_in_kernel`], and elsewhere it costs a buffer per call.
 pub(super) fn convolve(
     g: &ConvGeometry,
     padded: &[f32],
     packed: &[f32],
     bias: &[f32],
     relu: bool,
+    pool: bool,
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { convolve_avx512(g, padded, packed, bias, relu, pool, out) };
+    }
+    if pool {
+        let mut full = vec![0f32; g.cout * g.oh * g.ow];
+        convolve(g, padded, packed, bias, relu, false, &mut full);
+        out.copy_from_slice(&super::super::pool::pool(&full, &[1, g.cout, g.oh, g.ow]).0);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { convolve_avx512(g, padded, packed, bias, relu, out) };
-        }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: as above.
             return unsafe { convolve_avx2(g, padded, packed, bias, relu, out) };
@@ -94,13 +114,14 @@ fn convolve_avx512(
     packed: &[f32],
     bias: &[f32],
     relu: bool,
+    pool: bool,
     out: &mut [f32],
 ) {
     // Sixteen zmm accumulators, enough independent FMAs in flight for two FMA pipes: two
     // output rows of 16 columns x eight channels, so that per tap two row loads and eight
     // broadcast weights feed sixteen FMAs. Measured against one row x sixteen channels (a
     // load per FMA) and four rows x four channels: `docs/performance.md`. An odd last row
-    // goes alone.
+    // goes alone, or, when pooling, is dropped: each pair of rows is a row of 2x2 windows.
     let taps = g.taps();
     let pairs = g.oh - g.oh % 2;
     for block in 0..g.blocks() {
@@ -108,17 +129,18 @@ fn convolve_avx512(
         for tile in 0..g.tiles() {
             let x0 = tile * TILE;
             for y in (0..pairs).step_by(2) {
-                tile_avx512::<2>(g, padded, weights, bias, block, (y, x0), relu, out);
+                tile_avx512::<2>(g, padded, weights, bias, block, (y, x0), relu, pool, out);
             }
-            for y in pairs..g.oh {
-                tile_avx512::<1>(g, padded, weights, bias, block, (y, x0), relu, out);
+            for y in (pairs..g.oh).filter(|_| !pool) {
+                tile_avx512::<1>(g, padded, weights, bias, block, (y, x0), relu, false, out);
             }
         }
     }
 }
 
 /// `R` output rows from `y` x 16 columns from `x0` x the 8 channels of weight block `block`,
-/// in `R * 8` zmm accumulators.
+/// in `R * 8` zmm accumulators; with `pool` (and `R` = 2) stored as one row of eight 2x2
+/// maxima.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 #[inline]
@@ -131,6 +153,7 @@ fn tile_avx512<const R: usize>(
     block: usize,
     (y, x0): (usize, usize),
     relu: bool,
+    pool: bool,
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
@@ -165,6 +188,29 @@ fn tile_avx512<const R: usize>(
                 }
             }
         }
+    }
+    if pool && R == 2 {
+        // The vertical max of the two rows, then of each even lane and the odd one after it,
+        // gathered into the low eight lanes. Relu commutes with max, so it comes last.
+        let (ph, pw) = (g.oh / 2, g.ow / 2);
+        let cols = pw.saturating_sub(x0 / 2).min(TILE / 2);
+        let mask: __mmask16 = (1u16 << cols) - 1;
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 0, 0, 0, 0, 0, 0, 0, 0);
+        // Every channel first, so that the accumulators are indexed only by constants and
+        // stay in registers; then the channels that exist are stored.
+        let mut maxima = [_mm512_setzero_ps(); BLOCK];
+        for (c, m) in maxima.iter_mut().enumerate() {
+            let v = _mm512_max_ps(acc[0][c], acc[R - 1][c]);
+            let v = _mm512_max_ps(_mm512_permutexvar_ps(even, v), _mm512_permutexvar_ps(odd, v));
+            *m = if relu { _mm512_max_ps(v, _mm512_setzero_ps()) } else { v };
+        }
+        for (c, v) in maxima.into_iter().enumerate().take(g.cout - oc0) {
+            let dst = &mut out[(oc0 + c) * ph * pw + (y / 2) * pw + x0 / 2..][..cols];
+            // SAFETY: the mask writes exactly `cols` floats, the length of `dst`.
+            unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr(), mask, v) };
+        }
+        return;
     }
     let plane_out = g.oh * g.ow;
     let cols = TILE.min(g.ow - x0);

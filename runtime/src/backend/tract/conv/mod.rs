@@ -41,7 +41,7 @@ use tract_onnx::tract_core::ndarray::{ArrayD, IxDyn};
 
 use super::intconv::{IntConv, Packed};
 use crate::backend::quant::Requant;
-use kernels::{convolve, pack, pad_bias};
+use kernels::{convolve, pack, pad_bias, pools_in_kernel};
 use quantize::{MAX_SCALE, Quantized, quantize_all, requantize_all};
 use scratch::{Scratch, sized};
 
@@ -255,20 +255,25 @@ impl DirectConv {
     }
 
     /// Convolves a batch of images already converted to f32 (int8: minus the zero point)
-    /// by `load`, into `out` (`[n][cout][oh][ow]`, bias added, Relu applied if fused), with
-    /// the input planes in `padded` and `plane`.
+    /// by `load`, into `out` (`[n][cout][oh][ow]`, bias added, Relu applied if fused; with
+    /// `pool`, which only [`pools_in_kernel`] makes worth it, `[n][cout][oh / 2][ow / 2]`),
+    /// with the input planes in `padded` and `plane`.
     fn run(
         &self,
         n: usize,
         load: impl Fn(usize, &mut [f32]),
         out: &mut [f32],
+        pool: bool,
         (padded, plane): (&mut Vec<f32>, &mut Vec<f32>),
     ) {
         let g = &self.geo;
         let (ph, pw) = (g.padded_h(), g.padded_w());
         let padded = sized(padded, g.cin * ph * pw, 0.0);
         let plane = sized(plane, g.h * g.w, 0.0);
-        let image_out = g.cout * g.oh * g.ow;
+        let image_out = if pool { g.cout * (g.oh / 2) * (g.ow / 2) } else { g.cout * g.oh * g.ow };
+        if image_out == 0 {
+            return;
+        }
         for (img, dst) in out.chunks_exact_mut(image_out).take(n).enumerate() {
             for ci in 0..g.cin {
                 load(img * g.cin + ci, plane);
@@ -277,7 +282,7 @@ impl DirectConv {
                     padded_plane[(g.pad_top + y) * pw + g.pad_left..][..g.w].copy_from_slice(row);
                 }
             }
-            convolve(g, padded, &self.packed, &self.bias, self.relu, dst);
+            convolve(g, padded, &self.packed, &self.bias, self.relu, pool, dst);
         }
     }
 }
@@ -371,19 +376,22 @@ impl DirectConv {
         let out_shape = self.output_shape(n);
         let conv_len = n * g.cout * g.oh * g.ow;
         let plane = g.h * g.w;
+        let out_len = out_shape.iter().product();
+        // Pooled as the f32 loop stores, where its kernel can.
+        let fused = self.pool && pools_in_kernel();
         let Scratch { acc, padded, plane: unpadded, int: int_scratch } = scratch;
         let f32_input = (padded, unpadded);
         let Some(q @ Int8Output { requant: rq, output, .. }) = &self.int8 else {
             let x = input.try_as_plain_ram()?;
             let x = x.as_slice::<f32>()?;
             let load = |p: usize, dst: &mut [f32]| dst.copy_from_slice(&x[p * plane..][..plane]);
-            let data = if self.pool {
+            let data = if self.pool && !fused {
                 let acc = sized(acc, conv_len, 0.0);
-                self.run(n, load, acc, f32_input);
+                self.run(n, load, acc, false, f32_input);
                 super::pool::pool(acc, &[n, g.cout, g.oh, g.ow]).0
             } else {
-                let mut out = vec![0f32; conv_len];
-                self.run(n, load, &mut out, f32_input);
+                let mut out = vec![0f32; out_len];
+                self.run(n, load, &mut out, fused, f32_input);
                 out
             };
             let out = Tensor::from(ArrayD::from_shape_vec(IxDyn(&out_shape), data)?);
@@ -401,7 +409,7 @@ impl DirectConv {
         let acc: &[f32] = if let Some(int) = &self.int {
             // On integer dot-product instructions, pooled as it is stored: the input as
             // unsigned bytes.
-            let acc = sized(acc, out_shape.iter().product(), 0.0);
+            let acc = sized(acc, out_len, 0.0);
             match dt {
                 DatumType::F32 => {
                     // Adding 2^23 leaves an integer in 0..=255 in the low mantissa bits: no
@@ -432,7 +440,7 @@ impl DirectConv {
             &*acc
         } else {
             // On the f32 loop: the input as f32 integers minus the zero point.
-            let conv = sized(acc, conv_len, 0.0);
+            let conv = sized(acc, if fused { out_len } else { conv_len }, 0.0);
             match dt {
                 DatumType::F32 => {
                     let x = x.as_slice::<f32>()?;
@@ -441,7 +449,7 @@ impl DirectConv {
                             q - x_zero as f32
                         });
                     };
-                    self.run(n, load, conv, f32_input);
+                    self.run(n, load, conv, fused, f32_input);
                 }
                 DatumType::U8 => {
                     let x = x.as_slice::<u8>()?;
@@ -450,7 +458,7 @@ impl DirectConv {
                             *d = (i32::from(v) - x_zero) as f32;
                         }
                     };
-                    self.run(n, load, conv, f32_input);
+                    self.run(n, load, conv, fused, f32_input);
                 }
                 DatumType::I8 => {
                     let x = x.as_slice::<i8>()?;
@@ -459,11 +467,11 @@ impl DirectConv {
                             *d = (i32::from(v) - x_zero) as f32;
                         }
                     };
-                    self.run(n, load, conv, f32_input);
+                    self.run(n, load, conv, fused, f32_input);
                 }
                 other => bail!("DirectConv does not implement int8 input {other:?}"),
             }
-            if self.pool {
+            if self.pool && !fused {
                 pooled = super::pool::pool(conv, &[n, g.cout, g.oh, g.ow]).0;
                 &pooled
             } else {

@@ -32,47 +32,62 @@ fn requantize_rounds_exactly_as_tracts_fixed_point_scaler() {
     }
 }
 
-#[test]
-fn every_kernel_this_cpu_runs_matches_the_portable_one() {
-    let geo =
-        ConvGeometry { cin: 3, cout: 11, h: 9, w: 37, kh: 3, kw: 2, pad_top: 1, pad_left: 0, oh: 9, ow: 36 };
+/// An fp32 convolution of `geo` with fixed weights and bias of both signs, fused Relu.
+fn fp32_conv(geo: ConvGeometry) -> DirectConv {
     let weights: Vec<f32> = (0..geo.cout * geo.taps()).map(|i| ((i * 37) % 17) as f32 / 8.0 - 1.0).collect();
     let bias: Vec<f32> = (0..geo.cout).map(|i| i as f32 / 4.0 - 1.0).collect();
-    let conv = DirectConv::fp32(geo, &weights, &bias, true).unwrap();
-    let mut padded = vec![0f32; geo.cin * geo.padded_h() * geo.padded_w()];
-    for (i, v) in padded.iter_mut().enumerate() {
-        *v = ((i * 13) % 29) as f32 / 16.0 - 0.9;
+    DirectConv::fp32(geo, &weights, &bias, true).unwrap()
+}
+
+#[test]
+fn every_kernel_this_cpu_runs_matches_the_portable_one() {
+    // Odd heights (a last row alone, or dropped by the pool), an even and an odd width.
+    let geos = [
+        ConvGeometry { cin: 3, cout: 11, h: 9, w: 37, kh: 3, kw: 2, pad_top: 1, pad_left: 0, oh: 9, ow: 36 },
+        ConvGeometry { cin: 2, cout: 8, h: 7, w: 37, kh: 3, kw: 3, pad_top: 1, pad_left: 1, oh: 7, ow: 37 },
+    ];
+    let close = |a: &[f32], b: &[f32]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 * x.abs().max(1.0))
+    };
+    for geo in geos {
+        let conv = fp32_conv(geo);
+        let mut padded = vec![0f32; geo.cin * geo.padded_h() * geo.padded_w()];
+        for (i, v) in padded.iter_mut().enumerate() {
+            *v = ((i * 13) % 29) as f32 / 16.0 - 0.9;
+        }
+        let size = geo.cout * geo.oh * geo.ow;
+        let mut expected = vec![0f32; size];
+        convolve_portable(&geo, &padded, &conv.packed, &conv.bias, true, &mut expected);
+        let mut got = vec![0f32; size];
+        convolve(&geo, &padded, &conv.packed, &conv.bias, true, false, &mut got);
+        assert!(close(&expected, &got), "{geo:?}");
+        // Pooled as stored (AVX-512) or through a full buffer, the same as pooling after.
+        let pooled_expected = crate::backend::tract::pool::pool(&expected, &[1, geo.cout, geo.oh, geo.ow]).0;
+        let mut pooled = vec![f32::NAN; pooled_expected.len()];
+        convolve(&geo, &padded, &conv.packed, &conv.bias, true, true, &mut pooled);
+        assert!(close(&pooled_expected, &pooled), "pooled {geo:?}");
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            let mut avx2 = vec![0f32; size];
+            // SAFETY: the CPU has the features.
+            unsafe { convolve_avx2(&geo, &padded, &conv.packed, &conv.bias, true, &mut avx2) };
+            assert!(close(&expected, &avx2), "avx2 {geo:?}");
+        }
+        assert!(expected.iter().any(|&v| v > 0.0) && expected.iter().all(|&v| v >= 0.0));
     }
-    let size = geo.cout * geo.oh * geo.ow;
-    let mut expected = vec![0f32; size];
-    convolve_portable(&geo, &padded, &conv.packed, &conv.bias, true, &mut expected);
-    let mut got = vec![0f32; size];
-    convolve(&geo, &padded, &conv.packed, &conv.bias, true, &mut got);
-    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 * x.abs().max(1.0));
-    assert!(close(&expected, &got));
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        let mut avx2 = vec![0f32; size];
-        // SAFETY: the CPU has the features.
-        unsafe { convolve_avx2(&geo, &padded, &conv.packed, &conv.bias, true, &mut avx2) };
-        assert!(close(&expected, &avx2));
-    }
-    assert!(expected.iter().any(|&v| v > 0.0) && expected.iter().all(|&v| v >= 0.0));
 }
 
 #[test]
 fn a_state_that_ran_other_input_answers_as_a_fresh_one() {
     let geo =
         ConvGeometry { cin: 3, cout: 11, h: 9, w: 37, kh: 3, kw: 3, pad_top: 1, pad_left: 1, oh: 9, ow: 37 };
-    let weights: Vec<f32> = (0..geo.cout * geo.taps()).map(|i| ((i * 37) % 17) as f32 / 8.0 - 1.0).collect();
-    let bias: Vec<f32> = (0..geo.cout).map(|i| i as f32 / 4.0 - 1.0).collect();
     let input = |seed: usize| {
         let data = (0..2 * geo.cin * geo.h * geo.w).map(|i| ((i * seed) % 31) as f32 / 8.0 - 2.0).collect();
         Tensor::from(ArrayD::from_shape_vec(IxDyn(&[2, geo.cin, geo.h, geo.w]), data).unwrap()).into_tvalue()
     };
     let ctx = EvalContext::out_of_plan();
     for pool in [false, true] {
-        let conv = DirectConv { pool, ..DirectConv::fp32(geo, &weights, &bias, true).unwrap() };
+        let conv = DirectConv { pool, ..fp32_conv(geo) };
         let mut state = ConvState::default();
         state.eval(&ctx, &conv, tvec!(input(7))).unwrap();
         let reused = state.eval(&ctx, &conv, tvec!(input(13))).unwrap();
