@@ -30,13 +30,19 @@ impl MaxPool2x2 {
 
 /// The 2x2/s2 max pool of an NCHW tensor of `shape`: the data and the output shape.
 pub(crate) fn pool<T: Copy + PartialOrd + Default>(input: &[T], shape: &[usize]) -> (Vec<T>, Vec<usize>) {
+    let (oh, ow) = (shape[2] / 2, shape[3] / 2);
+    let mut out = vec![T::default(); shape[0] * shape[1] * oh * ow];
+    pool_into(input, shape, &mut out);
+    (out, vec![shape[0], shape[1], oh, ow])
+}
+
+/// [`pool`] into `out`, which holds `shape[0] * shape[1] * (h / 2) * (w / 2)` elements.
+pub(crate) fn pool_into<T: Copy + PartialOrd>(input: &[T], shape: &[usize], out: &mut [T]) {
     let (h, w) = (shape[2], shape[3]);
     let (oh, ow) = (h / 2, w / 2);
-    let planes = shape[0] * shape[1];
-    let mut out = vec![T::default(); planes * oh * ow];
     let max = |a: T, b: T| if b > a { b } else { a };
     if oh * ow == 0 {
-        return (out, vec![shape[0], shape[1], oh, ow]);
+        return;
     }
     for (plane, dst) in input.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
         for (oy, dst) in dst.chunks_exact_mut(ow).enumerate() {
@@ -48,7 +54,6 @@ pub(crate) fn pool<T: Copy + PartialOrd + Default>(input: &[T], shape: &[usize])
             }
         }
     }
-    (out, vec![shape[0], shape[1], oh, ow])
 }
 
 impl Op for MaxPool2x2 {

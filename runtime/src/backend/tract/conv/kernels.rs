@@ -73,9 +73,9 @@ pub(super) fn pools_in_kernel() -> bool {
     false
 }
 
-/// Picks the widest kernel this CPU runs. With `pool`, `out` is max-pooled 2x2 with stride 2
-/// (`[cout][oh / 2][ow / 2]`, odd trailing rows and columns dropped); callers pass it only
-/// where [`pools_in_kernel`], and elsewhere it costs a buffer per call.
+/// Picks the widest kernel this CPU runs. With `pool`, which only a CPU where
+/// [`pools_in_kernel`] takes, `out` is max-pooled 2x2 with stride 2 (`[cout][oh / 2][ow /
+/// 2]`, odd trailing rows and columns dropped).
 pub(super) fn convolve(
     g: &ConvGeometry,
     padded: &[f32],
@@ -86,16 +86,11 @@ pub(super) fn convolve(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
+    if pools_in_kernel() {
+        // SAFETY: `pools_in_kernel` found the features the function is compiled for.
         return unsafe { convolve_avx512(g, padded, packed, bias, relu, pool, out) };
     }
-    if pool {
-        let mut full = vec![0f32; g.cout * g.oh * g.ow];
-        convolve(g, padded, packed, bias, relu, false, &mut full);
-        out.copy_from_slice(&super::super::pool::pool(&full, &[1, g.cout, g.oh, g.ow]).0);
-        return;
-    }
+    assert!(!pool, "convolve: no kernel on this CPU pools as it stores");
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {

@@ -255,25 +255,21 @@ impl DirectConv {
     }
 
     /// Convolves a batch of images already converted to f32 (int8: minus the zero point)
-    /// by `load`, into `out` (`[n][cout][oh][ow]`, bias added, Relu applied if fused; with
-    /// `pool`, which only [`pools_in_kernel`] makes worth it, `[n][cout][oh / 2][ow / 2]`),
-    /// with the input planes in `padded` and `plane`.
-    fn run(
-        &self,
-        n: usize,
-        load: impl Fn(usize, &mut [f32]),
-        out: &mut [f32],
-        pool: bool,
-        (padded, plane): (&mut Vec<f32>, &mut Vec<f32>),
-    ) {
+    /// by `load`, into `out` (`output_shape(n)`: bias added, Relu applied and max-pooled if
+    /// fused), with its buffers in `f32_input`: pooled as the kernel stores where the CPU's
+    /// kernel can, otherwise through one image's full-size buffer.
+    fn run(&self, n: usize, load: impl Fn(usize, &mut [f32]), out: &mut [f32], f32_input: F32Input<'_>) {
         let g = &self.geo;
+        let F32Input { padded, plane, image } = f32_input;
         let (ph, pw) = (g.padded_h(), g.padded_w());
         let padded = sized(padded, g.cin * ph * pw, 0.0);
         let plane = sized(plane, g.h * g.w, 0.0);
-        let image_out = if pool { g.cout * (g.oh / 2) * (g.ow / 2) } else { g.cout * g.oh * g.ow };
+        let image_out = self.output_shape(1).iter().product();
         if image_out == 0 {
             return;
         }
+        let pool_after = self.pool && !pools_in_kernel();
+        let image = sized(image, if pool_after { g.cout * g.oh * g.ow } else { 0 }, 0.0);
         for (img, dst) in out.chunks_exact_mut(image_out).take(n).enumerate() {
             for ci in 0..g.cin {
                 load(img * g.cin + ci, plane);
@@ -282,9 +278,21 @@ impl DirectConv {
                     padded_plane[(g.pad_top + y) * pw + g.pad_left..][..g.w].copy_from_slice(row);
                 }
             }
-            convolve(g, padded, &self.packed, &self.bias, self.relu, pool, dst);
+            if pool_after {
+                convolve(g, padded, &self.packed, &self.bias, self.relu, false, image);
+                super::pool::pool_into(image, &[1, g.cout, g.oh, g.ow], dst);
+            } else {
+                convolve(g, padded, &self.packed, &self.bias, self.relu, self.pool, dst);
+            }
         }
     }
+}
+
+/// The f32 loop's buffers, borrowed from a [`Scratch`] apart from its accumulators.
+struct F32Input<'a> {
+    padded: &'a mut Vec<f32>,
+    plane: &'a mut Vec<f32>,
+    image: &'a mut Vec<f32>,
 }
 
 fn same_bits(a: &[f32], b: &[f32]) -> bool {
@@ -374,26 +382,16 @@ impl DirectConv {
         }
         let n = shape[0];
         let out_shape = self.output_shape(n);
-        let conv_len = n * g.cout * g.oh * g.ow;
         let plane = g.h * g.w;
         let out_len = out_shape.iter().product();
-        // Pooled as the f32 loop stores, where its kernel can.
-        let fused = self.pool && pools_in_kernel();
-        let Scratch { acc, padded, plane: unpadded, int: int_scratch } = scratch;
-        let f32_input = (padded, unpadded);
+        let Scratch { acc, padded, plane: unpadded, image, int: int_scratch } = scratch;
+        let f32_input = F32Input { padded, plane: unpadded, image };
         let Some(q @ Int8Output { requant: rq, output, .. }) = &self.int8 else {
             let x = input.try_as_plain_ram()?;
             let x = x.as_slice::<f32>()?;
             let load = |p: usize, dst: &mut [f32]| dst.copy_from_slice(&x[p * plane..][..plane]);
-            let data = if self.pool && !fused {
-                let acc = sized(acc, conv_len, 0.0);
-                self.run(n, load, acc, false, f32_input);
-                super::pool::pool(acc, &[n, g.cout, g.oh, g.ow]).0
-            } else {
-                let mut out = vec![0f32; out_len];
-                self.run(n, load, &mut out, fused, f32_input);
-                out
-            };
+            let mut data = vec![0f32; out_len];
+            self.run(n, load, &mut data, f32_input);
             let out = Tensor::from(ArrayD::from_shape_vec(IxDyn(&out_shape), data)?);
             return Ok(tvec!(out.into_tvalue()));
         };
@@ -405,11 +403,10 @@ impl DirectConv {
             bail!("DirectConv int8 got an f32 input without quantisation parameters")
         }
         let (scale, zero) = self.quantize_input.unwrap_or_default();
-        let pooled;
-        let acc: &[f32] = if let Some(int) = &self.int {
+        let acc = sized(acc, out_len, 0.0);
+        if let Some(int) = &self.int {
             // On integer dot-product instructions, pooled as it is stored: the input as
             // unsigned bytes.
-            let acc = sized(acc, out_len, 0.0);
             match dt {
                 DatumType::F32 => {
                     // Adding 2^23 leaves an integer in 0..=255 in the low mantissa bits: no
@@ -437,10 +434,8 @@ impl DirectConv {
                 }
                 other => bail!("DirectConv does not implement int8 input {other:?}"),
             }
-            &*acc
         } else {
             // On the f32 loop: the input as f32 integers minus the zero point.
-            let conv = sized(acc, if fused { out_len } else { conv_len }, 0.0);
             match dt {
                 DatumType::F32 => {
                     let x = x.as_slice::<f32>()?;
@@ -449,7 +444,7 @@ impl DirectConv {
                             q - x_zero as f32
                         });
                     };
-                    self.run(n, load, conv, fused, f32_input);
+                    self.run(n, load, acc, f32_input);
                 }
                 DatumType::U8 => {
                     let x = x.as_slice::<u8>()?;
@@ -458,7 +453,7 @@ impl DirectConv {
                             *d = (i32::from(v) - x_zero) as f32;
                         }
                     };
-                    self.run(n, load, conv, fused, f32_input);
+                    self.run(n, load, acc, f32_input);
                 }
                 DatumType::I8 => {
                     let x = x.as_slice::<i8>()?;
@@ -467,17 +462,11 @@ impl DirectConv {
                             *d = (i32::from(v) - x_zero) as f32;
                         }
                     };
-                    self.run(n, load, conv, fused, f32_input);
+                    self.run(n, load, acc, f32_input);
                 }
                 other => bail!("DirectConv does not implement int8 input {other:?}"),
             }
-            if self.pool && !fused {
-                pooled = super::pool::pool(conv, &[n, g.cout, g.oh, g.ow]).0;
-                &pooled
-            } else {
-                &*conv
-            }
-        };
+        }
         // One output plane per (image, channel), each with its channel's multiplier.
         let plane_out = out_shape[2] * out_shape[3];
         fn requantize_planes<T: Quantized>(

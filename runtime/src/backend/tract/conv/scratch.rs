@@ -15,6 +15,8 @@ pub(crate) struct Scratch {
     pub(super) padded: Vec<f32>,
     /// The f32 loop's one unpadded input plane.
     pub(super) plane: Vec<f32>,
+    /// One image's convolution before pooling, where the kernel cannot pool as it stores.
+    pub(super) image: Vec<f32>,
     /// The integer kernels' buffers.
     pub(super) int: IntScratch,
 }

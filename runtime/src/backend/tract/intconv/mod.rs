@@ -38,7 +38,7 @@
 //! along it, sixty-four terms per instruction.
 
 use super::conv::ConvGeometry;
-pub(crate) use super::conv::scratch::IntScratch;
+use super::conv::scratch::IntScratch;
 use super::conv::scratch::sized;
 
 /// Output columns per tile, as in the f32 loop: sixteen i32 lanes.
