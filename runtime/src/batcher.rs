@@ -7,14 +7,14 @@
 //! worker thread takes the queue's head plus whatever arrives within the batching delay
 //! (up to `max_batch` rows), runs it as one batch, and hands every caller its own rows.
 //!
-//! Each caller blocks in `run` (the sandbox calls models from blocking threads, never from
-//! the async runtime). A caller is always answered: with its rows, with the batch's error,
-//! or, if [`BatchSettings::max_waiting`] callers already wait, at once with an error saying
-//! so. A node sets that bound to its admission limit: each admitted request is one
-//! single-threaded guest, which waits on at most one model call at a time, so an admitted
-//! request never finds the queue full. A batch of N equals N single
-//! runs for every backend (the conformance suite checks it), so batching changes no answer beyond
-//! the rounding of the backend's batched kernels.
+//! Each caller blocks in `run` (the sandbox runs a batched model off the async runtime's
+//! workers: [`PreparedModel::computes_on_caller`] says it waits). A caller is always
+//! answered: with its rows, with the batch's error, or, if [`BatchSettings::max_waiting`]
+//! callers already wait, at once with an error saying so. A node sets that bound to its
+//! admission limit: each admitted request is one single-threaded guest, which waits on at
+//! most one model call at a time, so an admitted request never finds the queue full. A batch
+//! of N equals N single runs for every backend (the conformance suite checks it), so batching
+//! changes no answer beyond the rounding of the backend's batched kernels.
 //!
 //! [`BatchingBackend`] wraps a [`Backend`] so that every model it prepares is batched; its
 //! delay can be changed while serving (the node's modes set it).
@@ -274,6 +274,11 @@ impl Drop for BatchedModel {
 impl PreparedModel for BatchedModel {
     fn info(&self) -> &ModelInfo {
         self.shared.model.info()
+    }
+
+    fn computes_on_caller(&self) -> bool {
+        // Batching off (calibrated away or `max_batch` 1): `run` goes straight to the model.
+        self.shared.max_batch == 1 && self.shared.model.computes_on_caller()
     }
 
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {

@@ -190,7 +190,7 @@ async fn accept_loop(
             "drain time is up: closing the connections still open"
         );
         // An aborted connection's socket closes when its task is dropped, at its next
-        // await: a plugin running under `block_in_place` ends at its own deadline first.
+        // await: a running plugin yields at the next epoch tick, and is dropped there.
         connections.abort_all();
     }
 }

@@ -214,6 +214,13 @@ pub trait PreparedModel: Send + Sync + Debug {
     /// Runs one batch: one tensor per model input, in graph order, each shaped
     /// `[batch, item_shape...]` with the same batch. Returns one tensor per output.
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError>;
+
+    /// Whether `run` computes on the caller's thread (true), rather than waiting for another
+    /// thread or a device to do it (a batching queue, a GPU). The sandbox runs a model that
+    /// waits off the async runtime's workers, so the wait holds no worker.
+    fn computes_on_caller(&self) -> bool {
+        true
+    }
 }
 
 /// Checks `inputs` against `info` and returns the batch size.

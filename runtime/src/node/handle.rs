@@ -1,36 +1,24 @@
 //! Stage 4, handle: the route's plugin runs the request in a fresh sandbox instance (its
 //! model calls included) and answers or asks to escalate.
 
-use std::time::{Duration, Instant};
-
-use tokio::runtime::{Handle, RuntimeFlavor};
+use std::time::Instant;
 
 use super::Node;
 use super::context::Ctx;
 use super::error::ServeError;
 use crate::contract;
-use crate::sandbox::{GuestError, Outcome, Request, RequestError};
+use crate::sandbox::{GuestError, Outcome, RequestError};
 use crate::telemetry::Stage;
 
+/// The plugin runs right here, on the worker (or the current-thread runtime) that holds the
+/// request: no handoff to another thread. It yields at every epoch tick, so one that loops
+/// to its deadline delays the worker's other requests by at most a tick, and its long model
+/// runs go to the blocking pool (`sandbox/instance.rs`, `sandbox/inference.rs`).
 pub(super) async fn handle(node: &Node, ctx: &Ctx<'_>) -> Result<Outcome, ServeError> {
     let plugin = ctx.route.plugin();
     // The plugin call, its model calls included, ends when the request's time runs out.
-    let deadline = ctx.deadline;
-    let (outcome, inference) = if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-        run_in_place(node, plugin, ctx.plugin_request(), deadline)
-    } else {
-        // A current-thread runtime has no other worker to hand its tasks to: run the plugin
-        // on the blocking pool, with the request's data owned by that thread.
-        let sandbox = node.sandbox.clone();
-        let (plugin, route) = (plugin.to_owned(), ctx.route.name.clone());
-        let (inputs, parameters) = (ctx.inputs.clone(), ctx.parameters.clone());
-        tokio::task::spawn_blocking(move || {
-            let request = Request { route: &route, inputs: &inputs, parameters: &parameters };
-            sandbox.handle_timed(&plugin, request, deadline.saturating_duration_since(Instant::now()))
-        })
-        .await
-        .map_err(|e| ServeError::Internal(format!("sandbox thread: {e}")))?
-    };
+    let time_left = ctx.deadline.saturating_duration_since(Instant::now());
+    let (outcome, inference) = node.sandbox.handle_async(plugin, ctx.plugin_request(), time_left).await;
     if !inference.is_zero() {
         ctx.timings.add(Stage::Inference, inference);
     }
@@ -49,23 +37,4 @@ pub(super) async fn handle(node: &Node, ctx: &Ctx<'_>) -> Result<Outcome, ServeE
         }
         escalate => Ok(escalate),
     }
-}
-
-/// Runs a plugin from a worker of a multi-threaded runtime without stalling the runtime's
-/// other tasks for as long as the plugin may run (up to its deadline).
-///
-/// `block_in_place` runs it right here, after handing this worker's other tasks, and its
-/// turn at the I/O driver, to another thread: one thread wake-up per request. Running the
-/// plugin here without the handoff would save that wake-up, but tokio does not wake another
-/// worker to take over the driver, so a plugin looping to its deadline would stall every
-/// connection until then. A round trip to the blocking pool would cost two wake-ups.
-fn run_in_place(
-    node: &Node,
-    plugin: &str,
-    request: Request<'_>,
-    deadline: Instant,
-) -> (Result<Outcome, RequestError>, Duration) {
-    tokio::task::block_in_place(|| {
-        node.sandbox.handle_timed(plugin, request, deadline.saturating_duration_since(Instant::now()))
-    })
 }

@@ -42,6 +42,11 @@ pub struct SandboxConfig {
     pub guest_log_rate: RateSettings,
 }
 
+/// Stack left to the host's calls on a guest's fiber, beyond the guest's own
+/// ([`SandboxConfig::max_wasm_stack`]): as much as a Rust thread gets by default, for model
+/// runs.
+const HOST_STACK_BYTES: usize = 2 << 20;
+
 /// Default of [`SandboxConfig::guest_log_rate`]: lines a second, per plugin.
 const GUEST_LOG_LINES_PER_SECOND: f64 = 100.0;
 /// Default of [`SandboxConfig::guest_log_rate`]: lines in one burst, per plugin.
@@ -103,9 +108,15 @@ impl Sandbox {
                 .table_keep_resident(config.keep_resident_bytes.min(64 << 10))
                 .pagemap_scan(Enabled::Yes);
         }
+        // Each instance runs its guest on a fiber stack of its own (`instance.rs`): the pool
+        // holds one per instance. The host's calls, model runs included, run on that stack
+        // beyond the guest's part.
+        pool.total_stacks(config.max_instances);
         let mut wasm = wasmtime::Config::new();
         compile_settings(&mut wasm, config.max_wasm_stack);
-        wasm.memory_init_cow(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        wasm.memory_init_cow(true)
+            .async_stack_size(config.max_wasm_stack.saturating_add(HOST_STACK_BYTES))
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm).map_err(engine_err)?;
         // The generated bindings link the capabilities the host may copy whole (bounded by
         // the store's hostcall fuel); `compute` and `log` take views (see `budget.rs`).

@@ -7,21 +7,86 @@
 //!
 //! `compute` is linked by hand rather than through the generated `Host` trait, which would
 //! hand it the tensors already copied: it takes views of them in guest memory instead.
+//!
+//! Where a model runs: on the thread that runs the guest (the async worker holding the
+//! request), unless it would hold that worker long. A model that waits for another thread or
+//! a device ([`PreparedModel::computes_on_caller`]), or whose last two runs both took longer
+//! than [`INLINE_RUN_LIMIT`], runs on the runtime's blocking pool while the guest's fiber is
+//! suspended, so the worker serves other requests meanwhile. Two runs, because one run's
+//! wall time can be long for reasons of its own: the first run of a batch size (tract plans
+//! it), or a thread preempted on a saturated machine.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use tracing::Instrument;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{ComponentType, Lift, Linker, WasmList, WasmStr};
 
 use super::bindings::cascade::plugin::inference::Error as WitError;
 use super::bindings::cascade::plugin::types::{NamedTensor, Tensor as WitTensor, TensorType};
 use super::{HostState, Violation, budget, dtype_from_wit, dtype_to_wit};
-use crate::backend::{PreparedModel, check_inputs};
+use crate::backend::{BackendError, PreparedModel, check_inputs};
 use crate::tensor::Tensor;
 
 /// The WIT interface `compute` belongs to, as the component names its import.
 const INTERFACE: &str = "cascade:plugin/inference@0.1.0";
+
+/// Longest model run that may happen on the async worker holding the request: half of the
+/// default epoch tick, so that a model call delays the worker's other requests no more than a
+/// guest's own code may (one tick). Longer models run on the blocking pool, which costs two
+/// thread wake-ups per call, small beside such a run.
+pub(crate) const INLINE_RUN_LIMIT: Duration = Duration::from_micros(500);
+
+/// A model on a plugin's allowlist, and how long its last two runs took (which decides where
+/// the next one runs).
+#[derive(Debug)]
+pub(super) struct AllowedModel {
+    model: Arc<dyn PreparedModel>,
+    /// Longest run that may happen on the async worker: [`INLINE_RUN_LIMIT`].
+    inline_limit: Duration,
+    /// Wall time of the last run and of the one before it, µs.
+    last_runs_us: [AtomicU64; 2],
+}
+
+impl AllowedModel {
+    pub(super) fn new(model: Arc<dyn PreparedModel>) -> AllowedModel {
+        AllowedModel::with_limit(model, INLINE_RUN_LIMIT)
+    }
+
+    fn with_limit(model: Arc<dyn PreparedModel>, inline_limit: Duration) -> AllowedModel {
+        AllowedModel { model, inline_limit, last_runs_us: [AtomicU64::new(0), AtomicU64::new(0)] }
+    }
+
+    /// Runs the model on `tensors`, on this thread or on the blocking pool (see the module
+    /// doc).
+    async fn run(&self, tensors: Vec<Tensor>) -> Result<Vec<Tensor>, BackendError> {
+        let [last, before] = &self.last_runs_us;
+        let (last, before) = (last.load(Ordering::Relaxed), before.load(Ordering::Relaxed));
+        let inline =
+            self.model.computes_on_caller() && Duration::from_micros(last.min(before)) <= self.inline_limit;
+        let started = Instant::now();
+        let result = match tokio::runtime::Handle::try_current() {
+            // Off any runtime (a synchronous caller's own thread) there is no worker to spare.
+            Ok(runtime) if !inline => {
+                let model = self.model.clone();
+                runtime.spawn_blocking(move || model.run(&tensors)).await.unwrap_or_else(|e| {
+                    Err(BackendError::Run {
+                        model: self.model.info().name.clone(),
+                        why: format!("the thread running it failed: {e}"),
+                    })
+                })
+            }
+            _ => self.model.run(&tensors),
+        };
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        // Concurrent runs may interleave these two stores: any two recent runs will do.
+        self.last_runs_us[1].store(last, Ordering::Relaxed);
+        self.last_runs_us[0].store(took, Ordering::Relaxed);
+        result
+    }
+}
 
 /// Most dimensions of a tensor crossing from a guest. ONNX models rarely use more than six;
 /// the bound keeps a tensor's metadata small and its element count cheap to check.
@@ -85,37 +150,25 @@ pub(crate) fn model_inputs(
     // Same count, no duplicates, every name known: every slot is filled.
     let tensors: Vec<Tensor> = slots.into_iter().flatten().collect();
     check_inputs(info, &tensors).map_err(|e| match e {
-        crate::backend::BackendError::Input { why, .. } => why,
+        BackendError::Input { why, .. } => why,
         other => other.to_string(),
     })?;
     Ok(tensors)
 }
 
-fn run(model: &Arc<dyn PreparedModel>, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, WitError> {
-    let tensors = model_inputs(&**model, inputs).map_err(WitError::InvalidTensor)?;
-    let outputs = model.run(&tensors).map_err(|e| WitError::Failed(e.to_string()))?;
-    Ok(model
-        .info()
-        .outputs
-        .iter()
-        .zip(outputs)
-        .map(|(spec, t)| NamedTensor { name: spec.name.clone(), tensor: tensor_to_wit(t) })
-        .collect())
-}
-
 /// Links `compute` into `linker`, taking its tensors as views (see the module doc).
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.instance(INTERFACE)?.func_wrap(
+    linker.instance(INTERFACE)?.func_wrap_async(
         "compute",
         |store: StoreContextMut<'_, HostState>, (model, inputs): (WasmStr, WasmList<NamedTensorView>)| {
-            compute(store, &model, &inputs).map(|result| (result,))
+            Box::new(async move { compute(store, &model, &inputs).await.map(|result| (result,)) })
         },
     )
 }
 
 /// The `compute` import. An `Err` ends the request (the reason is left in the store's
 /// `violation`); an `Ok(Err(..))` is an error the guest may handle.
-fn compute(
+async fn compute(
     mut store: StoreContextMut<'_, HostState>,
     model: &WasmStr,
     inputs: &WasmList<NamedTensorView>,
@@ -126,34 +179,38 @@ fn compute(
     if Instant::now() >= store.data().deadline.at {
         return Err(store.data_mut().refuse(Violation::DeadlinePassed, "the request's deadline has passed"));
     }
-    let allowed = {
-        let name = model.to_str(&store)?;
-        match store.data().plugin.models.get(&*name) {
-            Some(prepared) => Ok((name.into_owned(), prepared.clone())),
-            None => Err(name.into_owned()),
+    // The plugin, held here so that its allowlist outlives the store's borrows below.
+    let plugin = store.data().plugin.clone();
+    let name = model.to_str(&store)?.into_owned();
+    let Some(allowed) = plugin.models.get(&name) else {
+        // A capability violation ends the request: trap instead of returning an error.
+        let why = format!("model {name} is not on the allowlist");
+        return Err(store.data_mut().refuse(Violation::ModelNotAllowed(name), &why));
+    };
+    let inputs = copy_inputs(&mut store, &name, inputs)?;
+    let tensors = match model_inputs(&*allowed.model, inputs) {
+        Ok(tensors) => tensors,
+        Err(why) => {
+            let state = store.data_mut();
+            if state.violation.is_none() {
+                state.violation = Some(Violation::InvalidTensor { model: name, why: why.clone() });
+            }
+            return Ok(Err(WitError::InvalidTensor(why)));
         }
     };
-    let (model, prepared) = match allowed {
-        Ok(allowed) => allowed,
-        Err(name) => {
-            // A capability violation ends the request: trap instead of returning an error.
-            let why = format!("model {name} is not on the allowlist");
-            return Err(store.data_mut().refuse(Violation::ModelNotAllowed(name), &why));
-        }
-    };
-    let inputs = copy_inputs(&mut store, &model, inputs)?;
-    let span = tracing::debug_span!("inference", model = %model).entered();
     let started = Instant::now();
-    let result = run(&prepared, inputs);
-    let state = store.data_mut();
-    state.inference += started.elapsed();
-    drop(span);
-    if let Err(WitError::InvalidTensor(why)) = &result
-        && state.violation.is_none()
-    {
-        state.violation = Some(Violation::InvalidTensor { model, why: why.clone() });
-    }
-    Ok(result)
+    let outputs = allowed.run(tensors).instrument(tracing::debug_span!("inference", model = %name)).await;
+    store.data_mut().inference += started.elapsed();
+    Ok(outputs.map_err(|e| WitError::Failed(e.to_string())).map(|outputs| {
+        allowed
+            .model
+            .info()
+            .outputs
+            .iter()
+            .zip(outputs)
+            .map(|(spec, t)| NamedTensor { name: spec.name.clone(), tensor: tensor_to_wit(t) })
+            .collect()
+    }))
 }
 
 /// Copies the tensors a guest passed `model`, after checking that together they declare no
@@ -246,5 +303,61 @@ mod tests {
         // An element count that overflows is refused by the length check, not computed.
         let huge = WitTensor { dimensions: vec![u32::MAX; MAX_DIMS], ty: TensorType::Fp32, data: vec![] };
         assert!(tensor_from_wit(huge).unwrap_err().contains("too large"), "overflowing shape accepted");
+    }
+
+    /// The edge model, taking as long as `pause` more than it does, and noting the thread
+    /// each run happens on.
+    #[derive(Debug)]
+    struct Observed {
+        model: Arc<dyn PreparedModel>,
+        pause: Duration,
+        on_caller: bool,
+        threads: parking_lot::Mutex<Vec<std::thread::ThreadId>>,
+    }
+
+    impl PreparedModel for Observed {
+        fn info(&self) -> &crate::backend::ModelInfo {
+            self.model.info()
+        }
+
+        fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {
+            self.threads.lock().push(std::thread::current().id());
+            std::thread::sleep(self.pause);
+            self.model.run(inputs)
+        }
+
+        fn computes_on_caller(&self) -> bool {
+            self.on_caller
+        }
+    }
+
+    /// Longest inline run in these tests: far beyond a run of the edge model, even unoptimised
+    /// on a loaded machine, so only the pauses below decide.
+    const LIMIT: Duration = Duration::from_millis(20);
+
+    /// Where each of three runs happened: on the runtime's thread or elsewhere.
+    fn three_runs(pause: Duration, on_caller: bool) -> Vec<bool> {
+        let bytes = std::fs::read(ReferenceModel::EdgeFp32.path(&default_models_dir())).unwrap();
+        let model = TractBackend::new().prepare("edge", &bytes).unwrap();
+        let input = || vec![Tensor::from_f32(vec![1, 1, 28, 28], &[0.0; 784]).unwrap()];
+        // tract plans a batch size at its first run, which is slow: not what is tested here.
+        model.run(&input()).unwrap();
+        let observed =
+            Arc::new(Observed { model, pause, on_caller, threads: parking_lot::Mutex::new(Vec::new()) });
+        let allowed = AllowedModel::with_limit(observed.clone(), LIMIT);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        for _ in 0..3 {
+            runtime.block_on(allowed.run(input())).unwrap();
+        }
+        let here = std::thread::current().id();
+        observed.threads.lock().iter().map(|&t| t == here).collect()
+    }
+
+    #[test]
+    fn fast_models_run_on_the_runtimes_thread_slow_or_waiting_ones_off_it() {
+        assert_eq!(three_runs(Duration::ZERO, true), [true, true, true]);
+        // One slow run may be chance; after two, the next runs off the runtime's thread.
+        assert_eq!(three_runs(LIMIT * 2, true), [true, true, false]);
+        assert_eq!(three_runs(Duration::ZERO, false), [false, false, false]);
     }
 }

@@ -2,14 +2,22 @@
 //! deadline, the `handle` call, and how what comes back (an outcome, a trap, a refusal the
 //! host recorded) becomes an [`Outcome`] or a [`RequestError`]. In a file of its own because
 //! it is what runs on every request, while the engine and the plugins are set up once.
+//!
+//! A guest runs asynchronously, on a fiber of its own, on whichever thread polls it: the
+//! node's request path awaits it on the worker that holds the request, with no handoff to
+//! another thread. At every epoch tick a running guest either ends (its deadline has passed)
+//! or yields to the executor ([`at_tick`]), so a guest looping to its deadline delays the
+//! worker's other requests by at most one tick. The synchronous methods run the same path on
+//! the calling thread ([`block_on`](super::blocking::block_on)).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime::{ResourceLimiter, Store, StoreContextMut, Trap, UpdateDeadline};
 
 use super::bindings::Plugin;
 use super::bindings::cascade::plugin::types as wit;
+use super::blocking::block_on;
 use super::budget::MAX_OUTPUTS;
 use super::ticker::Alive;
 use super::{
@@ -24,14 +32,19 @@ const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 impl Sandbox {
     /// Creates a fresh instance of plugin `name` from the pool, ready for one request.
     pub fn instantiate(&self, name: &str) -> Result<PluginInstance, RequestError> {
-        let result = self.instantiate_inner(name);
+        block_on(self.instantiate_async(name))
+    }
+
+    /// [`Sandbox::instantiate`], awaited.
+    pub async fn instantiate_async(&self, name: &str) -> Result<PluginInstance, RequestError> {
+        let result = self.instantiate_inner(name).await;
         if let Err(e) = &result {
             self.count(Err(e.kind()));
         }
         result
     }
 
-    fn instantiate_inner(&self, name: &str) -> Result<PluginInstance, RequestError> {
+    async fn instantiate_inner(&self, name: &str) -> Result<PluginInstance, RequestError> {
         // Clone the Arc and drop the lock at once: a reload never waits for requests.
         let plugin = self
             .inner
@@ -62,21 +75,14 @@ impl Sandbox {
         // Every value the guest passes the host and the host lifts whole (its outcome above
         // all) is charged against this before the host allocates it (`budget.rs`).
         store.set_hostcall_fuel(budget::crossing_budget(&plugin.limits));
-        self.set_epoch_deadline(&mut store, plugin.limits.deadline);
-        store.epoch_deadline_trap();
-        let bindings = match plugin.pre.instantiate(&mut store) {
+        // The guest meets `at_tick` at the next tick, and at every one after it.
+        store.epoch_deadline_callback(at_tick);
+        store.set_epoch_deadline(1);
+        let bindings = match plugin.pre.instantiate_async(&mut store).await {
             Ok(b) => b,
             Err(e) => return Err(classify(&plugin, store.data(), e, true)),
         };
         Ok(PluginInstance { sandbox: self.clone(), store, bindings, _alive: alive })
-    }
-
-    /// Makes the epoch interrupt `store`'s guest once `left` has passed.
-    fn set_epoch_deadline(&self, store: &mut Store<HostState>, left: Duration) {
-        let tick = self.inner.config.epoch_tick.as_nanos().max(1);
-        // One extra tick: the deadline is never shorter than asked, however the ticks align.
-        let ticks = left.as_nanos().div_ceil(tick) + 1;
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
     }
 
     /// Handles one request on a fresh instance of plugin `name`, within the plugin's deadline.
@@ -84,21 +90,47 @@ impl Sandbox {
         self.handle_timed(name, request, Duration::MAX).0
     }
 
-    /// Handles one request on a fresh instance of plugin `name` that has `time_left` before
-    /// its own deadline: the plugin call, its model calls included, ends at the plugin's
-    /// deadline or when that time runs out, whichever is first; with no time left the plugin
-    /// is not called. Also returns how long the plugin's model calls took together.
+    /// [`Sandbox::handle_async`] on the calling thread.
     pub fn handle_timed(
         &self,
         name: &str,
         request: Request<'_>,
         time_left: Duration,
     ) -> (Result<Outcome, RequestError>, Duration) {
-        match self.instantiate(name) {
-            Ok(instance) => instance.call_timed(request, time_left),
+        block_on(self.handle_async(name, request, time_left))
+    }
+
+    /// Handles one request on a fresh instance of plugin `name` that has `time_left` before
+    /// its own deadline: the plugin call, its model calls included, ends at the plugin's
+    /// deadline or when that time runs out, whichever is first; with no time left the plugin
+    /// is not called. Also returns how long the plugin's model calls took together.
+    pub async fn handle_async(
+        &self,
+        name: &str,
+        request: Request<'_>,
+        time_left: Duration,
+    ) -> (Result<Outcome, RequestError>, Duration) {
+        match self.instantiate_async(name).await {
+            Ok(instance) => instance.call_async(request, time_left).await,
             Err(e) => (Err(e), Duration::ZERO),
         }
     }
+}
+
+/// What a running guest does at each epoch tick: ends if its deadline has passed, else
+/// yields to the executor and runs on, to meet this again at the next tick.
+///
+/// The yield is tokio's, which comes back only after the runtime has run its other ready
+/// tasks and polled its I/O and timers. A plain wake-up would put the guest straight back on
+/// the run queue, and tokio polls its drivers (and a current-thread runtime its `block_on`
+/// future) only every 61 tasks: a looping guest would then hold them back 61 ticks, not one.
+/// Outside a tokio runtime it wakes at once.
+fn at_tick(store: StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDeadline> {
+    Ok(if Instant::now() >= store.data().deadline.at {
+        UpdateDeadline::Interrupt
+    } else {
+        UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
+    })
 }
 
 /// A fresh instance of a plugin, good for one request.
@@ -121,17 +153,17 @@ impl PluginInstance {
     /// instantiation) and checks its outcome. Consumes the instance: its memory goes back to
     /// the pool.
     pub fn call(self, request: Request<'_>) -> Result<Outcome, RequestError> {
-        self.call_timed(request, Duration::MAX).0
+        block_on(self.call_async(request, Duration::MAX)).0
     }
 
-    /// [`PluginInstance::call`] for a request with `time_left` (see [`Sandbox::handle_timed`]),
-    /// and how long the plugin's model calls took together.
-    pub fn call_timed(
+    /// [`PluginInstance::call`] for a request with `time_left` (see [`Sandbox::handle_async`]),
+    /// awaited, and how long the plugin's model calls took together.
+    pub async fn call_async(
         mut self,
         request: Request<'_>,
         time_left: Duration,
     ) -> (Result<Outcome, RequestError>, Duration) {
-        let result = self.call_inner(request, time_left);
+        let result = self.call_inner(request, time_left).await;
         self.sandbox.count(result.as_ref().map(|_| ()).map_err(RequestError::kind));
         let state = self.store.data();
         if state.log_dropped > 0 {
@@ -143,18 +175,19 @@ impl PluginInstance {
 
     /// Narrows this call's deadline to the request's `time_left`, if that is shorter.
     fn narrow_deadline(&mut self, time_left: Duration) {
-        let now = Instant::now();
         let state = self.store.data_mut();
-        if let Some(at) = now.checked_add(time_left)
+        if let Some(at) = Instant::now().checked_add(time_left)
             && at < state.deadline.at
         {
             state.deadline = Deadline { at, budget: time_left };
         }
-        let left = state.deadline.at.saturating_duration_since(now);
-        self.sandbox.set_epoch_deadline(&mut self.store, left);
     }
 
-    fn call_inner(&mut self, request: Request<'_>, time_left: Duration) -> Result<Outcome, RequestError> {
+    async fn call_inner(
+        &mut self,
+        request: Request<'_>,
+        time_left: Duration,
+    ) -> Result<Outcome, RequestError> {
         let plugin = self.store.data().plugin.clone();
         self.narrow_deadline(time_left);
         let deadline = self.store.data().deadline;
@@ -174,7 +207,7 @@ impl PluginInstance {
                 .collect(),
             parameters: request.parameters.to_vec(),
         };
-        let returned = self.bindings.call_handle(&mut self.store, &wit_request);
+        let returned = self.bindings.call_handle(&mut self.store, &wit_request).await;
         let state = self.store.data();
         let outcome = match returned {
             Err(e) => return Err(classify(&plugin, state, e, false)),

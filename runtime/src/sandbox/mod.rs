@@ -30,9 +30,10 @@
 //! dimensions, and log lines are rate-limited per plugin, escaped and cut (`logging.rs`).
 //!
 //! Deadlines: a request's plugin call ends at the plugin's own deadline or when the request's
-//! time runs out ([`Sandbox::handle_timed`]), whichever comes first. The epoch interrupts
-//! guest code at that instant, and `compute` refuses to start a model run after it, so a
-//! guest looping on model calls cannot hold the host past it by more than one model run.
+//! time runs out ([`Sandbox::handle_async`]), whichever comes first. The epoch ends guest
+//! code at the first tick past that instant (and makes a running guest yield to the executor
+//! at every tick before it), and `compute` refuses to start a model run after it, so a guest
+//! looping on model calls cannot hold the host past it by more than one model run.
 //!
 //! Hot reload: [`Sandbox::load_plugin`] swaps the plugin under its name atomically; requests
 //! already running hold the old version to the end.
@@ -42,6 +43,7 @@
 //! `instance.rs` runs each request on its fresh instance.
 
 pub(crate) mod bindings;
+mod blocking;
 mod budget;
 mod config;
 mod engine;
@@ -68,7 +70,6 @@ pub use self::error::{ErrorKind, GuestError, LoadError, RequestError};
 pub use self::instance::PluginInstance;
 pub(crate) use self::instance::check_outcome;
 use self::ticker::EpochTicker;
-use crate::backend::PreparedModel;
 use crate::config::{Digest, RateSettings, ResolvedPlugin};
 use crate::models::ModelStore;
 use crate::tensor::{DType, Tensor};
@@ -191,7 +192,7 @@ struct LoadedPlugin {
     name: Arc<str>,
     digest: Digest,
     version: u64,
-    models: HashMap<String, Arc<dyn PreparedModel>>,
+    models: HashMap<String, inference::AllowedModel>,
     config: BTreeMap<String, String>,
     logging: bool,
     /// The rate limit of its log lines, shared by all its instances.
@@ -294,7 +295,8 @@ struct Inner {
 }
 
 /// Runs guest plugins in isolated wasmtime instances. Cheap to clone and share across
-/// threads; every method is synchronous (run requests on a blocking thread pool).
+/// threads. A request runs asynchronously ([`Sandbox::handle_async`], on the caller's
+/// executor, yielding at each epoch tick) or on the calling thread ([`Sandbox::handle`]).
 #[derive(Clone)]
 pub struct Sandbox {
     inner: Arc<Inner>,
@@ -339,7 +341,7 @@ impl Sandbox {
             let loaded = models
                 .get(model)
                 .ok_or_else(|| LoadError::UnknownModel { plugin: name.to_owned(), model: model.clone() })?;
-            allowed.insert(model.clone(), loaded.model.clone());
+            allowed.insert(model.clone(), inference::AllowedModel::new(loaded.model.clone()));
         }
         let refused =
             |why: String| LoadError::Compile { plugin: name.to_owned(), file: plugin.spec.path.clone(), why };

@@ -161,6 +161,35 @@ async fn a_full_route_refuses_at_once_and_the_node_switches_to_emergency() {
     assert_eq!(metric(&text, "cascade_sandbox_failures_total{", &["kind=\"timeout\""]), Some(1.0), "{text}");
 }
 
+/// A plugin runs on the thread that holds its request, and yields at every epoch tick: on a
+/// runtime with a single thread, one looping to its 1 s deadline leaves that thread to the
+/// other requests, which are answered while it loops.
+#[test]
+fn a_looping_plugin_on_a_one_thread_runtime_leaves_the_thread_to_other_requests() {
+    let node = Node::new(resolve("node-one-thread.toml", &edge(0.0, None))).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let looping = tokio::spawn({
+            let node = node.clone();
+            async move { node.infer("hostile", vec![], vec![("mode".into(), "loop".into())]).await }
+        });
+        tokio::task::yield_now().await;
+        let started = Instant::now();
+        for i in 0..20 {
+            let answer = node.infer("digits", image(i), vec![]).await.unwrap();
+            assert_eq!(answer.tier.as_str(), "edge", "request {i}");
+        }
+        // Each waits a tick or two for the looping guest to yield. A yield that put the guest
+        // straight back on the run queue would make each wait 61 ticks (tokio polls its drivers
+        // and the `block_on` future every 61 tasks): over a second for the twenty, longer
+        // than the loop's deadline.
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_millis(400), "20 requests took {waited:?} beside a looping plugin");
+        let err = looping.await.unwrap().unwrap_err();
+        assert!(matches!(&err, ServeError::Plugin { kind: "timeout", .. }), "{err}");
+    });
+}
+
 /// An answer accepted under surge's looser threshold is cached for that decision only: back
 /// in normal mode the same request is decided afresh (here: degraded, there is no upstream).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

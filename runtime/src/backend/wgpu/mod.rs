@@ -410,6 +410,11 @@ impl PreparedModel for WgpuModel {
         &self.info
     }
 
+    fn computes_on_caller(&self) -> bool {
+        // The caller submits work and waits for the device to finish it.
+        false
+    }
+
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {
         let batch = check_inputs(&self.info, inputs)?;
         self.gpu.healthy()?;
