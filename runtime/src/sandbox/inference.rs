@@ -37,7 +37,7 @@ const INTERFACE: &str = "cascade:plugin/inference@0.1.0";
 /// default epoch tick, so that a model call delays the worker's other requests no more than a
 /// guest's own code may (one tick). Longer models run on the blocking pool, which costs two
 /// thread wake-ups per call, small beside such a run.
-pub(crate) const INLINE_RUN_LIMIT: Duration = Duration::from_micros(500);
+const INLINE_RUN_LIMIT: Duration = Duration::from_micros(500);
 
 /// A model on a plugin's allowlist, and how long its last two runs took (which decides where
 /// the next one runs).
