@@ -292,6 +292,27 @@ fn a_full_pool_instantiates_as_many_plugins_as_it_is_sized_for() {
     sandbox.instantiate("mnist").unwrap();
 }
 
+/// A request dropped while its guest runs (the client went, the request's deadline fired)
+/// gives its instance and fiber stack back: ten such drops on a pool of three, then the pool
+/// still serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_dropped_while_its_guest_runs_gives_its_instance_back() {
+    let sandbox = Sandbox::new(SandboxConfig { max_instances: 3, ..SandboxConfig::default() }).unwrap();
+    let models = models();
+    sandbox.load_plugin("hostile", &plugin(&fixture().hostile, &[]), &models).unwrap();
+    sandbox.load_plugin("mnist", &plugin(&fixture().mnist, &[]), &models).unwrap();
+    for (i, m) in ["loop", "model-loop"].iter().cycle().take(10).enumerate() {
+        let request = mode(m);
+        let call = sandbox.handle_async("hostile", request.request(), Duration::from_secs(5));
+        let dropped = tokio::time::timeout(Duration::from_millis(20), call).await;
+        assert!(dropped.is_err(), "call {i} ({m}) ended before it was dropped: {:?}", dropped.map(|r| r.0));
+    }
+    let test = Digits::load_split(&reference::default_models_dir(), Split::Test).unwrap();
+    let request = image_request(test.image(0));
+    let (outcome, _) = sandbox.handle_async("mnist", request.request(), Duration::from_secs(5)).await;
+    assert!(label(&outcome.unwrap()).parse::<u8>().is_ok());
+}
+
 /// Environment variable that tells [`rss_probe`] which hostile mode to measure.
 const RSS_PROBE_MODE: &str = "CASCADE_SANDBOX_RSS_PROBE_MODE";
 
