@@ -53,7 +53,7 @@ pub(super) fn overload(s: &Setup, rt: &Runtime) -> Result<Vec<Figure>> {
     let mut edge = s.edge(0.0)?;
     edge.config.route.max_in_flight = IN_FLIGHT;
     edge.config.route.queue_len = QUEUE;
-    let process = rt.block_on(s.start(&edge, "overload-edge"))?;
+    let process = born_on_node_core(|| rt.block_on(s.start(&edge, "overload-edge")))?;
     let cores = Cores::split(process.id(), "overload");
     let addr = loopback(edge.http);
     let requests = s.requests(edge.http, BODIES);
@@ -143,6 +143,23 @@ impl Cores {
         let out = f();
         pin_to(0, &had);
         out
+    }
+}
+
+/// Runs `f`, which starts the node, with this thread on the core [`Cores::split`] gives the
+/// node, so that the node is born on one core and sizes itself for one (tokio's workers come
+/// from `available_parallelism`), as a node given one core by its service manager or
+/// container would. Moved there after it started, its two workers would time-share the core
+/// and an admitted request would wait out the other worker's time slice.
+fn born_on_node_core<T>(f: impl FnOnce() -> T) -> T {
+    let had = allowed_cores();
+    match had.last() {
+        Some(&last) if had.len() > 1 && pin(0, last) => {
+            let out = f();
+            pin_to(0, &had);
+            out
+        }
+        _ => f(),
     }
 }
 
@@ -330,7 +347,7 @@ pub(super) fn slow_clients(s: &Setup, rt: &Runtime) -> Result<Vec<Figure>> {
     // Room for every slow connection and the good ones: what is measured is what they cost
     // while held, not the refusal beyond the cap.
     edge.config.node.listeners.http_max_connections = 4096;
-    let process = rt.block_on(s.start(&edge, "slow-edge"))?;
+    let process = born_on_node_core(|| rt.block_on(s.start(&edge, "slow-edge")))?;
     let (addr, pid) = (loopback(edge.http), process.id());
     // As in the overload scenario: the node on one core, every client on the other, so that
     // what is measured is what the slow connections cost the node, not the CPU their own
