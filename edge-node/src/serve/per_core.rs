@@ -55,12 +55,7 @@ impl PerCore {
                     })
                 });
                 if let Err(e) = served {
-                    tracing::error!(
-                        listener = name,
-                        thread = i,
-                        error = %e,
-                        "this thread stopped accepting; the listener's other threads go on (restart the node to get it back)"
-                    );
+                    tracing::error!(listener = name, thread = i, error = %e, "cannot serve this listener's socket");
                 }
                 let _ = finished.send(());
             })?;
