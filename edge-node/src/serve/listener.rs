@@ -112,7 +112,8 @@ impl Serving {
         limits: ListenerLimits,
     ) -> Serving {
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(accept_loop(name, listener, app, limits, stopped));
+        let caps = Caps::new(&limits);
+        let task = tokio::spawn(accept_loop(name, listener, app, limits, caps, stopped));
         Serving { name, stop: Some(stop), task }
     }
 
@@ -126,15 +127,31 @@ impl Serving {
     }
 }
 
-async fn accept_loop(
+/// A listener's connection cap and refusal budget, shared by every accept loop serving it.
+#[derive(Clone)]
+pub(super) struct Caps {
+    slots: Arc<Semaphore>,
+    refusals: Arc<Semaphore>,
+}
+
+impl Caps {
+    pub(super) fn new(limits: &ListenerLimits) -> Caps {
+        Caps {
+            slots: Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS))),
+            refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
+        }
+    }
+}
+
+pub(super) async fn accept_loop(
     name: &'static str,
     listener: TcpListener,
     app: Router,
     limits: ListenerLimits,
+    caps: Caps,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS)));
-    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+    let Caps { slots, refusals } = caps;
     let refusal: Arc<[u8]> = refusal_response(limits.max_connections).into();
     let (closing, closing_rx) = watch::channel(false);
     let mut connections = JoinSet::new();

@@ -15,6 +15,7 @@ pub mod admin;
 pub mod kserve;
 pub mod listener;
 mod live;
+mod per_core;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -29,6 +30,7 @@ use tokio::sync::oneshot;
 pub use listener::ListenerLimits;
 use listener::Serving;
 use live::Live;
+use per_core::PerCore;
 
 /// How long start and reload wait for a KServe upstream's model metadata, to check the
 /// routes' answer contracts against it, before going on without it.
@@ -40,7 +42,7 @@ pub struct Server {
     http_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     quic: Option<Arc<TierServer>>,
-    http: Serving,
+    http: PerCore,
     admin: Option<Serving>,
 }
 
@@ -61,11 +63,10 @@ impl Server {
         let node = CurrentNode::new(node);
         let quic = node.listen_quic()?.map(Arc::new);
         let live = Live::new(node.clone(), quic.clone(), admin_token);
-        let listener = tokio::net::TcpListener::bind(settings.http)
-            .await
-            .with_context(|| format!("cannot bind http listener on {}", settings.http))?;
-        let http_addr = listener.local_addr()?;
-        let http = Serving::spawn("http", listener, kserve::router(node.clone()), limits);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let (http_addr, http) =
+            PerCore::spawn("http", settings.http, kserve::router(node.clone()), limits, cores)
+                .with_context(|| format!("cannot bind http listener on {}", settings.http))?;
         let (admin_addr, admin) = match &settings.admin {
             Some(admin) => {
                 let bound = tokio::net::TcpListener::bind(admin.addr)
