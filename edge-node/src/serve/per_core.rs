@@ -55,7 +55,12 @@ impl PerCore {
                     })
                 });
                 if let Err(e) = served {
-                    tracing::error!(listener = name, thread = i, error = %e, "cannot serve this listener's socket");
+                    tracing::error!(
+                        listener = name,
+                        thread = i,
+                        error = %e,
+                        "this thread stopped accepting; the listener's other threads go on (restart the node to get it back)"
+                    );
                 }
                 let _ = finished.send(());
             })?;
