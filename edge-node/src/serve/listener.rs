@@ -11,7 +11,7 @@
 //! | `header_read` | 5 s | the request head (line and headers) has not all arrived: the connection is closed |
 //! | `body_read` | 30 s | the request body has not all arrived: `408` with `{"error": ...}`, and the connection is closed |
 //! | `idle` | 60 s | a kept-alive connection has started no new request: it is closed |
-//! | `max_connections` | 1024 | a new connection gets `503`, `Retry-After: 1` and `{"error": ...}` at once, without its request being read, and is closed |
+//! | `max_connections` | 1024 | a new connection gets `503`, `Retry-After: 1` and `{"error": ...}` as soon as its request starts to arrive, without the request being read, and is closed |
 //! | `drain` | 10 s | on shutdown, connections with requests still in flight are closed |
 //!
 //! The header clock starts when the connection is accepted (its first request) or at the
@@ -90,6 +90,9 @@ const MAX_REFUSALS: usize = 64;
 
 /// How long a refused connection is kept to deliver its 503: see [`refuse`].
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// How long a refusal waits for the client's request to start before it answers anyway.
+const REFUSAL_WAIT: Duration = Duration::from_millis(250);
 
 /// Pause after an accept error that is not one client's: most likely the process is out of
 /// file descriptors, and retrying at once would spin until some close.
@@ -284,9 +287,14 @@ fn refusal_response(max_connections: usize) -> Vec<u8> {
 }
 
 /// Answers a connection past the limit with `response` without reading its request, and
-/// closes it. Closing a socket with unread bytes resets the connection, which can destroy
-/// the answer before the client reads it, so the refusal half-closes, then reads and
-/// discards what the client sent until the client closes or [`REFUSAL_LINGER`] passes.
+/// closes it.
+///
+/// The answer waits for the request to start arriving (for up to [`REFUSAL_WAIT`]): an
+/// HTTP client that gets a response before it has sent its request reports a broken
+/// connection (hyper: "unexpected message") instead of the 503. Closing a socket with
+/// unread bytes resets the connection, which can destroy the answer before the client
+/// reads it, so the refusal then half-closes, and reads and discards what the client sent
+/// until the client closes or [`REFUSAL_LINGER`] passes.
 fn refuse(stream: TcpStream, refusals: &Arc<Semaphore>, response: &Arc<[u8]>) {
     let Ok(lingering) = Arc::clone(refusals).try_acquire_owned() else {
         let _ = stream.try_write(response);
@@ -297,6 +305,8 @@ fn refuse(stream: TcpStream, refusals: &Arc<Semaphore>, response: &Arc<[u8]>) {
         let _lingering = lingering;
         let mut stream = stream;
         let _ = tokio::time::timeout(REFUSAL_LINGER, async move {
+            // `peek`, not `readable`: a fresh socket can report itself readable at once.
+            let _ = tokio::time::timeout(REFUSAL_WAIT, stream.peek(&mut [0u8; 1])).await;
             stream.write_all(&response).await?;
             stream.shutdown().await?;
             let mut sink = [0u8; 1024];
