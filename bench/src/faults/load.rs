@@ -180,6 +180,15 @@ fn pin(tid: i32, core: usize) -> bool {
     pin_to(tid, &[core])
 }
 
+/// Puts the calling thread in Linux's `SCHED_IDLE` class: it runs only when no other thread
+/// of its core is ready to. Whether that worked.
+fn run_when_idle() -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: 0 names the calling thread; `param` is an initialised sched_param, which
+    // SCHED_IDLE requires to hold priority 0.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 }
+}
+
 /// Lets thread `tid` (0: the calling thread) run on `cores` only; whether that worked.
 fn pin_to(tid: i32, cores: &[usize]) -> bool {
     // SAFETY: the set is built here and passed with its size; sched_setaffinity changes
@@ -402,7 +411,8 @@ fn slow_rounds(
     ])
 }
 
-/// Samples a process's open file descriptors every 100 ms on a thread of its own.
+/// Samples a process's open file descriptors every 100 ms on a thread of its own, in the idle
+/// scheduling class.
 struct FdSampler {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<usize>,
@@ -413,6 +423,9 @@ impl FdSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
+            // Listing 2,000 descriptors in `/proc` takes the good client's core for a
+            // moment ten times a second; in the idle class the listing waits for the client.
+            run_when_idle();
             let mut peak = 0;
             while !flag.load(Ordering::Relaxed) {
                 peak = peak.max(open_fds(pid).unwrap_or(0));
@@ -445,6 +458,14 @@ impl SlowPool {
         let (flag, count) = (stop.clone(), open.clone());
         let thread =
             std::thread::Builder::new().name("slow-clients".into()).spawn(move || -> Result<usize> {
+                // The slow clients stand for machines elsewhere; here they share the good
+                // client's core, and their wake-ups (a trickled byte a second from each of
+                // a thousand, reconnections) would delay its sends and reads, which the
+                // good p99 would charge to the node. In the idle class they run only when
+                // the good client is not ready to.
+                if !run_when_idle() {
+                    eprintln!("faults.slow_clients: could not give the slow clients the idle class; they compete with the good client for its core");
+                }
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 rt.block_on(async move {
                     let tasks: Vec<_> = (0..SLOW)
