@@ -36,6 +36,13 @@
 //!   `/proc/{pid}/task/*/status` at the same rate (a thread that exits during a rung takes its
 //!   count with it, so these are floors).
 //!   Unlike `max_rps`, this does not depend on how many cores each server gets to use.
+//! - what no request can cost less than, at [`CPU_RPS`], for each server:
+//!   `edge.local.http_floor_cpu_us_per_request` and `edge.peer.http_floor_cpu_us_per_request`,
+//!   CPU per `GET /v2/health/ready` (constant reply, no body, no model: accepting, parsing and
+//!   answering HTTP over loopback TCP), and the inference figure less it,
+//!   `edge.{local,peer}.cpu_us_per_request_beyond_http_floor`; and
+//!   `edge.local.binary.cpu_us_per_request`, the node's inference with the image as binary
+//!   tensor data, which KServe's own clients send (the peer reads JSON only).
 //!
 //! The generator runs in this process and shares the machine's cores with the server under
 //! test, so on a small machine both max rates are partly the generator's limit; and the
@@ -87,6 +94,9 @@ const CONNECTIONS: usize = 32;
 
 /// The inference path on both servers.
 const INFER_PATH: &str = "/v2/models/digits/infer";
+
+/// The path of the floor figures: both servers answer it with a constant and no work.
+const HEALTH_PATH: &str = "/v2/health/ready";
 
 /// What one rung of the ladder measured.
 struct Rung {
@@ -166,6 +176,17 @@ impl<'a> Target<'a> {
         let requests = bodies.iter().map(|b| loadgen::post_json(addr, INFER_PATH, b)).collect();
         Target { name, addr, pid, requests: Arc::new(requests), accept }
     }
+
+    /// The same server, sent `requests` instead, its replies judged the same way.
+    fn with_requests(&self, requests: Vec<Vec<u8>>) -> Target<'a> {
+        Target { requests: Arc::new(requests), ..*self }
+    }
+
+    /// The same server asked only `GET /v2/health/ready`: no body to parse, no model, a
+    /// constant reply. What each request costs this server's process then is its HTTP floor.
+    fn health(&self) -> Target<'a> {
+        Target { accept: |_| true, ..self.with_requests(vec![loadgen::get(self.addr, HEALTH_PATH)]) }
+    }
 }
 
 /// Our node's replies count when answered locally and computed, not cached.
@@ -239,6 +260,9 @@ pub(crate) fn run(
     if ladder.top_passed {
         eprintln!("note: the node passed the ladder's top rung; edge.local.max_rps is a lower bound");
     }
+    let binary = ours.with_requests(binary_requests(addr, &test, bodies.len())?);
+    let binary_cpu = cpu_per_request_at(&binary, CPU_RPS, step)?;
+    let our_floor = cpu_per_request_at(&ours.health(), CPU_RPS, step)?;
     node.kill();
 
     // The node's figures are taken: a peer that cannot run costs only its own.
@@ -246,14 +270,36 @@ pub(crate) fn run(
         eprintln!("no python peer figures: {e:#}. Printing our figures only.");
         None
     });
+    let (peer, peer_floor) = peer.unzip();
     match ladder.cpu_rate(peer.as_ref()) {
         Some(rate) => {
             figures.push("edge.cpu_rate_rps", rate, "items_per_s");
             let ours = ladder.cpu_at(rate).unwrap_or_default();
             figures.push("edge.local.cpu_us_per_request", ours, "us");
-            if let Some(theirs) = peer.as_ref().and_then(|p| p.cpu_at(rate)) {
+            let theirs = peer.as_ref().and_then(|p| p.cpu_at(rate));
+            if let Some(theirs) = theirs {
                 figures.push("edge.peer.cpu_us_per_request", theirs, "us");
                 figures.push("edge.ratio_ours_over_python_ort.cpu_us_per_request", ours / theirs, "ratio");
+            }
+            // The floors were taken at CPU_RPS; CPU per request falls as the rate rises, so
+            // they are set beside the inference figures only when those are at it too.
+            if rate == CPU_RPS {
+                if let Some(binary) = binary_cpu {
+                    figures.push("edge.local.binary.cpu_us_per_request", binary, "us");
+                }
+                for (side, floor, total) in
+                    [("local", our_floor, Some(ours)), ("peer", peer_floor.flatten(), theirs)]
+                {
+                    let (Some(floor), Some(total)) = (floor, total) else { continue };
+                    figures.push(format!("edge.{side}.http_floor_cpu_us_per_request"), floor, "us");
+                    figures.push(
+                        format!("edge.{side}.cpu_us_per_request_beyond_http_floor"),
+                        total - floor,
+                        "us",
+                    );
+                }
+            } else {
+                eprintln!("CPU compared at {rate} rps, not {CPU_RPS}: no floor or binary CPU figures");
             }
             if let Some(switches) = ladder.switches_at(rate) {
                 figures.push("edge.local.context_switches_per_request", switches, "count");
@@ -268,8 +314,8 @@ pub(crate) fn run(
 }
 
 /// Drives the Python peer up the same ladder, adds its figures and the max-rate ratio to
-/// `figures`, and returns its ladder (none if the peer's venv is missing: that is said, not
-/// an error).
+/// `figures`, and returns its ladder and its HTTP floor's CPU per request at [`CPU_RPS`]
+/// (none if the peer's venv is missing: that is said, not an error).
 fn peer_figures(
     repo: &Path,
     model: &Path,
@@ -277,7 +323,7 @@ fn peer_figures(
     step: Duration,
     ours: &Ladder,
     figures: &mut Figures,
-) -> anyhow::Result<Option<Ladder>> {
+) -> anyhow::Result<Option<(Ladder, Option<f64>)>> {
     let Some(mut peer) = Peer::start(repo, model)? else { return Ok(None) };
     wait_ready(peer.addr, "python peer", || peer.child.try_wait().ok().flatten())?;
     let target = Target::new("python onnxruntime peer", peer.addr, peer.child.id(), bodies, |_| true);
@@ -292,7 +338,37 @@ fn peer_figures(
     } else {
         eprintln!("the peer passed no rung of the ladder: no speedup ratio");
     }
-    Ok(Some(theirs))
+    let floor = cpu_per_request_at(&target.health(), CPU_RPS, step)?;
+    Ok(Some((theirs, floor)))
+}
+
+/// CPU time per answered request of `target`'s process over one rung at `rate`, the rung run
+/// again if it fails, as on the ladder; `None` if it fails twice or `/proc` does not tell.
+fn cpu_per_request_at(target: &Target<'_>, rate: f64, step: Duration) -> anyhow::Result<Option<f64>> {
+    drive(target, LADDER[0], Duration::from_millis(300))?;
+    for _ in 0..2 {
+        let mut rung = drive(target, rate, step)?;
+        if rung.passes() {
+            let answered = rung.latencies_us.len() as f64;
+            return Ok(rung.cpu.map(|cpu| cpu.as_secs_f64() * 1e6 / answered));
+        }
+        eprintln!("{}: {rate} rps: p99 {:.0} us, {} errors", target.name, rung.p(0.99), rung.errors);
+    }
+    Ok(None)
+}
+
+/// Every test image as a request with the binary tensor data extension (the header, then
+/// the 784 bytes), the encoding KServe's own clients send by default.
+fn binary_requests(addr: SocketAddr, test: &Digits, n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+    (0..n)
+        .map(|i| {
+            let header = json!({
+                "id": format!("img-{i}"),
+                "inputs": [{ "name": "image", "shape": [28, 28], "datatype": "UINT8", "parameters": { "binary_data_size": 784 } }]
+            });
+            Ok(loadgen::post_binary(addr, INFER_PATH, &serde_json::to_vec(&header)?, test.image(i)))
+        })
+        .collect()
 }
 
 /// The node's config: no upstream, threshold 0 (every answer local), no cache, no mode
@@ -331,15 +407,7 @@ fn measure_overhead(
     let (sandbox, _models) = crate::sandbox::mnist_sandbox(model, wasm)?;
     let n = target.requests.len();
     let requests = crate::sandbox::digit_requests(test, n)?;
-    let binary: Vec<Vec<u8>> = (0..n)
-        .map(|i| -> anyhow::Result<Vec<u8>> {
-            let header = json!({
-                "id": format!("img-{i}"),
-                "inputs": [{ "name": "image", "shape": [28, 28], "datatype": "UINT8", "parameters": { "binary_data_size": 784 } }]
-            });
-            Ok(loadgen::post_binary(target.addr, INFER_PATH, &serde_json::to_vec(&header)?, test.image(i)))
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let binary = binary_requests(target.addr, test, n)?;
     let mut conn = Conn::connect(target.addr)?;
     let live = loadgen::get(target.addr, "/v2/health/live");
     let mut timed = |request: &[u8]| -> anyhow::Result<f64> {
