@@ -36,7 +36,7 @@
 //!   `/proc/{pid}/task/*/status` at the same rate (a thread that exits during a rung takes its
 //!   count with it, so these are floors).
 //!   Unlike `max_rps`, this does not depend on how many cores each server gets to use.
-//! - what no request can cost less than, at [`CPU_RPS`], for each server:
+//! - what no request can cost less than, at `edge.cpu_rate_rps`, for each server:
 //!   `edge.local.http_floor_cpu_us_per_request` and `edge.peer.http_floor_cpu_us_per_request`,
 //!   CPU per `GET /v2/health/ready` (constant reply, no body, no model: accepting, parsing and
 //!   answering HTTP over loopback TCP), and the inference figure less it,
@@ -261,61 +261,69 @@ pub(crate) fn run(
         eprintln!("note: the node passed the ladder's top rung; edge.local.max_rps is a lower bound");
     }
     let binary = ours.with_requests(binary_requests(addr, &test, bodies.len())?);
-    let binary_cpu = cpu_per_request_at(&binary, CPU_RPS, step)?;
-    let our_floor = cpu_per_request_at(&ours.health(), CPU_RPS, step)?;
-    node.kill();
 
-    // The node's figures are taken: a peer that cannot run costs only its own.
+    // The node stays up, idle, while the peer climbs its ladder: the floors below are taken
+    // at the rate the two are compared at, known only once both ladders are done.
     let peer = peer_figures(repo, &model, &bodies, step, &ladder, &mut figures).unwrap_or_else(|e| {
         eprintln!("no python peer figures: {e:#}. Printing our figures only.");
         None
     });
-    let (peer, peer_floor) = peer.unzip();
-    match ladder.cpu_rate(peer.as_ref()) {
+    let their_ladder = peer.as_ref().map(|p| &p.ladder);
+    match ladder.cpu_rate(their_ladder) {
         Some(rate) => {
             figures.push("edge.cpu_rate_rps", rate, "items_per_s");
-            let ours = ladder.cpu_at(rate).unwrap_or_default();
-            figures.push("edge.local.cpu_us_per_request", ours, "us");
-            let theirs = peer.as_ref().and_then(|p| p.cpu_at(rate));
-            if let Some(theirs) = theirs {
-                figures.push("edge.peer.cpu_us_per_request", theirs, "us");
-                figures.push("edge.ratio_ours_over_python_ort.cpu_us_per_request", ours / theirs, "ratio");
-            }
-            // The floors were taken at CPU_RPS; CPU per request falls as the rate rises, so
-            // they are set beside the inference figures only when those are at it too.
-            if rate == CPU_RPS {
-                if let Some(binary) = binary_cpu {
-                    figures.push("edge.local.binary.cpu_us_per_request", binary, "us");
-                }
-                for (side, floor, total) in
-                    [("local", our_floor, Some(ours)), ("peer", peer_floor.flatten(), theirs)]
-                {
-                    let (Some(floor), Some(total)) = (floor, total) else { continue };
-                    figures.push(format!("edge.{side}.http_floor_cpu_us_per_request"), floor, "us");
-                    figures.push(
-                        format!("edge.{side}.cpu_us_per_request_beyond_http_floor"),
-                        total - floor,
-                        "us",
-                    );
-                }
-            } else {
-                eprintln!("CPU compared at {rate} rps, not {CPU_RPS}: no floor or binary CPU figures");
+            let ours_us = ladder.cpu_at(rate).unwrap_or_default();
+            figures.push("edge.local.cpu_us_per_request", ours_us, "us");
+            let theirs_us = their_ladder.and_then(|p| p.cpu_at(rate));
+            if let Some(theirs_us) = theirs_us {
+                figures.push("edge.peer.cpu_us_per_request", theirs_us, "us");
+                figures.push(
+                    "edge.ratio_ours_over_python_ort.cpu_us_per_request",
+                    ours_us / theirs_us,
+                    "ratio",
+                );
             }
             if let Some(switches) = ladder.switches_at(rate) {
                 figures.push("edge.local.context_switches_per_request", switches, "count");
             }
-            if let Some(switches) = peer.as_ref().and_then(|p| p.switches_at(rate)) {
+            if let Some(switches) = their_ladder.and_then(|p| p.switches_at(rate)) {
                 figures.push("edge.peer.context_switches_per_request", switches, "count");
+            }
+            // Each server alone on the machine while its own floor is measured.
+            let their_floor = peer.as_ref().and_then(|p| cpu_per_request_at(&p.target.health(), rate, step));
+            drop(peer);
+            let our_floor = cpu_per_request_at(&ours.health(), rate, step);
+            if let Some(binary) = cpu_per_request_at(&binary, rate, step) {
+                figures.push("edge.local.binary.cpu_us_per_request", binary, "us");
+            }
+            for (side, floor, total) in
+                [("local", our_floor, Some(ours_us)), ("peer", their_floor, theirs_us)]
+            {
+                let (Some(floor), Some(total)) = (floor, total) else { continue };
+                figures.push(format!("edge.{side}.http_floor_cpu_us_per_request"), floor, "us");
+                figures.push(
+                    format!("edge.{side}.cpu_us_per_request_beyond_http_floor"),
+                    total - floor,
+                    "us",
+                );
             }
         }
         None => eprintln!("no rung passed by both servers: no CPU per request"),
     }
+    node.kill();
     Ok(figures)
 }
 
+/// The Python peer once it has climbed the ladder, still running (killed when dropped).
+struct PeerRun {
+    ladder: Ladder,
+    target: Target<'static>,
+    _process: Peer,
+}
+
 /// Drives the Python peer up the same ladder, adds its figures and the max-rate ratio to
-/// `figures`, and returns its ladder and its HTTP floor's CPU per request at [`CPU_RPS`]
-/// (none if the peer's venv is missing: that is said, not an error).
+/// `figures`, and returns it still running (none if the peer's venv is missing: that is said,
+/// not an error).
 fn peer_figures(
     repo: &Path,
     model: &Path,
@@ -323,7 +331,7 @@ fn peer_figures(
     step: Duration,
     ours: &Ladder,
     figures: &mut Figures,
-) -> anyhow::Result<Option<(Ladder, Option<f64>)>> {
+) -> anyhow::Result<Option<PeerRun>> {
     let Some(mut peer) = Peer::start(repo, model)? else { return Ok(None) };
     wait_ready(peer.addr, "python peer", || peer.child.try_wait().ok().flatten())?;
     let target = Target::new("python onnxruntime peer", peer.addr, peer.child.id(), bodies, |_| true);
@@ -338,23 +346,30 @@ fn peer_figures(
     } else {
         eprintln!("the peer passed no rung of the ladder: no speedup ratio");
     }
-    let floor = cpu_per_request_at(&target.health(), CPU_RPS, step)?;
-    Ok(Some((theirs, floor)))
+    Ok(Some(PeerRun { ladder: theirs, target, _process: peer }))
 }
 
 /// CPU time per answered request of `target`'s process over one rung at `rate`, the rung run
-/// again if it fails, as on the ladder; `None` if it fails twice or `/proc` does not tell.
-fn cpu_per_request_at(target: &Target<'_>, rate: f64, step: Duration) -> anyhow::Result<Option<f64>> {
-    drive(target, LADDER[0], Duration::from_millis(300))?;
-    for _ in 0..2 {
-        let mut rung = drive(target, rate, step)?;
-        if rung.passes() {
-            let answered = rung.latencies_us.len() as f64;
-            return Ok(rung.cpu.map(|cpu| cpu.as_secs_f64() * 1e6 / answered));
+/// again if it fails, as on the ladder; `None`, with the reason on stderr, if it fails twice,
+/// cannot be driven, or `/proc` does not tell. These figures are extra: their loss must not
+/// cost the ladder's.
+fn cpu_per_request_at(target: &Target<'_>, rate: f64, step: Duration) -> Option<f64> {
+    let measure = || -> anyhow::Result<Option<f64>> {
+        drive(target, LADDER[0], Duration::from_millis(300))?;
+        for _ in 0..2 {
+            let mut rung = drive(target, rate, step)?;
+            if rung.passes() {
+                let answered = rung.latencies_us.len() as f64;
+                return Ok(rung.cpu.map(|cpu| cpu.as_secs_f64() * 1e6 / answered));
+            }
+            eprintln!("{}: {rate} rps: p99 {:.0} us, {} errors", target.name, rung.p(0.99), rung.errors);
         }
-        eprintln!("{}: {rate} rps: p99 {:.0} us, {} errors", target.name, rung.p(0.99), rung.errors);
-    }
-    Ok(None)
+        Ok(None)
+    };
+    measure().unwrap_or_else(|e| {
+        eprintln!("{}: no CPU figure at {rate} rps: {e:#}", target.name);
+        None
+    })
 }
 
 /// Every test image as a request with the binary tensor data extension (the header, then
