@@ -40,7 +40,8 @@
 //!   `edge.local.http_floor_cpu_us_per_request` and `edge.peer.http_floor_cpu_us_per_request`,
 //!   CPU per `GET /v2/health/ready` (constant reply, no body, no model: accepting, parsing and
 //!   answering HTTP over loopback TCP), and the inference figure less it,
-//!   `edge.{local,peer}.cpu_us_per_request_beyond_http_floor`; and
+//!   `edge.{local,peer}.cpu_us_per_request_beyond_http_floor`, with the floor rung's
+//!   `edge.{local,peer}.http_floor_context_switches_per_request`; and
 //!   `edge.local.binary.cpu_us_per_request`, the node's inference with the image as binary
 //!   tensor data, which KServe's own clients send (the peer reads JSON only).
 //!
@@ -294,12 +295,20 @@ pub(crate) fn run(
             drop(peer);
             let our_floor = cpu_per_request_at(&ours.health(), rate, step);
             if let Some(binary) = cpu_per_request_at(&binary, rate, step) {
-                figures.push("edge.local.binary.cpu_us_per_request", binary, "us");
+                figures.push("edge.local.binary.cpu_us_per_request", binary.cpu_us, "us");
             }
             for (side, floor, total) in
                 [("local", our_floor, Some(ours_us)), ("peer", their_floor, theirs_us)]
             {
                 let (Some(floor), Some(total)) = (floor, total) else { continue };
+                if let Some(switches) = floor.switches {
+                    figures.push(
+                        format!("edge.{side}.http_floor_context_switches_per_request"),
+                        switches,
+                        "count",
+                    );
+                }
+                let floor = floor.cpu_us;
                 figures.push(format!("edge.{side}.http_floor_cpu_us_per_request"), floor, "us");
                 figures.push(
                     format!("edge.{side}.cpu_us_per_request_beyond_http_floor"),
@@ -349,18 +358,28 @@ fn peer_figures(
     Ok(Some(PeerRun { ladder: theirs, target, _process: peer }))
 }
 
-/// CPU time per answered request of `target`'s process over one rung at `rate`, the rung run
-/// again if it fails, as on the ladder; `None`, with the reason on stderr, if it fails twice,
-/// cannot be driven, or `/proc` does not tell. These figures are extra: their loss must not
-/// cost the ladder's.
-fn cpu_per_request_at(target: &Target<'_>, rate: f64, step: Duration) -> Option<f64> {
-    let measure = || -> anyhow::Result<Option<f64>> {
+/// What one server's process spent per answered request over a rung.
+struct PerRequest {
+    cpu_us: f64,
+    /// Context switches, where `/proc` tells.
+    switches: Option<f64>,
+}
+
+/// CPU time (and context switches) per answered request of `target`'s process over one rung
+/// at `rate`, the rung run again if it fails, as on the ladder; `None`, with the reason on
+/// stderr, if it fails twice, cannot be driven, or `/proc` does not tell. These figures are
+/// extra: their loss must not cost the ladder's.
+fn cpu_per_request_at(target: &Target<'_>, rate: f64, step: Duration) -> Option<PerRequest> {
+    let measure = || -> anyhow::Result<Option<PerRequest>> {
         drive(target, LADDER[0], Duration::from_millis(300))?;
         for _ in 0..2 {
             let mut rung = drive(target, rate, step)?;
             if rung.passes() {
                 let answered = rung.latencies_us.len() as f64;
-                return Ok(rung.cpu.map(|cpu| cpu.as_secs_f64() * 1e6 / answered));
+                let switches = rung.switches.map(|n| n as f64 / answered);
+                return Ok(rung
+                    .cpu
+                    .map(|cpu| PerRequest { cpu_us: cpu.as_secs_f64() * 1e6 / answered, switches }));
             }
             eprintln!("{}: {rate} rps: p99 {:.0} us, {} errors", target.name, rung.p(0.99), rung.errors);
         }
