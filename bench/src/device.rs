@@ -155,7 +155,7 @@ impl Started {
             bail!("the device node answered {status}: {}", String::from_utf8_lossy(answer));
         }
         std::thread::sleep(IDLE);
-        let rss = resident_mib(node.id())?;
+        let rss = crate::procfs::resident_mib(node.id())?;
         node.kill();
         Ok(Started {
             ready_ms: ready.as_secs_f64() * 1e3,
@@ -163,18 +163,6 @@ impl Started {
             idle_rss_mib: rss,
         })
     }
-}
-
-/// `VmRSS` of process `pid`, in MiB.
-fn resident_mib(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status (RSS is read on Linux only)"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS line in /proc/<pid>/status")?;
-    Ok(kib / 1024.0)
 }
 
 /// The architecture an ELF executable is built for, from its header's `e_machine`.

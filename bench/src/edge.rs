@@ -63,6 +63,7 @@ use cascade_runtime::{Digits, ReferenceModel, Split};
 use serde_json::json;
 
 use crate::loadgen::{self, Conn, Load};
+use crate::procfs;
 use edge_node::deployment::{NodeProcess, free_tcp_port, write_config};
 use edge_node::figures::{Figures, median, percentile};
 
@@ -541,8 +542,8 @@ fn drive_ladder(target: &Target<'_>, step: Duration) -> anyhow::Result<Ladder> {
 /// One rung: `rate × duration` requests sent on schedule, then every answer awaited (each
 /// bounded by [`REQUEST_TIMEOUT`]).
 fn drive(target: &Target<'_>, rate: f64, duration: Duration) -> anyhow::Result<Rung> {
-    let cpu_before = process_cpu_time(target.pid);
-    let switches_before = process_context_switches(target.pid);
+    let cpu_before = procfs::cpu_time(target.pid);
+    let switches_before = procfs::context_switches(target.pid);
     let measured = loadgen::drive(&Load {
         addr: target.addr,
         requests: &target.requests,
@@ -557,8 +558,8 @@ fn drive(target: &Target<'_>, rate: f64, duration: Duration) -> anyhow::Result<R
         eprintln!("{}: {rate} rps: {} errors, the first: {e}", target.name, measured.errors);
     }
     let cpu =
-        process_cpu_time(target.pid).zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
-    let switches = process_context_switches(target.pid)
+        procfs::cpu_time(target.pid).zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
+    let switches = procfs::context_switches(target.pid)
         .zip(switches_before)
         .map(|(after, before)| after.saturating_sub(before));
     Ok(Rung { rate, latencies_us: measured.latencies_us, errors: measured.errors, cpu, switches })
@@ -587,57 +588,6 @@ fn wait_ready<T: std::fmt::Debug>(
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("the {name} was not ready on {addr} within 60 s")
-}
-
-/// User + system CPU time of process `pid` so far, all its threads (exited ones too), from
-/// `/proc/{pid}/stat`; `None` where there is no such file (not Linux).
-fn process_cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_cpu_ticks(&stat).map(|ticks| Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second()))
-}
-
-/// Context switches, voluntary and involuntary, of process `pid`'s live threads so far, from
-/// `/proc/{pid}/task/*/status`; `None` where there is no such directory (not Linux).
-fn process_context_switches(pid: u32) -> Option<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let statuses =
-        tasks.flatten().filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok());
-    Some(statuses.map(|status| parse_context_switches(&status)).sum())
-}
-
-/// `voluntary_ctxt_switches + nonvoluntary_ctxt_switches` from a `/proc/.../status` file.
-fn parse_context_switches(status: &str) -> u64 {
-    status
-        .lines()
-        .filter_map(|line| {
-            line.strip_prefix("voluntary_ctxt_switches:")
-                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
-        })
-        .filter_map(|count| count.trim().parse::<u64>().ok())
-        .sum()
-}
-
-/// `utime + stime` from a `/proc/{pid}/stat` line, in clock ticks. Fields 14 and 15 count
-/// from the process name, which is in parentheses and may itself hold spaces or `)`.
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // `after_name` starts at field 3 (the state).
-    let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
-    let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-fn clock_ticks_per_second() -> f64 {
-    #[cfg(unix)]
-    {
-        // SAFETY: sysconf reads a system constant; it has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        if ticks > 0 {
-            return ticks as f64;
-        }
-    }
-    100.0
 }
 
 /// The Python peer process; killed when dropped.
@@ -735,25 +685,6 @@ mod tests {
         assert_eq!(route.cache_ttl, Duration::ZERO);
         assert_eq!(route.thresholds, [0.0; 3]);
         assert!(route.rate_limit.is_none());
-    }
-
-    #[test]
-    fn cpu_ticks_are_read_past_a_process_name_with_spaces_and_parentheses() {
-        let stat = "4242 (a (weird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 731 269 0 0 20 0 3 0";
-        assert_eq!(parse_cpu_ticks(stat), Some(1000));
-        assert_eq!(parse_cpu_ticks("4242 (short) S 1"), None);
-        let own = process_cpu_time(std::process::id());
-        assert!(cfg!(not(target_os = "linux")) || own.is_some());
-    }
-
-    #[test]
-    fn context_switches_add_both_kinds_over_every_thread() {
-        let status = "Name:\tedge-node\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
-        assert_eq!(parse_context_switches(status), 127);
-        assert_eq!(parse_context_switches("Name:\tx\n"), 0);
-        // This test's process has at least its own thread, which has switched at least once.
-        let own = process_context_switches(std::process::id());
-        assert!(cfg!(not(target_os = "linux")) || own.is_some_and(|n| n > 0));
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod device;
 mod edge;
 mod faults;
 mod loadgen;
+mod procfs;
 mod sandbox;
 mod tiers;
 

@@ -16,8 +16,9 @@ use edge_node::deployment::{CENTRAL, free_tcp_port, write_config};
 use sha2::Digest;
 use tokio::runtime::Runtime;
 
-use super::{FLOODER, Figure, Setup, http_client, loopback, peak_rss_mib};
+use super::{FLOODER, Figure, Setup, http_client, loopback};
 use crate::loadgen::{self, Load, Measured};
+use crate::procfs::peak_rss_mib;
 
 /// `faults.peer_flood.central_peak_rss_mib`: one edge identity (a certificate of role edge)
 /// opens as many QUIC connections and streams as the central lets it, and on each stream

@@ -11,8 +11,9 @@ use edge_node::figures::percentile;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 
-use super::{Figure, Setup, loopback, open_fds, peak_rss_mib};
+use super::{Figure, Setup, loopback};
 use crate::loadgen::{self, Conn, Load, Measured};
+use crate::procfs::{open_fds, peak_rss_mib};
 
 /// The route's bulkhead in the overload scenario, sized for the one core the node gets: one
 /// request runs and one waits, so the core never idles between answers; beyond that the

@@ -294,25 +294,6 @@ async fn metrics_text(node: &Node) -> Result<String> {
     Ok(response.text().await?)
 }
 
-/// The peak resident set of process `pid` (`VmHWM`), in MiB.
-fn peak_rss_mib(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status (Linux only)"))?;
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .context("no VmHWM line in /proc/<pid>/status")?;
-    Ok(kib / 1024.0)
-}
-
-/// The file descriptors process `pid` holds open now.
-fn open_fds(pid: u32) -> Result<usize> {
-    let entries =
-        std::fs::read_dir(format!("/proc/{pid}/fd")).with_context(|| format!("reading /proc/{pid}/fd"))?;
-    Ok(entries.count())
-}
-
 /// Sends `signal` to process `pid`.
 fn signal(pid: u32, signal: libc::c_int) -> Result<()> {
     let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
@@ -362,13 +343,5 @@ mod tests {
         assert_eq!(metric(text, "cascade_upstream_breaker", &[]), Some(2.0));
         assert_eq!(metric(text, "cascade_upstream_breaker", &["upstream=\"b\""]), Some(0.0));
         assert_eq!(metric(text, "cascade_missing", &[]), None);
-    }
-
-    #[test]
-    fn own_process_has_a_peak_rss_and_fds() {
-        if cfg!(target_os = "linux") {
-            assert!(peak_rss_mib(std::process::id()).unwrap() > 0.0);
-            assert!(open_fds(std::process::id()).unwrap() > 0);
-        }
     }
 }
