@@ -126,6 +126,10 @@ pub(crate) struct Packed {
     offset: Vec<i32>,
     /// The same for signed-input instructions: `bias - (u_zero - 128) * Σ w'`.
     offset_signed: Vec<i32>,
+    /// Rows: the byte offset of each tap's input vector in the quads from its tile's origin
+    /// (the tile's first output column in the first group's row), in weight order. Empty for
+    /// Dot.
+    taps: Vec<usize>,
     /// The input zero point, unsigned: what padding is filled with.
     u_zero: u8,
     /// Added to an input integer to make it unsigned: 128 for i8 inputs, 0 for u8.
@@ -220,7 +224,16 @@ impl Packed {
                 packed
             }
         };
-        Some(Packed { geo, layout, weights: packed, offset, offset_signed, u_zero, shift })
+        let taps = match layout {
+            Layout::Rows { groups, kw, .. } => {
+                let qw = geo.tiles() * TILE + kw - 1;
+                let rows =
+                    (0..groups).flat_map(|group| (0..geo.kh).map(move |ky| group * geo.padded_h() + ky));
+                rows.flat_map(|row| (0..kw).map(move |kx| (row * qw + kx) * 4)).collect()
+            }
+            Layout::Dot { .. } => Vec::new(),
+        };
+        Some(Packed { geo, layout, weights: packed, offset, offset_signed, taps, u_zero, shift })
     }
 
     /// The per-channel constants for kernel body `L`.
@@ -291,11 +304,11 @@ impl Packed {
                         load(img * g.cin + ci, plane);
                         let padded_plane = &mut padded[ci * ph * pw..][..ph * pw];
                         for (y, row) in plane.chunks_exact(g.w).enumerate() {
-                            padded_plane[(g.pad_top + y) * pw + g.pad_left..][..g.w].copy_from_slice(row);
+                            copy_row(&mut padded_plane[(g.pad_top + y) * pw + g.pad_left..][..g.w], row);
                         }
                     }
                     self.fill_quads(fold, groups, qw, padded, quads);
-                    let rows = Rows { p: self, groups, kw, qw, quads };
+                    let rows = Rows { p: self, qw, quads };
                     // SAFETY: forwarded from the caller.
                     unsafe {
                         if pool {
@@ -316,17 +329,17 @@ impl Packed {
         let g = &self.geo;
         let (ph, pw) = (g.padded_h(), g.padded_w());
         for group in 0..groups {
+            // Where the row of virtual channel `v` starts in its padded plane: shifted by its
+            // column offset when folded. Channels past the last (a group's unused lanes) have
+            // zero weights, so any row serves: channel 0's, with no buffer to allocate.
+            let start = |v: usize| -> usize {
+                let (ci, dx) = if fold { (v / g.kw, v % g.kw) } else { (v, 0) };
+                if ci < g.cin { ci * ph * pw + dx } else { 0 }
+            };
+            let starts: [usize; 4] = std::array::from_fn(|j| start(group * 4 + j));
             for y in 0..ph {
-                // The row of virtual channel `v`, shifted by its column offset when folded.
-                // Channels past the last (a group's unused lanes) have zero weights, so any
-                // row serves: channel 0's, with no buffer to allocate.
-                let source = |v: usize| -> &[u8] {
-                    let (ci, dx) = if fold { (v / g.kw, v % g.kw) } else { (v, 0) };
-                    let (ci, dx) = if ci < g.cin { (ci, dx) } else { (0, 0) };
-                    &padded[(ci * ph + y) * pw + dx..][..qw]
-                };
-                let (a, b) = (source(group * 4), source(group * 4 + 1));
-                let (c, d) = (source(group * 4 + 2), source(group * 4 + 3));
+                let source = |j: usize| &padded[starts[j] + y * pw..][..qw];
+                let (a, b, c, d) = (source(0), source(1), source(2), source(3));
                 let dst = &mut quads[(group * ph + y) * qw * 4..][..qw * 4];
                 let columns = a.iter().zip(b).zip(c.iter().zip(d));
                 for (quad, ((&a, &b), (&c, &d))) in dst.chunks_exact_mut(4).zip(columns) {
@@ -340,53 +353,59 @@ impl Packed {
 /// The row kernel over one image's quads: lanes along output columns.
 struct Rows<'a> {
     p: &'a Packed,
-    /// Groups of four virtual channels.
-    groups: usize,
-    /// Kernel width over quads.
-    kw: usize,
     /// Row stride of the quads, in columns.
     qw: usize,
     quads: &'a [u8],
 }
 
 impl Rows<'_> {
-    /// The sums of output row `y`, columns `x0..x0 + 16`, for output channels `oc0..oc0 + OB`
-    /// (weights block `block`, channels `sub..` within it), bias and zero points included.
+    /// The sums of output rows `y..y + R`, columns `x0..x0 + 16`, for output channels `oc0..oc0
+    /// + OB` (weights block `block`, channels `sub..` within it), bias and zero points
+    /// included. Rows share each weight broadcast.
     ///
     /// # Safety
     /// The CPU has the instructions `L` uses.
     #[inline(always)]
-    unsafe fn tile<L: Lanes, const OB: usize>(
+    unsafe fn tile<L: Lanes, const OB: usize, const R: usize>(
         &self,
         block: usize,
         sub: usize,
         y: usize,
         x0: usize,
-    ) -> [L; OB] {
-        let (p, g) = (self.p, &self.p.geo);
-        let taps = self.groups * g.kh * self.kw;
-        let weights = &p.weights[(block * taps * BLOCK + sub) * 4..];
-        let oc0 = block * BLOCK + sub;
-        // SAFETY: the caller's CPU has `L`'s instructions, all `L`'s methods need; each
-        // `load` gets a 64-byte slice.
+    ) -> [[L; OB]; R] {
+        let p = self.p;
+        let taps = &p.taps;
+        let row_bytes = self.qw * 4;
+        // Everything the tile reads, checked once: every tap's vector in each of the rows.
+        let span = taps.last().map_or(0, |&last| last + VECTOR);
+        let input = &self.quads[(y * self.qw + x0) * 4..][..span + (R - 1) * row_bytes];
+        let weights = &p.weights[block * taps.len() * BLOCK * 4..][..taps.len() * BLOCK * 4];
+        assert!(sub + OB <= BLOCK, "a tile's channels lie in one weight block");
+        let offsets = &p.offsets::<L>()[block * BLOCK + sub..][..OB];
+        // SAFETY: the caller's CPU has `L`'s instructions, all `L`'s methods need. Every
+        // index below is in bounds: tap `t`'s offset plus a vector lies within `span`, each
+        // row `row_bytes` further; its weights are `(t * BLOCK + sub + OB) * 4 <= taps * BLOCK *
+        // 4` bytes in.
         unsafe {
-            let mut acc = [L::splat(0); OB];
-            for (a, &o) in acc.iter_mut().zip(&p.offsets::<L>()[oc0..]) {
-                *a = L::splat(o);
+            let mut acc = [[L::splat(0); OB]; R];
+            for row in acc.iter_mut() {
+                for (a, &o) in row.iter_mut().zip(offsets) {
+                    *a = L::splat(o);
+                }
             }
-            for group in 0..self.groups {
-                for ky in 0..g.kh {
-                    let row = (group * g.padded_h() + y + ky) * self.qw + x0;
-                    // One slice per row, checked once; the taps below index within it.
-                    let row = &self.quads[row * 4..][..(TILE + self.kw - 1) * 4];
-                    let tap0 = (group * g.kh + ky) * self.kw;
-                    for kx in 0..self.kw {
-                        let v = L::load_input(&row[kx * 4..][..VECTOR]);
-                        let w = &weights[(tap0 + kx) * BLOCK * 4..][..OB * 4];
-                        for (a, quad) in acc.iter_mut().zip(w.chunks_exact(4)) {
-                            let word = i32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]);
-                            *a = a.dot(v, L::splat(word));
-                        }
+            for (t, &offset) in taps.iter().enumerate() {
+                let w = weights.get_unchecked((t * BLOCK + sub) * 4..(t * BLOCK + sub + OB) * 4);
+                let v: [L; R] = std::array::from_fn(|r| {
+                    let at = offset + r * row_bytes;
+                    L::load_input(input.get_unchecked(at..at + VECTOR))
+                });
+                // Indexed, not iterated: an array iterator would move the vectors through
+                // memory.
+                for ob in 0..OB {
+                    let word = w.get_unchecked(ob * 4..ob * 4 + 4);
+                    let word = L::splat(i32::from_le_bytes([word[0], word[1], word[2], word[3]]));
+                    for r in 0..R {
+                        acc[r][ob] = acc[r][ob].dot(v[r], word);
                     }
                 }
             }
@@ -407,7 +426,7 @@ impl Rows<'_> {
                 for x0 in (0..g.ow).step_by(TILE) {
                     let cols = TILE.min(g.ow - x0);
                     // SAFETY: the caller's CPU has `L`'s instructions.
-                    let acc = unsafe { self.tile::<L, OB>(block, sub, y, x0) };
+                    let [acc] = unsafe { self.tile::<L, OB, 1>(block, sub, y, x0) };
                     // Indexed, not iterated: an array iterator would move the vectors through
                     // memory.
                     for (ob, oc) in (oc0..g.cout.min(oc0 + OB)).enumerate() {
@@ -435,12 +454,7 @@ impl Rows<'_> {
                 for x0 in (0..2 * ow).step_by(TILE) {
                     let cols = (TILE / 2).min(ow - x0 / 2);
                     // SAFETY: the caller's CPU has `L`'s instructions.
-                    let (top, bottom) = unsafe {
-                        (
-                            self.tile::<L, OB>(block, sub, 2 * y, x0),
-                            self.tile::<L, OB>(block, sub, 2 * y + 1, x0),
-                        )
-                    };
+                    let [top, bottom] = unsafe { self.tile::<L, OB, 2>(block, sub, 2 * y, x0) };
                     for (ob, oc) in (oc0..g.cout.min(oc0 + OB)).enumerate() {
                         let dst = &mut out[(oc * oh + y) * ow + x0 / 2..][..cols];
                         // SAFETY: as above.
@@ -486,6 +500,26 @@ unsafe fn dot<L: Lanes>(p: &Packed, bytes: usize, input: &[u8], out: &mut [f32])
         for (oc, sum) in (oc0..cout).zip(sums) {
             out[oc] = p.offsets::<L>()[oc].wrapping_add(sum) as f32;
         }
+    }
+}
+
+/// Copies `src` into `dst`, of the same length. An input row is tens of bytes, where a call
+/// to `memcpy` costs more than the copy: up to 64 bytes move as two overlapping fixed-size
+/// chunks, each a load and a store.
+#[inline(always)]
+fn copy_row(dst: &mut [u8], src: &[u8]) {
+    fn ends<const K: usize>(dst: &mut [u8], src: &[u8]) {
+        let n = src.len();
+        dst[..K].copy_from_slice(&src[..K]);
+        dst[n - K..][..K].copy_from_slice(&src[n - K..][..K]);
+    }
+    assert_eq!(dst.len(), src.len(), "rows of one length");
+    match src.len() {
+        32..=64 => ends::<32>(dst, src),
+        16..=31 => ends::<16>(dst, src),
+        8..=15 => ends::<8>(dst, src),
+        4..=7 => ends::<4>(dst, src),
+        _ => dst.copy_from_slice(src),
     }
 }
 

@@ -165,7 +165,8 @@ pub(super) fn run_avx512(
     }
 }
 
-/// Four channels per tile on AVX-VNNI: eight ymm accumulators of sixteen registers.
+/// Four channels per tile on AVX-VNNI: eight ymm accumulators of sixteen registers; two
+/// when pooling (two rows of two).
 #[target_feature(enable = "avx2,avxvnni")]
 pub(super) fn run_avx256(
     p: &Packed,
@@ -176,5 +177,11 @@ pub(super) fn run_avx256(
     scratch: &mut IntScratch,
 ) {
     // SAFETY: this function is compiled for, and only called on, AVX-VNNI.
-    unsafe { p.run_with::<Avx256, 4>(n, pool, load, out, scratch) };
+    unsafe {
+        if pool {
+            p.run_with::<Avx256, 2>(n, pool, load, out, scratch);
+        } else {
+            p.run_with::<Avx256, 4>(n, pool, load, out, scratch);
+        }
+    }
 }
