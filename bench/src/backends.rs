@@ -119,6 +119,34 @@ fn push_times(figures: &mut Figures, runtime: &str, key: &str, batch: usize, sam
     us
 }
 
+/// Runs the model keyed `key` on tract at `batch` for `seconds` (after a warm-up), and
+/// returns its median run time as `loop.<key>.b<batch>.median_us`: a steady process to
+/// profile one model in.
+pub(crate) fn run_loop(models_dir: &Path, key: &str, batch: usize, seconds: f64) -> anyhow::Result<Figures> {
+    let Some(model) = ReferenceModel::ALL.into_iter().find(|m| m.key() == key) else {
+        let keys: Vec<_> = ReferenceModel::ALL.iter().map(|m| m.key()).collect();
+        bail!("no reference model {key:?}: pick one of {}", keys.join(", "));
+    };
+    anyhow::ensure!(batch >= 1, "--batch must be at least 1");
+    let test = Digits::load_split(models_dir, Split::Test)
+        .with_context(|| format!("loading the test split from {}", models_dir.display()))?;
+    let path = model.path(models_dir);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let tract = TractBackend::new().prepare(key, &bytes)?;
+    let pixels: Vec<u8> = (0..batch).flat_map(|i| test.image(i % test.len()).iter().copied()).collect();
+    let input = reference::images_to_input(&pixels)?;
+    time_runs(&*tract, &input, 10)?;
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    while start.elapsed().as_secs_f64() < seconds {
+        samples.extend(time_runs(&*tract, &input, 100)?);
+    }
+    eprintln!("{key} b{batch}: {} runs in {:.1} s", samples.len(), start.elapsed().as_secs_f64());
+    let mut figures = Figures::default();
+    figures.push(format!("loop.{key}.b{batch}.median_us"), median(&mut samples), "us");
+    Ok(figures)
+}
+
 /// Runs the suite on the models in `models_dir`, with the repository at `repo` (for the peer).
 pub(crate) fn run(models_dir: &Path, repo: &Path, budget: Budget) -> anyhow::Result<Figures> {
     let test = Digits::load_split(models_dir, Split::Test)

@@ -72,6 +72,24 @@ enum Suite {
         #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir())]
         models: PathBuf,
     },
+    /// One reference model on tract in a loop, to be watched with `perf record -p`: runs for
+    /// `--seconds` and prints its median run time.
+    Loop {
+        #[command(flatten)]
+        run: Run,
+        /// Directory holding the reference models and data splits.
+        #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir())]
+        models: PathBuf,
+        /// The model: edge_int8, edge_int8_qdq, edge_fp32 or central_fp32.
+        #[arg(long, default_value = "edge_int8")]
+        model: String,
+        /// Images per run.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// How long to loop.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
     /// A whole edge node over HTTP under open-loop load, against a Python onnxruntime server.
     Edge {
         #[command(flatten)]
@@ -158,6 +176,9 @@ fn main() -> anyhow::Result<()> {
         Suite::Backends { run, models } => {
             let budget = if run.quick { backends::Budget::QUICK } else { backends::Budget::DEFAULT };
             backends::run(&models, &repository(&models), budget)?.print(run.json)
+        }
+        Suite::Loop { run, models, model, batch, seconds } => {
+            backends::run_loop(&models, &model, batch, seconds)?.print(run.json)
         }
         Suite::Edge { run, reference } => {
             let repo = repository(&reference.models);
