@@ -359,9 +359,9 @@ struct Rows<'a> {
 }
 
 impl Rows<'_> {
-    /// The sums of output rows `y..y + R`, columns `x0..x0 + 16`, for output channels `oc0..oc0
-    /// + OB` (weights block `block`, channels `sub..` within it), bias and zero points
-    /// included. Rows share each weight broadcast.
+    /// The sums of output rows `y..y + R`, columns `x0..x0 + 16`, for `OB` output channels
+    /// from channel `sub` of weights block `block`, bias and zero points included. The rows
+    /// share each weight broadcast.
     ///
     /// # Safety
     /// The CPU has the instructions `L` uses.
@@ -401,6 +401,7 @@ impl Rows<'_> {
                 });
                 // Indexed, not iterated: an array iterator would move the vectors through
                 // memory.
+                #[allow(clippy::needless_range_loop)]
                 for ob in 0..OB {
                     let word = w.get_unchecked(ob * 4..ob * 4 + 4);
                     let word = L::splat(i32::from_le_bytes([word[0], word[1], word[2], word[3]]));
