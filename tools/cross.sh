@@ -128,13 +128,15 @@ node_config host "$host_port" "$work/mnist.wasm" >"$work/host.toml"
 node_config aarch64 "$arm_port" "$work/mnist.$target.cwasm" >"$work/aarch64.toml"
 "$host_bin" serve --config "$work/host.toml" >"$work/host.log" 2>&1 &
 "${qemu[@]}" "$bin" serve --config "$work/aarch64.toml" >"$work/aarch64.log" 2>&1 &
+# Under qemu the node takes 40 s or more to start on a quiet machine (most of it wasmtime
+# setting up its instance pool), so each node gets three minutes.
 for port in "$host_port" "$arm_port"; do
-  for _ in $(seq 600); do
+  for _ in $(seq 1800); do
     curl -sf "http://127.0.0.1:$port/v2/health/ready" >/dev/null && break
     sleep 0.1
   done
   curl -sf "http://127.0.0.1:$port/v2/health/ready" >/dev/null \
-    || { tail -20 "$work"/*.log >&2; fail "the node on port $port was not ready within 60 s"; }
+    || { tail -n 20 "$work"/*.log >&2; fail "the node on port $port was not ready within 180 s"; }
 done
 python3 tools/same_answers.py "http://127.0.0.1:$host_port" "http://127.0.0.1:$arm_port" 200
 echo "aarch64: the device build answers as x86_64 does" >&2

@@ -12,6 +12,9 @@
 //!   that polls readiness every millisecond and then sends one request.
 //! - `device.idle_rss_mib`: the node's resident memory once it has answered that request and
 //!   sat idle for a moment.
+//! - `device.idle_anon_rss_mib`: the part of it that is the node's own (heap, stacks). The
+//!   rest is pages of the binary itself, which the kernel shares and can drop and whose count
+//!   moves with the page cache (how the binary's file was last read), not with the node.
 //!
 //! Each start is a fresh process; figures are medians over the starts.
 
@@ -93,23 +96,26 @@ pub(crate) fn run(
     });
     let infer = loadgen::post_json(addr, "/v2/models/digits/infer", &serde_json::to_vec(&body)?);
 
-    let (mut ready, mut first, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ready, mut first, mut rss, mut anon) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..starts {
         let start = Started::measure(&host, &config, dir.path(), addr, &infer)?;
         eprintln!(
-            "start {}/{starts}: ready {:.1} ms, first answer {:.1} ms, idle rss {:.1} MiB",
+            "start {}/{starts}: ready {:.1} ms, first answer {:.1} ms, idle rss {:.1} MiB ({:.1} anonymous)",
             i + 1,
             start.ready_ms,
             start.first_answer_ms,
-            start.idle_rss_mib
+            start.idle_rss_mib,
+            start.idle_anon_rss_mib
         );
         ready.push(start.ready_ms);
         first.push(start.first_answer_ms);
         rss.push(start.idle_rss_mib);
+        anon.push(start.idle_anon_rss_mib);
     }
     figures.push("device.ready_ms", median(&mut ready), "ms");
     figures.push("device.first_answer_ms", median(&mut first), "ms");
     figures.push("device.idle_rss_mib", median(&mut rss), "MiB");
+    figures.push("device.idle_anon_rss_mib", median(&mut anon), "MiB");
     Ok(figures)
 }
 
@@ -118,6 +124,7 @@ struct Started {
     ready_ms: f64,
     first_answer_ms: f64,
     idle_rss_mib: f64,
+    idle_anon_rss_mib: f64,
 }
 
 impl Started {
@@ -156,11 +163,13 @@ impl Started {
         }
         std::thread::sleep(IDLE);
         let rss = crate::procfs::resident_mib(node.id())?;
+        let anon = crate::procfs::anonymous_mib(node.id())?;
         node.kill();
         Ok(Started {
             ready_ms: ready.as_secs_f64() * 1e3,
             first_answer_ms: first.as_secs_f64() * 1e3,
             idle_rss_mib: rss,
+            idle_anon_rss_mib: anon,
         })
     }
 }

@@ -27,6 +27,12 @@ pub(crate) fn resident_mib(pid: u32) -> anyhow::Result<f64> {
     status_mib(pid, "VmRSS")
 }
 
+/// Anonymous resident memory of process `pid` now (`RssAnon`: heap, stacks, buffers; not
+/// the pages of its binary or other files it maps), in MiB.
+pub(crate) fn anonymous_mib(pid: u32) -> anyhow::Result<f64> {
+    status_mib(pid, "RssAnon")
+}
+
 /// The most resident memory process `pid` has had (`VmHWM`), in MiB.
 pub(crate) fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
     status_mib(pid, "VmHWM")
@@ -124,6 +130,9 @@ mod tests {
             let own = std::process::id();
             let (now, peak) = (resident_mib(own).unwrap(), peak_rss_mib(own).unwrap());
             assert!(now > 0.0 && peak >= now);
+            // Part of what is resident is this test binary's own pages.
+            let anon = anonymous_mib(own).unwrap();
+            assert!(anon > 0.0 && anon < now, "anonymous {anon} of {now} MiB");
             assert!(open_fds(own).unwrap() > 0);
         }
     }
