@@ -128,6 +128,10 @@ pub(crate) fn run_loop(models_dir: &Path, key: &str, batch: usize, seconds: f64)
         bail!("no reference model {key:?}: pick one of {}", keys.join(", "));
     };
     anyhow::ensure!(batch >= 1, "--batch must be at least 1");
+    anyhow::ensure!(
+        seconds.is_finite() && seconds > 0.0,
+        "--seconds must be a positive number, got {seconds}"
+    );
     let test = Digits::load_split(models_dir, Split::Test)
         .with_context(|| format!("loading the test split from {}", models_dir.display()))?;
     let path = model.path(models_dir);

@@ -127,8 +127,8 @@ pub(crate) struct Packed {
     /// The same for signed-input instructions: `bias - (u_zero - 128) * Σ w'`.
     offset_signed: Vec<i32>,
     /// Rows: the byte offset of each tap's input vector in the quads from its tile's origin
-    /// (the tile's first output column in the first group's row), in weight order. Empty for
-    /// Dot.
+    /// (the tile's first output column in the first group's row), in weight order, which is
+    /// ascending (group, then kernel row, then column). Empty for Dot.
     taps: Vec<usize>,
     /// The input zero point, unsigned: what padding is filled with.
     u_zero: u8,
@@ -224,15 +224,17 @@ impl Packed {
                 packed
             }
         };
-        let taps = match layout {
+        let taps: Vec<usize> = match layout {
             Layout::Rows { groups, kw, .. } => {
-                let qw = geo.tiles() * TILE + kw - 1;
+                let qw = Packed::quad_width(&geo, kw);
                 let rows =
                     (0..groups).flat_map(|group| (0..geo.kh).map(move |ky| group * geo.padded_h() + ky));
                 rows.flat_map(|row| (0..kw).map(move |kx| (row * qw + kx) * 4)).collect()
             }
             Layout::Dot { .. } => Vec::new(),
         };
+        // `Rows::tile` bounds its reads by the last offset.
+        debug_assert!(taps.is_sorted(), "tap offsets ascend");
         Some(Packed { geo, layout, weights: packed, offset, offset_signed, taps, u_zero, shift })
     }
 
@@ -246,9 +248,10 @@ impl Packed {
         self.shift
     }
 
-    /// Row stride of the quads, in columns: whole tiles at every tap.
-    fn quad_width(&self, kw: usize) -> usize {
-        self.geo.tiles() * TILE + kw - 1
+    /// Row stride of the quads of `geo` with kernel width `kw` over quads, in columns: whole
+    /// tiles at every tap.
+    fn quad_width(geo: &ConvGeometry, kw: usize) -> usize {
+        geo.tiles() * TILE + kw - 1
     }
 
     /// The output shape of one image: `[cout][oh][ow]`, or pooled `[cout][oh / 2][ow / 2]`.
@@ -295,7 +298,7 @@ impl Packed {
             }
             Layout::Rows { fold, groups, kw } => {
                 let (ph, pw) = (g.padded_h(), g.padded_w());
-                let qw = self.quad_width(kw);
+                let qw = Packed::quad_width(g, kw);
                 let plane = sized(&mut scratch.plane, g.h * g.w, 0);
                 let padded = sized(&mut scratch.padded, g.cin * ph * pw, self.u_zero);
                 let quads = sized(&mut scratch.quads, groups * ph * qw * 4, 0);
@@ -383,8 +386,8 @@ impl Rows<'_> {
         assert!(sub + OB <= BLOCK, "a tile's channels lie in one weight block");
         let offsets = &p.offsets::<L>()[block * BLOCK + sub..][..OB];
         // SAFETY: the caller's CPU has `L`'s instructions, all `L`'s methods need. Every
-        // index below is in bounds: tap `t`'s offset plus a vector lies within `span`, each
-        // row `row_bytes` further; its weights are `(t * BLOCK + sub + OB) * 4 <= taps * BLOCK *
+        // index below is in bounds: the offsets ascend, so tap `t`'s offset plus a vector lies
+        // within `span`, each row `row_bytes` further; its weights are `(t * BLOCK + sub + OB) * 4 <= taps * BLOCK *
         // 4` bytes in.
         unsafe {
             let mut acc = [[L::splat(0); OB]; R];
