@@ -8,7 +8,9 @@
 //! channels it keeps a tile of accumulators in registers and adds `weight * input row` once
 //! per kernel tap: AVX-512 (16 accumulators: 16 columns x 2 blocks of 8 channels) or
 //! AVX2+FMA kernels chosen at run time, and a plain-Rust kernel everywhere else (baseline
-//! x86-64, aarch64). Weights are packed at load in the order the loop reads them.
+//! x86-64, aarch64). Weights are packed at load in the order the loop reads them. An fp32
+//! 3x3 convolution with a fused pool runs instead as Winograd F(2x2, 3x3) on AVX-512
+//! ([`winograd`]): 2.25x fewer multiplies, the same outputs up to rounding.
 //!
 //! Fused, all exactly (see [`super::rewrite::rewrite_convs`]): the bias; a following Relu
 //! (fp32); a following 2x2/s2 MaxPool (Relu and requantisation are non-decreasing, so
@@ -51,6 +53,7 @@ mod quantize;
 pub(super) mod scratch;
 #[cfg(test)]
 mod tests;
+mod winograd;
 
 /// Output columns computed at once by the wide kernels (one AVX-512 register, two AVX ones).
 const TILE: usize = 16;
@@ -162,6 +165,10 @@ pub(crate) struct DirectConv {
     /// int8 form only, on a CPU with integer dot-product instructions and weights that fit
     /// an i8: the same convolution on those instructions ([`super::intconv`]).
     int: Option<IntConv>,
+    /// fp32 3x3 form only: the kernels transformed for [`winograd`], which runs the
+    /// convolution when a pool is fused and the CPU has AVX-512. A function of `packed`'s
+    /// weights, so equality need not compare it.
+    winograd: Option<Vec<f32>>,
     /// int8 form only: the input arrives in f32 and is quantised to the input's integer type
     /// on load, as the QuantizeLinear it replaces did (`(scale, zero point)`, tract's
     /// convention: the value is multiplied by `scale`).
@@ -187,6 +194,7 @@ impl DirectConv {
             int8: None,
             x_range: (0, 0),
             int: None,
+            winograd: winograd::transform_weights(&geo, weights),
             quantize_input: None,
             lookup: None,
         })
@@ -231,6 +239,7 @@ impl DirectConv {
             int8: Some(int8),
             x_range,
             int,
+            winograd: None,
             quantize_input: None,
             lookup: None,
         })
@@ -260,7 +269,7 @@ impl DirectConv {
     /// kernel can, otherwise through one image's full-size buffer.
     fn run(&self, n: usize, load: impl Fn(usize, &mut [f32]), out: &mut [f32], f32_input: F32Input<'_>) {
         let g = &self.geo;
-        let F32Input { padded, plane, image } = f32_input;
+        let F32Input { padded, plane, image, transformed } = f32_input;
         let (ph, pw) = (g.padded_h(), g.padded_w());
         let padded = sized(padded, g.cin * ph * pw, 0.0);
         let plane = sized(plane, g.h * g.w, 0.0);
@@ -268,6 +277,8 @@ impl DirectConv {
         if image_out == 0 {
             return;
         }
+        let winograd = self.winograd.as_deref().filter(|_| self.pool && winograd::available());
+        let transformed = sized(transformed, winograd.map_or(0, |_| winograd::transformed_len(g)), 0.0);
         let pool_after = self.pool && !pools_in_kernel();
         let image = sized(image, if pool_after { g.cout * g.oh * g.ow } else { 0 }, 0.0);
         for (img, dst) in out.chunks_exact_mut(image_out).take(n).enumerate() {
@@ -278,7 +289,9 @@ impl DirectConv {
                     padded_plane[(g.pad_top + y) * pw + g.pad_left..][..g.w].copy_from_slice(row);
                 }
             }
-            if pool_after {
+            if let Some(u) = winograd {
+                winograd::convolve_pooled(g, padded, u, &self.bias, self.relu, transformed, dst);
+            } else if pool_after {
                 convolve(g, padded, &self.packed, &self.bias, self.relu, false, image);
                 super::pool::pool_into(image, &[1, g.cout, g.oh, g.ow], dst);
             } else {
@@ -293,6 +306,7 @@ struct F32Input<'a> {
     padded: &'a mut Vec<f32>,
     plane: &'a mut Vec<f32>,
     image: &'a mut Vec<f32>,
+    transformed: &'a mut Vec<f32>,
 }
 
 fn same_bits(a: &[f32], b: &[f32]) -> bool {
@@ -384,8 +398,8 @@ impl DirectConv {
         let out_shape = self.output_shape(n);
         let plane = g.h * g.w;
         let out_len = out_shape.iter().product();
-        let Scratch { acc, padded, plane: unpadded, image, int: int_scratch } = scratch;
-        let f32_input = F32Input { padded, plane: unpadded, image };
+        let Scratch { acc, padded, plane: unpadded, image, transformed, int: int_scratch } = scratch;
+        let f32_input = F32Input { padded, plane: unpadded, image, transformed };
         let Some(q @ Int8Output { requant: rq, output, .. }) = &self.int8 else {
             let x = input.try_as_plain_ram()?;
             let x = x.as_slice::<f32>()?;

@@ -17,6 +17,8 @@ pub(crate) struct Scratch {
     pub(super) plane: Vec<f32>,
     /// One image's convolution before pooling, where the kernel cannot pool as it stores.
     pub(super) image: Vec<f32>,
+    /// One image's input tiles transformed for [`super::winograd`].
+    pub(super) transformed: Vec<f32>,
     /// The integer kernels' buffers.
     pub(super) int: IntScratch,
 }

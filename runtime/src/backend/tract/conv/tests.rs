@@ -111,3 +111,66 @@ fn int8_refuses_weights_whose_sums_f32_cannot_hold_exactly() {
     let geo = ConvGeometry { cin: 400, ..geo };
     assert!(DirectConv::int8(geo, &[-128; 400], &[0], (0, 255), q).is_some());
 }
+
+#[test]
+fn winograd_matches_the_direct_loop_then_pooled() {
+    if !winograd::available() {
+        return;
+    }
+    // A 3x3 convolution of `cin` to `cout` channels on `h` x `w`, `pad` zeros around.
+    let g3 = |cin, cout, h, w, pad| ConvGeometry {
+        cin,
+        cout,
+        h,
+        w,
+        kh: 3,
+        kw: 3,
+        pad_top: pad,
+        pad_left: pad,
+        oh: h + 2 * pad - 2,
+        ow: w + 2 * pad - 2,
+    };
+    // The two central layers, two input channels, odd output sizes (a row and a column the
+    // pool drops), a tile row wider than a vector, channels not a whole block, no padding.
+    let geos = [
+        g3(16, 32, 28, 28, 1),
+        g3(32, 32, 14, 14, 1),
+        g3(2, 8, 28, 28, 1),
+        g3(3, 11, 9, 13, 1),
+        g3(2, 5, 6, 70, 1),
+        g3(4, 9, 12, 12, 0),
+    ];
+    for geo in geos {
+        for relu in [false, true] {
+            let conv = DirectConv { pool: true, relu, ..fp32_conv(geo) };
+            let mut padded = vec![0f32; geo.cin * geo.padded_h() * geo.padded_w()];
+            for (i, v) in padded.iter_mut().enumerate() {
+                *v = ((i * 13) % 29) as f32 / 16.0 - 0.9;
+            }
+            let full = geo.cout * geo.oh * geo.ow;
+            let mut direct = vec![0f32; full];
+            convolve_portable(&geo, &padded, &conv.packed, &conv.bias, relu, &mut direct);
+            let expected = crate::backend::tract::pool::pool(&direct, &[1, geo.cout, geo.oh, geo.ow]).0;
+            let mut transformed = vec![f32::NAN; winograd::transformed_len(&geo)];
+            let mut got = vec![f32::NAN; expected.len()];
+            let u = conv.winograd.as_deref().unwrap();
+            winograd::convolve_pooled(&geo, &padded, u, &conv.bias, relu, &mut transformed, &mut got);
+            // Re-associated sums: off by rounding only, which grows with the number of terms
+            // (each at most 1 in magnitude here).
+            let tolerance = 1e-7 * geo.taps() as f32;
+            let worst = expected.iter().zip(&got).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(worst <= tolerance, "{geo:?} relu {relu}: off by {worst} (tolerance {tolerance})");
+            assert!(got.iter().all(|v| v.is_finite()), "{geo:?}: a value left unwritten");
+        }
+    }
+}
+
+#[test]
+fn winograd_takes_3x3_kernels_of_two_channels_or_more() {
+    let geo =
+        ConvGeometry { cin: 2, cout: 4, h: 8, w: 8, kh: 3, kw: 3, pad_top: 1, pad_left: 1, oh: 8, ow: 8 };
+    assert!(fp32_conv(geo).winograd.is_some());
+    assert!(fp32_conv(ConvGeometry { cin: 1, ..geo }).winograd.is_none());
+    let wide = ConvGeometry { kw: 2, ow: 7, ..geo };
+    assert!(fp32_conv(wide).winograd.is_none());
+}
