@@ -112,7 +112,7 @@ pub(crate) fn rewrite_convs(model: &mut TypedModel) -> TractResult<usize> {
             last = OutletId::new(relu, 0);
         }
         if let Some(pool) = pool_2x2_after(model, last)? {
-            op.pool = true;
+            op.fuse_pool();
             last = OutletId::new(pool, 0);
         }
         if op.int8.as_ref().is_some_and(|q| q.output.unquantized() == DatumType::U8)

@@ -165,9 +165,9 @@ pub(crate) struct DirectConv {
     /// int8 form only, on a CPU with integer dot-product instructions and weights that fit
     /// an i8: the same convolution on those instructions ([`super::intconv`]).
     int: Option<IntConv>,
-    /// fp32 3x3 form only: the kernels transformed for [`winograd`], which runs the
-    /// convolution when a pool is fused and the CPU has AVX-512. A function of `packed`'s
-    /// weights, so equality need not compare it.
+    /// Set by [`DirectConv::fuse_pool`] for an fp32 3x3 convolution on a CPU that runs
+    /// [`winograd`]: `packed`'s kernels transformed, and the convolution runs there. Derived
+    /// from `packed` and `pool`, so equality need not compare it.
     winograd: Option<Vec<f32>>,
     /// int8 form only: the input arrives in f32 and is quantised to the input's integer type
     /// on load, as the QuantizeLinear it replaces did (`(scale, zero point)`, tract's
@@ -194,7 +194,7 @@ impl DirectConv {
             int8: None,
             x_range: (0, 0),
             int: None,
-            winograd: winograd::transform_weights(&geo, weights),
+            winograd: None,
             quantize_input: None,
             lookup: None,
         })
@@ -245,6 +245,15 @@ impl DirectConv {
         })
     }
 
+    /// Fuses a following 2x2/s2 max pool ([`DirectConv::pool`]). An fp32 3x3 convolution
+    /// then runs as Winograd where the CPU can ([`winograd`]), its kernels transformed here.
+    pub(crate) fn fuse_pool(&mut self) {
+        self.pool = true;
+        if self.int8.is_none() && winograd::available() {
+            self.winograd = winograd::transform_weights(&self.geo, &self.packed);
+        }
+    }
+
     /// Element type of the output: f32, the requantised type, or the lookup's.
     fn output_datum_type(&self) -> DatumType {
         match (&self.int8, &self.lookup) {
@@ -277,7 +286,7 @@ impl DirectConv {
         if image_out == 0 {
             return;
         }
-        let winograd = self.winograd.as_deref().filter(|_| self.pool && winograd::available());
+        let winograd = self.winograd.as_deref();
         let transformed = sized(transformed, winograd.map_or(0, |_| winograd::transformed_len(g)), 0.0);
         let pool_after = self.pool && !pools_in_kernel();
         let image = sized(image, if pool_after { g.cout * g.oh * g.ow } else { 0 }, 0.0);

@@ -90,7 +90,10 @@ fn a_state_that_ran_other_input_answers_as_a_fresh_one() {
     };
     let ctx = EvalContext::out_of_plan();
     for pool in [false, true] {
-        let conv = DirectConv { pool, ..fp32_conv(geo) };
+        let mut conv = fp32_conv(geo);
+        if pool {
+            conv.fuse_pool();
+        }
         let mut state = ConvState::default();
         state.eval(&ctx, &conv, tvec!(input(7))).unwrap();
         let reused = state.eval(&ctx, &conv, tvec!(input(13))).unwrap();
@@ -142,7 +145,8 @@ fn winograd_matches_the_direct_loop_then_pooled() {
     ];
     for geo in geos {
         for relu in [false, true] {
-            let conv = DirectConv { pool: true, relu, ..fp32_conv(geo) };
+            let mut conv = DirectConv { relu, ..fp32_conv(geo) };
+            conv.fuse_pool();
             let mut padded = vec![0f32; geo.cin * geo.padded_h() * geo.padded_w()];
             for (i, v) in padded.iter_mut().enumerate() {
                 *v = ((i * 13) % 29) as f32 / 16.0 - 0.9;
@@ -166,11 +170,21 @@ fn winograd_matches_the_direct_loop_then_pooled() {
 }
 
 #[test]
-fn winograd_takes_3x3_kernels_of_two_channels_or_more() {
+fn winograd_takes_pooled_fp32_3x3_kernels_of_two_channels_or_more() {
     let geo =
         ConvGeometry { cin: 2, cout: 4, h: 8, w: 8, kh: 3, kw: 3, pad_top: 1, pad_left: 1, oh: 8, ow: 8 };
-    assert!(fp32_conv(geo).winograd.is_some());
-    assert!(fp32_conv(ConvGeometry { cin: 1, ..geo }).winograd.is_none());
-    let wide = ConvGeometry { kw: 2, ow: 7, ..geo };
-    assert!(fp32_conv(wide).winograd.is_none());
+    let pooled = |geo| {
+        let mut conv = fp32_conv(geo);
+        conv.fuse_pool();
+        conv.winograd.is_some()
+    };
+    assert!(fp32_conv(geo).winograd.is_none(), "not pooled");
+    assert_eq!(pooled(geo), winograd::available());
+    assert!(!pooled(ConvGeometry { cin: 1, ..geo }));
+    assert!(!pooled(ConvGeometry { kw: 2, ow: 7, ..geo }));
+    let requant = Requant { x_zero: 0, w_zero: 0, y_zero: 0, mult: 0.01, lo: 0, hi: 255 };
+    let q = Int8Output { requant, output: DatumType::U8, channel_mults: None };
+    let mut int8 = DirectConv::int8(geo, &[1; 72], &[0; 4], (0, 255), q).unwrap();
+    int8.fuse_pool();
+    assert!(int8.winograd.is_none(), "int8 must stay exact");
 }

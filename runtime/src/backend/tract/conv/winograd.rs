@@ -27,28 +27,33 @@ const LANES: usize = 16;
 /// `Gᵀ`'s rows as used in `U = G g Gᵀ`: the kernel transform.
 const G: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
 
-/// The kernels transformed (`[pos][ci][cout rounded up to BLOCK]`), for a 3x3 convolution of
-/// at least two input channels; `None` otherwise. Computed in f64 and rounded once.
+/// The kernels transformed (`[pos][ci][cout rounded up to BLOCK]`), from the direct loop's
+/// packing (`packed`: `[block][ci][ky][kx][BLOCK]`), for a 3x3 convolution of at least two
+/// input channels; `None` otherwise. Computed in f64 and rounded once.
 ///
 /// With one input channel the transforms cost more than the products they save: the edge
 /// model at batch 1 took 10.4–11.1 µs with its first layer here against 9.5–10.1 µs with it
 /// on the direct loop (`cascade-bench loop --model edge_fp32`, alternated, Xeon with AVX-512).
-pub(super) fn transform_weights(g: &ConvGeometry, weights: &[f32]) -> Option<Vec<f32>> {
-    if g.kh != 3 || g.kw != 3 || g.cin < 2 || weights.len() != g.cout * g.taps() {
+pub(super) fn transform_weights(g: &ConvGeometry, packed: &[f32]) -> Option<Vec<f32>> {
+    let coutp = g.cout.div_ceil(BLOCK) * BLOCK;
+    if g.kh != 3 || g.kw != 3 || g.cin < 2 || packed.len() != coutp * g.taps() {
         return None;
     }
-    let coutp = g.cout.div_ceil(BLOCK) * BLOCK;
     let mut u = vec![0f32; POS * g.cin * coutp];
-    for (oc, kernels) in weights.chunks_exact(g.taps()).enumerate() {
-        for (ci, k) in kernels.chunks_exact(9).enumerate() {
-            for (pos, (i, j)) in (0..4).flat_map(|i| (0..4).map(move |j| (i, j))).enumerate() {
-                let mut s = 0f64;
-                for a in 0..3 {
-                    for b in 0..3 {
-                        s += G[i][a] * f64::from(k[a * 3 + b]) * G[j][b];
+    // Each block of BLOCK output channels holds, per input channel, nine taps of BLOCK weights.
+    for (block, kernels) in packed.chunks_exact(g.taps() * BLOCK).enumerate() {
+        for (ci, k) in kernels.chunks_exact(9 * BLOCK).enumerate() {
+            for c in 0..BLOCK {
+                let w = |a: usize, b: usize| f64::from(k[(a * 3 + b) * BLOCK + c]);
+                for (pos, (i, j)) in (0..4).flat_map(|i| (0..4).map(move |j| (i, j))).enumerate() {
+                    let mut s = 0f64;
+                    for (a, ga) in G[i].iter().enumerate() {
+                        for (b, gb) in G[j].iter().enumerate() {
+                            s += ga * w(a, b) * gb;
+                        }
                     }
+                    u[(pos * g.cin + ci) * coutp + block * BLOCK + c] = s as f32;
                 }
-                u[(pos * g.cin + ci) * coutp + oc] = s as f32;
             }
         }
     }
