@@ -15,6 +15,10 @@
 //! - `device.idle_anon_rss_mib`: the part of it that is the node's own (heap, stacks). The
 //!   rest is pages of the binary itself, which the kernel shares and can drop and whose count
 //!   moves with the page cache (how the binary's file was last read), not with the node.
+//! - `device.cpu_us_per_request`: the node's CPU time (user and system, from `/proc`) per
+//!   answer over [`ANSWERS`] requests sent one after another on one kept-alive connection,
+//!   each a different test image (no cache hits), after the first: what an answer costs
+//!   the device build, HTTP and plugin included.
 //!
 //! Each start is a fresh process; figures are medians over the starts.
 
@@ -37,6 +41,10 @@ const AARCH64_BINARY: &str = "cross/aarch64-unknown-linux-gnu/device/edge-node";
 
 /// How long the node sits idle after its first answer before its RSS is read.
 const IDLE: Duration = Duration::from_millis(500);
+
+/// Requests per start whose CPU time makes `device.cpu_us_per_request` (enough for the
+/// kernel's 10 ms CPU-time ticks to be a small part of it).
+const ANSWERS: usize = 10_000;
 
 /// Runs the suite. `target_dir` is the cargo target directory the device builds are in.
 pub(crate) fn run(
@@ -90,32 +98,40 @@ pub(crate) fn run(
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let test = Digits::load_split(models_dir, Split::Test)
         .with_context(|| format!("loading the test split from {}", models_dir.display()))?;
-    let body = json!({
-        "id": "first",
-        "inputs": [{ "name": "image", "shape": [28, 28], "datatype": "UINT8", "data": test.image(0) }]
-    });
-    let infer = loadgen::post_json(addr, "/v2/models/digits/infer", &serde_json::to_vec(&body)?);
+    let infer = (0..=ANSWERS)
+        .map(|i| {
+            let body = json!({
+                "id": format!("image-{i}"),
+                "inputs": [{ "name": "image", "shape": [28, 28], "datatype": "UINT8", "data": test.image(i % test.len()) }]
+            });
+            Ok(loadgen::post_json(addr, "/v2/models/digits/infer", &serde_json::to_vec(&body)?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let (mut ready, mut first, mut rss, mut anon) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ready, mut first, mut rss, mut anon, mut cpu) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..starts {
         let start = Started::measure(&host, &config, dir.path(), addr, &infer)?;
         eprintln!(
-            "start {}/{starts}: ready {:.1} ms, first answer {:.1} ms, idle rss {:.1} MiB ({:.1} anonymous)",
+            "start {}/{starts}: ready {:.1} ms, first answer {:.1} ms, idle rss {:.1} MiB ({:.1} anonymous), {:.1} us CPU per answer",
             i + 1,
             start.ready_ms,
             start.first_answer_ms,
             start.idle_rss_mib,
-            start.idle_anon_rss_mib
+            start.idle_anon_rss_mib,
+            start.cpu_us_per_request
         );
         ready.push(start.ready_ms);
         first.push(start.first_answer_ms);
         rss.push(start.idle_rss_mib);
         anon.push(start.idle_anon_rss_mib);
+        cpu.push(start.cpu_us_per_request);
     }
     figures.push("device.ready_ms", median(&mut ready), "ms");
     figures.push("device.first_answer_ms", median(&mut first), "ms");
     figures.push("device.idle_rss_mib", median(&mut rss), "MiB");
     figures.push("device.idle_anon_rss_mib", median(&mut anon), "MiB");
+    figures.push("device.cpu_us_per_request", median(&mut cpu), "us");
     Ok(figures)
 }
 
@@ -125,6 +141,7 @@ struct Started {
     first_answer_ms: f64,
     idle_rss_mib: f64,
     idle_anon_rss_mib: f64,
+    cpu_us_per_request: f64,
 }
 
 impl Started {
@@ -133,7 +150,7 @@ impl Started {
         config: &Path,
         dir: &Path,
         addr: SocketAddr,
-        infer: &[u8],
+        infer: &[Vec<u8>],
     ) -> anyhow::Result<Started> {
         let ready_request = loadgen::get(addr, "/v2/health/ready");
         let t0 = Instant::now();
@@ -156,20 +173,35 @@ impl Started {
             std::thread::sleep(Duration::from_millis(1));
         };
         let ready = t0.elapsed();
-        let (status, answer) = conn.round_trip(infer)?;
+        let (first_request, rest) = infer.split_first().context("no request to send")?;
+        let answered = |status: u16, answer: &[u8]| {
+            anyhow::ensure!(
+                status == 200,
+                "the device node answered {status}: {}",
+                String::from_utf8_lossy(answer)
+            );
+            Ok(())
+        };
+        let (status, answer) = conn.round_trip(first_request)?;
         let first = t0.elapsed();
-        if status != 200 {
-            bail!("the device node answered {status}: {}", String::from_utf8_lossy(answer));
-        }
+        answered(status, answer)?;
         std::thread::sleep(IDLE);
         let rss = crate::procfs::resident_mib(node.id())?;
         let anon = crate::procfs::anonymous_mib(node.id())?;
+        let cpu = || crate::procfs::cpu_time(node.id()).context("reading the node's CPU time");
+        let before = cpu()?;
+        for request in rest {
+            let (status, answer) = conn.round_trip(request)?;
+            answered(status, answer)?;
+        }
+        let spent = cpu()? - before;
         node.kill();
         Ok(Started {
             ready_ms: ready.as_secs_f64() * 1e3,
             first_answer_ms: first.as_secs_f64() * 1e3,
             idle_rss_mib: rss,
             idle_anon_rss_mib: anon,
+            cpu_us_per_request: spent.as_secs_f64() * 1e6 / rest.len().max(1) as f64,
         })
     }
 }
