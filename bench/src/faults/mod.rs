@@ -2,13 +2,14 @@
 //! figures.
 //!
 //! Every scenario runs real `edge-node serve` processes on loopback (or, for `netem`, in a
-//! network namespace this suite creates), with bounded loops and timeouts:
+//! network namespace this suite creates, or behind a user-space relay where the kernel has
+//! no netem), with bounded loops and timeouts:
 //!
 //! - [`tiers::central_kill`]: the central is SIGKILLed mid-run and restarted on its ports;
 //!   `faults.central_kill.failed_requests`, `.degraded_answers`, `.recovery_s`;
 //! - [`tiers::cancel_storm`]: clients hang up during escalations to a stalled, then dead,
 //!   central and during half-open probes; `faults.cancel_storm.stuck_breakers`;
-//! - [`tiers::netem`]: delay and loss between tiers with `tc netem`;
+//! - [`tiers::netem`]: delay and loss between tiers with `tc netem` (or [`link::Relay`]);
 //!   `faults.netem.escalated_p99_us`;
 //! - [`load::overload`]: 3x the measured capacity; `faults.overload.admitted_p99_ratio`,
 //!   `.rejected_share`, `.peak_rss_mib`;
@@ -25,6 +26,7 @@
 //! missed is printed like any other figure.
 
 mod hostile;
+mod link;
 mod load;
 mod tiers;
 
@@ -163,13 +165,19 @@ impl Setup {
     /// escalation, the breaker open for 1 s, an escalation budget that never binds.
     fn escalate(&self, edge: &mut Node, central: &Node) -> Result<()> {
         let quic = central.quic.context("the central node has no QUIC listener")?;
-        self.certs.upstream_quic(&mut edge.config, &format!("127.0.0.1:{quic}"));
-        let up = edge.config.node.upstream.as_mut().context("no upstream after setting one")?;
-        up.connect_timeout_ms = 500;
-        up.request_timeout_ms = 1000;
-        up.breaker.open_ms = 1000;
-        edge.config.node.modes.normal.escalation_budget_rps = Some(100_000.0);
+        self.escalate_to(edge, loopback(quic));
         Ok(())
+    }
+
+    /// [`Setup::escalate`] to whatever listens at `quic` (the central, or a relay before it).
+    fn escalate_to(&self, edge: &mut Node, quic: std::net::SocketAddr) {
+        self.certs.upstream_quic(&mut edge.config, &quic.to_string());
+        if let Some(up) = edge.config.node.upstream.as_mut() {
+            up.connect_timeout_ms = 500;
+            up.request_timeout_ms = 1000;
+            up.breaker.open_ms = 1000;
+        }
+        edge.config.node.modes.normal.escalation_budget_rps = Some(100_000.0);
     }
 
     /// Writes `node`'s config and starts it as process `log_name` (its log is

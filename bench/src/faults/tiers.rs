@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::runtime::Runtime;
 
+use super::link::{Impairment, Relay};
 use super::{Figure, INFER_PATH, Node, Outcome, Setup, http_client, infer, loopback, metric, metrics_text};
 
 /// The edge's `normal` threshold where a good share of the test images escalates (the edge
@@ -288,38 +289,53 @@ async fn hang_ups(s: &Setup, edge: &Node, length: Duration) -> Result<usize> {
     Ok(cut)
 }
 
-/// `faults.netem.escalated_p99_us`: escalations across a link with delay and loss, made with
-/// `tc netem` in a network namespace of this suite's own, where the machine allows it.
+/// `faults.netem.escalated_p99_us`: escalations across a link with delay and loss
+/// ([`LINK`]), made with `tc netem` in a network namespace of this suite's own where the
+/// machine allows it, else by a user-space UDP relay between the tiers (the same delays and
+/// drops, applied in this process instead of the kernel).
 pub(super) fn netem(s: &Setup, _rt: &Runtime) -> Result<Vec<Figure>> {
-    netem_available()?;
+    let duration = s.pick(Duration::from_secs(3), Duration::from_secs(8));
+    let latencies = match netem_available() {
+        Ok(()) => across_netem(s, duration)?,
+        Err(why) => {
+            eprintln!("faults.netem: no netem here ({why:#}); the link is a user-space UDP relay instead");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(escalate_across(s, &s.program, duration, Via::Relay))?
+        }
+    };
+    let mut latencies = latencies;
+    anyhow::ensure!(!latencies.is_empty(), "no escalated answer across the impaired link");
+    Ok(vec![("faults.netem.escalated_p99_us", percentile(&mut latencies, 0.99), "us")])
+}
+
+/// Delay and loss applied to the UDP (QUIC) packets between the tiers, each way.
+const LINK: Impairment =
+    Impairment { delay: Duration::from_millis(5), jitter: Duration::from_millis(1), loss: 0.01 };
+
+/// The escalated latencies across a namespace's loopback shaped by `tc netem`.
+fn across_netem(s: &Setup, duration: Duration) -> Result<Vec<f64>> {
     let namespace = Namespace::create()?;
     namespace.shape_udp()?;
     let wrapper = namespace.wrapper(s)?;
     let ns = namespace.name.clone();
-    let duration = s.pick(Duration::from_secs(3), Duration::from_secs(8));
     // Sockets belong to the network namespace of the thread that makes them: the clients run
     // on a thread that has entered the namespace, on a runtime of its own.
-    let latencies = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         scope
             .spawn(|| -> Result<Vec<f64>> {
                 enter_namespace(&ns)?;
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                rt.block_on(escalate_across(s, &wrapper, duration))
+                rt.block_on(escalate_across(s, &wrapper, duration, Via::Direct))
             })
             .join()
             .map_err(|_| anyhow::anyhow!("the netem client thread panicked"))?
-    })?;
-    let mut latencies = latencies;
-    anyhow::ensure!(!latencies.is_empty(), "no escalated answer across the shaped link");
-    Ok(vec![("faults.netem.escalated_p99_us", percentile(&mut latencies, 0.99), "us")])
+    })
 }
-
-/// Delay and loss applied to the UDP (QUIC) packets between the tiers.
-const NETEM: &[&str] = &["delay", "5ms", "1ms", "loss", "1%"];
 
 /// Fails, saying why, unless a fresh network namespace can be made and given a netem qdisc.
 fn netem_available() -> Result<()> {
-    let script = format!("ip link set lo up && tc qdisc add dev lo root netem {}", NETEM.join(" "));
+    let script =
+        format!("ip link set lo up && tc qdisc add dev lo root netem {}", LINK.netem_args().join(" "));
     let out = std::process::Command::new("unshare")
         .args(["-n", "sh", "-c", &script])
         .output()
@@ -355,12 +371,13 @@ impl Namespace {
         run_ip(&args)
     }
 
-    /// Delays and drops UDP on the namespace's loopback ([`NETEM`]), leaving TCP (the HTTP
+    /// Delays and drops UDP on the namespace's loopback ([`LINK`]), leaving TCP (the HTTP
     /// clients) alone: a prio qdisc whose third band is netem, and a filter sending UDP there.
     fn shape_udp(&self) -> Result<()> {
         self.exec(&["tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", "prio"])?;
         let mut netem = vec!["tc", "qdisc", "add", "dev", "lo", "parent", "1:3", "handle", "30:", "netem"];
-        netem.extend_from_slice(NETEM);
+        let args = LINK.netem_args();
+        netem.extend(args.iter().map(String::as_str));
         self.exec(&netem)?;
         self.exec(&[
             "tc", "filter", "add", "dev", "lo", "parent", "1:0", "protocol", "ip", "prio", "1", "u32",
@@ -409,18 +426,37 @@ fn enter_namespace(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Starts a central and an edge inside the namespace (through `wrapper`), drives the edge
-/// with every request escalating for `duration`, and returns the escalated answers'
-/// latencies in µs.
-async fn escalate_across(s: &Setup, wrapper: &std::path::Path, duration: Duration) -> Result<Vec<f64>> {
+/// How the edge's escalations reach the central.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// Straight to its QUIC port (the link itself is shaped).
+    Direct,
+    /// Through a [`Relay`] that impairs them as [`LINK`] says.
+    Relay,
+}
+
+/// Starts a central and an edge with `program` (the node, or a script that runs it inside a
+/// namespace), the escalations going `via`; drives the edge with every request escalating
+/// for `duration`, and returns the escalated answers' latencies in µs.
+async fn escalate_across(
+    s: &Setup,
+    program: &std::path::Path,
+    duration: Duration,
+    via: Via,
+) -> Result<Vec<f64>> {
     let central = s.central()?;
     let mut edge = s.edge(1.0)?;
-    s.escalate(&mut edge, &central)?;
+    let quic = loopback(central.quic.context("the central node has no QUIC listener")?);
+    let relay = match via {
+        Via::Direct => None,
+        Via::Relay => Some(Relay::start(quic, LINK, 0x5eed)?),
+    };
+    s.escalate_to(&mut edge, relay.as_ref().map_or(quic, Relay::addr));
     let client = http_client()?;
     let mut processes = Vec::new();
     for (node, name) in [(&central, "netem-central"), (&edge, "netem-edge")] {
         let file = edge_node::deployment::write_config(&node.config, s.dir())?;
-        let mut p = edge_node::deployment::NodeProcess::start(wrapper, name, &file, s.dir())?;
+        let mut p = edge_node::deployment::NodeProcess::start(program, name, &file, s.dir())?;
         p.wait_ready(&client, node.http).await?;
         processes.push(p);
     }
@@ -431,26 +467,33 @@ async fn escalate_across(s: &Setup, wrapper: &std::path::Path, duration: Duratio
         let (client, url, bodies) =
             (client.clone(), url.clone(), (0..64).map(|i| s.body(w * 64 + i)).collect::<Vec<_>>());
         tasks.push(tokio::spawn(async move {
-            let (mut latencies, mut other) = (Vec::new(), 0usize);
+            let (mut latencies, mut other) = (Vec::new(), Vec::new());
             let mut i = 0;
             while Instant::now() < until {
                 let start = Instant::now();
                 match infer(&client, &url, bodies[i % bodies.len()].clone()).await {
                     Outcome::Escalated => latencies.push(start.elapsed().as_secs_f64() * 1e6),
-                    _ => other += 1,
+                    outcome => other.push(outcome),
                 }
                 i += 1;
             }
             (latencies, other)
         }));
     }
-    let (mut all, mut other) = (Vec::new(), 0);
+    let (mut all, mut other) = (Vec::new(), Vec::new());
     for t in tasks {
         let (l, o) = t.await?;
         all.extend(l);
-        other += o;
+        other.extend(o);
     }
-    eprintln!("faults.netem: {} escalated answers, {other} local, degraded or failed", all.len());
+    let count = |kind: Outcome| other.iter().filter(|&&o| o == kind).count();
+    eprintln!(
+        "faults.netem: {} escalated answers; {} degraded, {} local, {} failed",
+        all.len(),
+        count(Outcome::Degraded),
+        count(Outcome::Local),
+        count(Outcome::Failed)
+    );
     drop(processes);
     Ok(all)
 }
