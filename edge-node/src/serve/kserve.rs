@@ -192,6 +192,29 @@ async fn metrics(State(current): State<CurrentNode>) -> Response {
     }
 }
 
+/// The largest body a refusal reads (and drops) so that its connection stays open.
+const DRAIN_LIMIT: usize = 64 << 10;
+
+/// `refusal`, for a request whose body has not been read. hyper keeps a connection open after
+/// an answer only if the request's body has all been read by then, or is all in its buffer;
+/// otherwise it closes the connection after writing an answer that said nothing of it, and a
+/// client that has sent its next request on it sees a broken connection (under overload, at
+/// random: whenever a body arrives in a later packet than its head). So a body of up to
+/// [`DRAIN_LIMIT`] bytes, as its `Content-Length` says, is read and dropped first, unparsed
+/// (its read stays under the listener's body timeout); a larger or unsized one, or one that
+/// fails to arrive, gets `Connection: close` with the refusal.
+async fn refuse_unread(request: Request, mut refusal: Response) -> Response {
+    let length =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if length.is_some_and(|n| n <= DRAIN_LIMIT)
+        && axum::body::to_bytes(request.into_body(), DRAIN_LIMIT).await.is_ok()
+    {
+        return refusal;
+    }
+    refusal.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    refusal
+}
+
 /// An unknown route is a 404 whatever the body; a route that would refuse the request for
 /// want of room is a 503 before the body is read; then a body that does not parse is a 400.
 async fn infer(State(current): State<CurrentNode>, Path(route): Path<String>, request: Request) -> Response {
@@ -200,7 +223,7 @@ async fn infer(State(current): State<CurrentNode>, Path(route): Path<String>, re
         return Failure(ServeError::UnknownRoute(route)).into_response();
     }
     if let Err(refused) = node.refuse_early(&route) {
-        return Failure(refused).into_response();
+        return refuse_unread(request, Failure(refused).into_response()).await;
     }
     let InferBody(request) = match InferBody::from_request(request, &()).await {
         Ok(b) => b,

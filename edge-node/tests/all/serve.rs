@@ -157,13 +157,62 @@ async fn rate_limited_429_queue_full_503_and_plugin_timeout_500() {
     // Refused before its body is read: a body that would be a 400 is a 503 too.
     let unread = post(&c, addr, "hostile", b"{ not json").await;
     assert_eq!(unread.status, 503, "{}", unread.body);
+    // A refused request whose body comes after its head leaves its connection usable.
+    refused_with_a_late_body_keeps_the_connection(addr).await;
     let slow = slow.await.unwrap();
     assert_eq!(slow.status, 500, "{}", slow.body);
     assert!(slow.body["error"].as_str().unwrap().contains("(timeout)"), "{}", slow.body);
     let (_, metrics) = get_text(&c, addr, "/metrics").await;
-    assert_eq!(metric(&metrics, "cascade_rejections_total{", &["reason=\"queue_full\""]), Some(2.0));
+    assert_eq!(metric(&metrics, "cascade_rejections_total{", &["reason=\"queue_full\""]), Some(3.0));
     assert_eq!(metric(&metrics, "cascade_sandbox_failures_total{", &["kind=\"timeout\""]), Some(1.0));
     server.shutdown().await.unwrap();
+}
+
+/// On one connection to `addr`, whose `hostile` route is full: a request whose body arrives
+/// 50 ms after its head, then a `GET`; both answered, the first with 503.
+async fn refused_with_a_late_body_keeps_the_connection(addr: SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"UINT8","data":[0]}]}"#;
+    let head = format!(
+        "POST /v2/models/hostile/infer HTTP/1.1\r\nhost: edge\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    stream.write_all(body).await.unwrap();
+    // Reads one whole response (its head and `content-length` body) off the stream.
+    async fn response(stream: &mut tokio::net::TcpStream) -> String {
+        let mut buf = Vec::new();
+        loop {
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                    })
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + length {
+                    return text;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut chunk))
+                .await
+                .expect("no answer within 5 s")
+                .unwrap_or(0);
+            assert!(n > 0, "the node closed the connection; read so far: {text:?}");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+    let refused = response(&mut stream).await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(!refused.to_ascii_lowercase().contains("connection: close"), "{refused}");
+    stream.write_all(b"GET /v2/health/live HTTP/1.1\r\nhost: edge\r\n\r\n").await.unwrap();
+    let live = response(&mut stream).await;
+    assert!(live.starts_with("HTTP/1.1 200"), "{live}");
 }
 
 /// `serve --exit-with-parent` shuts down, cleanly, once the pipe on its standard input
