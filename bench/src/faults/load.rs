@@ -23,6 +23,9 @@ use crate::procfs::{open_fds, peak_rss_mib};
 const IN_FLIGHT: u32 = 1;
 const QUEUE: u32 = 1;
 
+/// Connections offering the 3x load.
+const STORM_CONNECTIONS: usize = 64;
+
 /// How long a client waits for an answer before counting it as failed.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -70,11 +73,10 @@ pub(super) fn overload(s: &Setup, rt: &Runtime) -> Result<Vec<Figure>> {
         let calm = scheduled(addr, &requests, (capacity / 10.0).max(50.0), window, 8, cores)?;
         eprintln!("faults.overload: round {round}, unloaded: {calm}");
         unloaded.add(calm);
-        // Twice the connections the node admits and queues, so the node, not the client,
-        // decides what waits, and few enough threads that the generator stays near its
-        // schedule.
-        let storm =
-            scheduled(addr, &requests, 3.0 * capacity, window, 2 * (IN_FLIGHT + QUEUE) as usize, cores)?;
+        // Enough connections that each has several milliseconds between its requests, so
+        // that one waiting for its answer does not hold back the schedule: the node, not the
+        // client, decides what waits.
+        let storm = scheduled(addr, &requests, 3.0 * capacity, window, STORM_CONNECTIONS, cores)?;
         eprintln!("faults.overload: round {round}, 3x capacity: {storm}");
         loaded.add(storm);
     }
@@ -242,15 +244,15 @@ impl std::fmt::Display for Scheduled {
     }
 }
 
-/// Open-loop load at `rate` for `length` over `connections` blocking keep-alive connections
-/// of [`Conn`], each on a thread of its own with its share of the schedule (request `k` of
-/// connection `c` is due at `t0 + (c + k·connections) / rate`). Unlike [`loadgen::drive`],
-/// a refusal keeps its connection (the response was whole), so a node that refuses most
-/// requests does not make the generator reconnect for each. An admitted request's latency
-/// runs from when it was sent: what the node made it wait (its queue and its run). At three
-/// times capacity on one core the generator itself falls behind its schedule (it has one
-/// request in flight per connection), and latency from the scheduled time would measure that
-/// lag, not the node; the worst lag is reported beside the figures instead.
+/// Open-loop load at `rate` for `length` over `connections` keep-alive connections, all on
+/// one single-threaded runtime on the generator's core: one dispatcher sends request `k` at
+/// `t0 + k / rate` on a connection with no request outstanding, to the microsecond, and a
+/// reader per connection reads its answer. Unlike [`loadgen::drive`], a refusal keeps its
+/// connection (the response was whole), so a node that refuses most requests does not make
+/// the generator reconnect for each. An admitted request's latency runs from when it was
+/// sent: what the node made it wait (its queue and its run). When no connection is free at
+/// a request's time the dispatcher waits for one; the worst such lag is reported beside the
+/// figures, so a generator that cannot offer the rate shows.
 fn scheduled(
     addr: SocketAddr,
     requests: &Arc<Vec<Vec<u8>>>,
@@ -261,42 +263,109 @@ fn scheduled(
 ) -> Result<Scheduled> {
     let total = (rate * length.as_secs_f64()).round() as usize;
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let t0 = Instant::now() + Duration::from_millis(50);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..connections)
-            .map(|c| {
-                scope.spawn(move || -> Result<Scheduled> {
-                    cores.enter();
-                    let mut conn = Conn::connect(addr)?;
-                    let mut out = Scheduled::default();
-                    for k in (c..total).step_by(connections) {
-                        let due = t0 + interval.mul_f64(k as f64);
-                        let now = Instant::now();
-                        if due > now {
-                            std::thread::sleep(due - now);
-                        }
-                        out.worst_send_lag_us = out.worst_send_lag_us.max(due.elapsed().as_secs_f64() * 1e6);
-                        let sent = Instant::now();
-                        match conn.round_trip(&requests[k % requests.len()]) {
-                            Ok((200, _)) => out.admitted_us.push(sent.elapsed().as_secs_f64() * 1e6),
-                            Ok((429 | 503, _)) => out.rejected += 1,
-                            Ok(_) => out.failed += 1,
-                            Err(_) => {
-                                out.failed += 1;
-                                conn = Conn::connect(addr)?;
-                            }
-                        }
+    cores.run_here(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async {
+            let (idle_tx, mut idle) = tokio::sync::mpsc::unbounded_channel::<usize>();
+            let (mut writers, mut readers) = (Vec::new(), Vec::new());
+            for i in 0..connections {
+                let stream = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .with_context(|| format!("connecting to {addr}"))?;
+                stream.set_nodelay(true)?;
+                let (read, write) = stream.into_split();
+                let (sent_tx, sent_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+                writers.push((write, sent_tx));
+                readers.push(tokio::spawn(read_answers(read, sent_rx, i, idle_tx.clone())));
+                let _ = idle_tx.send(i);
+            }
+            drop(idle_tx);
+            let t0 = Instant::now() + Duration::from_millis(50);
+            let (mut lag, mut unsent) = (Duration::ZERO, 0);
+            for k in 0..total {
+                let due = t0 + interval.mul_f64(k as f64);
+                until(due).await;
+                // A connection with nothing outstanding (readers give theirs back when
+                // answered; a broken one is not given back).
+                let Some(i) = idle.recv().await else { break };
+                lag = lag.max(due.elapsed());
+                let (write, sent) = &mut writers[i];
+                match write.write_all(&requests[k % requests.len()]).await {
+                    Ok(()) => {
+                        let _ = sent.send(Instant::now());
                     }
-                    Ok(out)
-                })
-            })
-            .collect();
-        let mut all = Scheduled::default();
-        for w in workers {
-            all.add(w.join().map_err(|_| anyhow::anyhow!("a load thread panicked"))??);
-        }
-        Ok(all)
+                    // The connection is left out, as after a failed read.
+                    Err(_) => unsent += 1,
+                }
+            }
+            // Readers end once their last answer is in; the write halves stay open until
+            // then (a client that half-closes its connection gets no answer from hyper).
+            let (writes, sents): (Vec<_>, Vec<_>) = writers.into_iter().unzip();
+            drop(sents);
+            let mut all = Scheduled {
+                worst_send_lag_us: lag.as_secs_f64() * 1e6,
+                failed: unsent,
+                ..Scheduled::default()
+            };
+            for r in readers {
+                all.add(r.await.context("a load reader panicked")?);
+            }
+            drop(writes);
+            Ok(all)
+        })
     })
+}
+
+/// Waits until `due`, to the microsecond: tokio's timers fire on whole milliseconds, which
+/// would release a millisecond's requests at once (at 3x capacity, dozens). The last
+/// millisecond is spent yielding, which lets the readers run as their answers arrive; the
+/// generator has a core of its own to spend on it.
+async fn until(due: Instant) {
+    if let Some(early) = due.checked_sub(Duration::from_millis(1)) {
+        tokio::time::sleep_until(early.into()).await;
+    }
+    while Instant::now() < due {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Reads connection `i`'s answers, one per request sent on it (`sent` says when), and gives
+/// the connection back to `idle` after each; stops at the first error or timeout, leaving the
+/// connection out.
+async fn read_answers(
+    mut read: tokio::net::tcp::OwnedReadHalf,
+    mut sent: tokio::sync::mpsc::UnboundedReceiver<Instant>,
+    i: usize,
+    idle: tokio::sync::mpsc::UnboundedSender<usize>,
+) -> Scheduled {
+    let mut out = Scheduled::default();
+    let mut buf = Vec::with_capacity(16 * 1024);
+    while let Some(at) = sent.recv().await {
+        buf.clear();
+        let answer = tokio::time::timeout(TIMEOUT, async {
+            loop {
+                if let Some(f) = loadgen::frame(&buf)? {
+                    return Ok::<u16, anyhow::Error>(f.status);
+                }
+                buf.reserve(16 * 1024);
+                if read.read_buf(&mut buf).await? == 0 {
+                    anyhow::bail!("closed");
+                }
+            }
+        })
+        .await;
+        match answer {
+            Ok(Ok(200)) => out.admitted_us.push(at.elapsed().as_secs_f64() * 1e6),
+            Ok(Ok(429 | 503)) => out.rejected += 1,
+            Ok(Ok(_)) => out.failed += 1,
+            Ok(Err(_)) | Err(_) => {
+                out.failed += 1;
+                return out;
+            }
+        }
+        let _ = idle.send(i);
+    }
+    out
 }
 
 /// Says on stderr how a rung of [`loadgen::drive`] went.
