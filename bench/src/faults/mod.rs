@@ -11,9 +11,9 @@
 //!   central and during half-open probes; `faults.cancel_storm.stuck_breakers`;
 //! - [`tiers::netem`]: delay and loss between tiers with `tc netem` (or [`link::Relay`]);
 //!   `faults.netem.escalated_p99_us`;
-//! - [`load::overload`]: 3x the measured capacity; `faults.overload.admitted_p99_ratio`,
+//! - [`overload::overload`]: 3x the measured capacity; `faults.overload.admitted_p99_ratio`,
 //!   `.rejected_share`, `.peak_rss_mib`;
-//! - [`load::slow_clients`]: 2,000 idle or trickling connections beside normal traffic;
+//! - [`slow_clients::slow_clients`]: 2,000 idle or trickling connections beside normal traffic;
 //!   `faults.slow_clients.good_p99_ratio`, `.peak_fds`;
 //! - [`hostile::peer_flood`]: one authenticated edge fills every QUIC stream it may with
 //!   trickled maximal frames; `faults.peer_flood.central_peak_rss_mib`;
@@ -25,9 +25,11 @@
 //! A scenario that cannot run says why on stderr and prints none of its figures; a goal
 //! missed is printed like any other figure.
 
+mod cores;
 mod hostile;
 mod link;
-mod load;
+mod overload;
+mod slow_clients;
 mod tiers;
 
 use std::path::{Path, PathBuf};
@@ -76,8 +78,8 @@ pub(crate) fn run(models_dir: &Path, plugin_crate: &Path, quick: bool, only: &[S
         ("central_kill", tiers::central_kill),
         ("cancel_storm", tiers::cancel_storm),
         ("netem", tiers::netem),
-        ("overload", load::overload),
-        ("slow_clients", load::slow_clients),
+        ("overload", overload::overload),
+        ("slow_clients", slow_clients::slow_clients),
         ("peer_flood", hostile::peer_flood),
         ("hostile", hostile::hostile_plugins),
         ("reload", hostile::reload),
