@@ -22,6 +22,13 @@ use crate::procfs::peak_rss_mib;
 const IN_FLIGHT: u32 = 1;
 const QUEUE: u32 = 1;
 
+/// An admitted answer slower than this (several times the unloaded p99) has its receipt read
+/// for the node's own time on it.
+const SLOW_ANSWER: Duration = Duration::from_millis(4);
+
+/// Receipts of slow answers each connection's reader parses, at most.
+const RECEIPTS_READ: usize = 100;
+
 /// Connections offering the 3x load.
 const STORM_CONNECTIONS: usize = 64;
 
@@ -75,6 +82,15 @@ pub(super) fn overload(s: &Setup, rt: &Runtime) -> Result<Vec<Figure>> {
     let (calm_p99, storm_p99) =
         (percentile(&mut unloaded.admitted_us, 0.99), percentile(&mut loaded.admitted_us, 0.99));
     eprintln!("faults.overload: admitted p99 {storm_p99:.0} us at 3x, {calm_p99:.0} us unloaded");
+    if !loaded.slow_node_us.is_empty() {
+        eprintln!(
+            "faults.overload: in {} receipts of admitted answers at 3x that took over {} ms, the node's own stages (timings_us.total) took {:.0} us at the median, {:.0} us at most",
+            loaded.slow_node_us.len(),
+            SLOW_ANSWER.as_millis(),
+            percentile(&mut loaded.slow_node_us.clone(), 0.5),
+            loaded.slow_node_us.iter().copied().fold(0.0, f64::max)
+        );
+    }
     Ok(vec![
         ("faults.overload.admitted_p99_ratio", storm_p99 / calm_p99, "ratio"),
         ("faults.overload.rejected_share", loaded.rejected as f64 / loaded.sent().max(1) as f64, "fraction"),
@@ -85,8 +101,11 @@ pub(super) fn overload(s: &Setup, rt: &Runtime) -> Result<Vec<Figure>> {
 /// What [`scheduled`] measured.
 #[derive(Debug, Default)]
 struct Scheduled {
-    /// Latencies of the 200 answers, µs from each request's scheduled time.
+    /// Latencies of the 200 answers, µs from when each request was sent.
     admitted_us: Vec<f64>,
+    /// For admitted answers slower than [`SLOW_ANSWER`]: the node's own time on them (µs,
+    /// the `timings_us.total` of their receipts), to tell its work from waiting outside it.
+    slow_node_us: Vec<f64>,
     /// Answers 429 or 503: refused by the node.
     rejected: usize,
     /// Anything else: another status, an error, a timeout.
@@ -102,6 +121,7 @@ impl Scheduled {
 
     fn add(&mut self, other: Scheduled) {
         self.admitted_us.extend(other.admitted_us);
+        self.slow_node_us.extend(other.slow_node_us);
         self.rejected += other.rejected;
         self.failed += other.failed;
         self.worst_send_lag_us = self.worst_send_lag_us.max(other.worst_send_lag_us);
@@ -222,7 +242,7 @@ async fn read_answers(
         let answer = tokio::time::timeout(TIMEOUT, async {
             loop {
                 if let Some(f) = loadgen::frame(&buf)? {
-                    return Ok::<u16, anyhow::Error>(f.status);
+                    return Ok::<_, anyhow::Error>((f.status, f.body_start..f.end));
                 }
                 buf.reserve(16 * 1024);
                 if read.read_buf(&mut buf).await? == 0 {
@@ -232,8 +252,18 @@ async fn read_answers(
         })
         .await;
         match answer {
-            Ok(Ok(200)) => out.admitted_us.push(at.elapsed().as_secs_f64() * 1e6),
-            Ok(Ok(429 | 503)) => out.rejected += 1,
+            Ok(Ok((200, body))) => {
+                let took = at.elapsed();
+                out.admitted_us.push(took.as_secs_f64() * 1e6);
+                if took > SLOW_ANSWER && out.slow_node_us.len() < RECEIPTS_READ {
+                    // A sample, so that parsing receipts takes little from the generator.
+                    let receipt = serde_json::from_slice::<serde_json::Value>(&buf[body]).ok();
+                    let total =
+                        receipt.as_ref().and_then(|v| v["parameters"]["timings_us"]["total"].as_f64());
+                    out.slow_node_us.extend(total);
+                }
+            }
+            Ok(Ok((429 | 503, _))) => out.rejected += 1,
             Ok(Ok(_)) => out.failed += 1,
             Ok(Err(_)) | Err(_) => {
                 out.failed += 1;
