@@ -42,6 +42,9 @@ pub enum Rejection {
     /// The node-wide in-flight limit is reached.
     #[error("node is at its in-flight limit")]
     NodeBusy,
+    /// The thread that took the request in has fallen behind ([`crate::headroom`]).
+    #[error("node is behind with taking requests in")]
+    Behind,
     /// The requesting edge holds its fair share of the route while other edges wait
     /// (escalations only; see [`crate::FairShare`]).
     #[error("the requesting node is over its fair share")]
@@ -54,9 +57,11 @@ impl Rejection {
         match self {
             Rejection::UnknownRoute => 404,
             Rejection::RateLimited { .. } => 429,
-            Rejection::RouteDisabled | Rejection::QueueFull | Rejection::NodeBusy | Rejection::OverShare => {
-                503
-            }
+            Rejection::RouteDisabled
+            | Rejection::QueueFull
+            | Rejection::NodeBusy
+            | Rejection::Behind
+            | Rejection::OverShare => 503,
         }
     }
 
@@ -67,9 +72,11 @@ impl Rejection {
             Rejection::RateLimited { retry_after } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
             // A full queue drains within a request's deadline, typically well under a second;
             // a mode lasts at least its dwell time, but clients should probe again soon.
-            Rejection::QueueFull | Rejection::NodeBusy | Rejection::RouteDisabled | Rejection::OverShare => {
-                Some(1)
-            }
+            Rejection::QueueFull
+            | Rejection::NodeBusy
+            | Rejection::Behind
+            | Rejection::RouteDisabled
+            | Rejection::OverShare => Some(1),
         }
     }
 
@@ -81,6 +88,7 @@ impl Rejection {
             Rejection::RateLimited { .. } => "rate_limited",
             Rejection::QueueFull => "queue_full",
             Rejection::NodeBusy => "node_busy",
+            Rejection::Behind => "behind",
             Rejection::OverShare => "over_share",
         }
     }
@@ -111,6 +119,8 @@ pub struct Admission {
     node: Arc<Semaphore>,
     routes: BTreeMap<String, RouteGate>,
     disabled: Mutex<BTreeSet<String>>,
+    /// How far behind a serving thread may fall before it sheds; zero: never.
+    max_intake_lag: Duration,
 }
 
 /// Per-route limits, as [`Admission::new`] takes them.
@@ -158,13 +168,20 @@ impl Admission {
             node: Arc::new(Semaphore::new(node_max_in_flight as usize)),
             routes,
             disabled: Mutex::new(BTreeSet::new()),
+            max_intake_lag: Duration::ZERO,
         }
     }
 
     /// Limits as a node config sets them.
     pub fn from_settings(s: &NodeSettings, now: Instant) -> Admission {
         let routes = s.routes.iter().map(|(name, r)| (name.clone(), RouteLimits::from(r)));
-        Admission::new(routes, s.max_in_flight, now)
+        Admission { max_intake_lag: s.max_intake_lag, ..Admission::new(routes, s.max_in_flight, now) }
+    }
+
+    /// Whether the calling thread, which takes requests in, has fallen so far behind that
+    /// this new request should be refused ([`crate::headroom`]).
+    pub async fn sheds_now(&self) -> bool {
+        !crate::headroom::admit_new(self.max_intake_lag).await
     }
 
     /// Sets the routes refused in the current mode (on a mode switch).

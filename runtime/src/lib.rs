@@ -61,6 +61,7 @@ mod fair_share;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guest_build;
+mod headroom;
 pub mod kserve;
 mod models;
 mod modes;

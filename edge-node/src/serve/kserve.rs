@@ -222,7 +222,7 @@ async fn infer(State(current): State<CurrentNode>, Path(route): Path<String>, re
     if node.route(&route).is_none() {
         return Failure(ServeError::UnknownRoute(route)).into_response();
     }
-    if let Err(refused) = node.refuse_early(&route) {
+    if let Err(refused) = node.refuse_early(&route).await {
         return refuse_unread(request, Failure(refused).into_response()).await;
     }
     let InferBody(request) = match InferBody::from_request(request, &()).await {

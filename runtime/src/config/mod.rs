@@ -203,6 +203,9 @@ pub struct NodeSettings {
     pub upstream: Option<UpstreamSettings>,
     /// Requests running at once across all routes.
     pub max_in_flight: u32,
+    /// How far behind a serving thread may fall before it sheds ([`crate::headroom`]);
+    /// zero: never.
+    pub max_intake_lag: Duration,
     /// Per-mode switches and automatic switching.
     pub modes: ModesSettings,
     /// Dynamic batching, if enabled.

@@ -18,11 +18,16 @@ pub(super) struct Admitted {
 
 impl Node {
     /// Refuses a request to `route` before its body is read when admission would refuse it
-    /// now ([`crate::admission::Admission::refuses_now`]), counted like any refusal: under
-    /// overload, the requests the node turns away cost it no parsing. `Ok` does not admit;
-    /// the request still meets this stage.
-    pub fn refuse_early(&self, route: &str) -> Result<(), ServeError> {
-        let Some(rejection) = self.admission.refuses_now(route) else { return Ok(()) };
+    /// now ([`crate::admission::Admission::refuses_now`]) or the thread taking it in has
+    /// fallen behind ([`crate::admission::Admission::sheds_now`]), counted like any refusal:
+    /// under overload, the requests the node turns away cost it no parsing. `Ok` does not
+    /// admit; the request still meets this stage.
+    pub async fn refuse_early(&self, route: &str) -> Result<(), ServeError> {
+        let rejection = match self.admission.refuses_now(route) {
+            Some(rejection) => rejection,
+            None if !self.admission.sheds_now().await => return Ok(()),
+            None => Rejection::Behind,
+        };
         self.telemetry.rejection(route, &rejection);
         self.telemetry.request(route, RequestOutcome::Rejected, AnswerTier::None);
         Err(ServeError::Rejected { route: route.to_owned(), rejection })

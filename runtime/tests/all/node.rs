@@ -190,6 +190,41 @@ fn a_looping_plugin_on_a_one_thread_runtime_leaves_the_thread_to_other_requests(
     });
 }
 
+/// `admission.max_intake_lag_us`: beside a plugin looping on the one thread (so every other
+/// request there waits about a tick, 1 ms, for its turn, and the thread is busy throughout),
+/// a node given a 500 µs limit starts refusing new requests before their bodies are read
+/// (`behind`), and one without the setting never does.
+#[test]
+fn a_thread_kept_behind_sheds_new_requests_only_when_configured() {
+    let refusals = |lag_us: u64| {
+        let mut config = edge(0.0, None);
+        config.node.admission.max_intake_lag_us = lag_us;
+        let node = Node::new(resolve(&format!("node-intake-{lag_us}.toml"), &config)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let looping = tokio::spawn({
+                let node = node.clone();
+                async move { node.infer("hostile", vec![], vec![("mode".into(), "loop".into())]).await }
+            });
+            tokio::task::yield_now().await;
+            let (started, mut behind) = (Instant::now(), 0);
+            while started.elapsed() < Duration::from_millis(300) {
+                match node.refuse_early("digits").await {
+                    Ok(()) => {}
+                    Err(ServeError::Rejected { rejection: Rejection::Behind, .. }) => behind += 1,
+                    Err(e) => panic!("refused for another reason: {e}"),
+                }
+                // Every request takes its turn behind the guest.
+                tokio::task::yield_now().await;
+            }
+            looping.await.unwrap().unwrap_err();
+            behind
+        })
+    };
+    assert!(refusals(500) > 0, "a thread a tick behind for 300 ms never shed");
+    assert_eq!(refusals(0), 0, "a node without the setting shed");
+}
+
 /// An answer accepted under surge's looser threshold is cached for that decision only: back
 /// in normal mode the same request is decided afresh (here: degraded, there is no upstream).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

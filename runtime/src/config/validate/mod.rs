@@ -259,6 +259,12 @@ pub(super) fn validate(raw: NodeConfig, file: &Path) -> Result<ValidatedConfig, 
     let upstream = raw.upstream.as_ref().map(|u| upstream(&mut c, u));
 
     let max_in_flight = c.at_least_one("admission.max_in_flight", raw.admission.max_in_flight);
+    let max_intake_lag = c.at_most(
+        "admission.max_intake_lag_us",
+        Duration::from_micros(raw.admission.max_intake_lag_us),
+        MAX_WAIT,
+        "us",
+    );
 
     let batching = raw.batching.as_ref().map(|b| BatchingSettings {
         max_batch: c.at_least_one("batching.max_batch", b.max_batch),
@@ -375,6 +381,7 @@ pub(super) fn validate(raw: NodeConfig, file: &Path) -> Result<ValidatedConfig, 
             routes,
             upstream,
             max_in_flight,
+            max_intake_lag,
             modes,
             batching,
             telemetry: TelemetrySettings {
