@@ -99,6 +99,19 @@ pub(super) fn run_when_idle() -> bool {
     unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 }
 }
 
+/// Puts the calling thread in Linux's `SCHED_FIFO` class at the lowest real-time priority,
+/// so that no ordinary thread of its core (the machine's own agents, this process's other
+/// threads) preempts it; with `false`, back in the ordinary class. Whether that worked (it
+/// needs the privilege to). The kernel still leaves ordinary threads a share of each second
+/// (`sched_rt_runtime_us`), so a thread that never blocks cannot take the core whole.
+pub(super) fn run_first(first: bool) -> bool {
+    let (policy, priority) = if first { (libc::SCHED_FIFO, 1) } else { (libc::SCHED_OTHER, 0) };
+    let param = libc::sched_param { sched_priority: priority };
+    // SAFETY: 0 names the calling thread; `param` is an initialised sched_param with a
+    // priority valid for the policy.
+    unsafe { libc::sched_setscheduler(0, policy, &param) == 0 }
+}
+
 /// Lets thread `tid` (0: the calling thread) run on `cores` only; whether that worked.
 fn pin_to(tid: i32, cores: &[usize]) -> bool {
     // SAFETY: the set is built here and passed with its size; sched_setaffinity changes

@@ -9,10 +9,10 @@ use edge_node::figures::percentile;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 
-use super::cores::{Cores, born_on_node_core};
+use super::cores::{self, Cores, born_on_node_core};
 use super::{Figure, Setup, loopback};
 use crate::loadgen::{self, Conn};
-use crate::procfs::peak_rss_mib;
+use crate::procfs::{cpu_time, peak_rss_mib};
 
 /// The route's bulkhead in the overload scenario, sized for the one core the node gets: one
 /// request runs and one waits, so the core never idles between answers; beyond that the
@@ -38,63 +38,92 @@ pub(super) const TIMEOUT: Duration = Duration::from_secs(2);
 /// Distinct requests the load cycles through.
 pub(super) const BODIES: usize = 2000;
 
-/// `faults.overload.*`: an edge (no upstream, every answer local) first driven closed-loop to
-/// measure its capacity, then open-loop at a tenth of it (unloaded) and at three times it
-/// (loaded), alternating; the p99 of the admitted requests loaded over unloaded, the share
-/// the node refused (429 or 503), and the edge's peak RSS.
+/// How far behind its serving thread the governed edge lets fall before it sheds
+/// (`admission.max_intake_lag_us`).
+const MAX_INTAKE_LAG_US: u64 = 500;
+
+/// `faults.overload.*`: two edges (no upstream, every answer local), one with the intake
+/// governor (`admission.max_intake_lag_us`) and one without, each given the same core in
+/// turn. The ungoverned one is first driven closed-loop to measure the capacity; then each
+/// is offered a tenth of it (unloaded) and three times it (loaded), open-loop, alternating.
+/// Figures: the p99 of the admitted requests loaded over unloaded, the share refused (429 or
+/// 503) and the peak RSS of the governed edge; the ungoverned edge's ratio and share beside
+/// them, and what the governor costs in answers (admitted per second, governed over not).
 ///
-/// Where the machine has two cores or more, the node runs on one and the generator on
+/// Where the machine has two cores or more, the nodes run on one and the generator on
 /// another: on cores they share, a CPU-bound node's capacity is whatever the generator
-/// leaves it, and the generator cannot offer three times that (it falls behind its own
-/// schedule, which then shows as latency that is not the node's).
+/// leaves it, and the generator cannot offer three times that.
 pub(super) fn overload(s: &Setup, rt: &Runtime) -> Result<Vec<Figure>> {
     let (rounds, window) = s.pick((1, Duration::from_secs(2)), (2, Duration::from_secs(4)));
-    let mut edge = s.edge(0.0)?;
-    edge.config.route.max_in_flight = IN_FLIGHT;
-    edge.config.route.queue_len = QUEUE;
-    let process = born_on_node_core(|| rt.block_on(s.start(&edge, "overload-edge")))?;
-    let cores = Cores::split(process.id(), "overload");
-    let addr = loopback(edge.http);
-    let requests = s.requests(edge.http, BODIES);
+    let mut edges = Vec::new();
+    for (name, lag) in [("overload-governed", MAX_INTAKE_LAG_US), ("overload-ungoverned", 0)] {
+        let mut edge = s.edge(0.0)?;
+        edge.config.route.max_in_flight = IN_FLIGHT;
+        edge.config.route.queue_len = QUEUE;
+        edge.config.node.admission.max_intake_lag_us = lag;
+        let process = born_on_node_core(|| rt.block_on(s.start(&edge, name)))?;
+        let cores = Cores::split(process.id(), "overload");
+        edges.push((name, edge, process, cores));
+    }
+    let requests = s.requests(edges[0].1.http, BODIES);
     // As many closed-loop clients as the node admits, so that it is never idle.
     let clients = (IN_FLIGHT + QUEUE) as usize;
-    let capacity =
-        capacity(addr, &requests, clients, s.pick(Duration::from_secs(2), Duration::from_secs(3)), cores)?;
-    eprintln!("faults.overload: capacity {capacity:.0} answers/s closed-loop with {clients} clients");
+    let (capacity, cpu_per_answer) = {
+        let (_, edge, process, cores) = &edges[1];
+        let length = s.pick(Duration::from_secs(2), Duration::from_secs(3));
+        capacity(process.id(), loopback(edge.http), &requests, clients, length, *cores)?
+    };
+    eprintln!(
+        "faults.overload: capacity {capacity:.0} answers/s closed-loop with {clients} clients, {cpu_per_answer:.0} us of the node's CPU per answer"
+    );
     anyhow::ensure!(capacity > 0.0, "the edge answered nothing closed-loop");
 
-    let (mut unloaded, mut loaded) = (Scheduled::default(), Scheduled::default());
+    let mut runs =
+        [(Scheduled::default(), Scheduled::default()), (Scheduled::default(), Scheduled::default())];
     for round in 0..rounds {
-        let calm = scheduled(addr, &requests, (capacity / 10.0).max(50.0), window, 8, cores)?;
-        eprintln!("faults.overload: round {round}, unloaded: {calm}");
-        unloaded.add(calm);
-        // Enough connections that each has several milliseconds between its requests, so
-        // that one waiting for its answer does not hold back the schedule: the node, not the
-        // client, decides what waits.
-        let storm = scheduled(addr, &requests, 3.0 * capacity, window, STORM_CONNECTIONS, cores)?;
-        eprintln!("faults.overload: round {round}, 3x capacity: {storm}");
-        loaded.add(storm);
+        for ((name, edge, process, cores), (unloaded, loaded)) in edges.iter().zip(runs.iter_mut()) {
+            let (pid, addr) = (process.id(), loopback(edge.http));
+            let calm = scheduled(pid, addr, &requests, (capacity / 10.0).max(50.0), window, 8, *cores)?;
+            eprintln!("faults.overload: round {round}, {name}, unloaded: {calm}");
+            unloaded.add(calm);
+            let storm = scheduled(pid, addr, &requests, 3.0 * capacity, window, STORM_CONNECTIONS, *cores)?;
+            eprintln!("faults.overload: round {round}, {name}, 3x capacity: {storm}");
+            loaded.add(storm);
+        }
     }
-    anyhow::ensure!(
-        !unloaded.admitted_us.is_empty() && !loaded.admitted_us.is_empty(),
-        "no admitted request to measure"
-    );
-    let (calm_p99, storm_p99) =
-        (percentile(&mut unloaded.admitted_us, 0.99), percentile(&mut loaded.admitted_us, 0.99));
-    eprintln!("faults.overload: admitted p99 {storm_p99:.0} us at 3x, {calm_p99:.0} us unloaded");
-    if !loaded.slow_node_us.is_empty() {
-        eprintln!(
-            "faults.overload: in {} receipts of admitted answers at 3x that took over {} ms, the node's own stages (timings_us.total) took {:.0} us at the median, {:.0} us at most",
-            loaded.slow_node_us.len(),
-            SLOW_ANSWER.as_millis(),
-            percentile(&mut loaded.slow_node_us.clone(), 0.5),
-            loaded.slow_node_us.iter().copied().fold(0.0, f64::max)
+    let mut ratios = Vec::new();
+    for ((name, ..), (unloaded, loaded)) in edges.iter().zip(runs.iter_mut()) {
+        anyhow::ensure!(
+            !unloaded.admitted_us.is_empty() && !loaded.admitted_us.is_empty(),
+            "no admitted request to measure"
         );
+        let (calm_p99, storm_p99) =
+            (percentile(&mut unloaded.admitted_us, 0.99), percentile(&mut loaded.admitted_us, 0.99));
+        eprintln!("faults.overload: {name}: admitted p99 {storm_p99:.0} us at 3x, {calm_p99:.0} us unloaded");
+        if !loaded.slow_node_us.is_empty() {
+            eprintln!(
+                "faults.overload: {name}: in {} receipts of admitted answers at 3x that took over {} ms, the node's own stages (timings_us.total) took {:.0} us at the median, {:.0} us at most",
+                loaded.slow_node_us.len(),
+                SLOW_ANSWER.as_millis(),
+                percentile(&mut loaded.slow_node_us.clone(), 0.5),
+                loaded.slow_node_us.iter().copied().fold(0.0, f64::max)
+            );
+        }
+        ratios.push(storm_p99 / calm_p99);
     }
+    let refused = |l: &Scheduled| l.refused_us.len() as f64 / l.sent().max(1) as f64;
+    let (governed, ungoverned) = (&runs[0].1, &runs[1].1);
     Ok(vec![
-        ("faults.overload.admitted_p99_ratio", storm_p99 / calm_p99, "ratio"),
-        ("faults.overload.rejected_share", loaded.rejected as f64 / loaded.sent().max(1) as f64, "fraction"),
-        ("faults.overload.peak_rss_mib", peak_rss_mib(process.id())?, "MiB"),
+        ("faults.overload.admitted_p99_ratio", ratios[0], "ratio"),
+        ("faults.overload.rejected_share", refused(governed), "fraction"),
+        ("faults.overload.peak_rss_mib", peak_rss_mib(edges[0].2.id())?, "MiB"),
+        ("faults.overload.ungoverned.admitted_p99_ratio", ratios[1], "ratio"),
+        ("faults.overload.ungoverned.rejected_share", refused(ungoverned), "fraction"),
+        (
+            "faults.overload.ratio_governed_over_ungoverned.admitted_per_s",
+            governed.admitted_us.len() as f64 / ungoverned.admitted_us.len().max(1) as f64,
+            "ratio",
+        ),
     ])
 }
 
@@ -106,51 +135,74 @@ struct Scheduled {
     /// For admitted answers slower than [`SLOW_ANSWER`]: the node's own time on them (µs,
     /// the `timings_us.total` of their receipts), to tell its work from waiting outside it.
     slow_node_us: Vec<f64>,
-    /// Answers 429 or 503: refused by the node.
-    rejected: usize,
+    /// Latencies of the answers 429 or 503 (refused by the node), µs from when each request
+    /// was sent: a wait the admitted requests share was spent before the node decided (in the
+    /// socket buffers and its run queue), not in the route's queue.
+    refused_us: Vec<f64>,
     /// Anything else: another status, an error, a timeout.
     failed: usize,
     /// The generator's own lateness: how far behind schedule requests were sent, at worst (µs).
     worst_send_lag_us: f64,
+    /// The node's CPU time and the wall time from the first request sent to the last answer.
+    node_cpu: Duration,
+    wall: Duration,
 }
 
 impl Scheduled {
     fn sent(&self) -> usize {
-        self.admitted_us.len() + self.rejected + self.failed
+        self.admitted_us.len() + self.refused_us.len() + self.failed
     }
 
     fn add(&mut self, other: Scheduled) {
         self.admitted_us.extend(other.admitted_us);
         self.slow_node_us.extend(other.slow_node_us);
-        self.rejected += other.rejected;
+        self.refused_us.extend(other.refused_us);
         self.failed += other.failed;
         self.worst_send_lag_us = self.worst_send_lag_us.max(other.worst_send_lag_us);
+        self.node_cpu += other.node_cpu;
+        self.wall += other.wall;
     }
 }
 
 impl std::fmt::Display for Scheduled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p99 = |v: &[f64]| if v.is_empty() { 0.0 } else { percentile(&mut v.to_vec(), 0.99) };
+        let wall = self.wall.as_secs_f64().max(1e-9);
+        // Little's law: the mean number of requests between send and answer.
+        let waiting =
+            (self.admitted_us.iter().sum::<f64>() + self.refused_us.iter().sum::<f64>()) / 1e6 / wall;
         write!(
             f,
-            "{} admitted, {} refused, {} failed; the generator sent up to {:.0} us late",
+            "{} admitted (p99 {:.0} us), {} refused (p99 {:.0} us), {} failed; the node busy {:.0}% of {:.1} s, {:.1} requests outstanding on average; the generator sent up to {:.0} us late",
             self.admitted_us.len(),
-            self.rejected,
+            p99(&self.admitted_us),
+            self.refused_us.len(),
+            p99(&self.refused_us),
             self.failed,
+            100.0 * self.node_cpu.as_secs_f64() / wall,
+            wall,
+            waiting,
             self.worst_send_lag_us
         )
     }
 }
 
 /// Open-loop load at `rate` for `length` over `connections` keep-alive connections, all on
-/// one single-threaded runtime on the generator's core: one dispatcher sends request `k` at
-/// `t0 + k / rate` on a connection with no request outstanding, to the microsecond, and a
-/// reader per connection reads its answer. Unlike [`loadgen::drive`], a refusal keeps its
+/// one single-threaded runtime on the generator's core, and the node's (`node`) CPU time
+/// meanwhile: one dispatcher sends request `k` at `t0 + k / rate`, to the microsecond, on
+/// connection `k mod connections` whether or not its last request has been answered (HTTP/1.1
+/// pipelining), and a reader per connection reads the answers in order. So the load does not
+/// wait for the node: a generator that waited for a free connection would be closed-loop
+/// once all were busy, and by Little's law every request would then wait connections /
+/// throughput whatever the node did. Unlike [`loadgen::drive`], a refusal keeps its
 /// connection (the response was whole), so a node that refuses most requests does not make
-/// the generator reconnect for each. An admitted request's latency runs from when it was
-/// sent: what the node made it wait (its queue and its run). When no connection is free at
-/// a request's time the dispatcher waits for one; the worst such lag is reported beside the
-/// figures, so a generator that cannot offer the rate shows.
+/// the generator reconnect for each. A request's latency runs from when it was sent. The
+/// generator's thread runs in the real-time class where it may, so that other threads of its
+/// core (the machine's own agents among them) do not hold its sends and reads back for
+/// milliseconds. Its worst lateness is reported beside the figures, so one that cannot offer the
+/// rate shows.
 fn scheduled(
+    node: u32,
     addr: SocketAddr,
     requests: &Arc<Vec<Vec<u8>>>,
     rate: f64,
@@ -161,11 +213,11 @@ fn scheduled(
     let total = (rate * length.as_secs_f64()).round() as usize;
     let interval = Duration::from_secs_f64(1.0 / rate);
     cores.run_here(|| {
+        let first = cores::run_first(true);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        rt.block_on(async {
-            let (idle_tx, mut idle) = tokio::sync::mpsc::unbounded_channel::<usize>();
+        let out = rt.block_on(async {
             let (mut writers, mut readers) = (Vec::new(), Vec::new());
-            for i in 0..connections {
+            for _ in 0..connections {
                 let stream = tokio::net::TcpStream::connect(addr)
                     .await
                     .with_context(|| format!("connecting to {addr}"))?;
@@ -173,26 +225,22 @@ fn scheduled(
                 let (read, write) = stream.into_split();
                 let (sent_tx, sent_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
                 writers.push((write, sent_tx));
-                readers.push(tokio::spawn(read_answers(read, sent_rx, i, idle_tx.clone())));
-                let _ = idle_tx.send(i);
+                readers.push(tokio::spawn(read_answers(read, sent_rx)));
             }
-            drop(idle_tx);
             let t0 = Instant::now() + Duration::from_millis(50);
+            tokio::time::sleep_until(t0.into()).await;
+            let cpu0 = cpu_time(node).unwrap_or_default();
             let (mut lag, mut unsent) = (Duration::ZERO, 0);
             for k in 0..total {
                 let due = t0 + interval.mul_f64(k as f64);
                 until(due).await;
-                // A connection with nothing outstanding (readers give theirs back when
-                // answered; a broken one is not given back).
-                let Some(i) = idle.recv().await else { break };
                 lag = lag.max(due.elapsed());
-                let (write, sent) = &mut writers[i];
-                match write.write_all(&requests[k % requests.len()]).await {
-                    Ok(()) => {
-                        let _ = sent.send(Instant::now());
-                    }
-                    // The connection is left out, as after a failed read.
-                    Err(_) => unsent += 1,
+                let (write, sent) = &mut writers[k % connections];
+                let at = Instant::now();
+                // A request on a connection whose reader has given up (an error, a timeout)
+                // counts as failed.
+                if write.write_all(&requests[k % requests.len()]).await.is_err() || sent.send(at).is_err() {
+                    unsent += 1;
                 }
             }
             // Readers end once their last answer is in; the write halves stay open until
@@ -207,9 +255,15 @@ fn scheduled(
             for r in readers {
                 all.add(r.await.context("a load reader panicked")?);
             }
+            all.wall = t0.elapsed();
+            all.node_cpu = cpu_time(node).unwrap_or_default().saturating_sub(cpu0);
             drop(writes);
             Ok(all)
-        })
+        });
+        if first {
+            cores::run_first(false);
+        }
+        out
     })
 }
 
@@ -226,19 +280,19 @@ async fn until(due: Instant) {
     }
 }
 
-/// Reads connection `i`'s answers, one per request sent on it (`sent` says when), and gives
-/// the connection back to `idle` after each; stops at the first error or timeout, leaving the
-/// connection out.
+/// Reads a connection's answers, in order, one per request sent on it (`sent` says when);
+/// stops at the first error or timeout.
 async fn read_answers(
     mut read: tokio::net::tcp::OwnedReadHalf,
     mut sent: tokio::sync::mpsc::UnboundedReceiver<Instant>,
-    i: usize,
-    idle: tokio::sync::mpsc::UnboundedSender<usize>,
 ) -> Scheduled {
     let mut out = Scheduled::default();
     let mut buf = Vec::with_capacity(16 * 1024);
+    // Bytes of the previous answer are dropped only once it has been taken, so that a
+    // following answer read in the same call (pipelined requests) is kept.
+    let mut taken = 0;
     while let Some(at) = sent.recv().await {
-        buf.clear();
+        buf.drain(..taken);
         let answer = tokio::time::timeout(TIMEOUT, async {
             loop {
                 if let Some(f) = loadgen::frame(&buf)? {
@@ -253,6 +307,7 @@ async fn read_answers(
         .await;
         match answer {
             Ok(Ok((200, body))) => {
+                taken = body.end;
                 let took = at.elapsed();
                 out.admitted_us.push(took.as_secs_f64() * 1e6);
                 if took > SLOW_ANSWER && out.slow_node_us.len() < RECEIPTS_READ {
@@ -263,27 +318,35 @@ async fn read_answers(
                     out.slow_node_us.extend(total);
                 }
             }
-            Ok(Ok((429 | 503, _))) => out.rejected += 1,
-            Ok(Ok(_)) => out.failed += 1,
+            Ok(Ok((429 | 503, body))) => {
+                taken = body.end;
+                out.refused_us.push(at.elapsed().as_secs_f64() * 1e6);
+            }
+            Ok(Ok((_, body))) => {
+                taken = body.end;
+                out.failed += 1;
+            }
             Ok(Err(_)) | Err(_) => {
                 out.failed += 1;
                 return out;
             }
         }
-        let _ = idle.send(i);
     }
     out
 }
 
-/// Answers per second from `clients` blocking clients sending back to back for `length`.
+/// Answers per second from `clients` blocking clients sending back to back for `length`, and
+/// the node's (`node`) CPU time per answer meanwhile (µs).
 fn capacity(
+    node: u32,
     addr: SocketAddr,
     requests: &Arc<Vec<Vec<u8>>>,
     clients: usize,
     length: Duration,
     cores: Cores,
-) -> Result<f64> {
+) -> Result<(f64, f64)> {
     let until = Instant::now() + length;
+    let cpu0 = cpu_time(node).unwrap_or_default();
     let answered = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..clients)
             .map(|c| {
@@ -307,5 +370,6 @@ fn capacity(
             .map(|w| w.join().map_err(|_| anyhow::anyhow!("a client panicked"))?)
             .sum::<Result<usize>>()
     })?;
-    Ok(answered as f64 / length.as_secs_f64())
+    let cpu = cpu_time(node).unwrap_or_default().saturating_sub(cpu0);
+    Ok((answered as f64 / length.as_secs_f64(), cpu.as_secs_f64() * 1e6 / answered.max(1) as f64))
 }
