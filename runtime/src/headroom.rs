@@ -85,6 +85,19 @@ impl Meter {
         !self.sampling && now.saturating_duration_since(self.sampled) >= WINDOW
     }
 
+    /// A request arrives at `now`: after [`FORGET`] without one, the thread admits everything
+    /// again at once (not only once a measurement is in: requests arriving while the first
+    /// one measures would meet the old share); then whether this one should measure.
+    fn arrive(&mut self, now: Instant) -> bool {
+        if !self.sampling && now.saturating_duration_since(self.sampled) >= FORGET {
+            self.share = 1.0;
+            self.behind_since = None;
+        }
+        let due = self.due(now);
+        self.sampling |= due;
+        due
+    }
+
     /// A measurement that began at `began`, when the thread's CPU time was `cpu`, found the
     /// thread `lag` behind.
     fn record(&mut self, began: Instant, cpu: Duration, lag: Duration, limit: Duration) {
@@ -142,11 +155,7 @@ pub(crate) async fn admit_new(limit: Duration) -> bool {
         return true;
     }
     let now = Instant::now();
-    if with_meter(|m| {
-        let due = m.due(now);
-        m.sampling |= due;
-        due
-    }) {
+    if with_meter(|m| m.arrive(now)) {
         let cpu = thread_cpu_time();
         tokio::task::yield_now().await;
         let lag = now.elapsed();
@@ -237,6 +246,17 @@ mod tests {
         run(&mut meter, &mut c, 10 * LIMIT, 1.0, 60);
         c.now += FORGET;
         assert_eq!(run(&mut meter, &mut c, 10 * LIMIT, 1.0, 1), 100);
+    }
+
+    #[test]
+    fn after_an_idle_spell_requests_arriving_during_the_first_measurement_are_admitted() {
+        let (mut meter, mut c) = start();
+        run(&mut meter, &mut c, 10 * LIMIT, 1.0, 60);
+        c.now += FORGET;
+        // The first request measures; those that come while it waits for the thread are
+        // admitted, not refused at the share the thread had before it went idle.
+        assert!(meter.arrive(c.now));
+        assert!((0..10).all(|_| !meter.arrive(c.now) && meter.admit()));
     }
 
     #[test]
