@@ -18,7 +18,7 @@ use crate::procfs::{cpu_time, peak_rss_mib};
 /// request runs and one waits, so the core never idles between answers; beyond that the
 /// node refuses (503) before reading the body. A CPU-bound plugin gains nothing from running
 /// two at once on one core: each takes twice as long. The sizes compared are in
-/// docs/performance.md, "Overload bulkhead".
+/// docs/performance.md, "Overload", "The route's bulkhead".
 const IN_FLIGHT: u32 = 1;
 const QUEUE: u32 = 1;
 
