@@ -12,6 +12,7 @@
 //! SIGTERM or ctrl-c.
 
 pub mod admin;
+mod head;
 pub mod kserve;
 pub mod listener;
 mod live;
