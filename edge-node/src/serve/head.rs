@@ -6,6 +6,14 @@
 //! request has arrived it is `idle` after the wait began, from the first byte on it is
 //! `header_read` after that byte. A wrapper around the socket ([`Watched`]) tells it when
 //! bytes arrive.
+//!
+//! The same wrapper keeps clients that trickle their heads from holding up the others. A
+//! head still incomplete [`SLOW_HEAD`] after its first byte is being trickled (a client's
+//! head is one write, and arrives within a round trip); each later read of it waits a random
+//! moment of up to [`SPREAD`] first. Without that, a thousand connections trickling a byte
+//! each in the same millisecond (an attacker chooses the timing) made the node read a
+//! thousand sockets in one go, and a good request arriving then waited behind all of them;
+//! spread over [`SPREAD`], the same reads come a few at a time between the good requests.
 
 use std::future::Future;
 use std::io;
@@ -20,6 +28,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+/// How long after its first byte a head that has not all arrived counts as trickled.
+const SLOW_HEAD: Duration = Duration::from_millis(50);
+
+/// The longest a read of a trickled head waits (each a random moment up to it).
+const SPREAD: Duration = Duration::from_millis(100);
+
 /// The connection's socket for hyper, and the timer hyper's header timeout is to run on.
 pub(super) fn watch(
     stream: TcpStream,
@@ -27,7 +41,7 @@ pub(super) fn watch(
     idle: Duration,
 ) -> (TokioIo<Watched>, HeadTimer) {
     let wait = Arc::new(HeadWait::new());
-    let io = TokioIo::new(Watched { stream, wait: Arc::clone(&wait) });
+    let io = TokioIo::new(Watched { stream, wait: Arc::clone(&wait), deferred: None });
     (io, HeadTimer { wait, header_read, idle, tokio: TokioTimer::new() })
 }
 
@@ -39,6 +53,8 @@ struct HeadWait {
     waits: AtomicU64,
     began: AtomicU64,
     first_byte: AtomicU64,
+    /// The number of the last wait that ended with its head read (or was given up).
+    ended: AtomicU64,
 }
 
 impl HeadWait {
@@ -48,6 +64,7 @@ impl HeadWait {
             waits: AtomicU64::new(0),
             began: AtomicU64::new(0),
             first_byte: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
         }
     }
 
@@ -55,11 +72,27 @@ impl HeadWait {
         u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// hyper began waiting for a request head.
-    fn begin(&self) {
-        self.waits.fetch_add(1, Ordering::Relaxed);
+    /// hyper began waiting for a request head; returns the wait's number.
+    fn begin(&self) -> u64 {
+        let number = self.waits.fetch_add(1, Ordering::Relaxed) + 1;
         self.began.store(self.since_opened(), Ordering::Relaxed);
         self.first_byte.store(0, Ordering::Relaxed);
+        number
+    }
+
+    /// Wait `number` ended: its head was read, or hyper gave it up.
+    fn end(&self, number: u64) {
+        self.ended.store(number, Ordering::Relaxed);
+    }
+
+    /// Whether the head being waited for, `now` (nanoseconds since the connection opened),
+    /// is being trickled: its first byte came over [`SLOW_HEAD`] ago and it is not all in.
+    fn trickling(&self, now: u64) -> bool {
+        let waits = self.waits.load(Ordering::Relaxed);
+        let first = self.first_byte.load(Ordering::Relaxed);
+        waits > self.ended.load(Ordering::Relaxed)
+            && first != 0
+            && now.saturating_sub(first) > u64::try_from(SLOW_HEAD.as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Bytes arrived.
@@ -85,15 +118,25 @@ impl HeadWait {
     }
 }
 
-/// The connection's socket, telling its [`HeadWait`] when bytes arrive.
+/// The connection's socket, telling its [`HeadWait`] when bytes arrive, and putting off
+/// each read of a trickled head by a random moment (the module doc says why).
 pub(super) struct Watched {
     stream: TcpStream,
     wait: Arc<HeadWait>,
+    /// The moment the next read of a trickled head waits for.
+    deferred: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl AsyncRead for Watched {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.wait.trickling(this.wait.since_opened()) {
+            let spread = SPREAD.mul_f64(fastrand::f64());
+            ready!(
+                this.deferred.get_or_insert_with(|| Box::pin(tokio::time::sleep(spread))).as_mut().poll(cx)
+            );
+            this.deferred = None;
+        }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
         if buf.filled().len() > before {
@@ -145,9 +188,10 @@ impl Timer for HeadTimer {
     }
 
     fn sleep_until(&self, _deadline: Instant) -> Pin<Box<dyn Sleep>> {
-        self.wait.begin();
+        let number = self.wait.begin();
         let deadline = self.wait.deadline(self.header_read, self.idle);
         Box::pin(HeadSleep {
+            number,
             wait: Arc::clone(&self.wait),
             header_read: self.header_read,
             idle: self.idle,
@@ -160,6 +204,8 @@ impl Timer for HeadTimer {
 /// A wait for a request head: ends at [`HeadWait::deadline`] as it stands when polled
 /// (hyper polls it each time the socket wakes the connection with too little of the head).
 struct HeadSleep {
+    /// Which of the connection's waits this is.
+    number: u64,
     wait: Arc<HeadWait>,
     header_read: Duration,
     idle: Duration,
@@ -183,6 +229,13 @@ impl Future for HeadSleep {
 
 impl Sleep for HeadSleep {}
 
+/// hyper drops the sleep once the head is read (or the wait given up): the wait is over.
+impl Drop for HeadSleep {
+    fn drop(&mut self) {
+        self.wait.end(self.number);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,5 +258,29 @@ mod tests {
         let head_deadline = wait.deadline(header_read, idle);
         assert!(head_deadline <= Instant::now() + header_read, "from its first byte a head gets header_read");
         assert!(head_deadline >= began + Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_head_counts_as_trickled_from_slow_head_after_its_first_byte_until_it_is_read() {
+        let ms = |n: u64| n * 1_000_000;
+        let wait = HeadWait::new();
+        let number = wait.begin();
+        assert!(!wait.trickling(ms(1000)), "no byte yet: an idle connection, not a trickle");
+        wait.first_byte.store(ms(10), Ordering::Relaxed);
+        assert!(!wait.trickling(ms(10) + ms(SLOW_HEAD.as_millis() as u64)), "a head within SLOW_HEAD");
+        assert!(wait.trickling(ms(11) + ms(SLOW_HEAD.as_millis() as u64)));
+        // Read: the body and the answer that follow are not put off.
+        wait.end(number);
+        assert!(!wait.trickling(ms(1000)));
+        // The next request's head starts afresh.
+        let next = wait.begin();
+        assert!(!wait.trickling(ms(2000)));
+        wait.first_byte.store(ms(2000), Ordering::Relaxed);
+        assert!(wait.trickling(ms(3000)));
+        // A wait given up late (an older number) does not end the current one.
+        wait.end(number);
+        assert!(wait.trickling(ms(3000)));
+        wait.end(next);
+        assert!(!wait.trickling(ms(3000)));
     }
 }

@@ -127,6 +127,25 @@ async fn a_head_that_does_not_arrive_is_closed_after_the_header_timeout() {
     server.shutdown().await.unwrap();
 }
 
+/// A head trickled in within the header limit is read and answered, on a fresh connection
+/// and on a kept-alive one: reading a trickled head is put off a random moment at a time (so
+/// that many trickling at once do not hold up other requests), never dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_trickled_within_the_header_limit_is_answered() {
+    let server = node("header-trickled.toml", |l| l.http_header_timeout_ms = 10_000).await;
+    let mut stream = TcpStream::connect(server.http_addr()).await.unwrap();
+    for _ in 0..2 {
+        // Five pieces 80 ms apart: from the third on, the head counts as trickled.
+        for piece in GET_LIVE.chunks(GET_LIVE.len().div_ceil(5)) {
+            stream.write_all(piece).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(80)).await;
+        }
+        let (status, _, body) = response(&mut stream).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    server.shutdown().await.unwrap();
+}
+
 /// A body that trickles in slower than the body limit gets 408 and its connection closed;
 /// the node goes on answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
