@@ -87,12 +87,13 @@ impl HeadWait {
 
     /// Whether the head being waited for, `now` (nanoseconds since the connection opened),
     /// is being trickled: its first byte came over [`SLOW_HEAD`] ago and it is not all in.
-    fn trickling(&self, now: u64) -> bool {
+    /// `now` is asked for only then: most reads are of heads that came whole, or of bodies.
+    fn trickling(&self, now: impl FnOnce() -> u64) -> bool {
         let waits = self.waits.load(Ordering::Relaxed);
         let first = self.first_byte.load(Ordering::Relaxed);
         waits > self.ended.load(Ordering::Relaxed)
             && first != 0
-            && now.saturating_sub(first) > u64::try_from(SLOW_HEAD.as_nanos()).unwrap_or(u64::MAX)
+            && now().saturating_sub(first) > u64::try_from(SLOW_HEAD.as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Bytes arrived.
@@ -130,7 +131,7 @@ pub(super) struct Watched {
 impl AsyncRead for Watched {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.wait.trickling(this.wait.since_opened()) {
+        if this.wait.trickling(|| this.wait.since_opened()) {
             let spread = SPREAD.mul_f64(fastrand::f64());
             ready!(
                 this.deferred.get_or_insert_with(|| Box::pin(tokio::time::sleep(spread))).as_mut().poll(cx)
@@ -265,22 +266,22 @@ mod tests {
         let ms = |n: u64| n * 1_000_000;
         let wait = HeadWait::new();
         let number = wait.begin();
-        assert!(!wait.trickling(ms(1000)), "no byte yet: an idle connection, not a trickle");
+        assert!(!wait.trickling(|| ms(1000)), "no byte yet: an idle connection, not a trickle");
         wait.first_byte.store(ms(10), Ordering::Relaxed);
-        assert!(!wait.trickling(ms(10) + ms(SLOW_HEAD.as_millis() as u64)), "a head within SLOW_HEAD");
-        assert!(wait.trickling(ms(11) + ms(SLOW_HEAD.as_millis() as u64)));
+        assert!(!wait.trickling(|| ms(10) + ms(SLOW_HEAD.as_millis() as u64)), "a head within SLOW_HEAD");
+        assert!(wait.trickling(|| ms(11) + ms(SLOW_HEAD.as_millis() as u64)));
         // Read: the body and the answer that follow are not put off.
         wait.end(number);
-        assert!(!wait.trickling(ms(1000)));
+        assert!(!wait.trickling(|| ms(1000)));
         // The next request's head starts afresh.
         let next = wait.begin();
-        assert!(!wait.trickling(ms(2000)));
+        assert!(!wait.trickling(|| ms(2000)));
         wait.first_byte.store(ms(2000), Ordering::Relaxed);
-        assert!(wait.trickling(ms(3000)));
+        assert!(wait.trickling(|| ms(3000)));
         // A wait given up late (an older number) does not end the current one.
         wait.end(number);
-        assert!(wait.trickling(ms(3000)));
+        assert!(wait.trickling(|| ms(3000)));
         wait.end(next);
-        assert!(!wait.trickling(ms(3000)));
+        assert!(!wait.trickling(|| ms(3000)));
     }
 }
