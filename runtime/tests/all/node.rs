@@ -2,6 +2,7 @@
 //! and model, escalating over real QUIC to a central node in the same process, through
 //! every stage from validation to escalation.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -161,12 +162,9 @@ async fn a_full_route_refuses_at_once_and_the_node_switches_to_emergency() {
     assert_eq!(metric(&text, "cascade_sandbox_failures_total{", &["kind=\"timeout\""]), Some(1.0), "{text}");
 }
 
-/// A plugin runs on the thread that holds its request, and yields at every epoch tick: on a
-/// runtime with a single thread, one looping to its 1 s deadline leaves that thread to the
-/// other requests, which are answered while it loops.
-#[test]
-fn a_looping_plugin_on_a_one_thread_runtime_leaves_the_thread_to_other_requests() {
-    let node = Node::new(resolve("node-one-thread.toml", &edge(0.0, None))).unwrap();
+/// Runs `body` on a one-thread runtime beside a `hostile` request looping on the same thread
+/// to its 1 s deadline; returns what `body` returned, once the loop has ended in a timeout.
+fn beside_a_looping_plugin<T, F: Future<Output = T>>(node: &Arc<Node>, body: impl FnOnce() -> F) -> T {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let looping = tokio::spawn({
@@ -174,20 +172,32 @@ fn a_looping_plugin_on_a_one_thread_runtime_leaves_the_thread_to_other_requests(
             async move { node.infer("hostile", vec![], vec![("mode".into(), "loop".into())]).await }
         });
         tokio::task::yield_now().await;
+        let out = body().await;
+        let err = looping.await.unwrap().unwrap_err();
+        assert!(matches!(&err, ServeError::Plugin { kind: "timeout", .. }), "{err}");
+        out
+    })
+}
+
+/// A plugin runs on the thread that holds its request, and yields at every epoch tick: on a
+/// runtime with a single thread, one looping to its 1 s deadline leaves that thread to the
+/// other requests, which are answered while it loops.
+#[test]
+fn a_looping_plugin_on_a_one_thread_runtime_leaves_the_thread_to_other_requests() {
+    let node = Node::new(resolve("node-one-thread.toml", &edge(0.0, None))).unwrap();
+    let waited = beside_a_looping_plugin(&node, || async {
         let started = Instant::now();
         for i in 0..20 {
             let answer = node.infer("digits", image(i), vec![]).await.unwrap();
             assert_eq!(answer.tier.as_str(), "edge", "request {i}");
         }
-        // Each waits a tick or two for the looping guest to yield. A yield that put the guest
-        // straight back on the run queue would make each wait 61 ticks (tokio polls its drivers
-        // and the `block_on` future every 61 tasks): over a second for the twenty, longer
-        // than the loop's deadline.
-        let waited = started.elapsed();
-        assert!(waited < Duration::from_millis(400), "20 requests took {waited:?} beside a looping plugin");
-        let err = looping.await.unwrap().unwrap_err();
-        assert!(matches!(&err, ServeError::Plugin { kind: "timeout", .. }), "{err}");
+        started.elapsed()
     });
+    // Each waits a tick or two for the looping guest to yield. A yield that put the guest
+    // straight back on the run queue would make each wait 61 ticks (tokio polls its drivers
+    // and the `block_on` future every 61 tasks): over a second for the twenty, longer than the
+    // loop's deadline.
+    assert!(waited < Duration::from_millis(400), "20 requests took {waited:?} beside a looping plugin");
 }
 
 /// `admission.max_intake_lag_us`: beside a plugin looping on the one thread (so every other
@@ -200,13 +210,7 @@ fn a_thread_kept_behind_sheds_new_requests_only_when_configured() {
         let mut config = edge(0.0, None);
         config.node.admission.max_intake_lag_us = lag_us;
         let node = Node::new(resolve(&format!("node-intake-{lag_us}.toml"), &config)).unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            let looping = tokio::spawn({
-                let node = node.clone();
-                async move { node.infer("hostile", vec![], vec![("mode".into(), "loop".into())]).await }
-            });
-            tokio::task::yield_now().await;
+        beside_a_looping_plugin(&node, || async {
             let (started, mut behind) = (Instant::now(), 0);
             while started.elapsed() < Duration::from_millis(300) {
                 match node.refuse_early("digits").await {
@@ -217,7 +221,6 @@ fn a_thread_kept_behind_sheds_new_requests_only_when_configured() {
                 // Every request takes its turn behind the guest.
                 tokio::task::yield_now().await;
             }
-            looping.await.unwrap().unwrap_err();
             behind
         })
     };
