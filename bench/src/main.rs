@@ -107,6 +107,10 @@ enum Suite {
         /// overload, slow_clients, peer_flood, hostile, reload); default all.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Also draw the scenarios that have a picture into this directory (overload: every
+        /// admitted answer's latency over the 3x phase, governed and not: `overload.png`).
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
     /// The device build: binary size per architecture, start to ready and to first answer
     /// with a precompiled plugin, idle memory (build it first: tools/device.sh, tools/cross.sh).
@@ -184,8 +188,9 @@ fn main() -> anyhow::Result<()> {
             let repo = repository(&reference.models);
             edge::run(&reference.models, &reference.plugin, &repo, run.quick)?.print(run.json)
         }
-        Suite::Faults { run, reference, only } => {
-            faults::run(&reference.models, &reference.plugin, run.quick, &only)?.print(run.json)
+        Suite::Faults { run, reference, only, plot } => {
+            faults::run(&reference.models, &reference.plugin, run.quick, &only, plot.as_deref())?
+                .print(run.json)
         }
         Suite::Device { run, reference, target_dir } => {
             let target_dir = match target_dir {

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use plotters::style::FontStyle;
 
 /// The family name the charts use; registered under it by [`register`].
-pub(crate) const FAMILY: &str = "sans-serif";
+pub const FAMILY: &str = "sans-serif";
 
 /// Where Debian's font packages put a usable font.
 const FONTS: [&str; 2] = [
@@ -17,7 +17,7 @@ const FONTS: [&str; 2] = [
 
 /// Registers the first font found as [`FAMILY`], once per process; an error says which
 /// package to install.
-pub(crate) fn register() -> anyhow::Result<()> {
+pub fn register() -> anyhow::Result<()> {
     static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {

@@ -17,6 +17,7 @@ pub mod check_cmd;
 pub mod demo;
 pub mod deployment;
 pub mod figures;
-mod font;
+/// The font the charts are laid out with (also the benchmarks').
+pub mod font;
 pub mod plugin_cmd;
 pub mod serve;

@@ -29,6 +29,7 @@ mod cores;
 mod hostile;
 mod link;
 mod overload;
+mod overload_plot;
 mod slow_clients;
 mod tiers;
 
@@ -64,13 +65,25 @@ pub(crate) struct Setup {
     models_dir: PathBuf,
     test: Digits,
     quick: bool,
+    /// Where scenarios with a picture draw it (`--plot`).
+    plot: Option<PathBuf>,
 }
 
 /// Runs every scenario (or those named in `only`) and returns the figures of those that
 /// could run.
-pub(crate) fn run(models_dir: &Path, plugin_crate: &Path, quick: bool, only: &[String]) -> Result<Figures> {
+pub(crate) fn run(
+    models_dir: &Path,
+    plugin_crate: &Path,
+    quick: bool,
+    only: &[String],
+    plot: Option<&Path>,
+) -> Result<Figures> {
     raise_fd_limit();
-    let setup = Setup::new(models_dir, plugin_crate, quick)?;
+    let mut setup = Setup::new(models_dir, plugin_crate, quick)?;
+    if let Some(dir) = plot {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        setup.plot = Some(dir.to_owned());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let mut figures = Figures::default();
     type Scenario = fn(&Setup, &tokio::runtime::Runtime) -> Result<Vec<Figure>>;
@@ -125,6 +138,7 @@ impl Setup {
             models_dir: models_dir.to_path_buf(),
             test,
             quick,
+            plot: None,
         })
     }
 

@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 
 use super::cores::{self, Cores, born_on_node_core};
+use super::overload_plot as plot;
 use super::{Figure, Setup, loopback};
 use crate::loadgen::{self, Conn};
 use crate::procfs::{cpu_time, peak_rss_mib};
@@ -80,14 +81,21 @@ pub(super) fn overload(s: &Setup, rt: &Runtime) -> Result<Vec<Figure>> {
 
     let mut runs =
         [(Scheduled::default(), Scheduled::default()), (Scheduled::default(), Scheduled::default())];
+    // The first 3x phase of each edge, as (seconds into it, latency) of every admitted answer.
+    let mut pictured: [Vec<(f64, f64)>; 2] = Default::default();
     for round in 0..rounds {
-        for ((name, edge, process, cores), (unloaded, loaded)) in edges.iter().zip(runs.iter_mut()) {
+        for (((name, edge, process, cores), (unloaded, loaded)), picture) in
+            edges.iter().zip(runs.iter_mut()).zip(pictured.iter_mut())
+        {
             let (pid, addr) = (process.id(), loopback(edge.http));
             let calm = scheduled(pid, addr, &requests, (capacity / 10.0).max(50.0), window, 8, *cores)?;
             eprintln!("faults.overload: round {round}, {name}, unloaded: {calm}");
             unloaded.add(calm);
             let storm = scheduled(pid, addr, &requests, 3.0 * capacity, window, STORM_CONNECTIONS, *cores)?;
             eprintln!("faults.overload: round {round}, {name}, 3x capacity: {storm}");
+            if round == 0 {
+                *picture = storm.over_time();
+            }
             loaded.add(storm);
         }
     }
@@ -111,6 +119,12 @@ pub(super) fn overload(s: &Setup, rt: &Runtime) -> Result<Vec<Figure>> {
         }
         ratios.push(storm_p99 / calm_p99);
     }
+    if let Some(dir) = &s.plot {
+        let file = dir.join("overload.png");
+        let goal = 2.0 * percentile(&mut runs[0].0.admitted_us.clone(), 0.99);
+        plot::draw(&file, &pictured[0], &pictured[1], goal)?;
+        eprintln!("faults.overload: drew {}", file.display());
+    }
     let refused = |l: &Scheduled| l.refused_us.len() as f64 / l.sent().max(1) as f64;
     let (governed, ungoverned) = (&runs[0].1, &runs[1].1);
     Ok(vec![
@@ -132,6 +146,8 @@ pub(super) fn overload(s: &Setup, rt: &Runtime) -> Result<Vec<Figure>> {
 struct Scheduled {
     /// Latencies of the 200 answers, µs from when each request was sent.
     admitted_us: Vec<f64>,
+    /// When each of those requests was sent (same order).
+    admitted_sent: Vec<Instant>,
     /// For admitted answers slower than [`SLOW_ANSWER`]: the node's own time on them (µs,
     /// the `timings_us.total` of their receipts), to tell its work from waiting outside it.
     slow_node_us: Vec<f64>,
@@ -149,12 +165,23 @@ struct Scheduled {
 }
 
 impl Scheduled {
+    /// Every admitted answer as (seconds since the first was sent, latency in µs).
+    fn over_time(&self) -> Vec<(f64, f64)> {
+        let Some(&first) = self.admitted_sent.iter().min() else { return Vec::new() };
+        self.admitted_sent
+            .iter()
+            .map(|at| at.duration_since(first).as_secs_f64())
+            .zip(self.admitted_us.iter().copied())
+            .collect()
+    }
+
     fn sent(&self) -> usize {
         self.admitted_us.len() + self.refused_us.len() + self.failed
     }
 
     fn add(&mut self, other: Scheduled) {
         self.admitted_us.extend(other.admitted_us);
+        self.admitted_sent.extend(other.admitted_sent);
         self.slow_node_us.extend(other.slow_node_us);
         self.refused_us.extend(other.refused_us);
         self.failed += other.failed;
@@ -310,6 +337,7 @@ async fn read_answers(
                 taken = body.end;
                 let took = at.elapsed();
                 out.admitted_us.push(took.as_secs_f64() * 1e6);
+                out.admitted_sent.push(at);
                 if took > SLOW_ANSWER && out.slow_node_us.len() < RECEIPTS_READ {
                     // A sample, so that parsing receipts takes little from the generator.
                     let receipt = serde_json::from_slice::<serde_json::Value>(&buf[body]).ok();
