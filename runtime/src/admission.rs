@@ -43,7 +43,7 @@ pub enum Rejection {
     #[error("node is at its in-flight limit")]
     NodeBusy,
     /// The thread that took the request in has fallen behind ([`crate::headroom`]).
-    #[error("node is behind with taking requests in")]
+    #[error("node is shedding load: it has fallen behind taking requests in")]
     Behind,
     /// The requesting edge holds its fair share of the route while other edges wait
     /// (escalations only; see [`crate::FairShare`]).

@@ -59,8 +59,10 @@ struct Meter {
     /// When the last measurement began, and the thread's CPU time then.
     sampled: Instant,
     cpu_at_sample: Duration,
-    /// A request is measuring now.
-    sampling: bool,
+    /// When the request measuring now began (`None`: none is). One that never reports back
+    /// (its client hung up during the yield, or it was resumed on another thread) is
+    /// abandoned after [`FORGET`], so that measuring goes on.
+    sampling: Option<Instant>,
     /// Since when every measurement has been over the lag limit (`None`: the last was not).
     behind_since: Option<Instant>,
     /// Share of new requests admitted, in [`MIN_SHARE`, 1]; below 1 the thread is shedding.
@@ -74,40 +76,47 @@ impl Meter {
         Meter {
             sampled: now,
             cpu_at_sample: cpu,
-            sampling: false,
+            sampling: None,
             behind_since: None,
             share: 1.0,
             credit: 0.0,
         }
     }
 
+    /// Whether a measurement is out at `now` (and not yet abandoned).
+    fn measuring(&self, now: Instant) -> bool {
+        self.sampling.is_some_and(|began| now.saturating_duration_since(began) < FORGET)
+    }
+
     /// Whether a request arriving at `now` should measure the lag.
     fn due(&self, now: Instant) -> bool {
-        !self.sampling && now.saturating_duration_since(self.sampled) >= WINDOW
+        !self.measuring(now) && now.saturating_duration_since(self.sampled) >= WINDOW
     }
 
     /// A request arrives at `now`: after [`FORGET`] without one, the thread admits everything
     /// again at once (not only once a measurement is in: requests arriving while the first
     /// one measures would meet the old share); then whether this one should measure.
     fn arrive(&mut self, now: Instant) -> bool {
-        if !self.sampling && now.saturating_duration_since(self.sampled) >= FORGET {
+        if !self.measuring(now) && now.saturating_duration_since(self.sampled) >= FORGET {
             self.share = 1.0;
             self.behind_since = None;
         }
         let due = self.due(now);
-        self.sampling |= due;
+        if due {
+            self.sampling = Some(now);
+        }
         due
     }
 
     /// A measurement that began at `began`, when the thread's CPU time was `cpu`, found the
     /// thread `lag` behind.
     fn record(&mut self, began: Instant, cpu: Duration, lag: Duration, limit: Duration) {
+        self.sampling = None;
         let elapsed = began.saturating_duration_since(self.sampled);
         let busy = cpu.saturating_sub(self.cpu_at_sample).as_secs_f64() / elapsed.as_secs_f64().max(1e-9);
         (self.sampled, self.cpu_at_sample) = (began, cpu);
+        // After an idle spell `arrive` has started afresh; how busy the spell was says nothing.
         if elapsed >= FORGET {
-            self.share = 1.0;
-            self.behind_since = None;
             return;
         }
         if lag <= limit {
@@ -160,16 +169,13 @@ pub(crate) async fn admit_new(limit: Duration) -> bool {
         let cpu = thread_cpu_time();
         tokio::task::yield_now().await;
         let lag = now.elapsed();
-        with_meter(|m| {
-            m.sampling = false;
-            m.record(now, cpu, lag, limit);
-        });
+        with_meter(|m| m.record(now, cpu, lag, limit));
     }
     with_meter(Meter::admit)
 }
 
-/// The calling thread's CPU time so far (zero where the platform has no thread clock: the
-/// thread then looks idle, and sheds only down to what keeps it busy... never, in effect).
+/// The calling thread's CPU time so far; zero where the platform has no thread clock, where
+/// the thread then always looks idle and never sheds.
 fn thread_cpu_time() -> Duration {
     #[cfg(unix)]
     {
@@ -202,7 +208,7 @@ mod tests {
             admitted = 0;
             c.now += WINDOW;
             c.cpu += WINDOW.mul_f64(busy);
-            assert!(meter.due(c.now));
+            assert!(meter.arrive(c.now));
             meter.record(c.now, c.cpu, lag, LIMIT);
             for _ in 0..100 {
                 admitted += usize::from(meter.admit());
@@ -299,5 +305,21 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(shed, "a thread 5 ms behind for {:?} never shed", 10 * INTERVAL);
+    }
+
+    #[test]
+    fn a_measurement_that_never_reports_back_is_abandoned() {
+        // Its request was dropped during the yield (the client hung up) or resumed on another
+        // thread: without abandoning it the thread would never measure again, keeping
+        // whatever share it had.
+        let (mut meter, mut c) = start();
+        let interval = (INTERVAL.as_millis() / WINDOW.as_millis()) as usize;
+        run(&mut meter, &mut c, 10 * LIMIT, 1.0, interval + 5);
+        c.now += WINDOW;
+        assert!(meter.arrive(c.now));
+        c.now += WINDOW;
+        assert!(!meter.arrive(c.now), "a second measurement while the first is out");
+        c.now += FORGET;
+        assert!(meter.arrive(c.now), "the lost measurement held the thread's meter");
     }
 }
