@@ -127,6 +127,11 @@ pub(super) fn overload(s: &Setup, rt: &Runtime) -> Result<Vec<Figure>> {
     }
     let refused = |l: &Scheduled| l.refused_us.len() as f64 / l.sent().max(1) as f64;
     let (governed, ungoverned) = (&runs[0].1, &runs[1].1);
+    if let Some((answer, refusal)) = costs(governed, ungoverned) {
+        eprintln!(
+            "faults.overload: the node's CPU per answer {answer:.1} us and per refusal {refusal:.1} us at 3x (solved from the two edges' 3x phases)"
+        );
+    }
     Ok(vec![
         ("faults.overload.admitted_p99_ratio", ratios[0], "ratio"),
         ("faults.overload.rejected_share", refused(governed), "fraction"),
@@ -139,6 +144,19 @@ pub(super) fn overload(s: &Setup, rt: &Runtime) -> Result<Vec<Figure>> {
             "ratio",
         ),
     ])
+}
+
+/// What an answer and a refusal cost the node (µs of CPU each), from two runs that mixed
+/// them differently: node CPU = answers × a + refusals × r, once per run, solved for a and r.
+/// `None` when the two mixes are too alike to tell the costs apart.
+fn costs(one: &Scheduled, other: &Scheduled) -> Option<(f64, f64)> {
+    let row = |s: &Scheduled| {
+        (s.admitted_us.len() as f64, s.refused_us.len() as f64, s.node_cpu.as_secs_f64() * 1e6)
+    };
+    let ((a1, r1, c1), (a2, r2, c2)) = (row(one), row(other));
+    let det = a1 * r2 - a2 * r1;
+    (det.abs() > 1e-6 * (a1 * r2).abs().max((a2 * r1).abs()).max(1.0))
+        .then(|| ((c1 * r2 - c2 * r1) / det, (a1 * c2 - a2 * c1) / det))
 }
 
 /// What [`scheduled`] measured.
@@ -241,6 +259,12 @@ fn scheduled(
     let interval = Duration::from_secs_f64(1.0 / rate);
     cores.run_here(|| {
         let first = cores::run_first(true);
+        static SAID: std::sync::Once = std::sync::Once::new();
+        if !first {
+            SAID.call_once(|| eprintln!(
+                "faults.overload: could not give the generator the real-time class (needs CAP_SYS_NICE); other threads of its core may delay its sends and reads, which then count as latency"
+            ));
+        }
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let out = rt.block_on(async {
             let (mut writers, mut readers) = (Vec::new(), Vec::new());
@@ -400,4 +424,27 @@ fn capacity(
     })?;
     let cpu = cpu_time(node).unwrap_or_default().saturating_sub(cpu0);
     Ok((answered as f64 / length.as_secs_f64(), cpu.as_secs_f64() * 1e6 / answered.max(1) as f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(answers: usize, refusals: usize, answer_us: f64, refusal_us: f64) -> Scheduled {
+        let cpu = answers as f64 * answer_us + refusals as f64 * refusal_us;
+        Scheduled {
+            admitted_us: vec![0.0; answers],
+            refused_us: vec![0.0; refusals],
+            node_cpu: Duration::from_secs_f64(cpu / 1e6),
+            ..Scheduled::default()
+        }
+    }
+
+    #[test]
+    fn the_costs_of_an_answer_and_a_refusal_are_solved_from_two_mixes() {
+        let (a, r) = costs(&phase(17_000, 100_000, 48.0, 22.0), &phase(50_000, 69_000, 48.0, 22.0)).unwrap();
+        assert!((a - 48.0).abs() < 0.01 && (r - 22.0).abs() < 0.01, "{a} {r}");
+        // The same mix twice says nothing about either.
+        assert!(costs(&phase(100, 200, 48.0, 22.0), &phase(200, 400, 48.0, 22.0)).is_none());
+    }
 }

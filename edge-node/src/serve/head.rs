@@ -132,10 +132,11 @@ impl AsyncRead for Watched {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.wait.trickling(|| this.wait.since_opened()) {
-            let spread = SPREAD.mul_f64(fastrand::f64());
-            ready!(
-                this.deferred.get_or_insert_with(|| Box::pin(tokio::time::sleep(spread))).as_mut().poll(cx)
-            );
+            // The moment is drawn once per deferral, not at every poll while it runs.
+            let deferred = this
+                .deferred
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(SPREAD.mul_f64(fastrand::f64()))));
+            ready!(deferred.as_mut().poll(cx));
             this.deferred = None;
         }
         let before = buf.filled().len();
