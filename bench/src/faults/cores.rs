@@ -99,17 +99,33 @@ pub(super) fn run_when_idle() -> bool {
     unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 }
 }
 
-/// Puts the calling thread in Linux's `SCHED_FIFO` class at the lowest real-time priority,
-/// so that no ordinary thread of its core (the machine's own agents, this process's other
-/// threads) preempts it; with `false`, back in the ordinary class. Whether that worked (it
-/// needs the privilege to). The kernel still leaves ordinary threads a share of each second
-/// (`sched_rt_runtime_us`), so a thread that never blocks cannot take the core whole.
-pub(super) fn run_first(first: bool) -> bool {
-    let (policy, priority) = if first { (libc::SCHED_FIFO, 1) } else { (libc::SCHED_OTHER, 0) };
-    let param = libc::sched_param { sched_priority: priority };
-    // SAFETY: 0 names the calling thread; `param` is an initialised sched_param with a
-    // priority valid for the policy.
-    unsafe { libc::sched_setscheduler(0, policy, &param) == 0 }
+/// Runs `f` with the calling thread (and the threads `f` starts, which inherit it) in Linux's
+/// `SCHED_FIFO` class at the lowest real-time priority, then back in the ordinary class: no
+/// ordinary thread of its core (the machine's own agents, this process's other threads)
+/// preempts a load generator, whose delays would count as the node's latency. The kernel
+/// still leaves ordinary threads a share of each second (`sched_rt_runtime_us`). Without
+/// the privilege `f` runs as it is, and the process says so once.
+pub(super) fn run_first<T>(f: impl FnOnce() -> T) -> T {
+    let set = |policy, priority| {
+        let param = libc::sched_param { sched_priority: priority };
+        // SAFETY: 0 names the calling thread; `param` is an initialised sched_param with a
+        // priority valid for the policy.
+        unsafe { libc::sched_setscheduler(0, policy, &param) == 0 }
+    };
+    let first = set(libc::SCHED_FIFO, 1);
+    if !first {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            eprintln!(
+                "faults: could not give the load generators the real-time class (needs CAP_SYS_NICE); other threads of their core may delay them, which then counts as the node's latency"
+            )
+        });
+    }
+    let out = f();
+    if first {
+        set(libc::SCHED_OTHER, 0);
+    }
+    out
 }
 
 /// Lets thread `tid` (0: the calling thread) run on `cores` only; whether that worked.

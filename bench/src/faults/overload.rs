@@ -258,63 +258,55 @@ fn scheduled(
     let total = (rate * length.as_secs_f64()).round() as usize;
     let interval = Duration::from_secs_f64(1.0 / rate);
     cores.run_here(|| {
-        let first = cores::run_first(true);
-        static SAID: std::sync::Once = std::sync::Once::new();
-        if !first {
-            SAID.call_once(|| eprintln!(
-                "faults.overload: could not give the generator the real-time class (needs CAP_SYS_NICE); other threads of its core may delay its sends and reads, which then count as latency"
-            ));
-        }
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let out = rt.block_on(async {
-            let (mut writers, mut readers) = (Vec::new(), Vec::new());
-            for _ in 0..connections {
-                let stream = tokio::net::TcpStream::connect(addr)
-                    .await
-                    .with_context(|| format!("connecting to {addr}"))?;
-                stream.set_nodelay(true)?;
-                let (read, write) = stream.into_split();
-                let (sent_tx, sent_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-                writers.push((write, sent_tx));
-                readers.push(tokio::spawn(read_answers(read, sent_rx)));
-            }
-            let t0 = Instant::now() + Duration::from_millis(50);
-            tokio::time::sleep_until(t0.into()).await;
-            let cpu0 = cpu_time(node).unwrap_or_default();
-            let (mut lag, mut unsent) = (Duration::ZERO, 0);
-            for k in 0..total {
-                let due = t0 + interval.mul_f64(k as f64);
-                until(due).await;
-                lag = lag.max(due.elapsed());
-                let (write, sent) = &mut writers[k % connections];
-                let at = Instant::now();
-                // A request on a connection whose reader has given up (an error, a timeout)
-                // counts as failed.
-                if write.write_all(&requests[k % requests.len()]).await.is_err() || sent.send(at).is_err() {
-                    unsent += 1;
+        cores::run_first(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let (mut writers, mut readers) = (Vec::new(), Vec::new());
+                for _ in 0..connections {
+                    let stream = tokio::net::TcpStream::connect(addr)
+                        .await
+                        .with_context(|| format!("connecting to {addr}"))?;
+                    stream.set_nodelay(true)?;
+                    let (read, write) = stream.into_split();
+                    let (sent_tx, sent_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+                    writers.push((write, sent_tx));
+                    readers.push(tokio::spawn(read_answers(read, sent_rx)));
                 }
-            }
-            // Readers end once their last answer is in; the write halves stay open until
-            // then (a client that half-closes its connection gets no answer from hyper).
-            let (writes, sents): (Vec<_>, Vec<_>) = writers.into_iter().unzip();
-            drop(sents);
-            let mut all = Scheduled {
-                worst_send_lag_us: lag.as_secs_f64() * 1e6,
-                failed: unsent,
-                ..Scheduled::default()
-            };
-            for r in readers {
-                all.add(r.await.context("a load reader panicked")?);
-            }
-            all.wall = t0.elapsed();
-            all.node_cpu = cpu_time(node).unwrap_or_default().saturating_sub(cpu0);
-            drop(writes);
-            Ok(all)
-        });
-        if first {
-            cores::run_first(false);
-        }
-        out
+                let t0 = Instant::now() + Duration::from_millis(50);
+                tokio::time::sleep_until(t0.into()).await;
+                let cpu0 = cpu_time(node).unwrap_or_default();
+                let (mut lag, mut unsent) = (Duration::ZERO, 0);
+                for k in 0..total {
+                    let due = t0 + interval.mul_f64(k as f64);
+                    until(due).await;
+                    lag = lag.max(due.elapsed());
+                    let (write, sent) = &mut writers[k % connections];
+                    let at = Instant::now();
+                    // A request on a connection whose reader has given up (an error, a timeout)
+                    // counts as failed.
+                    if write.write_all(&requests[k % requests.len()]).await.is_err() || sent.send(at).is_err()
+                    {
+                        unsent += 1;
+                    }
+                }
+                // Readers end once their last answer is in; the write halves stay open until
+                // then (a client that half-closes its connection gets no answer from hyper).
+                let (writes, sents): (Vec<_>, Vec<_>) = writers.into_iter().unzip();
+                drop(sents);
+                let mut all = Scheduled {
+                    worst_send_lag_us: lag.as_secs_f64() * 1e6,
+                    failed: unsent,
+                    ..Scheduled::default()
+                };
+                for r in readers {
+                    all.add(r.await.context("a load reader panicked")?);
+                }
+                all.wall = t0.elapsed();
+                all.node_cpu = cpu_time(node).unwrap_or_default().saturating_sub(cpu0);
+                drop(writes);
+                Ok(all)
+            })
+        })
     })
 }
 

@@ -65,17 +65,7 @@ pub(super) fn slow_clients(s: &Setup, rt: &Runtime) -> Result<Vec<Figure>> {
         // as the overload generator: the machine's own agents took its core for 2-5 ms at a
         // time, and its p99 alone and beside the slow clients measured them, not the node.
         // The slow clients and the fd sampler put themselves in the idle class.
-        let first = cores::run_first(true);
-        if !first {
-            eprintln!(
-                "faults.slow_clients: could not give the good client the real-time class (needs CAP_SYS_NICE); other threads of its core may delay it, which then counts as the node's latency"
-            );
-        }
-        let out = slow_rounds(addr, pid, &requests, rounds, window);
-        if first {
-            cores::run_first(false);
-        }
-        out
+        cores::run_first(|| slow_rounds(addr, pid, &requests, rounds, window))
     })
 }
 
