@@ -59,6 +59,12 @@ pub enum GuestBuildError {
         /// The OS error.
         cause: std::io::Error,
     },
+    /// This build leaves out the plugin tooling (a device build, without `compiler`).
+    #[error(
+        "this edge-node was built without the plugin compiler (a device build): build plugins with a \
+         default build, `edge-node plugin build <crate-dir> --target <triple>`, and copy the .cwasm"
+    )]
+    NoCompiler,
     /// The core module could not be turned into a valid component.
     #[error("guest module {file} cannot be made into a component: {why}")]
     Encode {
@@ -169,6 +175,10 @@ impl GuestBuilder {
     /// Compiles the crate at `crate_dir` for wasm32-unknown-unknown (release profile) and
     /// wraps the module as a validated component.
     pub fn build(&self, crate_dir: &Path) -> Result<BuiltGuest, GuestBuildError> {
+        // Refused before cargo runs: without the encoder the build could not be finished.
+        if !cfg!(feature = "compiler") {
+            return Err(GuestBuildError::NoCompiler);
+        }
         // cargo runs inside the crate directory, so relative paths would resolve twice.
         let crate_dir = &std::path::absolute(crate_dir).unwrap_or_else(|_| crate_dir.to_path_buf());
         let target_dir = std::path::absolute(&self.target_dir).unwrap_or_else(|_| self.target_dir.clone());
@@ -245,6 +255,7 @@ impl GuestBuilder {
 
 /// Wraps a core module (with its embedded component-type section from wit-bindgen) as a
 /// validated component.
+#[cfg(feature = "compiler")]
 pub fn encode_component(core: &[u8]) -> Result<Vec<u8>, String> {
     wit_component::ComponentEncoder::default()
         .module(core)
@@ -252,10 +263,30 @@ pub fn encode_component(core: &[u8]) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("{e:#}"))
 }
 
+/// Without the plugin tooling (a device build) there is no encoder; [`GuestBuilder::build`]
+/// refuses before it gets here.
+#[cfg(not(feature = "compiler"))]
+pub fn encode_component(_core: &[u8]) -> Result<Vec<u8>, String> {
+    Err(GuestBuildError::NoCompiler.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The device build: `plugin build` is refused before cargo runs, saying which build
+    /// makes plugins.
+    #[cfg(not(feature = "compiler"))]
+    #[test]
+    fn without_compiler_no_guest_is_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = GuestBuilder::new(dir.path()).build(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("without the plugin compiler") && err.contains("--target <triple>"), "{err}");
+        assert!(!err.contains('\n'));
+        assert!(encode_component(b"\0asm").is_err());
+    }
+
+    #[cfg(feature = "compiler")]
     #[test]
     fn manifest_must_be_a_cdylib() {
         let dir = tempfile::tempdir().unwrap();
@@ -270,6 +301,7 @@ mod tests {
         assert!(matches!(missing, GuestBuildError::Manifest { .. }), "{missing}");
     }
 
+    #[cfg(feature = "compiler")]
     #[test]
     fn bytes_that_are_not_wasm_are_refused() {
         assert!(encode_component(b"not wasm").is_err());
