@@ -70,11 +70,11 @@ impl Default for SandboxConfig {
 /// precompiled for another machine ([`super::precompiled`]): wasmtime refuses a precompiled
 /// file made with others.
 pub(super) fn compile_settings(wasm: &mut wasmtime::Config, max_wasm_stack: usize) {
-    // Guests built from Rust need no GC proposal, and the workspace builds wasmtime without a
-    // collector: turn GC support off rather than fail at engine creation.
+    // Guests built from Rust need neither the GC proposal nor threads, and the workspace
+    // builds wasmtime without either (a smaller device binary): say so rather than rely on
+    // the defaults.
     wasm.wasm_component_model(true)
         .wasm_gc(false)
-        .wasm_function_references(false)
         .gc_support(false)
         .epoch_interruption(true)
         .max_wasm_stack(max_wasm_stack);

@@ -138,7 +138,7 @@ mod tests {
     fn parks_when_idle_and_still_interrupts_a_guest_started_afterwards() {
         // As the sandbox does: this build of wasmtime has no garbage collector.
         let mut config = Config::new();
-        config.wasm_gc(false).wasm_function_references(false).gc_support(false).epoch_interruption(true);
+        config.wasm_gc(false).gc_support(false).epoch_interruption(true);
         let engine = Engine::new(&config).unwrap();
         let module = Module::new(&engine, SPIN).unwrap();
         let ticker = EpochTicker::start(engine.clone(), Duration::from_millis(1)).unwrap();
