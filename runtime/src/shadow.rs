@@ -216,6 +216,18 @@ pub fn read_recent(file: &Path, route: &str, limit: usize) -> Result<Vec<Record>
 mod tests {
     use super::*;
 
+    /// The SQLite compiled in is the one `.cargo/config.toml` asks for: it cannot load
+    /// extensions and has no full-text search.
+    #[test]
+    fn sqlite_is_built_without_extension_loading_or_full_text_search() {
+        let db = Connection::open_in_memory().unwrap();
+        let mut stmt = db.prepare("PRAGMA compile_options").unwrap();
+        let options: Vec<String> =
+            stmt.query_map([], |row| row.get(0)).unwrap().collect::<Result<_, _>>().unwrap();
+        assert!(options.iter().any(|o| o == "OMIT_LOAD_EXTENSION"), "{options:?}");
+        assert!(!options.iter().any(|o| o.starts_with("ENABLE_FTS")), "{options:?}");
+    }
+
     fn record(i: u32) -> Record {
         Record {
             route: if i.is_multiple_of(2) { "a".into() } else { "b".into() },
