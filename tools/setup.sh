@@ -78,8 +78,14 @@ if ! "$venv/bin/python" -c 'import onnx, onnxruntime, kserve, starlette, uvicorn
   # at that path. pip only adds what is missing from an existing venv.
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv" || fail "python3 -m venv failed; install python3-venv"
   echo "installing pinned packages (kserve pulls in fastapi, grpcio, pandas: about a minute the first time)" >&2
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check "${requirements[@]}" \
-    || fail "pip install failed; run: $venv/bin/python -m pip install -r tools/peer-requirements.txt -r tools/kserve-requirements.txt"
+  # pip unpacks wheels in $TMPDIR and keeps a cache in ~/.cache: on machines where /tmp or the
+  # home directory is a small partition that runs out of space (ENOSPC), so both stay under
+  # target/, on the disk that must hold the build anyway, and no cache is kept.
+  pip_tmp="$root/target/tmp/pip"
+  mkdir -p "$pip_tmp"
+  TMPDIR="$pip_tmp" PIP_NO_CACHE_DIR=1 "$venv/bin/python" -m pip install -q --disable-pip-version-check "${requirements[@]}" \
+    || fail "pip install failed ($(df -h --output=avail "$root/target" | tail -1 | tr -d ' ') free under target/); run: $venv/bin/python -m pip install -r tools/peer-requirements.txt -r tools/kserve-requirements.txt"
+  rm -rf "$pip_tmp"
 fi
 versions=$("$venv/bin/python" -c 'from importlib.metadata import version as v; print("onnxruntime", v("onnxruntime"), "kserve", v("kserve"))') \
   || fail "the venv at $venv does not import; remove it and run this script again"
