@@ -49,9 +49,8 @@ fn examples(observations: &[Observation], measure: &str, agreement: bool) -> Vec
 
 /// The looser goals of `surge` and `emergency`: escalate at most their share of `normal`'s
 /// escalation budget times normal's escalated share (`emergency` with no budget: nothing).
-fn mode_goals(bootstrap: &Bootstrap, normal: &Recommendation, budgets: [f64; 3]) -> [Goal; 2] {
+fn mode_goals(normal: &Recommendation, budgets: [f64; 3]) -> [Goal; 2] {
     let escalated = 1.0 - normal.estimate.point.edge_share;
-    let _ = bootstrap;
     [Mode::Surge, Mode::Emergency].map(|m| {
         let ratio = if budgets[0] > 0.0 { (budgets[m.index()] / budgets[0]).min(1.0) } else { 0.0 };
         Goal::MaxEscalation(escalated * ratio)
@@ -117,7 +116,7 @@ impl Report {
     /// A report from examples without a test split (shadow records).
     pub(super) fn from_bootstrap(bootstrap: Bootstrap, goal: Goal, budgets: [f64; 3]) -> Report {
         let normal = bootstrap.recommend(goal);
-        let [surge, emergency] = mode_goals(&bootstrap, &normal, budgets).map(|g| bootstrap.recommend(g));
+        let [surge, emergency] = mode_goals(&normal, budgets).map(|g| bootstrap.recommend(g));
         Report {
             modes: [normal, surge, emergency],
             bootstrap,

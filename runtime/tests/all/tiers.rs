@@ -341,8 +341,7 @@ async fn restarted_server_on_the_same_port_is_reconnected() {
     let server = loop {
         match TierServer::bind(&server_id, ServerConfig::new(addr), sum_handler) {
             Ok(s) => break s,
-            Err(e) if Instant::now() < until => {
-                let _ = e;
+            Err(_) if Instant::now() < until => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => panic!("cannot rebind {addr}: {e}"),
