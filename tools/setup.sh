@@ -84,7 +84,7 @@ if ! "$venv/bin/python" -c 'import onnx, onnxruntime, kserve, starlette, uvicorn
   pip_tmp="$root/target/tmp/pip"
   mkdir -p "$pip_tmp"
   TMPDIR="$pip_tmp" PIP_NO_CACHE_DIR=1 "$venv/bin/python" -m pip install -q --disable-pip-version-check "${requirements[@]}" \
-    || fail "pip install failed ($(df -h --output=avail "$root/target" | tail -1 | tr -d ' ') free under target/); run: $venv/bin/python -m pip install -r tools/peer-requirements.txt -r tools/kserve-requirements.txt"
+    || fail "pip install failed ($(df -h --output=avail "$root/target" | tail -1 | tr -d ' ') free under target/); run: TMPDIR=$pip_tmp $venv/bin/python -m pip install --no-cache-dir -r tools/peer-requirements.txt -r tools/kserve-requirements.txt"
   rm -rf "$pip_tmp"
 fi
 versions=$("$venv/bin/python" -c 'from importlib.metadata import version as v; print("onnxruntime", v("onnxruntime"), "kserve", v("kserve"))') \
