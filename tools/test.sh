@@ -13,11 +13,17 @@ echo "==> cargo clippy, guest plugins (warnings are errors)" >&2
 for g in "${guests[@]}"; do
   cargo clippy --manifest-path "$g/Cargo.toml" --locked --target-dir target/guest-lint -- -D warnings
 done
-# The workspace is linted while it is compiled for the tests: tools/clippy-rustc (clippy-driver,
-# warnings as errors) compiles the workspace's own crates, plain rustc the dependencies, which
-# are thus built once instead of twice (a separate `cargo clippy` builds them all again in check
-# mode). `cargo test` compiles every target `cargo clippy --all-targets` would check. A plain
-# `cargo test` afterwards recompiles only the workspace's own crates.
+# The workspace is linted while it is compiled for the tests, by tools/clippy-rustc (why: see
+# there). First the gate itself: a file that rustc compiles and only clippy objects to must fail
+# through the wrapper, or a wrapper that stopped linting would let every lint through unseen.
+probe=$(mktemp -d)
+printf 'fn main() {\n    let v = vec![1u8];\n    std::process::exit(v[0].into());\n}\n' >"$probe/probe.rs"
+rustc --edition 2024 --out-dir "$probe" "$probe/probe.rs"
+if tools/clippy-rustc rustc --edition 2024 --out-dir "$probe" "$probe/probe.rs" 2>/dev/null; then
+  echo "tools/clippy-rustc compiled a file clippy rejects (clippy::useless_vec): it is not linting" >&2
+  exit 1
+fi
+rm -rf "$probe"
 echo "==> cargo test, the workspace linted by clippy as it compiles (warnings are errors)" >&2
 cargo --config "build.rustc-workspace-wrapper='$PWD/tools/clippy-rustc'" test --workspace --locked
 # The deployment files (deploy/): systemd unit, container recipe, Kubernetes manifests,
