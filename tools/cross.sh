@@ -7,9 +7,9 @@
 #   1. cross-builds `edge-node` for aarch64-unknown-linux-gnu with the `device` profile and no
 #      default features (no wgpu, no plugin compiler), into target/cross/, and prints its
 #      size as `device.aarch64.binary_bytes`;
-#   2. runs the runtime's unit tests there, under qemu-aarch64: the portable paths of our
-#      convolution kernels, the `sdot` int8 kernel (qemu's CPU has the dot-product
-#      extension) and tract's NEON kernels are what run on aarch64;
+#   2. runs the kernels' and the runtime's unit tests there, under qemu-aarch64: the portable
+#      paths of our convolution kernels, the `sdot` int8 kernel (qemu's CPU has the
+#      dot-product extension) and tract's NEON kernels are what run on aarch64;
 #   3. runs `edge-node demo --models-only --json --limit 500` under qemu and on this machine, and checks
 #      that each model's accuracy, size and work are the same (latencies are not compared:
 #      qemu emulates);
@@ -64,8 +64,8 @@ file "$bin" 2>/dev/null | grep -q aarch64 || [ "$(od -An -tu2 -j18 -N2 "$bin" | 
 printf '{"figure":"device.aarch64.binary_bytes","value":%s,"unit":"bytes"}\n' "$(stat -c %s "$bin")"
 qemu=(qemu-aarch64-static -L /usr/aarch64-linux-gnu)
 
-step "the runtime's unit tests on aarch64, under qemu (CPU kernels, models, config)"
-cross test --profile device -p cascade-runtime --no-default-features --lib
+step "the kernels' and the runtime's unit tests on aarch64, under qemu (CPU kernels, models, config)"
+cross test --profile device -p cascade-kernels -p cascade-runtime --no-default-features --lib
 
 step "this machine's edge-node, for the reference answers and to precompile the plugin"
 unset CARGO_TARGET_DIR

@@ -61,7 +61,7 @@ pub fn machine_report() -> String {
     let isa: Vec<String> =
         isa_flags().into_iter().map(|(name, has)| format!("{}{name}", if has { "+" } else { "-" })).collect();
     let paths: Vec<String> =
-        super::tract::kernel_paths().into_iter().map(|(k, p)| format!("{k}={p}")).collect();
+        cascade_kernels::kernel_paths().into_iter().map(|(k, p)| format!("{k}={p}")).collect();
     let (row, _) = cpu_kernel_table();
     format!(
         "cpu: {model} ({}, {} threads); isa {}; kernels {}; tract knobs: {row}",
@@ -130,7 +130,7 @@ mod tests {
         let report = machine_report();
         assert!(report.starts_with("cpu: "), "{report}");
         assert!(report.contains(std::env::consts::ARCH), "{report}");
-        for (kernel, path) in crate::backend::tract::kernel_paths() {
+        for (kernel, path) in cascade_kernels::kernel_paths() {
             assert!(report.contains(&format!("{kernel}={path}")), "{report}");
         }
         for (flag, has) in isa_flags() {

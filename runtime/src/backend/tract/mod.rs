@@ -18,8 +18,6 @@
 //! per process by [`crate::configure_cpu_kernels`].
 
 mod conv;
-mod intconv;
-pub(crate) use conv::kernel_paths;
 pub(crate) mod onnx;
 mod pool;
 mod qdq;

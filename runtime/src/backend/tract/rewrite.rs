@@ -13,9 +13,10 @@ use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use super::conv::{ConvGeometry, DirectConv, Int8Output};
+use super::conv::{DirectConv, Int8Output};
 use super::pool::MaxPool2x2;
 use crate::backend::quant::{Requant, int_range};
+use cascade_kernels::ConvGeometry;
 
 /// Rewrites every unpadded 2-D MaxPool whose window spans both axes; returns how many.
 ///

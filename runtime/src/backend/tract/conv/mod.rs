@@ -10,7 +10,9 @@
 //! AVX2+FMA kernels chosen at run time, and a plain-Rust kernel everywhere else (baseline
 //! x86-64, aarch64). Weights are packed at load in the order the loop reads them. An fp32
 //! 3x3 convolution with a fused pool runs instead as Winograd F(2x2, 3x3) on AVX-512
-//! ([`winograd`]): 2.25x fewer multiplies, the same outputs up to rounding.
+//! ([`cascade_kernels::winograd`]): 2.25x fewer multiplies, the same outputs up to rounding.
+//! The kernels themselves are in the `cascade-kernels` crate (`kernels/`); this file is the
+//! op: what it fuses, its int8 edges, its buffers.
 //!
 //! Fused, all exactly (see [`super::rewrite::rewrite_convs`]): the bias; a following Relu
 //! (fp32); a following 2x2/s2 MaxPool (Relu and requantisation are non-decreasing, so
@@ -27,7 +29,7 @@
 //! output).
 //!
 //! int8 runs on the CPU's integer dot-product instructions where it has them
-//! ([`super::intconv`]: AVX-512 VNNI, AVX-VNNI), and otherwise on the same fp32 loop,
+//! ([`cascade_kernels::intconv`]: AVX-512 VNNI, AVX-VNNI, `sdot`), and otherwise on the same fp32 loop,
 //! exactly: the input and weights are shifted by their zero points into small integers, whose products and sums are integers that f32 represents
 //! exactly while they stay below 2^24 in magnitude. The rewrite checks that bound per output
 //! channel at load (sum of |weight| times the largest |input|, plus |bias|) and leaves the
@@ -41,75 +43,20 @@ use tract_onnx::tract_core::internal::{
 };
 use tract_onnx::tract_core::ndarray::{ArrayD, IxDyn};
 
-use super::intconv::{IntConv, Packed};
-use crate::backend::quant::Requant;
-use kernels::{convolve, pack, pad_bias, pools_in_kernel};
-use quantize::{MAX_SCALE, Quantized, quantize_all, requantize_all};
-use scratch::{Scratch, sized};
+use cascade_kernels::direct::{convolve, pack, pad_bias, pools_in_kernel};
+use cascade_kernels::intconv::{IntConv, Packed};
+use cascade_kernels::quantize::{MAX_SCALE, Quantized, quantize_all, requantize_all};
+use cascade_kernels::{ConvGeometry, sized, winograd};
 
-mod kernels;
-pub(crate) use kernels::kernel_paths;
-mod quantize;
-pub(super) mod scratch;
+use crate::backend::quant::Requant;
+use scratch::Scratch;
+
+mod scratch;
 #[cfg(test)]
 mod tests;
-mod winograd;
 
-/// Output columns computed at once by the wide kernels (one AVX-512 register, two AVX ones).
-const TILE: usize = 16;
-/// Output channels per packed weight block: the most any kernel uses; the others split it.
-const BLOCK: usize = 8;
 /// Largest magnitude up to which every integer is exact in f32.
 const F32_EXACT: f64 = 16_777_216.0;
-
-/// Shape of one convolution, fixed at load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ConvGeometry {
-    /// Input channels.
-    pub(crate) cin: usize,
-    /// Output channels.
-    pub(crate) cout: usize,
-    /// Input height and width.
-    pub(crate) h: usize,
-    /// Input width.
-    pub(crate) w: usize,
-    /// Kernel height.
-    pub(crate) kh: usize,
-    /// Kernel width.
-    pub(crate) kw: usize,
-    /// Zero rows above the input.
-    pub(crate) pad_top: usize,
-    /// Zero columns left of the input.
-    pub(crate) pad_left: usize,
-    /// Output height.
-    pub(crate) oh: usize,
-    /// Output width.
-    pub(crate) ow: usize,
-}
-
-impl ConvGeometry {
-    pub(crate) fn taps(&self) -> usize {
-        self.cin * self.kh * self.kw
-    }
-
-    pub(crate) fn tiles(&self) -> usize {
-        self.ow.div_ceil(TILE)
-    }
-
-    /// Rows of the padded input copy.
-    pub(crate) fn padded_h(&self) -> usize {
-        self.oh + self.kh - 1
-    }
-
-    /// Row stride of the padded input copy: wide enough for whole tiles at every tap.
-    pub(crate) fn padded_w(&self) -> usize {
-        (self.tiles() * TILE + self.kw - 1).max(self.pad_left + self.w)
-    }
-
-    fn blocks(&self) -> usize {
-        self.cout.div_ceil(BLOCK)
-    }
-}
 
 /// The int8 form's output: how the integer accumulator is requantised, and the element type
 /// it is stored as.
@@ -147,8 +94,8 @@ impl Eq for Int8Output {}
 #[derive(Debug, Clone)]
 pub(crate) struct DirectConv {
     pub(crate) geo: ConvGeometry,
-    /// Weights in blocks of [`BLOCK`] output channels: `[block][ci][ky][kx][BLOCK]`, the last
-    /// block padded with zeros. For int8, weights minus their zero point.
+    /// Weights packed for the kernels ([`pack`]): blocks of eight output channels, the last
+    /// padded with zeros. For int8, weights minus their zero point.
     packed: Vec<f32>,
     /// Bias per output channel, padded to whole blocks (int8: the i32 bias, exact in f32).
     bias: Vec<f32>,
@@ -163,7 +110,7 @@ pub(crate) struct DirectConv {
     /// int8 form only: the range of the input's integer type (u8 or i8).
     x_range: (i32, i32),
     /// int8 form only, on a CPU with integer dot-product instructions and weights that fit
-    /// an i8: the same convolution on those instructions ([`super::intconv`]).
+    /// an i8: the same convolution on those instructions ([`cascade_kernels::intconv`]).
     int: Option<IntConv>,
     /// Set by [`DirectConv::fuse_pool`] for an fp32 3x3 convolution on a CPU that runs
     /// [`winograd`]: `packed`'s kernels transformed, and the convolution runs there. Derived
@@ -302,7 +249,7 @@ impl DirectConv {
                 winograd::convolve_pooled(g, padded, u, &self.bias, self.relu, transformed, dst);
             } else if pool_after {
                 convolve(g, padded, &self.packed, &self.bias, self.relu, false, image);
-                super::pool::pool_into(image, &[1, g.cout, g.oh, g.ow], dst);
+                cascade_kernels::pool::pool_into(image, &[1, g.cout, g.oh, g.ow], dst);
             } else {
                 convolve(g, padded, &self.packed, &self.bias, self.relu, self.pool, dst);
             }

@@ -11,7 +11,7 @@
 /// rounding), and leaves that integer in the low bits of the sum, two's complement, for
 /// |x| < 2^31 — no library call, no saturating float-to-int conversion.
 #[inline(always)]
-pub(super) fn requantize(acc: f32, scale: f32) -> i32 {
+pub fn requantize(acc: f32, scale: f32) -> i32 {
     const ROUND: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
     let x = f64::from(acc) * f64::from(scale);
     (x + ROUND).to_bits() as i32
@@ -19,16 +19,16 @@ pub(super) fn requantize(acc: f32, scale: f32) -> i32 {
 
 /// Largest requantisation scale: keeps |acc * scale| (|acc| < 2^24) below 2^30, so
 /// [`requantize`]'s result and the output zero point added to it fit an i32.
-pub(super) const MAX_SCALE: f32 = 64.0;
+pub const MAX_SCALE: f32 = 64.0;
 
 /// What tract's QuantizeLinear (to u8 or i8, whose range is `range`) computes,
 /// `clamp(round_ties_even(x * scale) + zero, lo, hi)`, as an integer-valued f32 passed
 /// through `map` (which subtracts the convolution's input zero point for the f32 loop, or
-/// makes the integer an unsigned byte for [`super::super::intconv`]). Clamping in f32 before
+/// makes the integer an unsigned byte for [`crate::intconv`]). Clamping in f32 before
 /// converting gives the same result for every finite and NaN input (NaN counts as 0, as
 /// tract's saturating cast makes it) and keeps the loop vectorised.
 #[inline(always)]
-pub(super) fn quantize_loop<T>(
+fn quantize_loop<T>(
     src: &[f32],
     scale: f32,
     zero: i32,
@@ -44,7 +44,8 @@ pub(super) fn quantize_loop<T>(
     }
 }
 
-pub(super) fn quantize_all<T>(
+/// [`quantize_loop`] over `src` into `dst`, with the widest vectors this CPU has.
+pub fn quantize_all<T>(
     src: &[f32],
     scale: f32,
     zero: i32,
@@ -89,8 +90,10 @@ pub(super) fn quantize_all<T>(
 }
 
 /// An int8 output element type.
-pub(super) trait Quantized: Copy {
+pub trait Quantized: Copy {
+    /// The type's smallest value.
     const MIN: i32;
+    /// The type's largest value.
     const MAX: i32;
     /// `v`, already clamped to `MIN..=MAX`.
     fn from_clamped(v: i32) -> Self;
@@ -114,8 +117,9 @@ impl Quantized for i8 {
     }
 }
 
+/// `out[i]` = `acc[i] * scale` rounded ([`requantize`]), plus `y_zero`, clamped to `T`.
 #[inline(always)]
-pub(super) fn requantize_loop<T: Quantized>(acc: &[f32], scale: f32, y_zero: i32, out: &mut [T]) {
+fn requantize_loop<T: Quantized>(acc: &[f32], scale: f32, y_zero: i32, out: &mut [T]) {
     for (o, &a) in out.iter_mut().zip(acc) {
         *o = T::from_clamped((requantize(a, scale) + y_zero).clamp(T::MIN, T::MAX));
     }
@@ -123,7 +127,7 @@ pub(super) fn requantize_loop<T: Quantized>(acc: &[f32], scale: f32, y_zero: i32
 
 /// Requantises every accumulator into `out`, with the widest vectors this CPU has (the
 /// baseline build has only two f64 lanes).
-pub(super) fn requantize_all<T: Quantized>(acc: &[f32], scale: f32, y_zero: i32, out: &mut [T]) {
+pub fn requantize_all<T: Quantized>(acc: &[f32], scale: f32, y_zero: i32, out: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]

@@ -162,7 +162,7 @@ fn run_case(
 fn expected(case: &Case, pool: bool) -> Vec<f32> {
     let g = &case.geo;
     let plain = reference(g, &case.x, case.x_zero, &case.w, &case.bias, case.n);
-    if pool { crate::backend::tract::pool::pool(&plain, &[case.n, g.cout, g.oh, g.ow]).0 } else { plain }
+    if pool { crate::pool::pool(&plain, &[case.n, g.cout, g.oh, g.ow]).0 } else { plain }
 }
 
 #[test]

@@ -17,7 +17,7 @@
 //! the direct loop's lanes run along columns, so the products are the direct loop's
 //! 2 vectors x 8 channels tile of FMAs with the tile index in place of the column.
 
-use super::{BLOCK, ConvGeometry};
+use crate::geometry::{BLOCK, ConvGeometry};
 
 /// Positions of a transformed 4x4 tile.
 const POS: usize = 16;
@@ -34,7 +34,7 @@ const G: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0
 /// With one input channel the transforms cost more than the products they save: the edge
 /// model at batch 1 took 10.4–11.1 µs with its first layer here against 9.5–10.1 µs with it
 /// on the direct loop (`cascade-bench loop --model edge_fp32`, alternated, Xeon with AVX-512).
-pub(super) fn transform_weights(g: &ConvGeometry, packed: &[f32]) -> Option<Vec<f32>> {
+pub fn transform_weights(g: &ConvGeometry, packed: &[f32]) -> Option<Vec<f32>> {
     let coutp = g.cout.div_ceil(BLOCK) * BLOCK;
     if g.kh != 3 || g.kw != 3 || g.cin < 2 || packed.len() != coutp * g.taps() {
         return None;
@@ -61,7 +61,7 @@ pub(super) fn transform_weights(g: &ConvGeometry, packed: &[f32]) -> Option<Vec<
 }
 
 /// Whether this CPU runs [`convolve_pooled`].
-pub(super) fn available() -> bool {
+pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
         return true;
@@ -89,7 +89,7 @@ fn strides(g: &ConvGeometry) -> (usize, usize) {
 }
 
 /// Floats of the transformed-input buffer [`convolve_pooled`] needs for `g`.
-pub(super) fn transformed_len(g: &ConvGeometry) -> usize {
+pub fn transformed_len(g: &ConvGeometry) -> usize {
     POS * strides(g).1
 }
 
@@ -101,7 +101,7 @@ pub(super) fn transformed_len(g: &ConvGeometry) -> usize {
 /// # Panics
 /// If the CPU lacks AVX-512 ([`available`]) or a buffer is shorter than `g` needs.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn convolve_pooled(
+pub fn convolve_pooled(
     g: &ConvGeometry,
     padded: &[f32],
     u: &[f32],
@@ -324,3 +324,6 @@ mod x86 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,6 @@
 //! The int8 direct convolution on the CPU's integer dot-product instructions.
 //!
-//! [`super::conv`] runs an int8 convolution exactly on its f32 loop: one multiply-add per
+//! [`crate::direct`] runs an int8 convolution exactly on its f32 loop: one multiply-add per
 //! lane and instruction. Where the CPU has a four-way u8 x i8 dot product into i32 lanes
 //! (AVX-512 VNNI `vpdpbusd` on sixteen lanes, AVX-VNNI the same on eight; signed by signed,
 //! `sdot`, on aarch64 with the dot-product extension), one instruction does four
@@ -34,12 +34,10 @@
 //! takes `cin x kh x kw`.
 //!
 //! A convolution with one output pixel whose kernel covers its whole unpadded input (a
-//! quantised matmul: [`super::qmatmul`]) is a dot product over the input instead: lanes run
+//! quantised matmul, which the runtime rewrites into such a convolution) is a dot product over the input instead: lanes run
 //! along it, sixty-four terms per instruction.
 
-use super::conv::ConvGeometry;
-use super::conv::scratch::IntScratch;
-use super::conv::scratch::sized;
+use crate::{ConvGeometry, sized};
 
 /// Output columns per tile, as in the f32 loop: sixteen i32 lanes.
 const TILE: usize = 16;
@@ -96,9 +94,23 @@ impl Isa {
 }
 
 /// The path int8 convolutions take on this CPU (for benchmark reports): a dot-product
-/// instruction set, or the exact f32 loop of [`super::conv`].
-pub(crate) fn kernel_path() -> &'static str {
+/// instruction set, or the exact f32 loop of [`crate::direct`].
+pub fn kernel_path() -> &'static str {
     Isa::best().map_or("f32-exact", Isa::name)
+}
+
+/// The integer kernels' buffers, kept from one run to the next by their caller (a
+/// convolution node's run state): the input's layouts.
+#[derive(Debug, Clone, Default)]
+pub struct IntScratch {
+    /// One image's input bytes, for the one-pixel dot layout.
+    input: Vec<u8>,
+    /// One unpadded input plane.
+    plane: Vec<u8>,
+    /// Padded input planes, the border at the input's zero point.
+    padded: Vec<u8>,
+    /// The input re-laid as quads of four channels.
+    quads: Vec<u8>,
 }
 
 /// How the input is laid out for the kernels.
@@ -116,7 +128,7 @@ enum Layout {
 /// An int8 convolution packed for the dot-product kernels: independent of the instruction
 /// set, which [`IntConv`] adds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Packed {
+pub struct Packed {
     geo: ConvGeometry,
     layout: Layout,
     /// i8 weights. Rows: `[block][group][ky][kx'][BLOCK][4]`, four weights per output channel
@@ -140,7 +152,7 @@ impl Packed {
     /// Packs `weights` (OIHW, already minus their zero point) and `bias` for an input of
     /// integer range `x_range` (u8 or i8) with zero point `x_zero`. `None` when a weight does
     /// not fit an i8 or the input type is neither.
-    pub(crate) fn new(
+    pub fn new(
         geo: ConvGeometry,
         weights: &[i32],
         bias: &[i32],
@@ -244,7 +256,7 @@ impl Packed {
     }
 
     /// Added to an input integer to make it unsigned (0 or 128).
-    pub(crate) fn shift(&self) -> i32 {
+    pub fn shift(&self) -> i32 {
         self.shift
     }
 
@@ -575,7 +587,7 @@ mod arm;
 
 /// A packed int8 convolution and the instruction set that runs it on this CPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct IntConv {
+pub struct IntConv {
     packed: Packed,
     isa: Isa,
 }
@@ -583,19 +595,19 @@ pub(crate) struct IntConv {
 impl IntConv {
     /// `packed` on this CPU's best dot-product instruction set; `None` on a CPU without one
     /// (the f32 loop runs the convolution).
-    pub(crate) fn new(packed: Packed) -> Option<IntConv> {
+    pub fn new(packed: Packed) -> Option<IntConv> {
         Some(IntConv { packed, isa: Isa::best()? })
     }
 
     /// Added to an input integer to make it unsigned (0 or 128).
-    pub(crate) fn shift(&self) -> i32 {
+    pub fn shift(&self) -> i32 {
         self.packed.shift()
     }
 
     /// Convolves `n` images into `out` (`[n][cout][oh][ow]`, bias added, before
     /// requantisation), with `pool` max-pooled 2x2 with stride 2 (`[n][cout][oh / 2][ow /
     /// 2]`); `load(p, plane)` writes input plane `p` as unsigned bytes.
-    pub(crate) fn run(
+    pub fn run(
         &self,
         n: usize,
         pool: bool,

@@ -1,9 +1,15 @@
 //! The f32 kernels of the direct convolution (AVX-512, AVX2+FMA, portable), chosen at run
 //! time, and the weight packing they read.
+//!
+//! The input is one image, zero padded (`[cin][padded_h][padded_w]` of [`ConvGeometry`]);
+//! the weights are packed at load by [`pack`] in blocks of eight output channels
+//! (`[block][ci][ky][kx][8]`, the last block padded with zeros) and the bias by
+//! [`pad_bias`]. An int8 convolution runs here too, exactly, on integers held in f32.
 
-use super::{BLOCK, ConvGeometry, TILE};
+use crate::geometry::{BLOCK, ConvGeometry, TILE};
 
-pub(super) fn pack(g: &ConvGeometry, weights: &[f32]) -> Vec<f32> {
+/// `weights` (OIHW, `cout * taps` values) in the blocked layout the kernels read.
+pub fn pack(g: &ConvGeometry, weights: &[f32]) -> Vec<f32> {
     let taps = g.taps();
     let mut packed = vec![0f32; g.blocks() * taps * BLOCK];
     for (oc, row) in weights.chunks_exact(taps).enumerate() {
@@ -15,57 +21,16 @@ pub(super) fn pack(g: &ConvGeometry, weights: &[f32]) -> Vec<f32> {
     packed
 }
 
-pub(super) fn pad_bias(g: &ConvGeometry, bias: &[f32]) -> Vec<f32> {
+/// `bias` (one value per output channel) padded with zeros to whole blocks.
+pub fn pad_bias(g: &ConvGeometry, bias: &[f32]) -> Vec<f32> {
     let mut padded = vec![0f32; g.blocks() * BLOCK];
     padded[..bias.len()].copy_from_slice(bias);
     padded
 }
 
-/// Which vector path each of this file's kernels takes on this CPU, in the order of the
-/// dispatches below (for benchmark reports; [`crate::backend::cpu::machine_report`]).
-pub(crate) fn kernel_paths() -> Vec<(&'static str, &'static str)> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let (avx512, avx2, fma) = (
-            is_x86_feature_detected!("avx512f"),
-            is_x86_feature_detected!("avx2"),
-            is_x86_feature_detected!("fma"),
-        );
-        let wide = if avx512 {
-            "avx512f"
-        } else if avx2 {
-            "avx2"
-        } else {
-            "portable"
-        };
-        let conv = if avx512 && fma {
-            "avx512f+fma"
-        } else if avx2 && fma {
-            "avx2+fma"
-        } else {
-            "portable"
-        };
-        vec![
-            ("direct_conv", conv),
-            ("int8_conv", super::super::intconv::kernel_path()),
-            ("quantize", wide),
-            ("requantize", wide),
-        ]
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        vec![
-            ("direct_conv", "portable"),
-            ("int8_conv", super::super::intconv::kernel_path()),
-            ("quantize", "portable"),
-            ("requantize", "portable"),
-        ]
-    }
-}
-
 /// Whether [`convolve`] takes the 2x2 max pool as it stores on this CPU (AVX-512), rather
 /// than through a full-size buffer.
-pub(super) fn pools_in_kernel() -> bool {
+pub fn pools_in_kernel() -> bool {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
         return true;
@@ -76,7 +41,7 @@ pub(super) fn pools_in_kernel() -> bool {
 /// Picks the widest kernel this CPU runs. With `pool`, which only a CPU where
 /// [`pools_in_kernel`] takes, `out` is max-pooled 2x2 with stride 2 (`[cout][oh / 2][ow /
 /// 2]`, odd trailing rows and columns dropped).
-pub(super) fn convolve(
+pub fn convolve(
     g: &ConvGeometry,
     padded: &[f32],
     packed: &[f32],
@@ -222,7 +187,7 @@ fn tile_avx512<const R: usize>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-pub(super) fn convolve_avx2(
+pub(crate) fn convolve_avx2(
     g: &ConvGeometry,
     padded: &[f32],
     packed: &[f32],
@@ -291,7 +256,7 @@ pub(super) fn convolve_avx2(
 
 /// Everywhere else (baseline x86-64, aarch64): plain loops, one output channel at a time so
 /// the compiler vectorises along the columns.
-pub(super) fn convolve_portable(
+pub(crate) fn convolve_portable(
     g: &ConvGeometry,
     padded: &[f32],
     packed: &[f32],
@@ -366,3 +331,6 @@ fn convolve_with<const OB: usize>(
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,83 @@
+//! The CPU kernels of Cascade's tract backend.
+//!
+//! tract 0.23 runs the small CNNs an edge node serves through im2col and a general matrix
+//! multiply, and pools through a per-pixel loop; the backend swaps those nodes for ops of its
+//! own (`runtime/src/backend/tract/rewrite.rs`), and this crate is their arithmetic, on plain
+//! slices and with no dependency:
+//!
+//! - [`direct`]: the fp32 direct convolution (AVX-512, AVX2+FMA, portable), also exact for
+//!   int8 held in f32;
+//! - [`winograd`]: F(2x2, 3x3) for pooled fp32 3x3 convolutions, on AVX-512;
+//! - [`intconv`]: the int8 convolution on integer dot-product instructions (AVX-512 VNNI,
+//!   AVX-VNNI, aarch64 `sdot`), bit for bit the f32 loop's sums;
+//! - [`quantize`]: QuantizeLinear and QLinearConv's requantisation, as tract computes them;
+//! - [`pool`]: the 2x2 stride-2 max pool.
+//!
+//! Every kernel picks the widest instructions this CPU has at run time and keeps a portable
+//! path that the unit tests compare it against. A crate of its own so that the test profile
+//! can compile it optimised (`[profile.dev.package.cascade-kernels]` in the workspace's
+//! `Cargo.toml`): the tests run the models on these kernels, and the rest of the runtime
+//! stays quick to rebuild.
+
+pub mod direct;
+mod geometry;
+pub mod intconv;
+pub mod pool;
+pub mod quantize;
+pub mod winograd;
+
+pub use geometry::ConvGeometry;
+
+/// `buf` as `len` elements, filled with `fill` when its length changes and reused as it is
+/// otherwise. Sound for buffers whose readers either read only what was written in the same
+/// run or rely on `fill` where nothing writes (a padding border): a buffer belongs to one
+/// convolution, whose padding value never changes.
+pub fn sized<T: Copy>(buf: &mut Vec<T>, len: usize, fill: T) -> &mut [T] {
+    if buf.len() != len {
+        buf.clear();
+        buf.resize(len, fill);
+    }
+    buf
+}
+
+/// Which vector path each kernel of this crate takes on this CPU (for benchmark reports,
+/// which print it beside every figure).
+pub fn kernel_paths() -> Vec<(&'static str, &'static str)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (avx512, avx2, fma) = (
+            is_x86_feature_detected!("avx512f"),
+            is_x86_feature_detected!("avx2"),
+            is_x86_feature_detected!("fma"),
+        );
+        let wide = if avx512 {
+            "avx512f"
+        } else if avx2 {
+            "avx2"
+        } else {
+            "portable"
+        };
+        let conv = if avx512 && fma {
+            "avx512f+fma"
+        } else if avx2 && fma {
+            "avx2+fma"
+        } else {
+            "portable"
+        };
+        vec![
+            ("direct_conv", conv),
+            ("int8_conv", intconv::kernel_path()),
+            ("quantize", wide),
+            ("requantize", wide),
+        ]
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        vec![
+            ("direct_conv", "portable"),
+            ("int8_conv", intconv::kernel_path()),
+            ("quantize", "portable"),
+            ("requantize", "portable"),
+        ]
+    }
+}
