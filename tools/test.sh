@@ -8,7 +8,7 @@ tools/setup.sh
 guests=(examples/mnist-classifier examples/filetype-detector runtime/tests/plugins/hostile)
 echo "==> cargo fmt --check" >&2
 cargo fmt --all --check
-for g in "${guests[@]}"; do cargo fmt --manifest-path "$g/Cargo.toml" --check; done
+for g in "${guests[@]}" tools/bindgen; do cargo fmt --manifest-path "$g/Cargo.toml" --check; done
 echo "==> cargo clippy, guest plugins (warnings are errors)" >&2
 for g in "${guests[@]}"; do
   cargo clippy --manifest-path "$g/Cargo.toml" --locked --target-dir target/guest-lint -- -D warnings
