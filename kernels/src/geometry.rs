@@ -38,7 +38,7 @@ impl ConvGeometry {
         self.cin * self.kh * self.kw
     }
 
-    /// Tiles of [`TILE`] output columns per output row.
+    /// Tiles of sixteen output columns per output row.
     pub fn tiles(&self) -> usize {
         self.ow.div_ceil(TILE)
     }
@@ -53,7 +53,7 @@ impl ConvGeometry {
         (self.tiles() * TILE + self.kw - 1).max(self.pad_left + self.w)
     }
 
-    /// Blocks of [`BLOCK`] output channels in the packed f32 weights.
+    /// Blocks of eight output channels in the packed f32 weights.
     pub(crate) fn blocks(&self) -> usize {
         self.cout.div_ceil(BLOCK)
     }

@@ -44,7 +44,7 @@ fn quantize_loop<T>(
     }
 }
 
-/// [`quantize_loop`] over `src` into `dst`, with the widest vectors this CPU has.
+/// QuantizeLinear of `src` into `dst` (`quantize_loop`), with the widest vectors this CPU has.
 pub fn quantize_all<T>(
     src: &[f32],
     scale: f32,

@@ -6,7 +6,7 @@
 //! `sdot`, on aarch64 with the dot-product extension), one instruction does four
 //! multiply-adds per lane, on inputs a quarter the size. This module is that path:
 //! weights packed at load, the input re-laid per image, and the kernels, one body for every
-//! instruction set ([`Lanes`]). It produces the f32 loop's accumulators bit for bit (the unit
+//! instruction set (`Lanes`). It produces the f32 loop's accumulators bit for bit (the unit
 //! tests compare them on random convolutions, and run the same layout on an emulated
 //! instruction on any CPU), so requantisation after it is shared; the 2x2 max pool that
 //! often follows is taken on the sums before they are stored. The instruction-set bodies are
@@ -16,10 +16,10 @@
 //! unsigned (`u = x + 128` for i8, `u = x` for u8, the zero point likewise: `u_zero`); the
 //! weights, minus their zero point, must fit an i8 or this path is not built. Then
 //! `Σ (x - x_zero)(w - w_zero) = Σ u·w' - u_zero·Σ w'`, and the second term and the bias are
-//! one constant per output channel ([`Packed::offset`]). Padding is filled with `u_zero`, so
+//! one constant per output channel (`Packed::offset`). Padding is filled with `u_zero`, so
 //! a padded tap adds `u_zero·w'`, which that constant takes back. `sdot` multiplies signed
 //! bytes: its kernels load each input byte as `u - 128` and their constant adds `128·Σ w'`
-//! back ([`Lanes::SIGNED`]). The i32 lanes wrap, so the sums are exact modulo 2^32; the true
+//! back (`Lanes::SIGNED`). The i32 lanes wrap, so the sums are exact modulo 2^32; the true
 //! result is below 2^24 in magnitude (checked at load for the f32 loop), so it is exact, and
 //! exact again as the f32 the shared tail takes.
 //!
