@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the guest SDK's bindings after a change to its WIT world:
 #
-#   tools/bindgen.sh     writes guest-sdk/src/bindings.rs from guest-sdk/wit/plugin.wit
+#   tools/bindgen.sh     writes guest-sdk/src/bindings.rs (and bindings/, a file per WIT
+#                        interface) from guest-sdk/wit/plugin.wit
 #
 # The bindings are checked in, so that neither the host build nor a plugin build compiles
 # wit-bindgen's macro and the WIT tooling behind it (about a minute of a cold plugin build).
