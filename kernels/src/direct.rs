@@ -28,11 +28,13 @@ pub fn pad_bias(g: &ConvGeometry, bias: &[f32]) -> Vec<f32> {
     padded
 }
 
-/// Whether [`convolve`] takes the 2x2 max pool as it stores on this CPU (AVX-512), rather
-/// than through a full-size buffer.
+/// Whether [`convolve`] takes the 2x2 max pool as it stores on this CPU (AVX-512, AVX2),
+/// rather than through a full-size buffer.
 pub fn pools_in_kernel() -> bool {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+    if is_x86_feature_detected!("fma")
+        && (is_x86_feature_detected!("avx512f") || is_x86_feature_detected!("avx2"))
+    {
         return true;
     }
     false
@@ -51,18 +53,17 @@ pub fn convolve(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if pools_in_kernel() {
-        // SAFETY: `pools_in_kernel` found the features the function is compiled for.
-        return unsafe { convolve_avx512(g, padded, packed, bias, relu, pool, out) };
-    }
-    assert!(!pool, "convolve: no kernel on this CPU pools as it stores");
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+    if is_x86_feature_detected!("fma") {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { convolve_avx512(g, padded, packed, bias, relu, pool, out) };
+        }
+        if is_x86_feature_detected!("avx2") {
             // SAFETY: as above.
-            return unsafe { convolve_avx2(g, padded, packed, bias, relu, out) };
+            return unsafe { convolve_avx2(g, padded, packed, bias, relu, pool, out) };
         }
     }
+    assert!(!pool, "convolve: no kernel on this CPU pools as it stores");
     convolve_portable(g, padded, packed, bias, relu, out);
 }
 
@@ -193,64 +194,179 @@ pub(crate) fn convolve_avx2(
     packed: &[f32],
     bias: &[f32],
     relu: bool,
+    pool: bool,
     out: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
-    // 4 channels x 16 columns: eight ymm accumulators of the sixteen registers.
-    const OB: usize = 4;
+    // Eight ymm accumulators: two output rows of eight columns x four channels, so that per
+    // tap two row loads and four broadcast weights feed eight FMAs, and the 2x2 pool can be
+    // taken as they are stored. Twelve accumulators (three rows, or four channels and input
+    // operands from memory) spill on sixteen registers and ran 1.3-2x slower; so did the
+    // kernel width as a run-time loop bound, which this specialises for the common widths.
+    // Measured on the central model's layers: `docs/performance.md`.
+    match g.kw {
+        3 => convolve_avx2_with::<3>(g, padded, packed, bias, relu, pool, out),
+        1 => convolve_avx2_with::<1>(g, padded, packed, bias, relu, pool, out),
+        5 => convolve_avx2_with::<5>(g, padded, packed, bias, relu, pool, out),
+        _ => convolve_avx2_with::<0>(g, padded, packed, bias, relu, pool, out),
+    }
+}
+
+/// Output channels per AVX2 tile.
+#[cfg(target_arch = "x86_64")]
+const AVX2_OB: usize = 4;
+/// Output columns per AVX2 tile: one ymm register.
+#[cfg(target_arch = "x86_64")]
+const AVX2_COLS: usize = 8;
+
+/// [`convolve_avx2`] for kernel width `KW`, or `g.kw` read at run time when `KW` is 0.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn convolve_avx2_with<const KW: usize>(
+    g: &ConvGeometry,
+    padded: &[f32],
+    packed: &[f32],
+    bias: &[f32],
+    relu: bool,
+    pool: bool,
+    out: &mut [f32],
+) {
     let taps = g.taps();
-    let (pw, plane_in) = (g.padded_w(), g.padded_h() * g.padded_w());
-    let plane_out = g.oh * g.ow;
+    let pairs = g.oh - g.oh % 2;
+    // Every read of a tile lies within the padded image (its last tile's columns within the
+    // padded row, `padded_w` being whole 16-column tiles wide plus the kernel) and every write
+    // within `out`: checked once here for the unchecked accesses of `tile_avx2`.
+    assert!(padded.len() >= g.cin * g.padded_h() * g.padded_w(), "padded input too short");
+    assert!(g.padded_w() >= g.ow.div_ceil(AVX2_COLS) * AVX2_COLS + g.kw - 1);
+    assert!(packed.len() >= g.blocks() * taps * BLOCK && bias.len() >= g.blocks() * BLOCK);
+    let out_len = if pool { g.cout * (g.oh / 2) * (g.ow / 2) } else { g.cout * g.oh * g.ow };
+    assert!(out.len() >= out_len, "output too short");
     for block in 0..g.blocks() {
         let weights = &packed[block * taps * BLOCK..][..taps * BLOCK];
-        for sub in 0..BLOCK / OB {
-            let oc0 = block * BLOCK + sub * OB;
-            if oc0 >= g.cout {
+        for sub in (0..BLOCK).step_by(AVX2_OB) {
+            if block * BLOCK + sub >= g.cout {
                 break;
             }
-            for y in 0..g.oh {
-                for tile in 0..g.tiles() {
-                    let x0 = tile * TILE;
-                    let mut acc = [[_mm256_setzero_ps(); 2]; OB];
-                    for (ob, a) in acc.iter_mut().enumerate() {
-                        *a = [_mm256_set1_ps(bias[oc0 + ob]); 2];
-                    }
-                    for ci in 0..g.cin {
-                        for ky in 0..g.kh {
-                            let row = &padded[ci * plane_in + (y + ky) * pw + x0..];
-                            let tap0 = (ci * g.kh + ky) * g.kw;
-                            for kx in 0..g.kw {
-                                let input = &row[kx..][..TILE];
-                                let w = &weights[(tap0 + kx) * BLOCK + sub * OB..][..OB];
-                                // SAFETY: `input` holds 16 floats.
-                                let (lo, hi) = unsafe {
-                                    (_mm256_loadu_ps(input.as_ptr()), _mm256_loadu_ps(input[8..].as_ptr()))
-                                };
-                                for (a, &wv) in acc.iter_mut().zip(w) {
-                                    let wv = _mm256_set1_ps(wv);
-                                    a[0] = _mm256_fmadd_ps(wv, lo, a[0]);
-                                    a[1] = _mm256_fmadd_ps(wv, hi, a[1]);
-                                }
-                            }
-                        }
-                    }
-                    let cols = TILE.min(g.ow - x0);
-                    for (ob, a) in acc.iter().enumerate() {
-                        let oc = oc0 + ob;
-                        if oc >= g.cout {
-                            break;
-                        }
-                        let mut tile_out = [0f32; TILE];
-                        for (half, &v) in a.iter().enumerate() {
-                            let v = if relu { _mm256_max_ps(v, _mm256_setzero_ps()) } else { v };
-                            // SAFETY: each half of `tile_out` holds 8 floats.
-                            unsafe { _mm256_storeu_ps(tile_out[half * 8..].as_mut_ptr(), v) };
-                        }
-                        out[oc * plane_out + y * g.ow + x0..][..cols].copy_from_slice(&tile_out[..cols]);
-                    }
+            let tile = Avx2Tile { g, padded, weights, bias, oc0: block * BLOCK + sub, sub, relu };
+            for x0 in (0..g.ow).step_by(AVX2_COLS) {
+                for y in (0..pairs).step_by(2) {
+                    // SAFETY: the CPU has AVX2 and FMA (this function's features); the bounds
+                    // are checked above.
+                    unsafe { tile.run::<2, KW>(y, x0, pool, out) };
+                }
+                for y in (pairs..g.oh).filter(|_| !pool) {
+                    // SAFETY: as above.
+                    unsafe { tile.run::<1, KW>(y, x0, false, out) };
                 }
             }
         }
+    }
+}
+
+/// One AVX2 tile's fixed parts: the image, one channel block's weights, and which four of
+/// its channels.
+#[cfg(target_arch = "x86_64")]
+struct Avx2Tile<'a> {
+    g: &'a ConvGeometry,
+    padded: &'a [f32],
+    /// The block's weights, `[ci][ky][kx][BLOCK]`.
+    weights: &'a [f32],
+    bias: &'a [f32],
+    /// The tile's first output channel, `sub` into its block.
+    oc0: usize,
+    sub: usize,
+    relu: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2Tile<'_> {
+    /// `R` output rows from `y` x 8 columns from `x0` x 4 channels into `out`; with `pool`
+    /// (and `R` = 2) stored as one row of four 2x2 maxima.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA, and [`convolve_avx2_with`]'s bounds hold.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn run<const R: usize, const KW: usize>(&self, y: usize, x0: usize, pool: bool, out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        const OB: usize = AVX2_OB;
+        let g = self.g;
+        let kw = if KW == 0 { g.kw } else { KW };
+        let (pw, plane_in) = (g.padded_w(), g.padded_h() * g.padded_w());
+        let mut acc = [[_mm256_setzero_ps(); OB]; R];
+        // SAFETY: every input read is at most row `y + R - 1 + kh - 1 < padded_h` of a plane,
+        // columns `x0 + kx .. x0 + kx + 8 <= padded_w`; every weight read is within the block's
+        // `taps * BLOCK`, channels `sub + ob < BLOCK`; `oc0 + ob` is within the padded bias.
+        unsafe {
+            for row in acc.iter_mut() {
+                for (ob, a) in row.iter_mut().enumerate() {
+                    *a = _mm256_set1_ps(*self.bias.get_unchecked(self.oc0 + ob));
+                }
+            }
+            let origin = self.padded.as_ptr().add(y * pw + x0);
+            let mut w = self.weights.as_ptr().add(self.sub);
+            for ci in 0..g.cin {
+                for ky in 0..g.kh {
+                    let row = origin.add(ci * plane_in + ky * pw);
+                    for kx in 0..kw {
+                        let v: [__m256; R] = std::array::from_fn(|r| _mm256_loadu_ps(row.add(r * pw + kx)));
+                        // Indexed, not iterated: an array iterator would move the vectors
+                        // through memory.
+                        #[allow(clippy::needless_range_loop)]
+                        for ob in 0..OB {
+                            let wv = _mm256_broadcast_ss(&*w.add(kx * BLOCK + ob));
+                            for r in 0..R {
+                                acc[r][ob] = _mm256_fmadd_ps(wv, v[r], acc[r][ob]);
+                            }
+                        }
+                    }
+                    w = w.add(kw * BLOCK);
+                }
+            }
+        }
+        let live = OB.min(g.cout - self.oc0);
+        let relu = |v: __m256| if self.relu { _mm256_max_ps(v, _mm256_setzero_ps()) } else { v };
+        if pool && R == 2 {
+            // The vertical max of the two rows, then of each even lane and the odd one after
+            // it: evens to the low half, odds to the high one. Relu commutes with max.
+            let (ph, pw) = (g.oh / 2, g.ow / 2);
+            let cols = (pw - x0 / 2).min(AVX2_COLS / 2);
+            let split = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+            for (ob, (&top, &bottom)) in acc[0].iter().zip(&acc[R - 1]).enumerate().take(live) {
+                let v = _mm256_permutevar8x32_ps(_mm256_max_ps(top, bottom), split);
+                let v = relu(_mm256_castps128_ps256(_mm_max_ps(
+                    _mm256_castps256_ps128(v),
+                    _mm256_extractf128_ps::<1>(v),
+                )));
+                let dst = &mut out[(self.oc0 + ob) * ph * pw + (y / 2) * pw + x0 / 2..][..cols];
+                store_avx2(v, dst);
+            }
+            return;
+        }
+        let plane_out = g.oh * g.ow;
+        let cols = AVX2_COLS.min(g.ow - x0);
+        for (r, row) in acc.iter().enumerate() {
+            for (ob, &a) in row.iter().enumerate().take(live) {
+                let dst = &mut out[(self.oc0 + ob) * plane_out + (y + r) * g.ow + x0..][..cols];
+                store_avx2(relu(a), dst);
+            }
+        }
+    }
+}
+
+/// The first `dst.len()` (at most eight) lanes of `v` into `dst`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn store_avx2(v: std::arch::x86_64::__m256, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    if dst.len() == AVX2_COLS {
+        // SAFETY: `dst` holds the eight floats written.
+        unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), v) };
+    } else {
+        let mut lanes = [0f32; AVX2_COLS];
+        // SAFETY: `lanes` holds eight floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+        dst.copy_from_slice(&lanes[..dst.len()]);
     }
 }
 

@@ -20,10 +20,25 @@ pub(crate) fn padded_input(geo: &ConvGeometry) -> Vec<f32> {
 
 #[test]
 fn every_kernel_this_cpu_runs_matches_the_portable_one() {
-    // Odd heights (a last row alone, or dropped by the pool), an even and an odd width.
+    // Odd heights (a last row alone, or dropped by the pool), even and odd widths, channels
+    // that fill no whole block.
     let geos = [
         ConvGeometry { cin: 3, cout: 11, h: 9, w: 37, kh: 3, kw: 2, pad_top: 1, pad_left: 0, oh: 9, ow: 36 },
         ConvGeometry { cin: 2, cout: 8, h: 7, w: 37, kh: 3, kw: 3, pad_top: 1, pad_left: 1, oh: 7, ow: 37 },
+        // The kernel widths the AVX2 loop is specialised for besides 3.
+        ConvGeometry { cin: 4, cout: 5, h: 6, w: 10, kh: 1, kw: 1, pad_top: 0, pad_left: 0, oh: 6, ow: 10 },
+        ConvGeometry {
+            cin: 1,
+            cout: 16,
+            h: 12,
+            w: 21,
+            kh: 5,
+            kw: 5,
+            pad_top: 2,
+            pad_left: 2,
+            oh: 12,
+            ow: 21,
+        },
     ];
     let close = |a: &[f32], b: &[f32]| {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 * x.abs().max(1.0))
@@ -37,19 +52,25 @@ fn every_kernel_this_cpu_runs_matches_the_portable_one() {
         let mut got = vec![0f32; size];
         convolve(&geo, &padded, &packed, &bias, true, false, &mut got);
         assert!(close(&expected, &got), "{geo:?}");
-        // Pooled as stored (AVX-512), the same as pooling after.
+        // Pooled as stored (AVX-512, AVX2), the same as pooling after.
         if pools_in_kernel() {
             let pooled_expected = pool(&expected, &[1, geo.cout, geo.oh, geo.ow]).0;
             let mut pooled = vec![f32::NAN; pooled_expected.len()];
             convolve(&geo, &padded, &packed, &bias, true, true, &mut pooled);
             assert!(close(&pooled_expected, &pooled), "pooled {geo:?}");
         }
+        // The AVX2 kernel also where AVX-512 takes precedence.
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             let mut avx2 = vec![0f32; size];
             // SAFETY: the CPU has the features.
-            unsafe { convolve_avx2(&geo, &padded, &packed, &bias, true, &mut avx2) };
+            unsafe { convolve_avx2(&geo, &padded, &packed, &bias, true, false, &mut avx2) };
             assert!(close(&expected, &avx2), "avx2 {geo:?}");
+            let pooled_expected = pool(&expected, &[1, geo.cout, geo.oh, geo.ow]).0;
+            let mut pooled = vec![f32::NAN; pooled_expected.len()];
+            // SAFETY: as above.
+            unsafe { convolve_avx2(&geo, &padded, &packed, &bias, true, true, &mut pooled) };
+            assert!(close(&pooled_expected, &pooled), "avx2 pooled {geo:?}");
         }
         assert!(expected.iter().any(|&v| v > 0.0) && expected.iter().all(|&v| v >= 0.0));
     }
