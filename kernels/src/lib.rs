@@ -7,7 +7,7 @@
 //!
 //! - [`direct`]: the fp32 direct convolution (AVX-512, AVX2+FMA, portable), also exact for
 //!   int8 held in f32;
-//! - [`winograd`]: F(2x2, 3x3) for pooled fp32 3x3 convolutions, on AVX-512;
+//! - [`winograd`]: F(2x2, 3x3) for pooled fp32 3x3 convolutions, on AVX-512 and AVX2;
 //! - [`intconv`]: the int8 convolution on integer dot-product instructions (AVX-512 VNNI,
 //!   AVX-VNNI, aarch64 `sdot`), bit for bit the f32 loop's sums;
 //! - [`quantize`]: QuantizeLinear and QLinearConv's requantisation, as tract computes them;
@@ -40,6 +40,27 @@ pub fn sized<T: Copy>(buf: &mut Vec<T>, len: usize, fill: T) -> &mut [T] {
     buf
 }
 
+/// Copies `src` into `dst`, of the same length. An input row is tens of elements, where a
+/// call to `memcpy` costs more than the copy: up to 64 elements move as two overlapping
+/// fixed-size chunks, each a few loads and stores.
+#[inline(always)]
+pub fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
+    #[inline(always)]
+    fn ends<T: Copy, const K: usize>(dst: &mut [T], src: &[T]) {
+        let n = src.len();
+        dst[..K].copy_from_slice(&src[..K]);
+        dst[n - K..][..K].copy_from_slice(&src[n - K..][..K]);
+    }
+    assert_eq!(dst.len(), src.len(), "rows of one length");
+    match src.len() {
+        32..=64 => ends::<T, 32>(dst, src),
+        16..=31 => ends::<T, 16>(dst, src),
+        8..=15 => ends::<T, 8>(dst, src),
+        4..=7 => ends::<T, 4>(dst, src),
+        _ => dst.copy_from_slice(src),
+    }
+}
+
 /// Which vector path each kernel of this crate takes on this CPU (for benchmark reports,
 /// which print it beside every figure).
 pub fn kernel_paths() -> Vec<(&'static str, &'static str)> {
@@ -66,6 +87,7 @@ pub fn kernel_paths() -> Vec<(&'static str, &'static str)> {
         };
         vec![
             ("direct_conv", conv),
+            ("winograd", winograd::kernel_path()),
             ("int8_conv", intconv::kernel_path()),
             ("quantize", wide),
             ("requantize", wide),
@@ -75,9 +97,29 @@ pub fn kernel_paths() -> Vec<(&'static str, &'static str)> {
     {
         vec![
             ("direct_conv", "portable"),
+            ("winograd", winograd::kernel_path()),
             ("int8_conv", intconv::kernel_path()),
             ("quantize", "portable"),
             ("requantize", "portable"),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_row;
+
+    #[test]
+    fn short_rows_copy_whole_at_every_length() {
+        for len in 0..=80 {
+            let src: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+            let mut dst = vec![0u8; len];
+            copy_row(&mut dst, &src);
+            assert_eq!(dst, src, "length {len}");
+            let src: Vec<f32> = src.iter().map(|&b| f32::from(b) - 100.5).collect();
+            let mut dst = vec![0f32; len];
+            copy_row(&mut dst, &src);
+            assert_eq!(dst, src, "length {len}");
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Winograd F(2x2, 3x3) for the fp32 loop's pooled 3x3 convolutions, on AVX-512.
+//! Winograd F(2x2, 3x3) for the fp32 loop's pooled 3x3 convolutions, on AVX-512 and AVX2.
 //!
 //! A 3x3 convolution computed directly costs 36 multiplies per 2x2 block of outputs and input
 //! channel; Winograd's minimal filtering computes the same block from a 4x4 input tile with
@@ -14,8 +14,10 @@
 //! the outputs' magnitude; the int8 form, which must be exact, never comes here.
 //!
 //! Layout: lanes run along tiles everywhere (tile `t = ty * tw + tx` of the pooled plane), as
-//! the direct loop's lanes run along columns, so the products are the direct loop's
-//! 2 vectors x 8 channels tile of FMAs with the tile index in place of the column.
+//! the direct loop's lanes run along columns, so the products are the direct loop's tile of
+//! FMAs with the tile index in place of the column. The bodies for each instruction set are
+//! in `avx512.rs` (sixteen tiles per vector) and `avx2.rs` (eight) beside this file; they
+//! share the transformed input's layout.
 
 use crate::geometry::{BLOCK, ConvGeometry};
 
@@ -27,16 +29,32 @@ const LANES: usize = 16;
 /// `Gᵀ`'s rows as used in `U = G g Gᵀ`: the kernel transform.
 const G: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
 
-/// The kernels transformed (`[pos][ci][cout rounded up to BLOCK]`), from the direct loop's
-/// packing (`packed`: `[block][ci][ky][kx][BLOCK]`), for a 3x3 convolution of at least two
-/// input channels; `None` otherwise. Computed in f64 and rounded once.
+/// The kernels transformed, from the direct loop's packing (`packed`: `[block][ci][ky][kx][BLOCK]`),
+/// for a 3x3 convolution on a CPU with a body here, of enough input channels to pay
+/// (two on AVX-512, sixteen on AVX2: `cascade-bench kernels` measures it); `None` otherwise. Computed in f64 and rounded once, and laid out for this CPU's body
+/// ([`Isa::weight_index`]).
 ///
 /// With one input channel the transforms cost more than the products they save: the edge
 /// model at batch 1 took 10.4–11.1 µs with its first layer here against 9.5–10.1 µs with it
 /// on the direct loop (`cascade-bench loop --model edge_fp32`, alternated, Xeon with AVX-512).
 pub fn transform_weights(g: &ConvGeometry, packed: &[f32]) -> Option<Vec<f32>> {
+    let isa = Isa::best()?;
+    if g.cin < isa.min_channels() {
+        return None;
+    }
+    transform_weights_on(isa, g, packed)
+}
+
+/// [`transform_weights`] whatever the number of input channels: for benchmarks that compare
+/// this CPU's body with the direct loop on layers [`transform_weights`] leaves there.
+pub fn transform_weights_always(g: &ConvGeometry, packed: &[f32]) -> Option<Vec<f32>> {
+    transform_weights_on(Isa::best()?, g, packed)
+}
+
+/// [`transform_weights`] laid out for the body of `isa`, for any number of input channels.
+fn transform_weights_on(isa: Isa, g: &ConvGeometry, packed: &[f32]) -> Option<Vec<f32>> {
     let coutp = g.cout.div_ceil(BLOCK) * BLOCK;
-    if g.kh != 3 || g.kw != 3 || g.cin < 2 || packed.len() != coutp * g.taps() {
+    if g.kh != 3 || g.kw != 3 || packed.len() != coutp * g.taps() {
         return None;
     }
     let mut u = vec![0f32; POS * g.cin * coutp];
@@ -52,7 +70,7 @@ pub fn transform_weights(g: &ConvGeometry, packed: &[f32]) -> Option<Vec<f32>> {
                             s += ga * w(a, b) * gb;
                         }
                     }
-                    u[(pos * g.cin + ci) * coutp + block * BLOCK + c] = s as f32;
+                    u[isa.weight_index(g, pos, ci, block * BLOCK + c)] = s as f32;
                 }
             }
         }
@@ -60,13 +78,86 @@ pub fn transform_weights(g: &ConvGeometry, packed: &[f32]) -> Option<Vec<f32>> {
     Some(u)
 }
 
+/// The instruction sets with a body here, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Isa {
+    /// Every set with a body, best first.
+    const ALL: &[Isa] = &[
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2,
+    ];
+
+    /// Whether this CPU has the instructions.
+    fn runs_here(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+        }
+    }
+
+    /// The best set this CPU has, if any.
+    fn best() -> Option<Isa> {
+        Isa::ALL.iter().copied().find(|isa| isa.runs_here())
+    }
+
+    /// The fewest input channels for which the body beats the direct loop: the transforms
+    /// cost the same per channel whatever the products save.
+    ///
+    /// AVX2 against its own direct loop, pooled, alternated in one process (AMD EPYC, Zen 3):
+    /// Winograd over direct 1.03–1.13 for the edge model's 8-channel layer, 0.73–0.84 and
+    /// 0.69–0.79 for the central model's 16- and 32-channel ones (`cascade-bench kernels`,
+    /// `docs/performance.md`).
+    fn min_channels(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => 2,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => 16,
+        }
+    }
+
+    /// Where the transformed weight of output channel `oc`, input channel `ci` and position
+    /// `pos` lies in the body's layout: in the order its multiply reads them, so that the
+    /// weights of one tile are contiguous. AVX-512, eight channels per tile:
+    /// `[pos][ci][cout rounded up to BLOCK]`; AVX2, eight too: `[cout / 8][pos][ci][8]`.
+    fn weight_index(self, g: &ConvGeometry, pos: usize, ci: usize, oc: usize) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => (pos * g.cin + ci) * g.cout.div_ceil(BLOCK) * BLOCK + oc,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                let ob = avx2::OB;
+                ((oc / ob * POS + pos) * g.cin + ci) * ob + oc % ob
+            }
+        }
+    }
+}
+
 /// Whether this CPU runs [`convolve_pooled`].
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-        return true;
+    Isa::best().is_some()
+}
+
+/// The path [`convolve_pooled`] takes on this CPU (for benchmark reports).
+pub fn kernel_path() -> &'static str {
+    match Isa::best() {
+        #[cfg(target_arch = "x86_64")]
+        Some(Isa::Avx512) => "avx512f+fma",
+        #[cfg(target_arch = "x86_64")]
+        Some(Isa::Avx2) => "avx2+fma",
+        None => "none",
     }
-    false
 }
 
 /// Pooled output tiles of `g`: rows and columns (odd trailing output rows and columns
@@ -99,7 +190,7 @@ pub fn transformed_len(g: &ConvGeometry) -> usize {
 /// [`transformed_len`] floats.
 ///
 /// # Panics
-/// If the CPU lacks AVX-512 ([`available`]) or a buffer is shorter than `g` needs.
+/// If the CPU has no body here ([`available`]) or a buffer is shorter than `g` needs.
 #[allow(clippy::too_many_arguments)]
 pub fn convolve_pooled(
     g: &ConvGeometry,
@@ -110,220 +201,54 @@ pub fn convolve_pooled(
     transformed: &mut [f32],
     out: &mut [f32],
 ) {
-    assert!(available(), "winograd: this CPU has no AVX-512");
+    let Some(isa) = Isa::best() else {
+        panic!("winograd: this CPU has neither AVX-512 nor AVX2 with FMA");
+    };
+    convolve_pooled_on(isa, g, padded, u, bias, relu, transformed, out);
+}
+
+/// [`convolve_pooled`] on the body for `isa`, which this CPU must run.
+#[allow(clippy::too_many_arguments)]
+fn convolve_pooled_on(
+    isa: Isa,
+    g: &ConvGeometry,
+    padded: &[f32],
+    u: &[f32],
+    bias: &[f32],
+    relu: bool,
+    transformed: &mut [f32],
+    out: &mut [f32],
+) {
+    assert!(isa.runs_here(), "winograd: this CPU lacks {isa:?}");
     let (th, tw) = tiles(g);
     let coutp = g.cout.div_ceil(BLOCK) * BLOCK;
     assert!(g.kh == 3 && g.kw == 3, "winograd: 3x3 kernels only");
     assert!(padded.len() >= g.cin * g.padded_h() * g.padded_w());
     assert!(u.len() == POS * g.cin * coutp && bias.len() >= coutp);
     assert!(transformed.len() >= transformed_len(g) && out.len() >= g.cout * th * tw);
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `available` found the features the functions are compiled for.
-    unsafe {
-        x86::transform_input(g, padded, transformed);
-        x86::multiply_and_pool(g, transformed, u, bias, relu, out);
-    }
-    // Elsewhere `available` is false and the assert above has panicked.
+    // Where no set has a body, `Isa` has no values and the match has no arms.
     #[cfg(not(target_arch = "x86_64"))]
     let _ = relu;
+    match isa {
+        // SAFETY: the CPU has the features the functions are compiled for (asserted above).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe {
+            avx512::transform_input(g, padded, transformed);
+            avx512::multiply_and_pool(g, transformed, u, bias, relu, out);
+        },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe {
+            avx2::transform_input(g, padded, transformed);
+            avx2::multiply_and_pool(g, transformed, u, bias, relu, out);
+        },
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{BLOCK, ConvGeometry, LANES, POS, strides, tiles};
-    use std::arch::x86_64::*;
-    use std::mem::MaybeUninit;
-
-    /// The mask of the first `n` of 16 lanes.
-    #[inline]
-    fn first(n: usize) -> __mmask16 {
-        if n >= 16 { !0 } else { (1u16 << n) - 1 }
-    }
-
-    /// `V = Bᵀ d B` for every tile and input channel, stored `[pos][ci][tile]` ([`strides`]). Sixteen tiles of a tile row at a time:
-    /// the four input rows of the tiles, each split into its even and odd columns from the
-    /// tiles' first column and from two columns on, which are the tiles' four columns.
-    ///
-    /// Every address is computed once per group of sixteen tiles and checked once per group
-    /// (the first version indexed each of the sixteen stores and spent most of its time on
-    /// that, not on the transform).
-    #[target_feature(enable = "avx512f,fma")]
-    pub(super) fn transform_input(g: &ConvGeometry, padded: &[f32], v: &mut [f32]) {
-        let (th, tw) = tiles(g);
-        let (stride, pos_stride) = strides(g);
-        let (pw, plane) = (g.padded_w(), g.padded_h() * g.padded_w());
-        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-        for tx0 in (0..tw).step_by(LANES) {
-            let lanes = (tw - tx0).min(LANES);
-            // The sixteen floats from the tiles' first column and 16 on, and both from two
-            // columns on; each masked to the floats its row has.
-            let c0 = 2 * tx0;
-            let cols = [c0, c0 + LANES, c0 + 2, c0 + 2 + LANES];
-            let mut masks = [0 as __mmask16; 4];
-            for (m, &c) in masks.iter_mut().zip(&cols) {
-                *m = first(pw.saturating_sub(c));
-            }
-            for ci in 0..g.cin {
-                for ty in 0..th {
-                    // The tile row's four input rows, checked once.
-                    let rows = &padded[ci * plane + 2 * ty * pw..][..4 * pw];
-                    let mut e = [[_mm512_setzero_ps(); 4]; 4];
-                    for (i, e) in e.iter_mut().enumerate() {
-                        let mut x = [_mm512_setzero_ps(); 4];
-                        for k in 0..4 {
-                            let at = rows.as_ptr().wrapping_add(i * pw + cols[k]);
-                            // SAFETY: the mask reads only the floats of row `i` from column
-                            // `cols[k]`, all inside `rows`.
-                            x[k] = unsafe { _mm512_maskz_loadu_ps(masks[k], at) };
-                        }
-                        let d0 = _mm512_permutex2var_ps(x[0], even, x[1]);
-                        let d1 = _mm512_permutex2var_ps(x[0], odd, x[1]);
-                        let d2 = _mm512_permutex2var_ps(x[2], even, x[3]);
-                        let d3 = _mm512_permutex2var_ps(x[2], odd, x[3]);
-                        // Row i of d B.
-                        *e = [
-                            _mm512_sub_ps(d0, d2),
-                            _mm512_add_ps(d1, d2),
-                            _mm512_sub_ps(d2, d1),
-                            _mm512_sub_ps(d1, d3),
-                        ];
-                    }
-                    // Position (i, j) of every tile at `pos_stride * (4 i + j)` from here.
-                    let span = &mut v[ci * stride + ty * tw + tx0..][..(POS - 1) * pos_stride + lanes];
-                    let dst = span.as_mut_ptr();
-                    // Indexed, not iterated: the columns of `e` are read down its rows.
-                    #[allow(clippy::needless_range_loop)]
-                    for j in 0..4 {
-                        let col = [
-                            _mm512_sub_ps(e[0][j], e[2][j]),
-                            _mm512_add_ps(e[1][j], e[2][j]),
-                            _mm512_sub_ps(e[2][j], e[1][j]),
-                            _mm512_sub_ps(e[1][j], e[3][j]),
-                        ];
-                        for (i, val) in col.into_iter().enumerate() {
-                            // SAFETY: `lanes` floats at `(4 i + j) * pos_stride`, inside `span`.
-                            unsafe {
-                                _mm512_mask_storeu_ps(dst.add((i * 4 + j) * pos_stride), first(lanes), val)
-                            };
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// The products summed over channels, then `Aᵀ M A`, bias, pool and Relu: blocks of 8
-    /// output channels x 2 vectors of tiles (the last vector alone when odd).
-    #[target_feature(enable = "avx512f,fma")]
-    pub(super) fn multiply_and_pool(
-        g: &ConvGeometry,
-        v: &[f32],
-        u: &[f32],
-        bias: &[f32],
-        relu: bool,
-        out: &mut [f32],
-    ) {
-        let (th, tw) = tiles(g);
-        let vectors = (th * tw).div_ceil(LANES);
-        for block in 0..g.cout.div_ceil(BLOCK) {
-            let pairs = vectors - vectors % 2;
-            for vec0 in (0..pairs).step_by(2) {
-                tile::<2>(g, v, u, bias, relu, (block, vec0), out);
-            }
-            if pairs < vectors {
-                tile::<1>(g, v, u, bias, relu, (block, pairs), out);
-            }
-        }
-    }
-
-    /// `R` vectors of tiles from `vec0` x the 8 channels of `block`: the sixteen positions'
-    /// sums in `R * 8` zmm accumulators each, kept in `m`, then the output transform.
-    #[target_feature(enable = "avx512f,fma")]
-    #[inline]
-    fn tile<const R: usize>(
-        g: &ConvGeometry,
-        v: &[f32],
-        u: &[f32],
-        bias: &[f32],
-        relu: bool,
-        (block, vec0): (usize, usize),
-        out: &mut [f32],
-    ) {
-        let (th, tw) = tiles(g);
-        let tiles = th * tw;
-        let (stride, pos_stride) = strides(g);
-        let coutp = g.cout.div_ceil(BLOCK) * BLOCK;
-        // Written whole before it is read; left uninitialised, as zeroing it (16 KiB a call)
-        // was 3% of the central model's time.
-        let mut m = [[[MaybeUninit::<__m512>::uninit(); R]; BLOCK]; POS];
-        for (pos, m) in m.iter_mut().enumerate() {
-            let vpos = &v[pos * pos_stride..][..g.cin * stride];
-            let upos = &u[pos * g.cin * coutp..][..g.cin * coutp];
-            let mut acc = [[_mm512_setzero_ps(); BLOCK]; R];
-            for (vrow, urow) in vpos.chunks_exact(stride).zip(upos.chunks_exact(coutp)) {
-                let vrow = &vrow[vec0 * LANES..][..R * LANES];
-                let w = &urow[block * BLOCK..][..BLOCK];
-                let mut x = [_mm512_setzero_ps(); R];
-                for (r, x) in x.iter_mut().enumerate() {
-                    // SAFETY: `vrow` holds `R * 16` floats.
-                    *x = unsafe { _mm512_loadu_ps(vrow[r * LANES..].as_ptr()) };
-                }
-                for c in 0..BLOCK {
-                    let w = _mm512_set1_ps(w[c]);
-                    for r in 0..R {
-                        acc[r][c] = _mm512_fmadd_ps(w, x[r], acc[r][c]);
-                    }
-                }
-            }
-            for (c, m) in m.iter_mut().enumerate() {
-                for (r, m) in m.iter_mut().enumerate() {
-                    m.write(acc[r][c]);
-                }
-            }
-        }
-        let oc0 = block * BLOCK;
-        for c in 0..BLOCK.min(g.cout - oc0) {
-            let b = _mm512_set1_ps(bias[oc0 + c]);
-            // Indexed, not iterated: `r` is both a vector of tiles and an axis of `m`.
-            #[allow(clippy::needless_range_loop)]
-            for r in 0..R {
-                let t0 = (vec0 + r) * LANES;
-                let lanes = tiles.saturating_sub(t0).min(LANES);
-                if lanes == 0 {
-                    continue;
-                }
-                // M's rows, then Aᵀ M: rows 0 + 1 + 2 and 1 - 2 - 3; then times A, the same on
-                // columns.
-                let mut rows = [[_mm512_setzero_ps(); 4]; 4];
-                for (pos, v) in rows.as_flattened_mut().iter_mut().enumerate() {
-                    // SAFETY: the loop over positions above wrote every element.
-                    *v = unsafe { m[pos][c][r].assume_init() };
-                }
-                let mut s = [[_mm512_setzero_ps(); 4]; 2];
-                // Indexed, not iterated: column `j` of every row.
-                #[allow(clippy::needless_range_loop)]
-                for j in 0..4 {
-                    s[0][j] = _mm512_add_ps(_mm512_add_ps(rows[0][j], rows[1][j]), rows[2][j]);
-                    s[1][j] = _mm512_sub_ps(_mm512_sub_ps(rows[1][j], rows[2][j]), rows[3][j]);
-                }
-                let mut y = _mm512_set1_ps(f32::NEG_INFINITY);
-                for s in s {
-                    let left = _mm512_add_ps(_mm512_add_ps(s[0], s[1]), s[2]);
-                    let right = _mm512_sub_ps(_mm512_sub_ps(s[1], s[2]), s[3]);
-                    y = _mm512_max_ps(y, _mm512_max_ps(left, right));
-                }
-                // The bias after the max: rounding is monotonic, so this equals the max of
-                // the biased outputs; Relu likewise commutes with max.
-                let y = _mm512_add_ps(y, b);
-                let y = if relu { _mm512_max_ps(y, _mm512_setzero_ps()) } else { y };
-                let dst = &mut out[(oc0 + c) * tiles + t0..][..lanes];
-                // SAFETY: the mask writes exactly `lanes` floats, the length of `dst`.
-                unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr(), first(lanes), y) };
-            }
-        }
-    }
-}
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 #[cfg(test)]
 mod tests;

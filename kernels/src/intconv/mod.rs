@@ -37,7 +37,7 @@
 //! quantised matmul, which the runtime rewrites into such a convolution) is a dot product over the input instead: lanes run
 //! along it, sixty-four terms per instruction.
 
-use crate::{ConvGeometry, sized};
+use crate::{ConvGeometry, copy_row, sized};
 
 /// Output columns per tile, as in the f32 loop: sixteen i32 lanes.
 const TILE: usize = 16;
@@ -516,26 +516,6 @@ unsafe fn dot<L: Lanes>(p: &Packed, bytes: usize, input: &[u8], out: &mut [f32])
         for (oc, sum) in (oc0..cout).zip(sums) {
             out[oc] = p.offsets::<L>()[oc].wrapping_add(sum) as f32;
         }
-    }
-}
-
-/// Copies `src` into `dst`, of the same length. An input row is tens of bytes, where a call
-/// to `memcpy` costs more than the copy: up to 64 bytes move as two overlapping fixed-size
-/// chunks, each a load and a store.
-#[inline(always)]
-fn copy_row(dst: &mut [u8], src: &[u8]) {
-    fn ends<const K: usize>(dst: &mut [u8], src: &[u8]) {
-        let n = src.len();
-        dst[..K].copy_from_slice(&src[..K]);
-        dst[n - K..][..K].copy_from_slice(&src[n - K..][..K]);
-    }
-    assert_eq!(dst.len(), src.len(), "rows of one length");
-    match src.len() {
-        32..=64 => ends::<32>(dst, src),
-        16..=31 => ends::<16>(dst, src),
-        8..=15 => ends::<8>(dst, src),
-        4..=7 => ends::<4>(dst, src),
-        _ => dst.copy_from_slice(src),
     }
 }
 

@@ -237,16 +237,6 @@ fn weights_outside_i8_or_foreign_input_types_are_left_to_the_f32_loop() {
     assert!(Packed::new(g, &case.w, &case.bias, 300, (0, 255)).is_none());
 }
 
-#[test]
-fn short_rows_copy_whole_at_every_length() {
-    for len in 0..=80 {
-        let src: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
-        let mut dst = vec![0u8; len];
-        copy_row(&mut dst, &src);
-        assert_eq!(dst, src, "length {len}");
-    }
-}
-
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }

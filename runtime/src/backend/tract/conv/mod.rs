@@ -6,10 +6,11 @@
 //! the int8 edge model slower than its fp32 twin. This op computes the convolution directly
 //! from a zero-padded copy of the input: for each output row and each block of output
 //! channels it keeps a tile of accumulators in registers and adds `weight * input row` once
-//! per kernel tap: AVX-512 (16 accumulators: 16 columns x 2 blocks of 8 channels) or
-//! AVX2+FMA kernels chosen at run time, and a plain-Rust kernel everywhere else (baseline
-//! x86-64, aarch64). Weights are packed at load in the order the loop reads them. An fp32
-//! 3x3 convolution with a fused pool runs instead as Winograd F(2x2, 3x3) on AVX-512
+//! per kernel tap: AVX-512 (16 accumulators: 2 rows x 16 columns x 8 channels) or AVX2+FMA
+//! (8 accumulators: 2 rows x 8 columns x 4 channels) kernels chosen at run time, and a
+//! plain-Rust kernel everywhere else (baseline x86-64, aarch64). Weights are packed at load
+//! in the order the loop reads them. An fp32 3x3 convolution with a fused pool and enough
+//! input channels runs instead as Winograd F(2x2, 3x3) on AVX-512 or AVX2
 //! ([`cascade_kernels::winograd`]): 2.25x fewer multiplies, the same outputs up to rounding.
 //! The kernels themselves are in the `cascade-kernels` crate (`kernels/`); this file is the
 //! op: what it fuses, its int8 edges, its buffers.
@@ -46,7 +47,7 @@ use tract_onnx::tract_core::ndarray::{ArrayD, IxDyn};
 use cascade_kernels::direct::{convolve, pack, pad_bias, pools_in_kernel};
 use cascade_kernels::intconv::{IntConv, Packed};
 use cascade_kernels::quantize::{MAX_SCALE, Quantized, quantize_all, requantize_all};
-use cascade_kernels::{ConvGeometry, sized, winograd};
+use cascade_kernels::{ConvGeometry, copy_row, sized, winograd};
 
 use crate::backend::quant::Requant;
 use scratch::Scratch;
@@ -242,7 +243,7 @@ impl DirectConv {
                 load(img * g.cin + ci, plane);
                 let padded_plane = &mut padded[ci * ph * pw..][..ph * pw];
                 for (y, row) in plane.chunks_exact(g.w).enumerate() {
-                    padded_plane[(g.pad_top + y) * pw + g.pad_left..][..g.w].copy_from_slice(row);
+                    copy_row(&mut padded_plane[(g.pad_top + y) * pw + g.pad_left..][..g.w], row);
                 }
             }
             if let Some(u) = winograd {

@@ -73,9 +73,10 @@ fn int8_refuses_weights_whose_sums_f32_cannot_hold_exactly() {
 }
 
 #[test]
-fn winograd_takes_pooled_fp32_3x3_kernels_of_two_channels_or_more() {
+fn winograd_takes_pooled_fp32_3x3_kernels_of_enough_channels() {
+    // 32 input channels: enough on every body (`cascade_kernels::winograd::transform_weights`).
     let geo =
-        ConvGeometry { cin: 2, cout: 4, h: 8, w: 8, kh: 3, kw: 3, pad_top: 1, pad_left: 1, oh: 8, ow: 8 };
+        ConvGeometry { cin: 32, cout: 4, h: 8, w: 8, kh: 3, kw: 3, pad_top: 1, pad_left: 1, oh: 8, ow: 8 };
     let pooled = |geo| {
         let mut conv = fp32_conv(geo);
         conv.fuse_pool();
@@ -87,7 +88,7 @@ fn winograd_takes_pooled_fp32_3x3_kernels_of_two_channels_or_more() {
     assert!(!pooled(ConvGeometry { kw: 2, ow: 7, ..geo }));
     let requant = Requant { x_zero: 0, w_zero: 0, y_zero: 0, mult: 0.01, lo: 0, hi: 255 };
     let q = Int8Output { requant, output: DatumType::U8, channel_mults: None };
-    let mut int8 = DirectConv::int8(geo, &[1; 72], &[0; 4], (0, 255), q).unwrap();
+    let mut int8 = DirectConv::int8(geo, &[1; 4 * 32 * 9], &[0; 4], (0, 255), q).unwrap();
     int8.fuse_pool();
     assert!(int8.winograd.is_none(), "int8 must stay exact");
 }
