@@ -9,7 +9,7 @@
 //!   int8 held in f32;
 //! - [`winograd`]: F(2x2, 3x3) for pooled fp32 3x3 convolutions, on AVX-512 and AVX2;
 //! - [`intconv`]: the int8 convolution on integer dot-product instructions (AVX-512 VNNI,
-//!   AVX-VNNI, aarch64 `sdot`), bit for bit the f32 loop's sums;
+//!   AVX-VNNI, aarch64 `sdot`) or AVX2's 16-bit multiply-add, bit for bit the f32 loop's sums;
 //! - [`quantize`]: QuantizeLinear and QLinearConv's requantisation, as tract computes them;
 //! - [`pool`]: the 2x2 stride-2 max pool.
 //!

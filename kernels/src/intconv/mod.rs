@@ -4,7 +4,8 @@
 //! lane and instruction. Where the CPU has a four-way u8 x i8 dot product into i32 lanes
 //! (AVX-512 VNNI `vpdpbusd` on sixteen lanes, AVX-VNNI the same on eight; signed by signed,
 //! `sdot`, on aarch64 with the dot-product extension), one instruction does four
-//! multiply-adds per lane, on inputs a quarter the size. This module is that path:
+//! multiply-adds per lane, on inputs a quarter the size. Plain AVX2 has no such instruction;
+//! its body does the same sum in 16-bit halves with `vpmaddwd`, exactly (`x86.rs`). This module is that path:
 //! weights packed at load, the input re-laid per image, and the kernels, one body for every
 //! instruction set (`Lanes`). It produces the f32 loop's accumulators bit for bit (the unit
 //! tests compare them on random convolutions, and run the same layout on an emulated
@@ -57,6 +58,9 @@ enum Isa {
     /// AVX-VNNI: the same instruction on 256-bit vectors, two per sixteen lanes.
     #[cfg(target_arch = "x86_64")]
     AvxVnni,
+    /// Plain AVX2: the byte dot product as two 16-bit multiply-adds (`vpmaddwd`), exact.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
     /// aarch64's dot-product extension: `sdot` on four 128-bit vectors.
     #[cfg(target_arch = "aarch64")]
     Sdot,
@@ -73,6 +77,9 @@ impl Isa {
             if is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2") {
                 return Some(Isa::AvxVnni);
             }
+            if is_x86_feature_detected!("avx2") {
+                return Some(Isa::Avx2);
+            }
         }
         #[cfg(target_arch = "aarch64")]
         if std::arch::is_aarch64_feature_detected!("dotprod") {
@@ -87,6 +94,8 @@ impl Isa {
             Isa::Avx512Vnni => "avx512vnni",
             #[cfg(target_arch = "x86_64")]
             Isa::AvxVnni => "avxvnni",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => "avx2-pmaddwd",
             #[cfg(target_arch = "aarch64")]
             Isa::Sdot => "sdot",
         }
@@ -519,14 +528,17 @@ unsafe fn dot<L: Lanes>(p: &Packed, bytes: usize, input: &[u8], out: &mut [f32])
     }
 }
 
-/// [`Lanes::store`] for a set that reads its lanes out to memory.
+/// [`Lanes::store`] for a set that reads its lanes out to memory (`sdot`, and the tests'
+/// emulated instruction).
+#[cfg(any(target_arch = "aarch64", test))]
 fn store_lanes(lanes: [i32; 16], dst: &mut [f32]) {
     for (d, v) in dst.iter_mut().zip(lanes) {
         *d = v as f32;
     }
 }
 
-/// [`Lanes::store_pair_max`] for a set that reads its lanes out to memory.
+/// [`Lanes::store_pair_max`] for a set that reads its lanes out to memory (as above).
+#[cfg(any(target_arch = "aarch64", test))]
 fn store_pair_max_lanes(lanes: [i32; 16], dst: &mut [f32]) {
     for (d, pair) in dst.iter_mut().zip(lanes.chunks_exact(2)) {
         *d = pair[0].max(pair[1]) as f32;
@@ -603,6 +615,9 @@ impl IntConv {
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Isa::AvxVnni => unsafe { x86::run_avx256(p, n, pool, load, out, s) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { x86::run_avx2(p, n, pool, load, out, s) },
             // SAFETY: as above.
             #[cfg(target_arch = "aarch64")]
             Isa::Sdot => unsafe { arm::run_sdot(p, n, pool, load, out, s) },

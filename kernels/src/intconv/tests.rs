@@ -208,6 +208,14 @@ fn every_dot_product_kernel_this_cpu_has_matches_the_reference_bit_for_bit() {
                     assert_eq!(bits(&expected), bits(&got), "avxvnni {:?} pool {pool}", case.geo);
                     ran.push("avxvnni");
                 }
+                if is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has the feature.
+                    let got = run_case(&case, pool, |p, load, out, s| unsafe {
+                        x86::run_avx2(p, case.n, pool, load, out, s)
+                    });
+                    assert_eq!(bits(&expected), bits(&got), "avx2 {:?} pool {pool}", case.geo);
+                    ran.push("avx2");
+                }
             }
             #[cfg(target_arch = "aarch64")]
             if std::arch::is_aarch64_feature_detected!("dotprod") {

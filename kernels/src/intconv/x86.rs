@@ -1,5 +1,5 @@
-//! The x86_64 kernels: AVX-512 VNNI and AVX-VNNI bodies of [`super::Lanes`], and the entry
-//! points compiled for each.
+//! The x86_64 kernels: AVX-512 VNNI, AVX-VNNI and plain AVX2 bodies of [`super::Lanes`], and
+//! the entry points compiled for each.
 
 use std::arch::x86_64::*;
 
@@ -69,24 +69,98 @@ impl Lanes for Avx512 {
     }
 }
 
-/// AVX-VNNI: two 256-bit vectors.
-#[derive(Clone, Copy)]
-pub(super) struct Avx256([__m256i; 2]);
+/// What AVX-VNNI and plain AVX2 share: sixteen lanes as two 256-bit vectors. Compiled for
+/// AVX2 alone, and inlined into either body.
+mod ymm {
+    use super::super::VECTOR;
+    use std::arch::x86_64::*;
 
-impl Avx256 {
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn splat(v: i32) -> [__m256i; 2] {
+        [_mm256_set1_epi32(v); 2]
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn load(bytes: &[u8]) -> [__m256i; 2] {
+        let bytes = &bytes[..VECTOR];
+        // SAFETY: `bytes` holds the 64 bytes read, 32 per half.
+        unsafe {
+            [_mm256_loadu_si256(bytes.as_ptr().cast()), _mm256_loadu_si256(bytes[32..].as_ptr().cast())]
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn max(a: [__m256i; 2], b: [__m256i; 2]) -> [__m256i; 2] {
+        [_mm256_max_epi32(a[0], b[0]), _mm256_max_epi32(a[1], b[1])]
+    }
     /// The sixteen lanes.
     #[inline]
-    #[target_feature(enable = "avx2,avxvnni")]
-    fn lanes(self) -> [i32; 16] {
+    #[target_feature(enable = "avx2")]
+    fn lanes(v: [__m256i; 2]) -> [i32; 16] {
         let mut lanes = [0i32; 16];
         // SAFETY: each half of `lanes` holds 8 i32.
         unsafe {
-            _mm256_storeu_si256(lanes.as_mut_ptr().cast(), self.0[0]);
-            _mm256_storeu_si256(lanes[8..].as_mut_ptr().cast(), self.0[1]);
+            _mm256_storeu_si256(lanes.as_mut_ptr().cast(), v[0]);
+            _mm256_storeu_si256(lanes[8..].as_mut_ptr().cast(), v[1]);
         }
         lanes
     }
+    /// The first `dst.len()` (at most 16) lanes as f32: converted in vectors, stored whole
+    /// when all sixteen are wanted (the common case), through a buffer otherwise.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn store(v: [__m256i; 2], dst: &mut [f32]) {
+        let f = v.map(|v| _mm256_cvtepi32_ps(v));
+        if dst.len() == 16 {
+            // SAFETY: `dst` holds the sixteen floats written, eight per half.
+            unsafe {
+                _mm256_storeu_ps(dst.as_mut_ptr(), f[0]);
+                _mm256_storeu_ps(dst[8..].as_mut_ptr(), f[1]);
+            }
+        } else {
+            let mut all = [0f32; 16];
+            // SAFETY: each half of `all` holds 8 floats.
+            unsafe {
+                _mm256_storeu_ps(all.as_mut_ptr(), f[0]);
+                _mm256_storeu_ps(all[8..].as_mut_ptr(), f[1]);
+            }
+            let n = dst.len().min(16);
+            dst[..n].copy_from_slice(&all[..n]);
+        }
+    }
+    /// The larger of lanes `2i` and `2i + 1` as f32, for the first `dst.len()` (at most 8)
+    /// `i`: each half's even and odd lanes gathered into its two 128-bit halves, their max.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn store_pair_max(v: [__m256i; 2], dst: &mut [f32]) {
+        let split = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+        let [a, b] = v.map(|v| {
+            let v = _mm256_permutevar8x32_epi32(v, split);
+            _mm_max_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v))
+        });
+        let pairs = _mm256_cvtepi32_ps(_mm256_set_m128i(b, a));
+        if dst.len() == 8 {
+            // SAFETY: `dst` holds the eight floats written.
+            unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), pairs) };
+        } else {
+            let mut all = [0f32; 8];
+            // SAFETY: `all` holds 8 floats.
+            unsafe { _mm256_storeu_ps(all.as_mut_ptr(), pairs) };
+            let n = dst.len().min(8);
+            dst[..n].copy_from_slice(&all[..n]);
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn sum(v: [__m256i; 2]) -> i32 {
+        lanes(v).iter().fold(0i32, |s, &x| s.wrapping_add(x))
+    }
 }
+
+/// AVX-VNNI: two 256-bit vectors.
+#[derive(Clone, Copy)]
+pub(super) struct Avx256([__m256i; 2]);
 
 // As for `Avx512`.
 impl Lanes for Avx256 {
@@ -94,25 +168,17 @@ impl Lanes for Avx256 {
     #[inline]
     #[target_feature(enable = "avx2,avxvnni")]
     unsafe fn load_input(bytes: &[u8]) -> Avx256 {
-        // SAFETY: same contract.
-        unsafe { Avx256::load(bytes) }
+        Avx256(ymm::load(bytes))
     }
     #[inline]
     #[target_feature(enable = "avx2,avxvnni")]
     unsafe fn splat(v: i32) -> Avx256 {
-        Avx256([_mm256_set1_epi32(v); 2])
+        Avx256(ymm::splat(v))
     }
     #[inline]
     #[target_feature(enable = "avx2,avxvnni")]
     unsafe fn load(bytes: &[u8]) -> Avx256 {
-        let bytes = &bytes[..VECTOR];
-        // SAFETY: `bytes` holds the 64 bytes read, 32 per half.
-        unsafe {
-            Avx256([
-                _mm256_loadu_si256(bytes.as_ptr().cast()),
-                _mm256_loadu_si256(bytes[32..].as_ptr().cast()),
-            ])
-        }
+        Avx256(ymm::load(bytes))
     }
     #[inline]
     #[target_feature(enable = "avx2,avxvnni")]
@@ -125,22 +191,86 @@ impl Lanes for Avx256 {
     #[inline]
     #[target_feature(enable = "avx2,avxvnni")]
     unsafe fn max(self, other: Avx256) -> Avx256 {
-        Avx256([_mm256_max_epi32(self.0[0], other.0[0]), _mm256_max_epi32(self.0[1], other.0[1])])
+        Avx256(ymm::max(self.0, other.0))
     }
     #[inline]
     #[target_feature(enable = "avx2,avxvnni")]
     unsafe fn store(self, dst: &mut [f32]) {
-        super::store_lanes(self.lanes(), dst);
+        ymm::store(self.0, dst);
     }
     #[inline]
     #[target_feature(enable = "avx2,avxvnni")]
     unsafe fn store_pair_max(self, dst: &mut [f32]) {
-        super::store_pair_max_lanes(self.lanes(), dst);
+        ymm::store_pair_max(self.0, dst);
     }
     #[inline]
     #[target_feature(enable = "avx2,avxvnni")]
     unsafe fn sum(self) -> i32 {
-        self.lanes().iter().fold(0i32, |s, &v| s.wrapping_add(v))
+        ymm::sum(self.0)
+    }
+}
+
+/// Plain AVX2, without a byte dot product: `vpmaddwd` on 16-bit halves, two per 256-bit
+/// vector. Each lane's four bytes split into the even ones (0 and 2) and the odd ones (1 and
+/// 3), widened to 16 bits in place (inputs zero-extended by a mask or a shift, weights
+/// sign-extended by shifts), and `vpmaddwd` adds the two products of each half into its i32
+/// lane: `u0 w0 + u2 w2` and `u1 w1 + u3 w3`. Each product is at most 255 x 128 in
+/// magnitude and each pair fits an i32, so the sum is exact, as the instruction sets with a
+/// byte dot product compute it. (`vpmaddubsw`, which multiplies bytes directly, saturates
+/// its pair sums at 16 bits and would not be.)
+#[derive(Clone, Copy)]
+pub(super) struct Avx2([__m256i; 2]);
+
+impl Lanes for Avx2 {
+    const SIGNED: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load_input(bytes: &[u8]) -> Avx2 {
+        Avx2(ymm::load(bytes))
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn splat(v: i32) -> Avx2 {
+        Avx2(ymm::splat(v))
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load(bytes: &[u8]) -> Avx2 {
+        Avx2(ymm::load(bytes))
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn dot(self, input: Avx2, weights: Avx2) -> Avx2 {
+        let low_bytes = _mm256_set1_epi16(0x00ff);
+        Avx2(std::array::from_fn(|h| {
+            let (x, w) = (input.0[h], weights.0[h]);
+            let even = _mm256_madd_epi16(
+                _mm256_and_si256(x, low_bytes),
+                _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(w)),
+            );
+            let odd = _mm256_madd_epi16(_mm256_srli_epi16::<8>(x), _mm256_srai_epi16::<8>(w));
+            _mm256_add_epi32(self.0[h], _mm256_add_epi32(even, odd))
+        }))
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn max(self, other: Avx2) -> Avx2 {
+        Avx2(ymm::max(self.0, other.0))
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store(self, dst: &mut [f32]) {
+        ymm::store(self.0, dst);
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store_pair_max(self, dst: &mut [f32]) {
+        ymm::store_pair_max(self.0, dst);
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn sum(self) -> i32 {
+        ymm::sum(self.0)
     }
 }
 
@@ -182,6 +312,28 @@ pub(super) fn run_avx256(
             p.run_with::<Avx256, 2>(n, pool, load, out, scratch);
         } else {
             p.run_with::<Avx256, 4>(n, pool, load, out, scratch);
+        }
+    }
+}
+
+/// Plain AVX2: each byte dot product is four `vpmaddwd`-side instructions and two adds, so
+/// fewer channels share an input than on AVX-VNNI (see `run_avx256`): two per tile, one when
+/// pooling.
+#[target_feature(enable = "avx2")]
+pub(super) fn run_avx2(
+    p: &Packed,
+    n: usize,
+    pool: bool,
+    load: &mut dyn FnMut(usize, &mut [u8]),
+    out: &mut [f32],
+    scratch: &mut IntScratch,
+) {
+    // SAFETY: this function is compiled for, and only called on, AVX2.
+    unsafe {
+        if pool {
+            p.run_with::<Avx2, 2>(n, pool, load, out, scratch);
+        } else {
+            p.run_with::<Avx2, 4>(n, pool, load, out, scratch);
         }
     }
 }

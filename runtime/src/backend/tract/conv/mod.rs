@@ -29,8 +29,8 @@
 //! a weight scale per output channel, which gives each channel its own multiplier; u8/i8
 //! output).
 //!
-//! int8 runs on the CPU's integer dot-product instructions where it has them
-//! ([`cascade_kernels::intconv`]: AVX-512 VNNI, AVX-VNNI, `sdot`), and otherwise on the same fp32 loop,
+//! int8 runs on the CPU's integer multiply-add instructions where it has them
+//! ([`cascade_kernels::intconv`]: AVX-512 VNNI, AVX-VNNI, AVX2, `sdot`), and otherwise on the same fp32 loop,
 //! exactly: the input and weights are shifted by their zero points into small integers, whose products and sums are integers that f32 represents
 //! exactly while they stay below 2^24 in magnitude. The rewrite checks that bound per output
 //! channel at load (sum of |weight| times the largest |input|, plus |bias|) and leaves the
@@ -110,7 +110,7 @@ pub(crate) struct DirectConv {
     pub(crate) int8: Option<Int8Output>,
     /// int8 form only: the range of the input's integer type (u8 or i8).
     x_range: (i32, i32),
-    /// int8 form only, on a CPU with integer dot-product instructions and weights that fit
+    /// int8 form only, on a CPU with integer multiply-add instructions and weights that fit
     /// an i8: the same convolution on those instructions ([`cascade_kernels::intconv`]).
     int: Option<IntConv>,
     /// Set by [`DirectConv::fuse_pool`] for an fp32 3x3 convolution on a CPU that runs
