@@ -11,6 +11,7 @@ mod backends;
 mod device;
 mod edge;
 mod faults;
+mod kernels;
 mod loadgen;
 mod procfs;
 mod sandbox;
@@ -71,6 +72,12 @@ enum Suite {
         /// Directory holding the reference models and data splits.
         #[arg(long, default_value_os_t = cascade_runtime::reference::default_models_dir())]
         models: PathBuf,
+    },
+    /// The convolution kernels alone on the reference models' layers: the direct loop's
+    /// speed, and Winograd against it on each pooled layer, alternated.
+    Kernels {
+        #[command(flatten)]
+        run: Run,
     },
     /// One reference model on tract in a loop, to be watched with `perf record -p`: runs for
     /// `--seconds` and prints its median run time.
@@ -181,6 +188,7 @@ fn main() -> anyhow::Result<()> {
             let budget = if run.quick { backends::Budget::QUICK } else { backends::Budget::DEFAULT };
             backends::run(&models, &repository(&models), budget)?.print(run.json)
         }
+        Suite::Kernels { run } => kernels::run(run.quick).print(run.json),
         Suite::Loop { run, models, model, batch, seconds } => {
             backends::run_loop(&models, &model, batch, seconds)?.print(run.json)
         }
