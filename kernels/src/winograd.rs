@@ -29,14 +29,11 @@ const LANES: usize = 16;
 /// `Gᵀ`'s rows as used in `U = G g Gᵀ`: the kernel transform.
 const G: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
 
-/// The kernels transformed, from the direct loop's packing (`packed`: `[block][ci][ky][kx][BLOCK]`),
-/// for a 3x3 convolution on a CPU with a body here, of enough input channels to pay
-/// (two on AVX-512, sixteen on AVX2: `cascade-bench kernels` measures it); `None` otherwise. Computed in f64 and rounded once, and laid out for this CPU's body
-/// ([`Isa::weight_index`]).
-///
-/// With one input channel the transforms cost more than the products they save: the edge
-/// model at batch 1 took 10.4–11.1 µs with its first layer here against 9.5–10.1 µs with it
-/// on the direct loop (`cascade-bench loop --model edge_fp32`, alternated, Xeon with AVX-512).
+/// The kernels transformed, from the direct loop's packing (`packed`:
+/// `[block][ci][ky][kx][BLOCK]`), for a 3x3 convolution on a CPU with a body here, of enough
+/// input channels to pay (`Isa::min_channels`: two on AVX-512, one on AVX2); `None`
+/// otherwise. Computed in f64 and rounded once, and laid out for this CPU's body
+/// (`Isa::weight_index`).
 pub fn transform_weights(g: &ConvGeometry, packed: &[f32]) -> Option<Vec<f32>> {
     let isa = Isa::best()?;
     if g.cin < isa.min_channels() {
@@ -114,16 +111,18 @@ impl Isa {
     /// The fewest input channels for which the body beats the direct loop: the transforms
     /// cost the same per channel whatever the products save.
     ///
-    /// AVX2 against its own direct loop, pooled, alternated in one process (AMD EPYC, Zen 3):
-    /// Winograd over direct 1.03–1.13 for the edge model's 8-channel layer, 0.73–0.84 and
-    /// 0.69–0.79 for the central model's 16- and 32-channel ones (`cascade-bench kernels`,
-    /// `docs/performance.md`).
+    /// AVX-512: with its first layer (one input channel) here the edge model at batch 1 took
+    /// 10.4–11.1 µs against 9.5–10.1 µs on the direct loop (`cascade-bench loop --model
+    /// edge_fp32`, alternated, Xeon). AVX2 (AMD EPYC, Zen 3), where the direct loop runs
+    /// one-channel layers at a third of its rate: Winograd over direct, pooled, 0.82–0.86 on
+    /// the edge model's first layer, 0.89–0.99 on its second, 0.62–0.84 on the central
+    /// model's (`cascade-bench kernels`, four runs).
     fn min_channels(self) -> usize {
         match self {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => 2,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => 16,
+            Isa::Avx2 => 1,
         }
     }
 

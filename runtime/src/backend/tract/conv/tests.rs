@@ -84,7 +84,6 @@ fn winograd_takes_pooled_fp32_3x3_kernels_of_enough_channels() {
     };
     assert!(fp32_conv(geo).winograd.is_none(), "not pooled");
     assert_eq!(pooled(geo), winograd::available());
-    assert!(!pooled(ConvGeometry { cin: 1, ..geo }));
     assert!(!pooled(ConvGeometry { kw: 2, ow: 7, ..geo }));
     let requant = Requant { x_zero: 0, w_zero: 0, y_zero: 0, mult: 0.01, lo: 0, hi: 255 };
     let q = Int8Output { requant, output: DatumType::U8, channel_mults: None };
