@@ -12,7 +12,7 @@
 //! `backend.ratio_tract_over_ort.<key>.b<batch>`, plus the steps that moved tract:
 //! `backend.tract_norewrite.<key>.b1.median_us` (tract without the load-time graph
 //! rewrites), `backend.ratio_int8_over_fp32.<backend>.b<batch>` (edge int8 over its fp32
-//! twin) and `backend.ratio_qdq_over_qoperator.tract.b<batch>` (the edge model as
+//! twin; on tract measured in rounds of its own, alternating the two) and `backend.ratio_qdq_over_qoperator.tract.b<batch>` (the edge model as
 //! onnxruntime's default QDQ quantisation writes it, `edge_int8_qdq`, over the QOperator
 //! `edge_int8`). The wgpu backend is measured the same way (`backend.wgpu.<key>.b<batch>.*` and
 //! `backend.ratio_int8_over_fp32.wgpu.b<batch>`) on whatever adapter the machine offers; the
@@ -216,11 +216,9 @@ pub(crate) fn run(models_dir: &Path, repo: &Path, budget: Budget) -> anyhow::Res
             "us",
         );
     }
+    int8_over_fp32(models_dir, &test, budget, &mut figures)?;
     for batch in BATCHES {
         let find = |m| tract_b.iter().find(|(k, b, _)| *k == m && *b == batch).map(|x| x.2);
-        if let (Some(i8), Some(f32)) = (find(ReferenceModel::EdgeInt8), find(ReferenceModel::EdgeFp32)) {
-            figures.push(format!("backend.ratio_int8_over_fp32.tract.b{batch}"), i8 / f32, "ratio");
-        }
         // The QDQ file (folded into integer ops at load) against the QOperator one.
         if let (Some(qdq), Some(i8)) = (find(ReferenceModel::EdgeInt8Qdq), find(ReferenceModel::EdgeInt8)) {
             figures.push(format!("backend.ratio_qdq_over_qoperator.tract.b{batch}"), qdq / i8, "ratio");
@@ -231,6 +229,39 @@ pub(crate) fn run(models_dir: &Path, repo: &Path, budget: Budget) -> anyhow::Res
 }
 
 /// The wgpu figures: every model at every batch, then int8 over fp32 per batch.
+/// `backend.ratio_int8_over_fp32.tract.b<batch>`: the edge model's int8 and fp32 forms on
+/// tract, alternated round by round. Taken from the per-model figures above, the two
+/// medians came from blocks of the run a minute apart, and this machine's speed drifts
+/// within a minute (fp32 at batch 1 landed at 16 or 26 µs from one run to the next).
+fn int8_over_fp32(
+    models_dir: &Path,
+    test: &Digits,
+    budget: Budget,
+    figures: &mut Figures,
+) -> anyhow::Result<()> {
+    let prepare = |model: ReferenceModel| -> anyhow::Result<Arc<dyn PreparedModel>> {
+        let path = model.path(models_dir);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(TractBackend::new().prepare(model.key(), &bytes)?)
+    };
+    let (int8, fp32) = (prepare(ReferenceModel::EdgeInt8)?, prepare(ReferenceModel::EdgeFp32)?);
+    for batch in BATCHES {
+        let input = reference::images_to_input(test.images(0..batch.min(test.len())))?;
+        time_runs(&*int8, &input, 2)?;
+        time_runs(&*fp32, &input, 2)?;
+        let once = median(&mut time_runs(&*fp32, &input, 3)?);
+        let reps = ((budget.round_s * 1e6 / once.max(1.0)) as usize).clamp(2, 2000);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..budget.rounds {
+            a.extend(time_runs(&*int8, &input, reps)?);
+            b.extend(time_runs(&*fp32, &input, reps)?);
+        }
+        let ratio = median(&mut a) / median(&mut b);
+        figures.push(format!("backend.ratio_int8_over_fp32.tract.b{batch}"), ratio, "ratio");
+    }
+    Ok(())
+}
+
 fn run_wgpu(models_dir: &Path, test: &Digits, budget: Budget, figures: &mut Figures) -> anyhow::Result<()> {
     let gpu = match WgpuBackend::shared() {
         Ok(gpu) => gpu,
