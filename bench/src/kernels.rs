@@ -25,7 +25,7 @@ const LAYERS: [(&str, usize, usize, usize); 5] = [
     ("central.conv3", 32, 32, 14),
 ];
 
-/// Median microseconds of `reps` calls of `f`, timed one by one.
+/// The microseconds of each of `reps` calls of `f`, timed one by one.
 fn time(reps: usize, mut f: impl FnMut()) -> Vec<f64> {
     (0..reps)
         .map(|_| {

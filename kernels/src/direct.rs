@@ -31,13 +31,44 @@ pub fn pad_bias(g: &ConvGeometry, bias: &[f32]) -> Vec<f32> {
 /// Whether [`convolve`] takes the 2x2 max pool as it stores on this CPU (AVX-512, AVX2),
 /// rather than through a full-size buffer.
 pub fn pools_in_kernel() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("fma")
-        && (is_x86_feature_detected!("avx512f") || is_x86_feature_detected!("avx2"))
-    {
-        return true;
+    Kernel::best() != Kernel::Portable
+}
+
+/// The path [`convolve`] takes on this CPU (for benchmark reports).
+pub fn kernel_path() -> &'static str {
+    match Kernel::best() {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => "avx512f+fma",
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => "avx2+fma",
+        Kernel::Portable => "portable",
     }
-    false
+}
+
+/// The kernels [`convolve`] chooses from, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+impl Kernel {
+    /// The widest kernel this CPU runs.
+    fn best() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("fma") {
+            if is_x86_feature_detected!("avx512f") {
+                return Kernel::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") {
+                return Kernel::Avx2;
+            }
+        }
+        Kernel::Portable
+    }
 }
 
 /// Picks the widest kernel this CPU runs. With `pool`, which only a CPU where
@@ -52,19 +83,18 @@ pub fn convolve(
     pool: bool,
     out: &mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("fma") {
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { convolve_avx512(g, padded, packed, bias, relu, pool, out) };
-        }
-        if is_x86_feature_detected!("avx2") {
-            // SAFETY: as above.
-            return unsafe { convolve_avx2(g, padded, packed, bias, relu, pool, out) };
+    match Kernel::best() {
+        // SAFETY: `Kernel::best` found the features the function is compiled for.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { convolve_avx512(g, padded, packed, bias, relu, pool, out) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { convolve_avx2(g, padded, packed, bias, relu, pool, out) },
+        Kernel::Portable => {
+            assert!(!pool, "convolve: no kernel on this CPU pools as it stores");
+            convolve_portable(g, padded, packed, bias, relu, out);
         }
     }
-    assert!(!pool, "convolve: no kernel on this CPU pools as it stores");
-    convolve_portable(g, padded, packed, bias, relu, out);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -200,9 +230,9 @@ pub(crate) fn convolve_avx2(
     // Eight ymm accumulators: two output rows of eight columns x four channels, so that per
     // tap two row loads and four broadcast weights feed eight FMAs, and the 2x2 pool can be
     // taken as they are stored. Twelve accumulators (three rows, or four channels and input
-    // operands from memory) spill on sixteen registers and ran 1.3-2x slower; so did the
-    // kernel width as a run-time loop bound, which this specialises for the common widths.
-    // Measured on the central model's layers: `docs/performance.md`.
+    // operands from memory) spill on sixteen registers and were slower; so was the kernel
+    // width as a run-time loop bound, which this specialises for the common widths
+    // (`docs/performance.md`, "AVX2 without AVX-512").
     match g.kw {
         3 => convolve_avx2_with::<3>(g, padded, packed, bias, relu, pool, out),
         1 => convolve_avx2_with::<1>(g, padded, packed, bias, relu, pool, out),

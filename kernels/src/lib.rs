@@ -65,44 +65,22 @@ pub fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
 /// which print it beside every figure).
 pub fn kernel_paths() -> Vec<(&'static str, &'static str)> {
     #[cfg(target_arch = "x86_64")]
-    {
-        let (avx512, avx2, fma) = (
-            is_x86_feature_detected!("avx512f"),
-            is_x86_feature_detected!("avx2"),
-            is_x86_feature_detected!("fma"),
-        );
-        let wide = if avx512 {
-            "avx512f"
-        } else if avx2 {
-            "avx2"
-        } else {
-            "portable"
-        };
-        let conv = if avx512 && fma {
-            "avx512f+fma"
-        } else if avx2 && fma {
-            "avx2+fma"
-        } else {
-            "portable"
-        };
-        vec![
-            ("direct_conv", conv),
-            ("winograd", winograd::kernel_path()),
-            ("int8_conv", intconv::kernel_path()),
-            ("quantize", wide),
-            ("requantize", wide),
-        ]
-    }
+    let wide = if is_x86_feature_detected!("avx512f") {
+        "avx512f"
+    } else if is_x86_feature_detected!("avx2") {
+        "avx2"
+    } else {
+        "portable"
+    };
     #[cfg(not(target_arch = "x86_64"))]
-    {
-        vec![
-            ("direct_conv", "portable"),
-            ("winograd", winograd::kernel_path()),
-            ("int8_conv", intconv::kernel_path()),
-            ("quantize", "portable"),
-            ("requantize", "portable"),
-        ]
-    }
+    let wide = "portable";
+    vec![
+        ("direct_conv", direct::kernel_path()),
+        ("winograd", winograd::kernel_path()),
+        ("int8_conv", intconv::kernel_path()),
+        ("quantize", wide),
+        ("requantize", wide),
+    ]
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use std::mem::MaybeUninit;
 /// Tiles per ymm vector.
 const LANES: usize = 8;
 /// Output channels per multiply tile: one vector of tiles x eight channels in eight
-/// accumulators. Two vectors x four channels, the direct loop's AVX2 tile, ran 10-25%
-/// slower here; more accumulators spill on sixteen registers.
+/// accumulators. Two vectors x four channels, the direct loop's AVX2 tile, was slower here;
+/// more accumulators spill on sixteen registers.
 pub(super) const OB: usize = 8;
 
 /// A mask of the first `n` of eight lanes, for `maskload` and `maskstore`.
