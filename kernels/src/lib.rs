@@ -11,7 +11,9 @@
 //! - [`intconv`]: the int8 convolution on integer dot-product instructions (AVX-512 VNNI,
 //!   AVX-VNNI, aarch64 `sdot`) or AVX2's 16-bit multiply-add, bit for bit the f32 loop's sums;
 //! - [`quantize`]: QuantizeLinear and QLinearConv's requantisation, as tract computes them;
-//! - [`pool`]: the 2x2 stride-2 max pool.
+//! - [`pool`]: the 2x2 stride-2 max pool;
+//! - [`peak`]: the multiply-adds per nanosecond those kernels' instructions allow at best,
+//!   for benchmarks.
 //!
 //! Every kernel picks the widest instructions this CPU has at run time and keeps a portable
 //! path that the unit tests compare it against. A crate of its own so that the test profile
@@ -22,6 +24,7 @@
 pub mod direct;
 mod geometry;
 pub mod intconv;
+pub mod peak;
 pub mod pool;
 pub mod quantize;
 pub mod winograd;

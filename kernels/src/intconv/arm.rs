@@ -10,7 +10,7 @@ use super::{IntScratch, Lanes, Packed, VECTOR};
 /// assembly: its intrinsic (`vdotq_s32`) is not stable Rust yet.
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
-fn sdot(acc: int32x4_t, input: int8x16_t, weights: int8x16_t) -> int32x4_t {
+pub(crate) fn sdot(acc: int32x4_t, input: int8x16_t, weights: int8x16_t) -> int32x4_t {
     let mut acc = acc;
     // SAFETY: reads and writes only the three registers; the CPU has the dot-product
     // extension (this function's target feature).

@@ -576,6 +576,9 @@ mod x86;
 
 #[cfg(target_arch = "aarch64")]
 mod arm;
+/// The `sdot` instruction, for the throughput probe ([`crate::peak`]).
+#[cfg(target_arch = "aarch64")]
+pub(crate) use arm::sdot;
 
 /// A packed int8 convolution and the instruction set that runs it on this CPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
