@@ -49,6 +49,30 @@ const VECTOR: usize = 64;
 /// Output channels the dot-product kernel computes at once (weights padded to a multiple).
 const DOT_CHANNELS: usize = 4;
 
+/// The numbers the row kernel multiplies, laid out at load (weights) and per image (input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// Bytes, for the byte dot-product instructions: each quad row `[qw][4]` u8, each weight
+    /// word four i8.
+    Bytes,
+    /// 16-bit pairs, for plain AVX2's `vpmaddwd` (`x86.rs`): each quad row is two rows of
+    /// `[qw][2]` u16, the even bytes (0 and 2) of each quad then the odd ones (1 and 3); each
+    /// weight word is weights 0 and 2 as two i16, then 1 and 3. The kernel multiplies them
+    /// as they lie: nothing to widen or split in its loop.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code, reason = "plain AVX2's form"))]
+    Pairs,
+}
+
+impl Form {
+    /// Rows of `[qw][4]` bytes per quad row.
+    const fn planes(self) -> usize {
+        match self {
+            Form::Bytes => 1,
+            Form::Pairs => 2,
+        }
+    }
+}
+
 /// The dot-product instruction sets with a kernel here, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Isa {
@@ -86,6 +110,16 @@ impl Isa {
             return Some(Isa::Sdot);
         }
         None
+    }
+
+    /// The form its row kernel multiplies.
+    fn form(self) -> Form {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Form::Pairs,
+            #[allow(unreachable_patterns, reason = "every set but plain AVX2")]
+            _ => Form::Bytes,
+        }
     }
 
     fn name(self) -> &'static str {
@@ -140,9 +174,12 @@ enum Layout {
 pub struct Packed {
     geo: ConvGeometry,
     layout: Layout,
-    /// i8 weights. Rows: `[block][group][ky][kx'][BLOCK][4]`, four weights per output channel
-    /// and tap; Dot: `[channel][bytes]`, channels padded to a multiple of [`DOT_CHANNELS`].
+    /// i8 weights. Rows: `[block][group][ky][kx'][BLOCK][word]`, a word of four weights per
+    /// output channel and tap in `form`; Dot: `[channel][bytes]`, channels padded to a
+    /// multiple of [`DOT_CHANNELS`].
     weights: Vec<u8>,
+    /// The form of the row layout's weights and input (Dot: always bytes).
+    form: Form,
     /// Per output channel, padded like the weights: `bias - u_zero * Σ w'` (wrapping).
     offset: Vec<i32>,
     /// The same for signed-input instructions: `bias - (u_zero - 128) * Σ w'`.
@@ -245,18 +282,47 @@ impl Packed {
                 packed
             }
         };
-        let taps: Vec<usize> = match layout {
-            Layout::Rows { groups, kw, .. } => {
-                let qw = Packed::quad_width(&geo, kw);
-                let rows =
-                    (0..groups).flat_map(|group| (0..geo.kh).map(move |ky| group * geo.padded_h() + ky));
-                rows.flat_map(|row| (0..kw).map(move |kx| (row * qw + kx) * 4)).collect()
-            }
-            Layout::Dot { .. } => Vec::new(),
-        };
-        // `Rows::tile` bounds its reads by the last offset.
+        let taps = Packed::tap_offsets(&geo, layout, Form::Bytes);
+        Some(Packed {
+            geo,
+            layout,
+            weights: packed,
+            form: Form::Bytes,
+            offset,
+            offset_signed,
+            taps,
+            u_zero,
+            shift,
+        })
+    }
+
+    /// Rows: the byte offset of each tap's input in quads of `form`, in weight order. Empty
+    /// for Dot.
+    fn tap_offsets(geo: &ConvGeometry, layout: Layout, form: Form) -> Vec<usize> {
+        let Layout::Rows { groups, kw, .. } = layout else { return Vec::new() };
+        let row_columns = Packed::quad_width(geo, kw) * form.planes();
+        let rows = (0..groups).flat_map(|group| (0..geo.kh).map(move |ky| group * geo.padded_h() + ky));
+        let taps: Vec<usize> =
+            rows.flat_map(|row| (0..kw).map(move |kx| (row * row_columns + kx) * 4)).collect();
+        // The tiles bound their reads by the last offset.
         debug_assert!(taps.is_sorted(), "tap offsets ascend");
-        Some(Packed { geo, layout, weights: packed, offset, offset_signed, taps, u_zero, shift })
+        taps
+    }
+
+    /// Made ready for a kernel body that multiplies `form`: the row layout's weights and tap
+    /// offsets re-laid from bytes to pairs if it wants them (Dot stays bytes).
+    fn with_form(mut self, form: Form) -> Packed {
+        if form == Form::Pairs && self.form == Form::Bytes && matches!(self.layout, Layout::Rows { .. }) {
+            let widen =
+                |a: u8, b: u8| u32::from(a as i8 as i16 as u16) | u32::from(b as i8 as i16 as u16) << 16;
+            self.weights = (self.weights.chunks_exact(4))
+                .flat_map(|w| [widen(w[0], w[2]), widen(w[1], w[3])])
+                .flat_map(u32::to_le_bytes)
+                .collect();
+            self.taps = Packed::tap_offsets(&self.geo, self.layout, form);
+            self.form = form;
+        }
+        self
     }
 
     /// The per-channel constants for kernel body `L`.
@@ -318,11 +384,12 @@ impl Packed {
                 }
             }
             Layout::Rows { fold, groups, kw } => {
+                assert_eq!(self.form, L::FORM, "packed for the kernel body's form");
                 let (ph, pw) = (g.padded_h(), g.padded_w());
                 let qw = Packed::quad_width(g, kw);
                 let plane = sized(&mut scratch.plane, g.h * g.w, 0);
                 let padded = sized(&mut scratch.padded, g.cin * ph * pw, self.u_zero);
-                let quads = sized(&mut scratch.quads, groups * ph * qw * 4, 0);
+                let quads = sized(&mut scratch.quads, groups * ph * qw * 4 * self.form.planes(), 0);
                 for (img, dst) in images {
                     for ci in 0..g.cin {
                         load(img * g.cin + ci, plane);
@@ -346,8 +413,9 @@ impl Packed {
         }
     }
 
-    /// Lays the padded input planes (`[cin][ph][pw]`) out as quads (`[group][ph][qw][4]`).
-    /// Inlined into the kernels, so it is compiled for their instructions.
+    /// Lays the padded input planes (`[cin][ph][pw]`) out as quads (`[group][ph][qw][4]`, or
+    /// in pairs `[group][ph][2][qw][4]`: see [`Form`]). Inlined into the kernels, so it is
+    /// compiled for their instructions.
     #[inline(always)]
     fn fill_quads(&self, fold: bool, groups: usize, qw: usize, padded: &[u8], quads: &mut [u8]) {
         let g = &self.geo;
@@ -361,13 +429,27 @@ impl Packed {
                 if ci < g.cin { ci * ph * pw + dx } else { 0 }
             };
             let starts: [usize; 4] = std::array::from_fn(|j| start(group * 4 + j));
+            let row = qw * 4 * self.form.planes();
             for y in 0..ph {
                 let source = |j: usize| &padded[starts[j] + y * pw..][..qw];
                 let (a, b, c, d) = (source(0), source(1), source(2), source(3));
-                let dst = &mut quads[(group * ph + y) * qw * 4..][..qw * 4];
-                let columns = a.iter().zip(b).zip(c.iter().zip(d));
-                for (quad, ((&a, &b), (&c, &d))) in dst.chunks_exact_mut(4).zip(columns) {
-                    quad.copy_from_slice(&[a, b, c, d]);
+                let dst = &mut quads[(group * ph + y) * row..][..row];
+                match self.form {
+                    Form::Bytes => {
+                        let columns = a.iter().zip(b).zip(c.iter().zip(d));
+                        for (quad, ((&a, &b), (&c, &d))) in dst.chunks_exact_mut(4).zip(columns) {
+                            quad.copy_from_slice(&[a, b, c, d]);
+                        }
+                    }
+                    Form::Pairs => {
+                        let (even, odd) = dst.split_at_mut(qw * 4);
+                        for (pair, (&lo, &hi)) in even.chunks_exact_mut(4).zip(a.iter().zip(c)) {
+                            pair.copy_from_slice(&[lo, 0, hi, 0]);
+                        }
+                        for (pair, (&lo, &hi)) in odd.chunks_exact_mut(4).zip(b.iter().zip(d)) {
+                            pair.copy_from_slice(&[lo, 0, hi, 0]);
+                        }
+                    }
                 }
             }
         }
@@ -398,6 +480,7 @@ impl Rows<'_> {
         x0: usize,
     ) -> [[L; OB]; R] {
         let p = self.p;
+        debug_assert_eq!(p.form, Form::Bytes, "the generic tile reads bytes");
         let taps = &p.taps;
         let row_bytes = self.qw * 4;
         // Everything the tile reads, checked once: every tap's vector in each of the rows.
@@ -451,7 +534,7 @@ impl Rows<'_> {
                 for x0 in (0..g.ow).step_by(TILE) {
                     let cols = TILE.min(g.ow - x0);
                     // SAFETY: the caller's CPU has `L`'s instructions.
-                    let [acc] = unsafe { self.tile::<L, OB, 1>(block, sub, y, x0) };
+                    let [acc] = unsafe { L::row_tile::<OB, 1>(self, block, sub, y, x0) };
                     // Indexed, not iterated: an array iterator would move the vectors through
                     // memory.
                     for (ob, oc) in (oc0..g.cout.min(oc0 + OB)).enumerate() {
@@ -479,7 +562,7 @@ impl Rows<'_> {
                 for x0 in (0..2 * ow).step_by(TILE) {
                     let cols = (TILE / 2).min(ow - x0 / 2);
                     // SAFETY: the caller's CPU has `L`'s instructions.
-                    let [top, bottom] = unsafe { self.tile::<L, OB, 2>(block, sub, 2 * y, x0) };
+                    let [top, bottom] = unsafe { L::row_tile::<OB, 2>(self, block, sub, 2 * y, x0) };
                     for (ob, oc) in (oc0..g.cout.min(oc0 + OB)).enumerate() {
                         let dst = &mut out[(oc * oh + y) * ow + x0 / 2..][..cols];
                         // SAFETY: as above.
@@ -569,6 +652,23 @@ trait Lanes: Copy {
     unsafe fn store_pair_max(self, dst: &mut [f32]);
     /// The sum of the lanes, wrapping.
     unsafe fn sum(self) -> i32;
+    /// The form the row kernel of this body multiplies.
+    const FORM: Form = Form::Bytes;
+    /// [`Rows::tile`] for this body: by default the generic one, over bytes.
+    ///
+    /// # Safety
+    /// The CPU has the instructions this body uses.
+    #[inline(always)]
+    unsafe fn row_tile<const OB: usize, const R: usize>(
+        rows: &Rows<'_>,
+        block: usize,
+        sub: usize,
+        y: usize,
+        x0: usize,
+    ) -> [[Self; OB]; R] {
+        // SAFETY: forwarded from the caller.
+        unsafe { rows.tile::<Self, OB, R>(block, sub, y, x0) }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -591,7 +691,8 @@ impl IntConv {
     /// `packed` on this CPU's best dot-product instruction set; `None` on a CPU without one
     /// (the f32 loop runs the convolution).
     pub fn new(packed: Packed) -> Option<IntConv> {
-        Some(IntConv { packed, isa: Isa::best()? })
+        let isa = Isa::best()?;
+        Some(IntConv { packed: packed.with_form(isa.form()), isa })
     }
 
     /// Added to an input integer to make it unsigned (0 or 128).

@@ -139,10 +139,12 @@ fn cases() -> Vec<Case> {
 fn run_case(
     case: &Case,
     pool: bool,
+    form: Form,
     run: impl Fn(&Packed, &mut dyn FnMut(usize, &mut [u8]), &mut [f32], &mut IntScratch),
 ) -> Vec<f32> {
     let g = &case.geo;
     let packed = Packed::new(*g, &case.w, &case.bias, case.x_zero, case.x_range).expect("weights fit i8");
+    let packed = packed.with_form(form);
     let plane = g.h * g.w;
     let shift = packed.shift();
     let mut load = |p: usize, dst: &mut [u8]| {
@@ -171,12 +173,12 @@ fn the_packed_layout_computes_the_convolution_exactly() {
         for pool in [false, true] {
             let expected = expected(&case, pool);
             // SAFETY: the emulation needs no CPU feature.
-            let got = run_case(&case, pool, |p, load, out, s| unsafe {
+            let got = run_case(&case, pool, Form::Bytes, |p, load, out, s| unsafe {
                 p.run_with::<Emulated<false>, 16>(case.n, pool, load, out, s)
             });
             assert_eq!(bits(&expected), bits(&got), "{:?} pool {pool}", case.geo);
             // SAFETY: as above.
-            let got = run_case(&case, pool, |p, load, out, s| unsafe {
+            let got = run_case(&case, pool, Form::Bytes, |p, load, out, s| unsafe {
                 p.run_with::<Emulated<true>, 4>(case.n, pool, load, out, s)
             });
             assert_eq!(bits(&expected), bits(&got), "signed {:?} pool {pool}", case.geo);
@@ -194,7 +196,7 @@ fn every_dot_product_kernel_this_cpu_has_matches_the_reference_bit_for_bit() {
             {
                 if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has the features.
-                    let got = run_case(&case, pool, |p, load, out, s| unsafe {
+                    let got = run_case(&case, pool, Form::Bytes, |p, load, out, s| unsafe {
                         x86::run_avx512(p, case.n, pool, load, out, s)
                     });
                     assert_eq!(bits(&expected), bits(&got), "avx512vnni {:?} pool {pool}", case.geo);
@@ -202,7 +204,7 @@ fn every_dot_product_kernel_this_cpu_has_matches_the_reference_bit_for_bit() {
                 }
                 if is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2") {
                     // SAFETY: the CPU has the features.
-                    let got = run_case(&case, pool, |p, load, out, s| unsafe {
+                    let got = run_case(&case, pool, Form::Bytes, |p, load, out, s| unsafe {
                         x86::run_avx256(p, case.n, pool, load, out, s)
                     });
                     assert_eq!(bits(&expected), bits(&got), "avxvnni {:?} pool {pool}", case.geo);
@@ -210,7 +212,7 @@ fn every_dot_product_kernel_this_cpu_has_matches_the_reference_bit_for_bit() {
                 }
                 if is_x86_feature_detected!("avx2") {
                     // SAFETY: the CPU has the feature.
-                    let got = run_case(&case, pool, |p, load, out, s| unsafe {
+                    let got = run_case(&case, pool, Form::Pairs, |p, load, out, s| unsafe {
                         x86::run_avx2(p, case.n, pool, load, out, s)
                     });
                     assert_eq!(bits(&expected), bits(&got), "avx2 {:?} pool {pool}", case.geo);
@@ -220,7 +222,7 @@ fn every_dot_product_kernel_this_cpu_has_matches_the_reference_bit_for_bit() {
             #[cfg(target_arch = "aarch64")]
             if std::arch::is_aarch64_feature_detected!("dotprod") {
                 // SAFETY: the CPU has the feature.
-                let got = run_case(&case, pool, |p, load, out, s| unsafe {
+                let got = run_case(&case, pool, Form::Bytes, |p, load, out, s| unsafe {
                     arm::run_sdot(p, case.n, pool, load, out, s)
                 });
                 assert_eq!(bits(&expected), bits(&got), "sdot {:?} pool {pool}", case.geo);

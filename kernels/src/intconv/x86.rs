@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{IntScratch, Lanes, Packed, VECTOR};
+use super::{BLOCK, Form, IntScratch, Lanes, Packed, Rows, VECTOR};
 
 /// AVX-512 VNNI: one 512-bit vector.
 #[derive(Clone, Copy)]
@@ -218,20 +218,25 @@ impl Lanes for Avx256 {
     }
 }
 
-/// Plain AVX2, without a byte dot product: `vpmaddwd` on 16-bit halves, two per 256-bit
-/// vector. Each lane's four bytes split into the even ones (0 and 2) and the odd ones (1 and
-/// 3), widened to 16 bits in place (inputs zero-extended by a mask or a shift, weights
-/// sign-extended by shifts), and `vpmaddwd` adds the two products of each half into its i32
-/// lane: `u0 w0 + u2 w2` and `u1 w1 + u3 w3`. Each product is at most 255 x 128 in
-/// magnitude and each pair fits an i32, so the sum is exact, as the instruction sets with a
-/// byte dot product compute it. (`vpmaddubsw`, which multiplies bytes directly, saturates
-/// its pair sums at 16 bits and would not be.)
+/// Plain AVX2, without a byte dot product: `vpmaddwd`, which multiplies 16-bit pairs and
+/// adds each pair into an i32 lane. The row kernel gets its input and weights already as
+/// pairs ([`Form::Pairs`]): per lane, input bytes 0 and 2 (and 1 and 3) zero-extended, and
+/// the matching weights sign-extended, so each four-byte dot product is two `vpmaddwd` and
+/// two adds, with nothing to split in the loop ([`Avx2::row_tile`]). Each product is at most
+/// 255 x 128 in magnitude and each pair fits an i32, so the sum is exact, as the instruction
+/// sets with a byte dot product compute it. (`vpmaddubsw`, which multiplies bytes directly,
+/// saturates its pair sums at 16 bits and would not be.) The one-pixel layout keeps bytes and
+/// splits them in [`Lanes::dot`].
 #[derive(Clone, Copy)]
 pub(super) struct Avx2([__m256i; 2]);
 
 impl Lanes for Avx2 {
     const SIGNED: bool = false;
+    const FORM: Form = Form::Pairs;
     ymm_lanes!(Avx2, "avx2");
+    /// Each lane's four bytes split into the even ones (0 and 2) and the odd ones (1 and 3),
+    /// widened in place to 16 bits (inputs zero-extended by a mask or a shift, weights
+    /// sign-extended by shifts), and a `vpmaddwd` for each.
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn dot(self, input: Avx2, weights: Avx2) -> Avx2 {
@@ -245,6 +250,67 @@ impl Lanes for Avx2 {
             let odd = _mm256_madd_epi16(_mm256_srli_epi16::<8>(x), _mm256_srai_epi16::<8>(w));
             _mm256_add_epi32(self.0[h], _mm256_add_epi32(even, odd))
         }))
+    }
+    /// [`Rows::tile`] on pairs: per tap, each weight word is two broadcasts (even and odd
+    /// weights), and each row's sixteen lanes are four loads (two halves of the even and of
+    /// the odd plane), each multiplied with every channel's broadcast.
+    #[inline(always)]
+    unsafe fn row_tile<const OB: usize, const R: usize>(
+        rows: &Rows<'_>,
+        block: usize,
+        sub: usize,
+        y: usize,
+        x0: usize,
+    ) -> [[Avx2; OB]; R] {
+        const WORD: usize = 8;
+        let p = rows.p;
+        debug_assert_eq!(p.form, Form::Pairs, "packed for pairs");
+        let taps = &p.taps;
+        // From a tap's even plane to its odd one, and from one padded row to the next.
+        let odd = rows.qw * 4;
+        let row_bytes = 2 * odd;
+        // Everything the tile reads, checked once: every tap's even and odd vectors in each
+        // of the rows.
+        let span = taps.last().map_or(0, |&last| last + odd + VECTOR);
+        let input = &rows.quads[y * row_bytes + x0 * 4..][..span + (R - 1) * row_bytes];
+        let weights = &p.weights[block * taps.len() * BLOCK * WORD..][..taps.len() * BLOCK * WORD];
+        assert!(sub + OB <= BLOCK, "a tile's channels lie in one weight block");
+        let offsets = &p.offsets::<Avx2>()[block * BLOCK + sub..][..OB];
+        // SAFETY: the caller's CPU has AVX2. Every index below is in bounds: the offsets
+        // ascend, so tap `t`'s odd vector ends within `span`, each row `row_bytes` further;
+        // its weights end `(t * BLOCK + sub + OB) * WORD <= taps * BLOCK * WORD` bytes in.
+        unsafe {
+            let broadcast = |w: &[u8]| _mm256_set1_epi32(i32::from_le_bytes([w[0], w[1], w[2], w[3]]));
+            let mut acc = [[Avx2([_mm256_setzero_si256(); 2]); OB]; R];
+            for row in acc.iter_mut() {
+                for (a, &o) in row.iter_mut().zip(offsets) {
+                    *a = Avx2([_mm256_set1_epi32(o); 2]);
+                }
+            }
+            for (t, &offset) in taps.iter().enumerate() {
+                let w = weights.get_unchecked((t * BLOCK + sub) * WORD..(t * BLOCK + sub + OB) * WORD);
+                let words: [[__m256i; 2]; OB] = std::array::from_fn(|ob| {
+                    let w = w.get_unchecked(ob * WORD..(ob + 1) * WORD);
+                    [broadcast(&w[..4]), broadcast(&w[4..])]
+                });
+                // Indexed, not iterated: an array iterator would move the vectors through
+                // memory.
+                #[allow(clippy::needless_range_loop)]
+                for r in 0..R {
+                    for h in 0..2 {
+                        let at = offset + r * row_bytes + h * 32;
+                        let even = _mm256_loadu_si256(input.get_unchecked(at..at + 32).as_ptr().cast());
+                        let at = at + odd;
+                        let odd = _mm256_loadu_si256(input.get_unchecked(at..at + 32).as_ptr().cast());
+                        for ob in 0..OB {
+                            let a = _mm256_add_epi32(acc[r][ob].0[h], _mm256_madd_epi16(even, words[ob][0]));
+                            acc[r][ob].0[h] = _mm256_add_epi32(a, _mm256_madd_epi16(odd, words[ob][1]));
+                        }
+                    }
+                }
+            }
+            acc
+        }
     }
 }
 
@@ -290,9 +356,8 @@ pub(super) fn run_avx256(
     }
 }
 
-/// Plain AVX2: four channels per tile, two when pooling (two rows of two). Each byte dot
-/// product of sixteen lanes is four `vpmaddwd`, four adds and the masks and shifts that
-/// split its bytes. Pooled, two channels per tile beat one on the edge model's layers.
+/// Plain AVX2: four channels per tile, two when pooling (two rows of two): eight
+/// accumulators, and the weight broadcasts beside them, of sixteen registers.
 #[target_feature(enable = "avx2")]
 pub(super) fn run_avx2(
     p: &Packed,
