@@ -6,7 +6,7 @@
 //! `sdot`, on aarch64 with the dot-product extension), one instruction does four
 //! multiply-adds per lane, on inputs a quarter the size. Plain AVX2 has no such instruction;
 //! its body does the same sum in 16-bit pairs with `vpmaddwd`, exactly, on input and weights
-//! laid out as pairs for it ([`Form`], `x86.rs`). This module is that path: weights packed at
+//! laid out as pairs for it (`Form`, `x86.rs`). This module is that path: weights packed at
 //! load, the input re-laid per image, and the kernels, one body for every instruction set
 //! (`Lanes`). It produces the f32 loop's accumulators bit for bit (the unit tests compare
 //! them on random convolutions, and run the byte layout on an emulated instruction on any
