@@ -396,7 +396,8 @@ fn store_avx2(v: std::arch::x86_64::__m256, dst: &mut [f32]) {
         let mut lanes = [0f32; AVX2_COLS];
         // SAFETY: `lanes` holds eight floats.
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
-        dst.copy_from_slice(&lanes[..dst.len()]);
+        let n = dst.len();
+        crate::copy_row(dst, &lanes[..n]);
     }
 }
 

@@ -43,9 +43,9 @@ pub fn sized<T: Copy>(buf: &mut Vec<T>, len: usize, fill: T) -> &mut [T] {
     buf
 }
 
-/// Copies `src` into `dst`, of the same length. An input row is tens of elements, where a
-/// call to `memcpy` costs more than the copy: up to 64 elements move as two overlapping
-/// fixed-size chunks, each a few loads and stores.
+/// Copies `src` into `dst`, of the same length. An input row is tens of elements, and a
+/// kernel's partial tile a few, where a call to `memcpy` costs more than the copy: up to 64
+/// elements move as two overlapping fixed-size chunks, each a few loads and stores.
 #[inline(always)]
 pub fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
     #[inline(always)]
@@ -60,6 +60,8 @@ pub fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
         16..=31 => ends::<T, 16>(dst, src),
         8..=15 => ends::<T, 8>(dst, src),
         4..=7 => ends::<T, 4>(dst, src),
+        2..=3 => ends::<T, 2>(dst, src),
+        1 => dst[0] = src[0],
         _ => dst.copy_from_slice(src),
     }
 }

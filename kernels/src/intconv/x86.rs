@@ -126,7 +126,7 @@ mod ymm {
                 _mm256_storeu_ps(all[8..].as_mut_ptr(), f[1]);
             }
             let n = dst.len().min(16);
-            dst[..n].copy_from_slice(&all[..n]);
+            crate::copy_row(&mut dst[..n], &all[..n]);
         }
     }
     /// The larger of lanes `2i` and `2i + 1` as f32, for the first `dst.len()` (at most 8)
@@ -148,7 +148,7 @@ mod ymm {
             // SAFETY: `all` holds 8 floats.
             unsafe { _mm256_storeu_ps(all.as_mut_ptr(), pairs) };
             let n = dst.len().min(8);
-            dst[..n].copy_from_slice(&all[..n]);
+            crate::copy_row(&mut dst[..n], &all[..n]);
         }
     }
     #[inline]
