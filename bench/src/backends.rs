@@ -12,16 +12,16 @@
 //! `backend.ratio_tract_over_ort.<key>.b<batch>`, plus the steps that moved tract:
 //! `backend.tract_norewrite.<key>.b1.median_us` (tract without the load-time graph
 //! rewrites), `backend.ratio_int8_over_fp32.<backend>.b<batch>` (edge int8 over its fp32
-//! twin; on tract measured in rounds of its own, alternating the two) and `backend.ratio_qdq_over_qoperator.tract.b<batch>` (the edge model as
-//! onnxruntime's default QDQ quantisation writes it, `edge_int8_qdq`, over the QOperator
-//! `edge_int8`). The wgpu backend is measured the same way (`backend.wgpu.<key>.b<batch>.*` and
+//! twin; on tract measured in rounds of its own, alternating the two) and
+//! `backend.ratio_qdq_over_qoperator.tract.b<batch>` (the edge model as onnxruntime's default
+//! QDQ quantisation writes it, `edge_int8_qdq`, over the QOperator `edge_int8`). The wgpu backend is measured the same way (`backend.wgpu.<key>.b<batch>.*` and
 //! `backend.ratio_int8_over_fp32.wgpu.b<batch>`) on whatever adapter the machine offers; the
 //! bench prints the adapter and says when it is a CPU one (lavapipe), whose figures are CPU
 //! figures, not GPU ones. Without an adapter it says so and skips them. Without a peer venv
 //! the bench says how to make one and prints tract's figures.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
@@ -108,6 +108,25 @@ fn time_runs(model: &dyn PreparedModel, input: &Tensor, reps: usize) -> anyhow::
     Ok(samples)
 }
 
+/// `model` prepared on `tract`, from its file in `models_dir`.
+fn prepare_on(
+    tract: TractBackend,
+    models_dir: &Path,
+    model: ReferenceModel,
+) -> anyhow::Result<Arc<dyn PreparedModel>> {
+    let path = model.path(models_dir);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(tract.prepare(model.key(), &bytes)?)
+}
+
+/// Warms `model` up on `input` (plans the batch size, fills pools) and returns how many runs
+/// make a round of about `budget.round_s`.
+fn round_reps(model: &dyn PreparedModel, input: &Tensor, budget: Budget) -> anyhow::Result<usize> {
+    time_runs(model, input, 2)?;
+    let once = median(&mut time_runs(model, input, 3)?);
+    Ok(((budget.round_s * 1e6 / once.max(1.0)) as usize).clamp(2, 2000))
+}
+
 fn push_times(figures: &mut Figures, runtime: &str, key: &str, batch: usize, samples: &mut [f64]) -> f64 {
     let us = median(samples);
     figures.push(format!("backend.{runtime}.{key}.b{batch}.median_us"), us, "us");
@@ -134,9 +153,7 @@ pub(crate) fn run_loop(models_dir: &Path, key: &str, batch: usize, seconds: f64)
     );
     let test = Digits::load_split(models_dir, Split::Test)
         .with_context(|| format!("loading the test split from {}", models_dir.display()))?;
-    let path = model.path(models_dir);
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let tract = TractBackend::new().prepare(key, &bytes)?;
+    let tract = prepare_on(TractBackend::new(), models_dir, model)?;
     let pixels: Vec<u8> = (0..batch).flat_map(|i| test.image(i % test.len()).iter().copied()).collect();
     let input = reference::images_to_input(&pixels)?;
     time_runs(&*tract, &input, 10)?;
@@ -159,19 +176,14 @@ pub(crate) fn run(models_dir: &Path, repo: &Path, budget: Budget) -> anyhow::Res
     let mut figures = Figures::default();
     let mut tract_b: Vec<(ReferenceModel, usize, f64)> = Vec::new();
     for key in ReferenceModel::ALL {
-        let path: PathBuf = key.path(models_dir);
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let tract: Arc<dyn PreparedModel> = TractBackend::new().prepare(key.key(), &bytes)?;
+        let tract = prepare_on(TractBackend::new(), models_dir, key)?;
         if let Some(p) = peer.as_mut() {
-            let path = std::fs::canonicalize(&path)?;
+            let path = std::fs::canonicalize(key.path(models_dir))?;
             p.call(json!({"cmd": "load", "key": key.key(), "path": path}), &[])?;
         }
         for batch in BATCHES {
             let input = reference::images_to_input(test.images(0..batch.min(test.len())))?;
-            // Warm up (plans this batch size, fills pools) and size the rounds.
-            time_runs(&*tract, &input, 2)?;
-            let once = median(&mut time_runs(&*tract, &input, 3)?);
-            let reps = ((budget.round_s * 1e6 / once.max(1.0)) as usize).clamp(2, 2000);
+            let reps = round_reps(&*tract, &input, budget)?;
             let mut ours = Vec::new();
             let mut theirs = Vec::new();
             if let Some(p) = peer.as_mut() {
@@ -199,11 +211,9 @@ pub(crate) fn run(models_dir: &Path, repo: &Path, budget: Budget) -> anyhow::Res
             eprintln!("{k:13} b{batch:<3} tract {t:10.1} us  ({} samples)", ours.len());
         }
         // The rewrite step, measured at batch 1 against plain tract in the same run.
-        let plain = TractBackend::without_rewrites().prepare(key.key(), &bytes)?;
+        let plain = prepare_on(TractBackend::without_rewrites(), models_dir, key)?;
         let input = reference::images_to_input(test.image(0))?;
-        time_runs(&*plain, &input, 3)?;
-        let reps = ((budget.round_s * 1e6 / median(&mut time_runs(&*plain, &input, 3)?).max(1.0)) as usize)
-            .clamp(2, 2000);
+        let reps = round_reps(&*plain, &input, budget)?;
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for _ in 0..budget.rounds {
             a.extend(time_runs(&*plain, &input, reps)?);
@@ -228,7 +238,6 @@ pub(crate) fn run(models_dir: &Path, repo: &Path, budget: Budget) -> anyhow::Res
     Ok(figures)
 }
 
-/// The wgpu figures: every model at every batch, then int8 over fp32 per batch.
 /// `backend.ratio_int8_over_fp32.tract.b<batch>`: the edge model's int8 and fp32 forms on
 /// tract, alternated round by round. Taken from the per-model figures above, the two
 /// medians came from blocks of the run a minute apart, and this machine's speed drifts
@@ -239,18 +248,12 @@ fn int8_over_fp32(
     budget: Budget,
     figures: &mut Figures,
 ) -> anyhow::Result<()> {
-    let prepare = |model: ReferenceModel| -> anyhow::Result<Arc<dyn PreparedModel>> {
-        let path = model.path(models_dir);
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        Ok(TractBackend::new().prepare(model.key(), &bytes)?)
-    };
-    let (int8, fp32) = (prepare(ReferenceModel::EdgeInt8)?, prepare(ReferenceModel::EdgeFp32)?);
+    let int8 = prepare_on(TractBackend::new(), models_dir, ReferenceModel::EdgeInt8)?;
+    let fp32 = prepare_on(TractBackend::new(), models_dir, ReferenceModel::EdgeFp32)?;
     for batch in BATCHES {
         let input = reference::images_to_input(test.images(0..batch.min(test.len())))?;
         time_runs(&*int8, &input, 2)?;
-        time_runs(&*fp32, &input, 2)?;
-        let once = median(&mut time_runs(&*fp32, &input, 3)?);
-        let reps = ((budget.round_s * 1e6 / once.max(1.0)) as usize).clamp(2, 2000);
+        let reps = round_reps(&*fp32, &input, budget)?;
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for _ in 0..budget.rounds {
             a.extend(time_runs(&*int8, &input, reps)?);
@@ -262,6 +265,7 @@ fn int8_over_fp32(
     Ok(())
 }
 
+/// The wgpu figures: every model at every batch, then int8 over fp32 per batch.
 fn run_wgpu(models_dir: &Path, test: &Digits, budget: Budget, figures: &mut Figures) -> anyhow::Result<()> {
     let gpu = match WgpuBackend::shared() {
         Ok(gpu) => gpu,

@@ -15,6 +15,30 @@ use std::hint::black_box;
 /// (4 cycles on two FMA pipes needs eight) within sixteen vector registers.
 const CHAINS: usize = 12;
 
+/// A SIMD vector: integer or float lanes with no padding, so every byte is initialised.
+trait Vector: Copy {}
+#[cfg(target_arch = "x86_64")]
+impl Vector for std::arch::x86_64::__m256 {}
+#[cfg(target_arch = "x86_64")]
+impl Vector for std::arch::x86_64::__m256i {}
+#[cfg(target_arch = "x86_64")]
+impl Vector for std::arch::x86_64::__m512 {}
+#[cfg(target_arch = "x86_64")]
+impl Vector for std::arch::x86_64::__m512i {}
+#[cfg(target_arch = "aarch64")]
+impl Vector for std::arch::aarch64::float32x4_t {}
+#[cfg(target_arch = "aarch64")]
+impl Vector for std::arch::aarch64::int32x4_t {}
+
+/// Every byte of the accumulators, folded into one number that depends on all of them.
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+fn fold<V: Vector>(acc: &[V]) -> u64 {
+    // SAFETY: a `Vector` has no padding, so every byte of the slice is initialised and may
+    // be read as a `u8`.
+    let bytes = unsafe { std::slice::from_raw_parts(acc.as_ptr().cast::<u8>(), size_of_val(acc)) };
+    bytes.iter().fold(0u64, |s, &b| s.wrapping_mul(31).wrapping_add(u64::from(b)))
+}
+
 /// One instruction sequence in a loop, to be timed by the caller.
 #[derive(Debug, Clone, Copy)]
 pub struct Probe {
@@ -77,12 +101,7 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::hint::black_box;
 
-    use super::CHAINS;
-
-    /// Every lane of every accumulator, folded into one number.
-    fn fold<const N: usize>(lanes: &[[u32; N]]) -> u64 {
-        lanes.iter().flatten().fold(0u64, |s, &v| s.wrapping_mul(31).wrapping_add(u64::from(v)))
-    }
+    use super::{CHAINS, fold};
 
     // The probes are `fn(u64) -> u64` and only handed out on a CPU with their features:
     // each is a safe wrapper over a `target_feature` body.
@@ -119,12 +138,7 @@ mod x86 {
                 acc[i] = _mm256_fmadd_ps(acc[i], a, b);
             }
         }
-        fold(&acc.map(|v| {
-            let mut lanes = [0u32; 8];
-            // SAFETY: `lanes` holds 8 f32.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr().cast(), v) };
-            lanes
-        }))
+        fold(&acc)
     }
 
     #[target_feature(enable = "avx512f")]
@@ -137,12 +151,7 @@ mod x86 {
                 acc[i] = _mm512_fmadd_ps(acc[i], a, b);
             }
         }
-        fold(&acc.map(|v| {
-            let mut lanes = [0u32; 16];
-            // SAFETY: `lanes` holds 16 f32.
-            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr().cast(), v) };
-            lanes
-        }))
+        fold(&acc)
     }
 
     /// The exact AVX2 sequence of `intconv`: a 16-bit multiply-add (16 products into 8 i32
@@ -158,12 +167,7 @@ mod x86 {
                 acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(acc[i], w));
             }
         }
-        fold(&acc.map(|v| {
-            let mut lanes = [0u32; 8];
-            // SAFETY: `lanes` holds 8 i32.
-            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), v) };
-            lanes
-        }))
+        fold(&acc)
     }
 
     #[target_feature(enable = "avx2,avxvnni")]
@@ -176,12 +180,7 @@ mod x86 {
                 acc[i] = _mm256_dpbusd_avx_epi32(acc[i], x, w);
             }
         }
-        fold(&acc.map(|v| {
-            let mut lanes = [0u32; 8];
-            // SAFETY: `lanes` holds 8 i32.
-            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), v) };
-            lanes
-        }))
+        fold(&acc)
     }
 
     #[target_feature(enable = "avx512f,avx512vnni")]
@@ -194,12 +193,7 @@ mod x86 {
                 acc[i] = _mm512_dpbusd_epi32(acc[i], x, w);
             }
         }
-        fold(&acc.map(|v| {
-            let mut lanes = [0u32; 16];
-            // SAFETY: `lanes` holds 16 i32.
-            unsafe { _mm512_storeu_si512(lanes.as_mut_ptr().cast(), v) };
-            lanes
-        }))
+        fold(&acc)
     }
 }
 
@@ -208,11 +202,7 @@ mod arm {
     use std::arch::aarch64::*;
     use std::hint::black_box;
 
-    use super::CHAINS;
-
-    fn fold(lanes: &[[u32; 4]]) -> u64 {
-        lanes.iter().flatten().fold(0u64, |s, &v| s.wrapping_mul(31).wrapping_add(u64::from(v)))
-    }
+    use super::{CHAINS, fold};
 
     /// `acc = acc + a * b` on four f32 lanes (NEON is part of every aarch64 CPU).
     pub(super) fn fmla(n: u64) -> u64 {
@@ -227,12 +217,7 @@ mod arm {
                 acc[i] = unsafe { vfmaq_f32(acc[i], a, b) };
             }
         }
-        fold(&acc.map(|v| {
-            let mut lanes = [0u32; 4];
-            // SAFETY: `lanes` holds 4 f32.
-            unsafe { vst1q_f32(lanes.as_mut_ptr().cast(), v) };
-            lanes
-        }))
+        fold(&acc)
     }
 
     pub(super) fn sdot(n: u64) -> u64 {
@@ -253,12 +238,7 @@ mod arm {
                 acc[i] = crate::intconv::sdot(acc[i], x, w);
             }
         }
-        fold(&acc.map(|v| {
-            let mut lanes = [0u32; 4];
-            // SAFETY: `lanes` holds 4 i32.
-            unsafe { vst1q_s32(lanes.as_mut_ptr().cast(), v) };
-            lanes
-        }))
+        fold(&acc)
     }
 }
 
